@@ -1,0 +1,1 @@
+"""Typed contracts: the only code that producers and consumers share."""

@@ -1,0 +1,58 @@
+"""Every message billstream defines, by topic: the source for schema export and docs."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from schemas import metering, topics
+from schemas.usage import UsageEvent
+
+
+@dataclass(frozen=True)
+class MessageSpec:
+    topic: str
+    kind: str  # "command" | "event" | "usage"
+    type: str  # the CloudEvents type ("*" for producer-defined usage types)
+    model: type[BaseModel]
+    dataversion: str = "1"
+
+
+def _type_of(model: type[BaseModel]) -> str:
+    default = model.model_fields["type"].default
+    assert isinstance(default, str), f"{model.__name__} has no literal type"
+    return default
+
+
+CATALOG: tuple[MessageSpec, ...] = (
+    MessageSpec(topics.USAGE, "usage", "*", UsageEvent),
+    *(MessageSpec(topics.COMMANDS_METERING, "command", _type_of(m), m) for m in metering.COMMANDS),
+    *(MessageSpec(topics.EVENTS_METERING, "event", _type_of(m), m) for m in metering.EVENTS),
+)
+
+
+def schema_file_name(spec: MessageSpec) -> str:
+    name = "usage-event" if spec.type == "*" else spec.type
+    return f"{spec.topic}/{name}.v{spec.dataversion}.schema.json"
+
+
+def export(directory: Path) -> list[Path]:
+    """Write one JSON Schema (draft 2020-12) per message; return the files written."""
+    written: list[Path] = []
+    for spec in CATALOG:
+        schema = spec.model.model_json_schema(mode="validation")
+        schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+        schema["x-billstream"] = {
+            "topic": spec.topic,
+            "kind": spec.kind,
+            "type": spec.type,
+            "dataversion": spec.dataversion,
+        }
+        path = directory / schema_file_name(spec)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(schema, indent=2, sort_keys=True) + "\n")
+        written.append(path)
+    return written

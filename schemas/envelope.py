@@ -1,0 +1,57 @@
+"""The CloudEvents 1.0 envelope every message on every billstream topic uses.
+
+Structured JSON mode: the attributes and ``data`` are one JSON object. Extensions:
+``tenantid`` (required), ``correlationid``, ``causationid``, ``dataversion``.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import uuid6
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+TENANT_ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
+
+TenantId = str
+
+
+def new_id() -> str:
+    """A fresh UUIDv7 (time-ordered) as a string."""
+    return str(uuid6.uuid7())
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class CloudEvent(BaseModel):
+    """Base envelope. Subclasses narrow ``type`` to a Literal and ``data`` to a model."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    specversion: Literal["1.0"] = "1.0"
+    id: str = Field(default_factory=new_id, min_length=1, max_length=256)
+    source: str = Field(min_length=1, max_length=512)
+    type: str = Field(min_length=1, max_length=256)
+    time: AwareDatetime = Field(default_factory=utcnow)
+    subject: str | None = Field(default=None, min_length=1, max_length=256)
+    datacontenttype: Literal["application/json"] = "application/json"
+    data: Any
+    tenantid: str = Field(pattern=TENANT_ID_PATTERN)
+    correlationid: str | None = Field(default=None, max_length=256)
+    causationid: str | None = Field(default=None, max_length=256)
+    dataversion: str = "1"
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json(exclude_none=True).encode()
+
+    def caused(self, **kwargs: Any) -> dict[str, Any]:
+        """Envelope attributes for a message caused by this one (same tenant and correlation)."""
+        return {
+            "tenantid": self.tenantid,
+            "correlationid": self.correlationid or self.id,
+            "causationid": self.id,
+            **kwargs,
+        }

@@ -1,0 +1,110 @@
+"""Metering commands (``billstream.commands.metering.v1``) and events
+(``billstream.events.metering.v1``)."""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from typing import Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from schemas.envelope import CloudEvent
+from schemas.jsonpath import JsonPathError, compile_path
+from schemas.usage import EVENT_TYPE_PATTERN
+
+METER_KEY_PATTERN = r"^[a-z0-9][a-z0-9_\-]{0,63}$"
+GROUP_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
+MAX_GROUP_BY = 16
+
+
+class Aggregation(StrEnum):
+    COUNT = "count"
+    SUM = "sum"
+    MIN = "min"
+    MAX = "max"
+    UNIQUE_COUNT = "unique_count"
+    LATEST = "latest"
+
+
+class MeterSpec(BaseModel):
+    """A meter, OpenMeter-style: which events it reads, what value, and how to aggregate."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    key: str = Field(pattern=METER_KEY_PATTERN, description="Unique per tenant, e.g. 'tokens'.")
+    name: str | None = Field(default=None, max_length=256)
+    description: str | None = Field(default=None, max_length=2048)
+    event_type: str = Field(pattern=EVENT_TYPE_PATTERN, description="CloudEvents type it reads.")
+    aggregation: Aggregation
+    value_property: str | None = Field(
+        default=None, description="JSONPath into the event data; every aggregation but count."
+    )
+    group_by: dict[str, str] = Field(
+        default_factory=dict, description="Group name to JSONPath into the event data."
+    )
+
+    @field_validator("value_property")
+    @classmethod
+    def _valid_value_path(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                compile_path(v)
+            except JsonPathError as e:
+                raise ValueError(str(e)) from None
+        return v
+
+    @field_validator("group_by")
+    @classmethod
+    def _valid_groups(cls, v: dict[str, str]) -> dict[str, str]:
+        if len(v) > MAX_GROUP_BY:
+            raise ValueError(f"at most {MAX_GROUP_BY} groups")
+        for name, path in v.items():
+            if not re.fullmatch(GROUP_NAME_PATTERN, name):
+                raise ValueError(f"group name {name!r} must match {GROUP_NAME_PATTERN}")
+            try:
+                compile_path(path)
+            except JsonPathError as e:
+                raise ValueError(f"group {name!r}: {e}") from None
+        return v
+
+    @model_validator(mode="after")
+    def _value_needed(self) -> Self:
+        if self.aggregation is Aggregation.COUNT:
+            if self.value_property is not None:
+                raise ValueError("value_property must be omitted for aggregation 'count'")
+        elif self.value_property is None:
+            raise ValueError(f"value_property is required for aggregation '{self.aggregation}'")
+        return self
+
+
+# --- commands --------------------------------------------------------------------
+
+
+class CreateMeter(CloudEvent):
+    """Define a meter. Re-sending the identical definition succeeds; a different one fails."""
+
+    type: Literal["CreateMeter"] = "CreateMeter"
+    data: MeterSpec
+
+
+# One command so far; this becomes a discriminated union on `type` when a second arrives.
+MeteringCommand = CreateMeter
+
+
+# --- events ----------------------------------------------------------------------
+
+
+class MeterCreatedData(MeterSpec):
+    meter_id: str
+
+
+class MeterCreated(CloudEvent):
+    type: Literal["meter.created"] = "meter.created"
+    data: MeterCreatedData
+
+
+MeteringEvent = MeterCreated
+
+COMMANDS: tuple[type[CloudEvent], ...] = (CreateMeter,)
+EVENTS: tuple[type[CloudEvent], ...] = (MeterCreated,)

@@ -1,0 +1,42 @@
+"""Topic names are a contract: every topic billstream reads or writes is named here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+USAGE = "billstream.usage.v1"
+COMMANDS_METERING = "billstream.commands.metering.v1"
+EVENTS_METERING = "billstream.events.metering.v1"
+
+DLQ_SUFFIX = ".dlq"
+
+
+def dlq(topic: str) -> str:
+    """The dead-letter topic of ``topic``."""
+    return topic + DLQ_SUFFIX
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    key: str
+    written_by: str
+    read_by: str
+    dead_letter: bool = True
+
+
+TOPICS: tuple[TopicSpec, ...] = (
+    TopicSpec(USAGE, "tenant_id:subject", "ingress, or producers directly", "metering"),
+    TopicSpec(COMMANDS_METERING, "tenant_id", "ingress, CLI", "metering"),
+    TopicSpec(EVENTS_METERING, "tenant_id", "metering (outbox)", "anyone downstream"),
+)
+
+
+def all_topic_names() -> list[str]:
+    """Every topic, with the dead-letter topics, as ``billstream topics ensure`` creates them."""
+    names: list[str] = []
+    for spec in TOPICS:
+        names.append(spec.name)
+        if spec.dead_letter:
+            names.append(dlq(spec.name))
+    return names

@@ -1,0 +1,53 @@
+"""Usage events: what producer systems emit, on ``billstream.usage.v1``.
+
+A usage event is a CloudEvent whose ``type`` is the producer's own event type
+(``llm.completion``), whose ``subject`` is the customer it is about, and whose
+``data`` is a JSON object that meters read with JSONPath. ``(tenantid, source, id)``
+identifies it: sending the same event twice counts once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+from schemas.envelope import CloudEvent
+
+EVENT_TYPE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/\-]{0,254}$"
+
+
+class UsageEventIn(BaseModel):
+    """One event as a client sends it to ``POST /v1/events`` (the tenant comes from the API key)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    specversion: str = Field(default="1.0", pattern=r"^1\.0$")
+    id: str = Field(min_length=1, max_length=256)
+    source: str = Field(min_length=1, max_length=512)
+    type: str = Field(pattern=EVENT_TYPE_PATTERN)
+    subject: str = Field(min_length=1, max_length=256)
+    time: AwareDatetime
+    datacontenttype: str = Field(default="application/json", pattern=r"^application/json$")
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class UsageEvent(CloudEvent):
+    """A usage event on the topic: the same fields plus the tenant."""
+
+    type: str = Field(pattern=EVENT_TYPE_PATTERN)
+    subject: str = Field(min_length=1, max_length=256)  # type: ignore[assignment]
+    time: AwareDatetime
+    data: dict[str, Any] = Field(default_factory=dict)
+
+    @classmethod
+    def from_client(cls, event: UsageEventIn, tenant_id: str) -> UsageEvent:
+        return cls(
+            id=event.id,
+            source=event.source,
+            type=event.type,
+            subject=event.subject,
+            time=event.time,
+            data=event.data,
+            tenantid=tenant_id,
+        )

@@ -1,0 +1,1 @@
+"""PostgreSQL storage: every SQL statement billstream runs lives in this package."""

@@ -1,0 +1,364 @@
+"""Meters and their aggregated usage, in hourly event-time buckets.
+
+``usage_hourly`` keeps, per (tenant, meter, subject, group values, hour): the event count,
+the sum, min and max of the values, and the latest value with its event time. Those
+combine exactly over any set of hours, so a query for any hour-aligned range (and
+windows of an hour or a day) is exact. ``usage_unique`` keeps the distinct values for
+``unique_count`` meters. Both are written with one set-based upsert per batch.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Literal
+
+from sqlalchemy import BigInteger, DateTime, ForeignKey, String, Text, UniqueConstraint, func, select, text
+from sqlalchemy.dialects.postgresql import JSONB, insert
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Mapped, mapped_column
+
+from storage.db import Base
+
+
+class Meter(Base):
+    __tablename__ = "meters"
+    __table_args__ = (UniqueConstraint("tenant_id", "key"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    key: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str | None] = mapped_column(String(256))
+    description: Mapped[str | None] = mapped_column(Text)
+    event_type: Mapped[str] = mapped_column(String(256))
+    aggregation: Mapped[str] = mapped_column(String(16))
+    value_property: Mapped[str | None] = mapped_column(String(512))
+    group_by: Mapped[dict[str, str]] = mapped_column(JSONB, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class UsageHourly(Base):
+    __tablename__ = "usage_hourly"
+
+    tenant_id: Mapped[str] = mapped_column(String(63), primary_key=True)
+    meter_id: Mapped[str] = mapped_column(
+        ForeignKey("meters.id", ondelete="CASCADE"), primary_key=True
+    )
+    subject: Mapped[str] = mapped_column(String(256), primary_key=True)
+    groups: Mapped[dict[str, Any]] = mapped_column(JSONB, primary_key=True)
+    bucket: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
+    count: Mapped[int] = mapped_column(BigInteger)
+    sum: Mapped[Decimal | None]
+    min: Mapped[Decimal | None]
+    max: Mapped[Decimal | None]
+    latest_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    latest_value: Mapped[Decimal | None]
+
+
+class UsageUnique(Base):
+    __tablename__ = "usage_unique"
+
+    tenant_id: Mapped[str] = mapped_column(String(63), primary_key=True)
+    meter_id: Mapped[str] = mapped_column(
+        ForeignKey("meters.id", ondelete="CASCADE"), primary_key=True
+    )
+    subject: Mapped[str] = mapped_column(String(256), primary_key=True)
+    groups: Mapped[dict[str, Any]] = mapped_column(JSONB, primary_key=True)
+    bucket: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
+    value: Mapped[str] = mapped_column(Text, primary_key=True)
+
+
+# --- the shapes the metering service hands over --------------------------------------
+
+
+@dataclass(frozen=True)
+class MeterDef:
+    id: str
+    tenant_id: str
+    key: str
+    event_type: str
+    aggregation: str
+    value_property: str | None
+    group_by: dict[str, str]
+    name: str | None = None
+    description: str | None = None
+
+
+@dataclass
+class UsageDelta:
+    """What one batch adds to one hourly bucket."""
+
+    tenant_id: str
+    meter_id: str
+    subject: str
+    groups: str  # canonical JSON object of group name -> value
+    bucket: datetime
+    count: int = 0
+    sum: Decimal | None = None
+    min: Decimal | None = None
+    max: Decimal | None = None
+    latest_time: datetime | None = None
+    latest_value: Decimal | None = None
+
+
+@dataclass(frozen=True)
+class UniqueValue:
+    tenant_id: str
+    meter_id: str
+    subject: str
+    groups: str
+    bucket: datetime
+    value: str
+
+
+def _to_def(m: Meter) -> MeterDef:
+    return MeterDef(
+        id=m.id,
+        tenant_id=m.tenant_id,
+        key=m.key,
+        event_type=m.event_type,
+        aggregation=m.aggregation,
+        value_property=m.value_property,
+        group_by=dict(m.group_by),
+        name=m.name,
+        description=m.description,
+    )
+
+
+class MeterRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def add(self, meter: MeterDef) -> MeterDef | None:
+        """Insert; on a key that exists, return the existing meter instead (None = inserted)."""
+        inserted = await self.session.execute(
+            insert(Meter)
+            .values(
+                id=meter.id,
+                tenant_id=meter.tenant_id,
+                key=meter.key,
+                name=meter.name,
+                description=meter.description,
+                event_type=meter.event_type,
+                aggregation=meter.aggregation,
+                value_property=meter.value_property,
+                group_by=meter.group_by,
+            )
+            .on_conflict_do_nothing(index_elements=[Meter.tenant_id, Meter.key])
+            .returning(Meter.id)
+        )
+        if inserted.scalar_one_or_none() is not None:
+            return None
+        existing = await self.get(meter.tenant_id, meter.key)
+        assert existing is not None
+        return existing
+
+    async def get(self, tenant_id: str, key: str) -> MeterDef | None:
+        row = await self.session.scalar(
+            select(Meter).where(Meter.tenant_id == tenant_id, Meter.key == key)
+        )
+        return _to_def(row) if row is not None else None
+
+    async def list(self, tenant_id: str) -> list[MeterDef]:
+        rows = await self.session.scalars(
+            select(Meter).where(Meter.tenant_id == tenant_id).order_by(Meter.key)
+        )
+        return [_to_def(m) for m in rows]
+
+    async def for_event_types(self, pairs: set[tuple[str, str]]) -> list[MeterDef]:
+        """Every meter reading one of the ``(tenant_id, event_type)`` pairs (one query)."""
+        if not pairs:
+            return []
+        tenants, types = zip(*pairs, strict=True)
+        rows = await self.session.execute(
+            text(
+                """
+                SELECT m.* FROM meters m
+                JOIN unnest(CAST(:tenants AS text[]), CAST(:types AS text[])) AS p(t, e)
+                  ON m.tenant_id = p.t AND m.event_type = p.e
+                """
+            ),
+            {"tenants": list(tenants), "types": list(types)},
+        )
+        return [
+            MeterDef(
+                id=r.id,
+                tenant_id=r.tenant_id,
+                key=r.key,
+                event_type=r.event_type,
+                aggregation=r.aggregation,
+                value_property=r.value_property,
+                group_by=dict(r.group_by),
+                name=r.name,
+                description=r.description,
+            )
+            for r in rows
+        ]
+
+
+_UPSERT_HOURLY = text(
+    """
+    INSERT INTO usage_hourly AS u
+        (tenant_id, meter_id, subject, groups, bucket, count, sum, min, max,
+         latest_time, latest_value)
+    SELECT t, m, s, CAST(g AS jsonb), b, c, su, mi, ma, lt, lv
+    FROM unnest(CAST(:tenant AS text[]), CAST(:meter AS text[]), CAST(:subject AS text[]),
+                CAST(:groups AS text[]), CAST(:bucket AS timestamptz[]), CAST(:count AS bigint[]),
+                CAST(:sum AS numeric[]), CAST(:min AS numeric[]), CAST(:max AS numeric[]),
+                CAST(:latest_time AS timestamptz[]), CAST(:latest_value AS numeric[]))
+         AS d(t, m, s, g, b, c, su, mi, ma, lt, lv)
+    ON CONFLICT (tenant_id, meter_id, subject, groups, bucket) DO UPDATE SET
+        count = u.count + EXCLUDED.count,
+        sum = CASE WHEN EXCLUDED.sum IS NULL THEN u.sum ELSE COALESCE(u.sum, 0) + EXCLUDED.sum END,
+        min = LEAST(u.min, EXCLUDED.min),
+        max = GREATEST(u.max, EXCLUDED.max),
+        latest_value = CASE
+            WHEN u.latest_time IS NULL
+              OR (EXCLUDED.latest_time, EXCLUDED.latest_value) > (u.latest_time, u.latest_value)
+            THEN EXCLUDED.latest_value ELSE u.latest_value END,
+        latest_time = GREATEST(u.latest_time, EXCLUDED.latest_time)
+    """
+)
+
+_INSERT_UNIQUE = text(
+    """
+    INSERT INTO usage_unique (tenant_id, meter_id, subject, groups, bucket, value)
+    SELECT t, m, s, CAST(g AS jsonb), b, v
+    FROM unnest(CAST(:tenant AS text[]), CAST(:meter AS text[]), CAST(:subject AS text[]),
+                CAST(:groups AS text[]), CAST(:bucket AS timestamptz[]), CAST(:value AS text[]))
+         AS d(t, m, s, g, b, v)
+    ON CONFLICT DO NOTHING
+    """
+)
+
+WindowSize = Literal["hour", "day", "none"]
+
+
+@dataclass(frozen=True)
+class UsageRow:
+    window_start: datetime | None
+    window_end: datetime | None
+    subject: str | None
+    groups: dict[str, str | None]
+    value: Decimal | None
+
+
+_VALUE_SQL = {
+    "count": "sum(count)",
+    "sum": "sum(sum)",
+    "min": "min(min)",
+    "max": "max(max)",
+    "latest": "(array_agg(latest_value ORDER BY latest_time DESC, latest_value DESC))[1]",
+    "unique_count": "count(DISTINCT value)",
+}
+
+
+class UsageRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def apply(self, deltas: list[UsageDelta], uniques: list[UniqueValue]) -> None:
+        """Add a batch's deltas: one upsert for the buckets, one insert for distinct values."""
+        if deltas:
+            await self.session.execute(
+                _UPSERT_HOURLY,
+                {
+                    "tenant": [d.tenant_id for d in deltas],
+                    "meter": [d.meter_id for d in deltas],
+                    "subject": [d.subject for d in deltas],
+                    "groups": [d.groups for d in deltas],
+                    "bucket": [d.bucket for d in deltas],
+                    "count": [d.count for d in deltas],
+                    "sum": [d.sum for d in deltas],
+                    "min": [d.min for d in deltas],
+                    "max": [d.max for d in deltas],
+                    "latest_time": [d.latest_time for d in deltas],
+                    "latest_value": [d.latest_value for d in deltas],
+                },
+            )
+        if uniques:
+            await self.session.execute(
+                _INSERT_UNIQUE,
+                {
+                    "tenant": [u.tenant_id for u in uniques],
+                    "meter": [u.meter_id for u in uniques],
+                    "subject": [u.subject for u in uniques],
+                    "groups": [u.groups for u in uniques],
+                    "bucket": [u.bucket for u in uniques],
+                    "value": [u.value for u in uniques],
+                },
+            )
+
+    async def query(
+        self,
+        meter: MeterDef,
+        *,
+        start: datetime | None,
+        end: datetime | None,
+        subjects: list[str],
+        window: WindowSize,
+        group_by: list[str],
+    ) -> list[UsageRow]:
+        """Aggregate ``meter`` over [start, end) in windows, grouped by subject and/or groups.
+
+        ``group_by`` names come from the meter's groups (validated by the caller) or "subject".
+        """
+        table = "usage_unique" if meter.aggregation == "unique_count" else "usage_hourly"
+        params: dict[str, Any] = {"tenant": meter.tenant_id, "meter": meter.id}
+        where = ["tenant_id = :tenant", "meter_id = :meter"]
+        if start is not None:
+            where.append("bucket >= :start")
+            params["start"] = start
+        if end is not None:
+            where.append("bucket < :end")
+            params["end"] = end
+        if subjects:
+            where.append("subject = ANY(CAST(:subjects AS text[]))")
+            params["subjects"] = subjects
+        if window == "none":
+            win_start = "CAST(:start AS timestamptz)" if start is not None else "NULL"
+            win_end = "CAST(:end AS timestamptz)" if end is not None else "NULL"
+        else:
+            params["step"] = "1 " + window
+            win_start = f"date_trunc('{window}', bucket, 'UTC')"
+            win_end = f"date_trunc('{window}', bucket, 'UTC') + CAST(:step AS interval)"
+            if start is not None:
+                win_start = f"GREATEST({win_start}, :start)"
+            if end is not None:
+                win_end = f"LEAST({win_end}, :end)"
+        dims = [f"{win_start} AS window_start", f"{win_end} AS window_end"]
+        group_cols = ["window_start", "window_end"]
+        if "subject" in group_by:
+            dims.append("subject")
+            group_cols.append("subject")
+        names = [g for g in group_by if g != "subject"]
+        for i, name in enumerate(names):
+            params[f"g{i}"] = name
+            dims.append(f"groups ->> CAST(:g{i} AS text) AS g{i}")
+            group_cols.append(f"g{i}")
+        sql = (
+            f"SELECT {', '.join(dims)}, {_VALUE_SQL[meter.aggregation]} AS value "
+            f"FROM {table} WHERE {' AND '.join(where)} "
+            f"GROUP BY {', '.join(group_cols)} ORDER BY {', '.join(group_cols)}"
+        )
+        result = await self.session.execute(text(sql), params)
+        single_subject = subjects[0] if len(subjects) == 1 else None
+        rows: list[UsageRow] = []
+        for r in result.mappings():
+            value = r["value"]
+            rows.append(
+                UsageRow(
+                    window_start=r["window_start"],
+                    window_end=r["window_end"],
+                    subject=r["subject"] if "subject" in group_by else single_subject,
+                    groups={name: r[f"g{i}"] for i, name in enumerate(names)},
+                    value=Decimal(value) if value is not None else None,
+                )
+            )
+        return rows
+
+
+def canonical_groups(groups: dict[str, str | None]) -> str:
+    return json.dumps(groups, sort_keys=True, separators=(",", ":"))

@@ -1,0 +1,1 @@
+"""billstream workers: the HTTP ingress, one worker per bounded context, and the CLI."""

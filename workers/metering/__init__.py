@@ -1,0 +1,1 @@
+"""Usage metering: meters, per-hour aggregation, queries."""

@@ -1,0 +1,55 @@
+"""Metering subscribers: decode → one transaction → service → done."""
+
+from __future__ import annotations
+
+from pydantic import TypeAdapter
+
+from schemas import topics
+from schemas.metering import MeteringCommand
+from storage.metering import MeterRepository, UsageRepository
+from workers.metering import service
+from schemas.usage import UsageEvent
+from workers.runtime import Batch, Runtime, Tx
+
+USAGE_GROUP = "billstream.metering"
+COMMANDS_GROUP = "billstream.metering.commands"
+
+_commands: TypeAdapter[MeteringCommand] = TypeAdapter(MeteringCommand)
+
+
+def register(runtime: Runtime) -> None:
+    @runtime.consumer(topics.USAGE, group=USAGE_GROUP, decode=service.decode_usage)
+    async def on_usage(batch: Batch[UsageEvent], tx: Tx) -> None:
+        """Aggregates usage events into hourly buckets of every meter that reads them."""
+        fresh = await tx.claim(batch)
+        meters = await tx.repo(MeterRepository).for_event_types(
+            {(m.event.tenantid, m.event.type) for m in fresh}
+        )
+        result = service.aggregate([m.event for m in fresh], meters)
+        for index, reason in result.rejected:
+            tx.reject(fresh[index], reason, code="unusable_event")
+        await tx.repo(UsageRepository).apply(result.deltas, result.uniques)
+
+    @runtime.consumer(
+        topics.COMMANDS_METERING,
+        group=COMMANDS_GROUP,
+        decode=_commands.validate_json,
+        commands=True,
+    )
+    async def on_command(batch: Batch[MeteringCommand], tx: Tx) -> None:
+        """Creates meters (idempotently) and emits meter.created."""
+        meters = tx.repo(MeterRepository)
+        for message in await tx.claim(batch):
+            async with tx.command(message) as result:
+                wanted = service.new_meter(message.event)
+                existing = await meters.add(wanted)
+                if existing is not None:
+                    service.ensure_same_definition(existing, wanted)
+                    result["meter_id"] = existing.id
+                else:
+                    result["meter_id"] = wanted.id
+                    tx.emit(
+                        service.meter_created(message.event, wanted),
+                        topic=topics.EVENTS_METERING,
+                        key=message.event.tenantid,
+                    )

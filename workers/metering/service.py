@@ -1,0 +1,208 @@
+"""Metering domain logic. Pure: no I/O, no Kafka, no SQL; unit-tested directly."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from schemas.envelope import new_id
+from schemas.jsonpath import MISSING, compile_path, evaluate
+from schemas.metering import Aggregation, CreateMeter, MeterCreated, MeterCreatedData, MeterSpec
+from schemas.usage import UsageEvent
+from storage.metering import MeterDef, UniqueValue, UsageDelta, canonical_groups
+from workers.metering.errors import MeterConflict, UnusableEvent
+
+SOURCE = "billstream/metering"
+
+
+def decode_usage(raw: bytes) -> UsageEvent:
+    """Parse a usage record; numbers in ``data`` become exact Decimals (never floats)."""
+    return UsageEvent.model_validate(
+        json.loads(raw, parse_float=Decimal, parse_constant=_no_constants)
+    )
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not a valid JSON number")
+
+
+def hour_bucket(t: datetime) -> datetime:
+    return t.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+
+
+def _number(value: Any, where: str) -> Decimal:
+    if isinstance(value, bool) or value is None:
+        raise UnusableEvent(f"{where} is {json.dumps(value)}, not a number", field=where)
+    if isinstance(value, int | Decimal):
+        number = Decimal(value)
+    elif isinstance(value, str):
+        try:
+            number = Decimal(value.strip())
+        except InvalidOperation:
+            raise UnusableEvent(f"{where} is {value!r}, not a number", field=where) from None
+    else:
+        raise UnusableEvent(f"{where} is a {type(value).__name__}, not a number", field=where)
+    if not number.is_finite():
+        raise UnusableEvent(f"{where} is {value!r}, not a finite number", field=where)
+    return number
+
+
+def _scalar_text(value: Any) -> str | None:
+    if value is None or value is MISSING:
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int | Decimal):
+        return str(value)
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
+@dataclass(frozen=True)
+class CompiledMeter:
+    meter: MeterDef
+    value_path: tuple[str | int, ...] | None
+    group_paths: tuple[tuple[str, tuple[str | int, ...]], ...]
+
+    @classmethod
+    def of(cls, meter: MeterDef) -> CompiledMeter:
+        return cls(
+            meter,
+            compile_path(meter.value_property) if meter.value_property else None,
+            tuple((name, compile_path(path)) for name, path in sorted(meter.group_by.items())),
+        )
+
+
+@dataclass
+class Aggregated:
+    deltas: list[UsageDelta] = field(default_factory=list)
+    uniques: list[UniqueValue] = field(default_factory=list)
+    rejected: list[tuple[int, str]] = field(default_factory=list)  # (index in input, reason)
+
+
+def aggregate(events: Sequence[UsageEvent], meters: Sequence[MeterDef]) -> Aggregated:
+    """Fold a batch of events into per-bucket deltas for every meter that reads them.
+
+    An event is used by all its meters or by none: if any meter cannot read its value,
+    the event is rejected (to the DLQ) with the reason, and counts nowhere.
+    """
+    by_type: dict[tuple[str, str], list[CompiledMeter]] = {}
+    for m in meters:
+        by_type.setdefault((m.tenant_id, m.event_type), []).append(CompiledMeter.of(m))
+    out = Aggregated()
+    deltas: dict[tuple[str, str, str, datetime], UsageDelta] = {}
+    uniques: set[UniqueValue] = set()
+    for index, event in enumerate(events):
+        readers = by_type.get((event.tenantid, event.type))
+        if not readers:
+            out.rejected.append((index, f"no meter reads event type {event.type!r}"))
+            continue
+        try:
+            contributions = [_contribution(cm, event) for cm in readers]
+        except UnusableEvent as e:
+            out.rejected.append((index, e.message))
+            continue
+        bucket = hour_bucket(event.time)
+        for cm, (groups, value) in zip(readers, contributions, strict=True):
+            key = (cm.meter.id, event.subject, groups, bucket)
+            delta = deltas.get(key)
+            if delta is None:
+                delta = deltas[key] = UsageDelta(
+                    event.tenantid, cm.meter.id, event.subject, groups, bucket
+                )
+            _fold(delta, cm.meter.aggregation, value, event.time)
+            if cm.meter.aggregation == Aggregation.UNIQUE_COUNT:
+                assert isinstance(value, str)
+                uniques.add(
+                    UniqueValue(event.tenantid, cm.meter.id, event.subject, groups, bucket, value)
+                )
+    out.deltas = list(deltas.values())
+    out.uniques = sorted(uniques, key=lambda u: (u.meter_id, u.subject, u.groups, u.bucket, u.value))
+    return out
+
+
+def _contribution(cm: CompiledMeter, event: UsageEvent) -> tuple[str, Decimal | str | None]:
+    groups = {
+        name: _scalar_text(evaluate(path, event.data)) for name, path in cm.group_paths
+    }
+    value: Decimal | str | None = None
+    if cm.value_path is not None:
+        where = f"data{cm.meter.value_property[1:] if cm.meter.value_property else ''}"
+        raw = evaluate(cm.value_path, event.data)
+        if raw is MISSING:
+            raise UnusableEvent(
+                f"meter {cm.meter.key!r} needs {cm.meter.value_property}, which the event lacks",
+                field=where,
+            )
+        if cm.meter.aggregation == Aggregation.UNIQUE_COUNT:
+            text = _scalar_text(raw)
+            if text is None:
+                raise UnusableEvent(f"{where} is null; unique_count needs a value", field=where)
+            value = text
+        else:
+            value = _number(raw, where)
+    return canonical_groups(groups), value
+
+
+def _fold(delta: UsageDelta, aggregation: str, value: Decimal | str | None, at: datetime) -> None:
+    delta.count += 1
+    if not isinstance(value, Decimal):
+        return
+    delta.sum = value if delta.sum is None else delta.sum + value
+    delta.min = value if delta.min is None else min(delta.min, value)
+    delta.max = value if delta.max is None else max(delta.max, value)
+    if (
+        delta.latest_time is None
+        or at > delta.latest_time
+        or (at == delta.latest_time and delta.latest_value is not None and value > delta.latest_value)
+    ):
+        delta.latest_time, delta.latest_value = at, value
+
+
+# --- meters ------------------------------------------------------------------------
+
+
+def new_meter(command: CreateMeter) -> MeterDef:
+    spec = command.data
+    return MeterDef(
+        id=new_id(),
+        tenant_id=command.tenantid,
+        key=spec.key,
+        event_type=spec.event_type,
+        aggregation=spec.aggregation.value,
+        value_property=spec.value_property,
+        group_by=dict(spec.group_by),
+        name=spec.name,
+        description=spec.description,
+    )
+
+
+def _definition(m: MeterDef) -> tuple[Any, ...]:
+    return (m.event_type, m.aggregation, m.value_property, m.group_by)
+
+
+def ensure_same_definition(existing: MeterDef, wanted: MeterDef) -> None:
+    """Re-creating a meter identically is a no-op; changing what it counts is refused."""
+    if _definition(existing) != _definition(wanted):
+        raise MeterConflict(
+            f"meter {wanted.key!r} already exists with a different definition "
+            f"(event_type={existing.event_type!r}, aggregation={existing.aggregation!r}, "
+            f"value_property={existing.value_property!r}, group_by={existing.group_by!r}); "
+            "meters are immutable: create one with a new key",
+            field="key",
+        )
+
+
+def meter_created(command: CreateMeter, meter: MeterDef) -> MeterCreated:
+    spec = MeterSpec.model_validate(command.data.model_dump())
+    return MeterCreated(
+        source=SOURCE,
+        subject=meter.key,
+        data=MeterCreatedData(**spec.model_dump(), meter_id=meter.id),
+        **command.caused(),
+    )

@@ -1,0 +1,276 @@
+"""The batch consumer every context uses (ARCHITECTURE.md §4).
+
+Per batch: decode → one transaction (inbox claim, the handler's effects, outbox rows,
+command outcomes, dead-letter rows) → commit → commit the Kafka offsets. Transient
+failures retry with exponential backoff and jitter, forever, never skipping a message.
+A batch that fails permanently is split in halves until the poison message is alone;
+it goes to ``<topic>.dlq`` (through the outbox, so it is never lost) and the rest proceed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import structlog
+from aiokafka import ConsumerRecord
+from aiokafka.errors import CommitFailedError, KafkaError
+from faststream import AckPolicy
+from faststream.kafka import KafkaBroker
+from faststream.kafka.annotations import KafkaMessage
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from tenacity import AsyncRetrying, retry_if_exception, wait_exponential_jitter
+
+from schemas.envelope import CloudEvent
+from storage import outbox
+from workers.runtime import metrics
+from workers.runtime.transient import is_transient
+from workers.runtime.tx import Message, Tx, dead_letter
+
+E = TypeVar("E", bound=CloudEvent)
+Handler = Callable[[Sequence[Message[E]], Tx], Awaitable[None]]
+Decoder = Callable[[bytes], E]
+
+log = structlog.get_logger("billstream.runtime")
+
+
+class ShuttingDown(Exception):
+    """Raised out of a retry loop when the worker stops; the batch is not committed."""
+
+
+@dataclass(frozen=True)
+class Consumer(Generic[E]):
+    topic: str
+    group: str
+    decode: Decoder[E]
+    handler: Handler[E]
+    commands: bool = False  # a command topic: dead-lettered commands are marked failed
+
+
+class BatchProcessor(Generic[E]):
+    """Applies batches for one consumer. Independent of FastStream, so it is testable."""
+
+    def __init__(
+        self,
+        consumer: Consumer[E],
+        sessions: async_sessionmaker[AsyncSession],
+        *,
+        retry_initial_s: float,
+        retry_max_s: float,
+        on_committed: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.consumer = consumer
+        self.sessions = sessions
+        self.retry_initial_s = retry_initial_s
+        self.retry_max_s = retry_max_s
+        self.on_committed = on_committed
+        self.stopping = asyncio.Event()
+        labels = {"group": consumer.group, "topic": consumer.topic}
+        self._m_consumed = metrics.MESSAGES_CONSUMED.labels(**labels)
+        self._m_processed = metrics.MESSAGES_PROCESSED.labels(**labels)
+        self._m_dedup = metrics.MESSAGES_DEDUPLICATED.labels(**labels)
+        self._m_dlq = metrics.MESSAGES_DEAD_LETTERED.labels(**labels)
+        self._m_batch = metrics.BATCH_SECONDS.labels(**labels)
+        self._m_retries = metrics.TRANSIENT_RETRIES.labels(group=consumer.group)
+
+    async def process(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
+        """Apply ``records`` durably; return only when every one is applied or dead-lettered."""
+        started = time.perf_counter()
+        self._m_consumed.inc(len(records))
+        decoded: list[Message[E]] = []
+        undecodable: list[outbox.OutgoingMessage] = []
+        for record in records:
+            try:
+                decoded.append(Message(record, self.consumer.decode(record.value)))
+            except Exception as e:  # any decoding failure makes this record poison
+                undecodable.append(
+                    dead_letter(record, self.consumer.group, _describe(e), "undecodable")
+                )
+        if undecodable:
+            await self._retrying(lambda: self._write_dead_letters(undecodable))
+            self._m_dlq.inc(len(undecodable))
+            log.warning("dead-lettered undecodable records", count=len(undecodable))
+        if decoded:
+            await self._apply(decoded)
+        self._m_batch.observe(time.perf_counter() - started)
+
+    async def _apply(self, batch: list[Message[E]]) -> None:
+        try:
+            await self._retrying(lambda: self._transaction(batch))
+        except ShuttingDown:
+            raise
+        except Exception as e:
+            if len(batch) == 1:
+                await self._dead_letter_one(batch[0], e)
+                return
+            log.info("batch failed, splitting to isolate the poison message", size=len(batch))
+            mid = len(batch) // 2
+            await self._apply(batch[:mid])
+            await self._apply(batch[mid:])
+
+    async def _transaction(self, batch: list[Message[E]]) -> None:
+        first = batch[0].event
+        structlog.contextvars.bind_contextvars(
+            tenantid=first.tenantid, correlationid=first.correlationid or first.id
+        )
+        try:
+            async with self.sessions() as session, session.begin():
+                tx = Tx(session, self.consumer.group)
+                await self.consumer.handler(batch, tx)
+                await tx.flush()
+        finally:
+            structlog.contextvars.unbind_contextvars("tenantid", "correlationid")
+        fresh = len(batch) - tx.duplicates - tx.rejected
+        self._m_processed.inc(fresh)
+        self._m_dedup.inc(tx.duplicates)
+        self._m_dlq.inc(tx.rejected)
+        if tx.outgoing:
+            self.on_committed()
+
+    async def _dead_letter_one(self, message: Message[E], error: Exception) -> None:
+        log.error(
+            "dead-lettering poison message",
+            message_id=message.event.id,
+            tenantid=message.event.tenantid,
+            error=_describe(error),
+            exc_info=error,
+        )
+        dlq_row = dead_letter(
+            message.record, self.consumer.group, _describe(error), type(error).__name__
+        )
+
+        async def write() -> None:
+            async with self.sessions() as session, session.begin():
+                tx = Tx(session, self.consumer.group)
+                tx.outgoing.append(dlq_row)
+                if self.consumer.commands:
+                    from storage.commands import CommandOutcome
+
+                    tx.outcomes.append(
+                        (
+                            message.event.type,
+                            CommandOutcome(
+                                message.event.tenantid,
+                                message.event.id,
+                                "failed",
+                                error={"code": "dead_lettered", "message": _describe(error)},
+                            ),
+                        )
+                    )
+                await tx.flush()
+
+        await self._retrying(write)
+        self._m_dlq.inc()
+        self.on_committed()
+
+    async def _write_dead_letters(self, rows: list[outbox.OutgoingMessage]) -> None:
+        async with self.sessions() as session, session.begin():
+            outbox.add(session, rows)
+        self.on_committed()
+
+    async def _retrying(self, attempt: Callable[[], Awaitable[None]]) -> None:
+        """Run ``attempt``; retry transient failures with backoff until it succeeds or we stop."""
+        retrying = AsyncRetrying(
+            retry=retry_if_exception(is_transient),
+            wait=wait_exponential_jitter(initial=self.retry_initial_s, max=self.retry_max_s),
+            before_sleep=self._before_retry,
+            reraise=True,
+        )
+        async for state in retrying:
+            with state:
+                if self.stopping.is_set():
+                    raise ShuttingDown()
+                await attempt()
+
+    def _before_retry(self, state: Any) -> None:
+        self._m_retries.inc()
+        log.warning(
+            "transient failure, retrying",
+            attempt=state.attempt_number,
+            error=_describe(state.outcome.exception()),
+        )
+
+
+def _describe(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}"[:2000]
+
+
+class Runtime:
+    """Holds a worker's broker and database, and registers its consumers."""
+
+    def __init__(
+        self,
+        broker: KafkaBroker,
+        sessions: async_sessionmaker[AsyncSession],
+        *,
+        batch_max_records: int,
+        batch_timeout_ms: int,
+        retry_initial_s: float,
+        retry_max_s: float,
+        on_committed: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.broker = broker
+        self.sessions = sessions
+        self.batch_max_records = batch_max_records
+        self.batch_timeout_ms = batch_timeout_ms
+        self.retry_initial_s = retry_initial_s
+        self.retry_max_s = retry_max_s
+        self.on_committed = on_committed
+        self.processors: list[BatchProcessor[Any]] = []
+
+    def consumer(
+        self, topic: str, *, group: str, decode: Decoder[E], commands: bool = False
+    ) -> Callable[[Handler[E]], Handler[E]]:
+        """Register ``handler`` for batches of ``topic`` in consumer group ``group``."""
+
+        def register(handler: Handler[E]) -> Handler[E]:
+            processor = BatchProcessor(
+                Consumer(topic, group, decode, handler, commands),
+                self.sessions,
+                retry_initial_s=self.retry_initial_s,
+                retry_max_s=self.retry_max_s,
+                on_committed=lambda: self.on_committed(),
+            )
+            self.processors.append(processor)
+
+            async def noop_decoder(msg: Any) -> None:
+                return None
+
+            @self.broker.subscriber(
+                topic,
+                group_id=group,
+                batch=True,
+                max_records=self.batch_max_records,
+                batch_timeout_ms=self.batch_timeout_ms,
+                auto_offset_reset="earliest",
+                ack_policy=AckPolicy.MANUAL,
+                decoder=noop_decoder,
+                title=f"{group}:{topic}",
+                description=handler.__doc__,
+            )
+            async def subscriber(message: KafkaMessage) -> None:
+                records: tuple[ConsumerRecord[bytes, bytes], ...] = message.raw_message  # type: ignore[assignment]
+                try:
+                    await processor.process(records)
+                except BaseException:
+                    # stopping, or a bug: never move past these records without applying them.
+                    # Seek back so they are read again (after a restart, the inbox dedupes).
+                    await message.nack()
+                    raise
+                try:
+                    await message.ack()  # commits offsets only now, after the database commit
+                except (CommitFailedError, KafkaError) as e:
+                    # a rebalance took the partitions: the new owner re-reads, the inbox dedupes
+                    log.warning("offset commit failed; batch will be redelivered", error=str(e))
+
+            return handler
+
+        return register
+
+    def stop_processing(self) -> None:
+        for p in self.processors:
+            p.stopping.set()

@@ -1,0 +1,35 @@
+"""The error hierarchy every context specialises (``<Context>Error`` in its errors.py).
+
+- ``RetryableError``: try again later (the runtime backs off and retries, never drops).
+- ``PermanentError``: retrying cannot help. Raised for one message, the runtime isolates
+  and dead-letters it; raised by a command's domain logic, the command fails with it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class BillstreamError(Exception):
+    code = "error"
+
+    def __init__(self, message: str, *, field: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        if code is not None:
+            self.code = code
+
+    def to_problem(self) -> dict[str, Any]:
+        problem: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.field is not None:
+            problem["field"] = self.field
+        return problem
+
+
+class RetryableError(BillstreamError):
+    code = "retryable"
+
+
+class PermanentError(BillstreamError):
+    code = "permanent"

@@ -1,0 +1,29 @@
+"""Prometheus metrics every worker exposes (text format on ``/metrics``)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+MESSAGES_CONSUMED = Counter(
+    "billstream_messages_consumed_total", "Records read from Kafka", ["group", "topic"]
+)
+MESSAGES_PROCESSED = Counter(
+    "billstream_messages_processed_total", "Records applied (first time)", ["group", "topic"]
+)
+MESSAGES_DEDUPLICATED = Counter(
+    "billstream_messages_deduplicated_total", "Records dropped as already applied", ["group", "topic"]
+)
+MESSAGES_DEAD_LETTERED = Counter(
+    "billstream_messages_dead_lettered_total", "Records sent to the DLQ", ["group", "topic"]
+)
+BATCH_SECONDS = Histogram(
+    "billstream_batch_seconds",
+    "Time to apply one batch, commit included",
+    ["group", "topic"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+TRANSIENT_RETRIES = Counter(
+    "billstream_transient_retries_total", "Batch attempts retried after a transient error", ["group"]
+)
+OUTBOX_PUBLISHED = Counter("billstream_outbox_published_total", "Outbox rows published")
+OUTBOX_BACKLOG = Gauge("billstream_outbox_backlog", "Outbox rows waiting to be published")

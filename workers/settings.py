@@ -1,0 +1,62 @@
+"""The one Settings class. Every knob is an environment variable prefixed ``BILLSTREAM_``."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="BILLSTREAM_", extra="ignore")
+
+    # --- connections -------------------------------------------------------------
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    kafka_idempotence: bool = Field(
+        default=True,
+        description="Idempotent producer; on for Apache Kafka, off for the embedded broker.",
+    )
+    kafka_request_timeout_ms: int = 10_000
+    database_url: str = "postgresql+asyncpg://billstream:billstream@127.0.0.1:5432/billstream"
+    database_pool_size: int = 10
+
+    # --- topics ------------------------------------------------------------------
+    topic_partitions: int = 6
+    topic_replication: int = 1
+
+    # --- consumer runtime --------------------------------------------------------
+    batch_max_records: int = 5_000
+    batch_timeout_ms: int = 100
+    retry_initial_s: float = 0.2
+    retry_max_s: float = 30.0
+    inbox_retention_days: int = Field(default=35, ge=32)
+    outbox_poll_interval_s: float = 0.2
+    outbox_batch: int = 2_000
+    graceful_timeout_s: float = 15.0
+
+    # --- ingress -----------------------------------------------------------------
+    ingress_host: str = "127.0.0.1"
+    ingress_port: int = 8080
+    max_request_bytes: int = 1_048_576
+    max_batch_events: int = 1_000
+    rate_limit_events_per_s: float = Field(
+        default=50_000, description="Per tenant and ingress process; 0 disables."
+    )
+
+    # --- worker process ----------------------------------------------------------
+    metrics_port: int = Field(default=0, description="Worker health/metrics port; 0 = off.")
+
+    # --- logging -----------------------------------------------------------------
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "console"] = "json"
+
+    # --- dev stack ---------------------------------------------------------------
+    state_dir: Path = Path(".billstream")
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
