@@ -7,6 +7,7 @@ PostgreSQL 16 (compose.yaml); pointing billstream there is only settings.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import shutil
 import socket
@@ -157,18 +158,26 @@ class EmbeddedPostgres:
         self.stop()
 
 
+@functools.lru_cache(maxsize=1)
 def docker_available() -> bool:
     """True when a Docker daemon answers (then tests may use testcontainers)."""
-    if shutil.which("docker") is None and not os.path.exists("/var/run/docker.sock"):
+    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    if host.startswith("unix://") and not os.path.exists(host[len("unix://") :]):
         return False
-    try:
-        import docker
+    import warnings
 
-        client = docker.from_env(timeout=2)
-        client.ping()
-        return True
-    except Exception:
-        return False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)  # docker-py leaks a socket on failure
+        try:
+            import docker
+
+            client = docker.from_env(timeout=2)
+            try:
+                return bool(client.ping())
+            finally:
+                client.close()
+        except Exception:
+            return False
 
 
 async def wait_for(predicate, timeout_s: float = 10.0, interval_s: float = 0.05):  # type: ignore[no-untyped-def]

@@ -20,6 +20,10 @@ class Settings(BaseSettings):
         description="Idempotent producer; on for Apache Kafka, off for the embedded broker.",
     )
     kafka_request_timeout_ms: int = 10_000
+    kafka_session_timeout_ms: int = Field(
+        default=10_000, description="Consumer group session; the embedded broker joins in ~half."
+    )
+    kafka_heartbeat_interval_ms: int = 3_000
     database_url: str = "postgresql+asyncpg://billstream:billstream@127.0.0.1:5432/billstream"
     database_pool_size: int = 10
 

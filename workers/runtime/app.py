@@ -94,6 +94,8 @@ def build_worker(
         batch_timeout_ms=settings.batch_timeout_ms,
         retry_initial_s=settings.retry_initial_s,
         retry_max_s=settings.retry_max_s,
+        session_timeout_ms=settings.kafka_session_timeout_ms,
+        heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,
         on_committed=relay.wake,
     )
     register(runtime)

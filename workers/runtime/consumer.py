@@ -211,9 +211,13 @@ class Runtime:
         batch_timeout_ms: int,
         retry_initial_s: float,
         retry_max_s: float,
+        session_timeout_ms: int = 10_000,
+        heartbeat_interval_ms: int = 3_000,
         on_committed: Callable[[], None] = lambda: None,
     ) -> None:
         self.broker = broker
+        self.session_timeout_ms = session_timeout_ms
+        self.heartbeat_interval_ms = heartbeat_interval_ms
         self.sessions = sessions
         self.batch_max_records = batch_max_records
         self.batch_timeout_ms = batch_timeout_ms
@@ -247,6 +251,8 @@ class Runtime:
                 max_records=self.batch_max_records,
                 batch_timeout_ms=self.batch_timeout_ms,
                 auto_offset_reset="earliest",
+                session_timeout_ms=self.session_timeout_ms,
+                heartbeat_interval_ms=self.heartbeat_interval_ms,
                 ack_policy=AckPolicy.MANUAL,
                 decoder=noop_decoder,
                 title=f"{group}:{topic}",

@@ -1,0 +1,149 @@
+"""``billstream``: run and operate billstream."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from workers.settings import Settings, get_settings
+
+app = typer.Typer(
+    name="billstream",
+    help="Kafka-native billing backbone. Settings come from BILLSTREAM_* environment variables.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+tenant_app = typer.Typer(help="Tenants and API keys.", no_args_is_help=True)
+topics_app = typer.Typer(help="Kafka topics.", no_args_is_help=True)
+schemas_app = typer.Typer(help="Message contracts (JSON Schema).", no_args_is_help=True)
+app.add_typer(tenant_app, name="tenant")
+app.add_typer(topics_app, name="topics")
+app.add_typer(schemas_app, name="schemas")
+
+WORKERS = ("metering",)
+
+
+def _settings() -> Settings:
+    from workers.runtime.logging import configure
+
+    settings = get_settings()
+    configure(settings.log_level, settings.log_format)
+    return settings
+
+
+@app.command()
+def migrate() -> None:
+    """Apply the database migrations (idempotent)."""
+    from storage.db import migrate_sync
+
+    settings = _settings()
+    migrate_sync(settings.database_url)
+    typer.echo("database migrated to head")
+
+
+@topics_app.command("ensure")
+def topics_ensure() -> None:
+    """Create every billstream topic (and its dead-letter topic) that is missing."""
+    from workers.runtime.topics import ensure_topics
+
+    settings = _settings()
+    created = asyncio.run(
+        ensure_topics(
+            settings.kafka_bootstrap,
+            partitions=settings.topic_partitions,
+            replication=settings.topic_replication,
+        )
+    )
+    for name in created:
+        typer.echo(f"created {name}")
+    typer.echo(f"{len(created)} topic(s) created; the rest already existed")
+
+
+@tenant_app.command("create")
+def tenant_create(
+    tenant_id: Annotated[str, typer.Argument(help="Slug: lowercase letters, digits, '-'.")],
+    name: Annotated[str | None, typer.Option(help="Display name.")] = None,
+) -> None:
+    """Create a tenant (or reuse it) and print a new API key. The key is shown only once."""
+    import re
+
+    from schemas.envelope import TENANT_ID_PATTERN
+
+    if not re.fullmatch(TENANT_ID_PATTERN, tenant_id):
+        typer.echo(f"error: tenant id must match {TENANT_ID_PATTERN}", err=True)
+        raise typer.Exit(2)
+    settings = _settings()
+    from workers.admin import create_tenant
+
+    created, key = asyncio.run(create_tenant(settings.database_url, tenant_id, name))
+    typer.echo(f"tenant {tenant_id} {'created' if created else 'exists'}")
+    typer.echo(f"api key: {key}")
+
+
+@app.command()
+def worker(
+    name: Annotated[str, typer.Argument(help=f"One of: {', '.join(WORKERS)}.")],
+) -> None:
+    """Run one worker process until SIGTERM/SIGINT (graceful: the current batch commits)."""
+    if name not in WORKERS:
+        typer.echo(f"error: unknown worker {name!r}; choose one of {', '.join(WORKERS)}", err=True)
+        raise typer.Exit(2)
+    settings = _settings()
+    from workers.metering.app import build
+
+    asyncio.run(build(settings).run_until_signalled())
+
+
+@app.command()
+def ingress(
+    host: Annotated[str | None, typer.Option(help="Bind address.")] = None,
+    port: Annotated[int | None, typer.Option(help="Port.")] = None,
+) -> None:
+    """Run the HTTP ingress (OpenAPI at /docs)."""
+    import uvicorn
+
+    from workers.ingress.app import create_app
+
+    settings = _settings()
+    uvicorn.run(
+        create_app(settings),
+        host=host or settings.ingress_host,
+        port=port or settings.ingress_port,
+        log_level=settings.log_level.lower(),
+        access_log=False,
+        lifespan="on",
+    )
+
+
+@schemas_app.command("export")
+def schemas_export(
+    out: Annotated[Path, typer.Option(help="Directory to write into.")] = Path("schemas-export"),
+) -> None:
+    """Write a JSON Schema for every command, event and the usage event."""
+    from schemas.catalog import export
+
+    for path in export(out):
+        typer.echo(str(path))
+
+
+@app.command()
+def dev(
+    port: Annotated[int | None, typer.Option(help="Ingress port (default: setting).")] = None,
+) -> None:
+    """Run everything locally: embedded PostgreSQL and broker, migrations, topics,
+    ingress and every worker. State lives under .billstream/. Ctrl-C stops it all."""
+    from workers.dev import run_dev
+
+    settings = _settings()
+    raise typer.Exit(run_dev(settings, port=port))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,162 @@
+"""``billstream dev``: the whole stack on one machine, no Docker.
+
+Embedded PostgreSQL (data under ``<state_dir>/pg``, kept between runs) and the embedded
+Tansu broker (memory only: topics start empty each run) unless ``BILLSTREAM_DATABASE_URL``
+/ ``BILLSTREAM_KAFKA_BOOTSTRAP`` are set, in which case those are used instead.
+The ingress and every worker run as child processes, exactly as in production.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from workers.admin import create_tenant, key_is_valid
+from workers.devstack import EmbeddedKafka, EmbeddedPostgres
+from workers.settings import Settings
+
+DEV_TENANT = "dev"
+SERVICES = ("ingress", "worker metering")
+
+
+def _say(message: str) -> None:
+    print(f"billstream dev | {message}", flush=True)
+
+
+async def _ensure_database(pg: EmbeddedPostgres, name: str) -> str:
+    import asyncpg
+
+    conn = await asyncpg.connect(host=pg.socket_dir, user="postgres", database="postgres")
+    try:
+        exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
+    finally:
+        await conn.close()
+    return pg.url(name) if exists else await pg.create_database(name)
+
+
+async def _dev_key(database_url: str, key_file: Path) -> str:
+    if key_file.exists():
+        key = key_file.read_text().strip()
+        if await key_is_valid(database_url, key):
+            return key
+    _, key = await create_tenant(database_url, DEV_TENANT, "Development tenant")
+    key_file.write_text(key + "\n")
+    key_file.chmod(0o600)
+    return key
+
+
+def _wait_ready(url: str, procs: list[subprocess.Popen[bytes]], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for p in procs:
+            if p.poll() is not None:
+                raise RuntimeError(f"{' '.join(map(str, p.args))} exited with {p.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"ingress not ready at {url} within {timeout_s}s")
+
+
+def run_dev(settings: Settings, *, port: int | None = None) -> int:
+    from storage.db import migrate_sync
+    from workers.runtime.topics import ensure_topics
+
+    state = settings.state_dir.resolve()
+    state.mkdir(parents=True, exist_ok=True)
+    env_set = set(os.environ)
+    pg: EmbeddedPostgres | None = None
+    kafka: EmbeddedKafka | None = None
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        database_url = settings.database_url
+        if "BILLSTREAM_DATABASE_URL" not in env_set:
+            _say(f"starting embedded PostgreSQL (data in {state / 'pg'})")
+            pg = EmbeddedPostgres(state / "pg").start()
+            database_url = asyncio.run(_ensure_database(pg, "billstream"))
+        bootstrap = settings.kafka_bootstrap
+        idempotence = settings.kafka_idempotence
+        if "BILLSTREAM_KAFKA_BOOTSTRAP" not in env_set:
+            kafka = EmbeddedKafka(log_path=state / "broker.log").start()
+            bootstrap, idempotence = kafka.bootstrap, False
+            _say(f"embedded Kafka-protocol broker (Tansu) on {bootstrap}")
+        _say("applying migrations")
+        migrate_sync(database_url)
+        created = asyncio.run(
+            ensure_topics(
+                bootstrap, partitions=settings.topic_partitions, replication=settings.topic_replication
+            )
+        )
+        _say(f"topics ready ({len(created)} created)")
+        key = asyncio.run(_dev_key(database_url, state / "dev-api-key"))
+
+        ingress_port = port or settings.ingress_port
+        env = {
+            **os.environ,
+            "BILLSTREAM_DATABASE_URL": database_url,
+            "BILLSTREAM_KAFKA_BOOTSTRAP": bootstrap,
+            "BILLSTREAM_KAFKA_IDEMPOTENCE": str(idempotence).lower(),
+            "BILLSTREAM_INGRESS_PORT": str(ingress_port),
+        }
+        if kafka is not None:  # the embedded broker joins groups in ~half the session timeout
+            env.setdefault("BILLSTREAM_KAFKA_SESSION_TIMEOUT_MS", "2000")
+            env.setdefault("BILLSTREAM_KAFKA_HEARTBEAT_INTERVAL_MS", "300")
+        for service in SERVICES:
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "workers.cli", *service.split()],
+                    env=env,
+                    start_new_session=True,  # we forward Ctrl-C ourselves, in order
+                )
+            )
+        base = f"http://{settings.ingress_host}:{ingress_port}"
+        _wait_ready(base + "/readyz", procs, timeout_s=60)
+        print(
+            "\n"
+            f"  billstream is running\n"
+            f"  ingress     {base}   (OpenAPI: {base}/docs)\n"
+            f"  tenant      {DEV_TENANT}\n"
+            f"  api key     {key}\n"
+            f"  database    {database_url}\n"
+            f"  kafka       {bootstrap}\n"
+            "\n"
+            "  try:\n"
+            f"    curl -s -X POST {base}/v1/meters -H 'Authorization: Bearer {key}' \\\n"
+            "      -H 'Content-Type: application/json' -d '{\"key\": \"tokens\", "
+            '"event_type": "llm.completion", "aggregation": "sum", '
+            '"value_property": "$.tokens", "group_by": {"model": "$.model"}}\'\n'
+            "\n  Ctrl-C stops everything.\n",
+            flush=True,
+        )
+        while True:
+            for p in procs:
+                if p.poll() is not None:
+                    _say(f"{' '.join(map(str, p.args[3:]))} exited with {p.returncode}; stopping")
+                    return 1
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        _say("stopping")
+        return 0
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=settings.graceful_timeout_s + 5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        if kafka is not None:
+            kafka.stop()
+        if pg is not None:
+            pg.stop()
+        _say("stopped")
