@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
+from schemas import jsonexact
 from schemas.envelope import CloudEvent
 
 EVENT_TYPE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/\-]{0,254}$"
@@ -35,6 +36,9 @@ class UsageEventIn(BaseModel):
 class UsageEvent(CloudEvent):
     """A usage event on the topic: the same fields plus the tenant."""
 
+    # Required, never generated: (tenantid, source, id) deduplicates redeliveries, and an id
+    # invented while decoding a record would differ on every delivery.
+    id: str = Field(min_length=1, max_length=256)
     type: str = Field(pattern=EVENT_TYPE_PATTERN)
     subject: str = Field(min_length=1, max_length=256)  # type: ignore[assignment]
     time: AwareDatetime
@@ -42,7 +46,8 @@ class UsageEvent(CloudEvent):
 
     @classmethod
     def from_client(cls, event: UsageEventIn, tenant_id: str) -> UsageEvent:
-        return cls(
+        """The topic form of an already validated client event (not validated twice)."""
+        return cls.model_construct(
             id=event.id,
             source=event.source,
             type=event.type,
@@ -51,3 +56,14 @@ class UsageEvent(CloudEvent):
             data=event.data,
             tenantid=tenant_id,
         )
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> UsageEvent:
+        """Parse a record; numbers in ``data`` become exact Decimals (never floats)."""
+        return cls.model_validate(jsonexact.loads(raw))
+
+    def to_json(self) -> bytes:
+        """Numbers in ``data`` are written exactly as JSON numbers."""
+        attrs = self.model_dump(mode="json", exclude={"data"}, exclude_none=True)
+        head = jsonexact.dumps(attrs)
+        return (head[:-1] + ',"data":' + jsonexact.dumps(self.data) + "}").encode()

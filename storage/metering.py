@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, Literal
 
@@ -321,7 +321,7 @@ class UsageRepository:
             win_start = "CAST(:start AS timestamptz)" if start is not None else "NULL"
             win_end = "CAST(:end AS timestamptz)" if end is not None else "NULL"
         else:
-            params["step"] = "1 " + window
+            params["step"] = timedelta(hours=1) if window == "hour" else timedelta(days=1)
             win_start = f"date_trunc('{window}', bucket, 'UTC')"
             win_end = f"date_trunc('{window}', bucket, 'UTC') + CAST(:step AS interval)"
             if start is not None:

@@ -48,7 +48,7 @@ def _digest(secret: str) -> bytes:
 
 
 def _split(secret: str) -> str | None:
-    parts = secret.split("_")
+    parts = secret.split("_", 2)  # the secret part may itself contain "_"
     if len(parts) != 3 or parts[0] != KEY_PREFIX or not parts[1] or not parts[2]:
         return None
     return parts[1]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -64,7 +65,7 @@ class PgServer:
 
 
 @pytest.fixture(scope="session")
-def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgServer]:
+def pg_server() -> Iterator[PgServer]:
     url = os.environ.get("BILLSTREAM_TEST_DATABASE_URL")
     if url:
         yield PgServer(url)
@@ -74,7 +75,9 @@ def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgServer]:
         with PostgresContainer("postgres:16-alpine", driver="asyncpg") as pg:
             yield PgServer(pg.get_connection_url())
     else:
-        with EmbeddedPostgres(tmp_path_factory.mktemp("pg") / "data", delete_on_stop=True) as pg:
+        # not under pytest's basetemp: concurrent pytest sessions prune each other's old ones
+        data = Path(tempfile.mkdtemp(prefix="billstream-test-pg-")) / "data"
+        with EmbeddedPostgres(data, delete_on_stop=True) as pg:
             yield PgServer(pg.url())
 
 

@@ -148,6 +148,8 @@ class EmbeddedPostgres:
         self._server = None
         if self.delete_on_stop:
             shutil.rmtree(self.data_dir, ignore_errors=True)
+            if self.data_dir.parent.name.startswith("billstream-test-pg-"):
+                shutil.rmtree(self.data_dir.parent, ignore_errors=True)
 
     def __enter__(self) -> Self:
         return self.start()

@@ -21,13 +21,7 @@ SOURCE = "billstream/metering"
 
 def decode_usage(raw: bytes) -> UsageEvent:
     """Parse a usage record; numbers in ``data`` become exact Decimals (never floats)."""
-    return UsageEvent.model_validate(
-        json.loads(raw, parse_float=Decimal, parse_constant=_no_constants)
-    )
-
-
-def _no_constants(name: str) -> Any:
-    raise ValueError(f"{name} is not a valid JSON number")
+    return UsageEvent.from_json(raw)
 
 
 def hour_bucket(t: datetime) -> datetime:

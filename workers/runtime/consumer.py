@@ -21,6 +21,7 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
+from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from tenacity import AsyncRetrying, retry_if_exception, wait_exponential_jitter
 
@@ -175,7 +176,9 @@ class BatchProcessor(Generic[E]):
         """Run ``attempt``; retry transient failures with backoff until it succeeds or we stop."""
         retrying = AsyncRetrying(
             retry=retry_if_exception(is_transient),
-            wait=wait_exponential_jitter(initial=self.retry_initial_s, max=self.retry_max_s),
+            wait=wait_exponential_jitter(
+                multiplier=self.retry_initial_s, jitter=self.retry_initial_s, max=self.retry_max_s
+            ),
             before_sleep=self._before_retry,
             reraise=True,
         )
@@ -195,6 +198,11 @@ class BatchProcessor(Generic[E]):
 
 
 def _describe(e: BaseException) -> str:
+    if isinstance(e, ValidationError):  # its first line is only "N validation errors for X"
+        problems = "; ".join(
+            f"{'.'.join(map(str, err['loc'])) or '(root)'}: {err['msg']}" for err in e.errors()
+        )
+        return f"{type(e).__name__}: {e.title}: {problems}"[:2000]
     text = str(e).strip().splitlines()
     return f"{type(e).__name__}: {text[0] if text else ''}"[:2000]
 

@@ -60,7 +60,7 @@ class OutboxRelay:
             try:
                 async for attempt in AsyncRetrying(
                     retry=retry_if_exception(is_transient),
-                    wait=wait_exponential_jitter(initial=0.2, max=self.retry_max_s),
+                    wait=wait_exponential_jitter(multiplier=0.2, jitter=0.2, max=self.retry_max_s),
                     reraise=True,
                 ):
                     with attempt:

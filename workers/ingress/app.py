@@ -1,0 +1,91 @@
+"""The ingress FastAPI application (OpenAPI at ``/docs``)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import structlog
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from schemas.envelope import new_id
+from storage.db import create_engine, ping, session_factory
+from workers.ingress.deps import IngressState
+from workers.ingress.problems import HANDLERS
+from workers.ingress.publisher import Publisher
+from workers.ingress.ratelimit import RateLimiter
+from workers.ingress.routes import router
+from workers.settings import Settings
+
+log = structlog.get_logger("billstream.ingress")
+
+
+def create_app(settings: Settings) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = create_engine(settings.database_url, pool_size=settings.database_pool_size)
+        publisher = Publisher(settings)
+        app.state.ingress = IngressState(
+            settings=settings,
+            sessions=session_factory(engine),
+            publisher=publisher,
+            limiter=RateLimiter(settings.rate_limit_events_per_s),
+        )
+        app.state.engine = engine
+        log.info("ingress started", bootstrap=settings.kafka_bootstrap)
+        try:
+            yield
+        finally:
+            await publisher.close()
+            await engine.dispose()
+            log.info("ingress stopped")
+
+    app = FastAPI(
+        title="billstream ingress",
+        version="0.1.0",
+        description=(
+            "Validates requests and publishes commands and usage events to Kafka. "
+            "Every write answers 202; commands report their outcome at /v1/commands/{id}. "
+            "Errors are RFC 9457 problem+json."
+        ),
+        lifespan=lifespan,
+        exception_handlers=HANDLERS,  # type: ignore[arg-type]
+    )
+    app.include_router(router)
+
+    @app.middleware("http")
+    async def bind_request(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        request_id = request.headers.get("x-request-id") or new_id()
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(requestid=request_id, path=request.url.path)
+        response = await call_next(request)
+        response.headers["X-Request-Id"] = request_id
+        return response
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz(request: Request) -> JSONResponse:
+        st: IngressState = request.app.state.ingress
+        checks: dict[str, str] = {}
+        try:
+            await ping(request.app.state.engine)
+            checks["database"] = "ok"
+        except Exception as e:
+            checks["database"] = f"unavailable: {type(e).__name__}"
+        checks["broker"] = "ok" if await st.publisher.ready() else "unavailable"
+        ok = all(v == "ok" for v in checks.values())
+        return JSONResponse({"status": "ok" if ok else "unavailable", **checks},
+                            status_code=200 if ok else 503)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return app

@@ -1,0 +1,138 @@
+"""Request-scoped dependencies: database sessions, the caller's tenant, idempotency."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import structlog
+from fastapi import Depends, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from storage.commands import IdempotencyRepository
+from storage.tenants import TenantRepository
+from workers.ingress.problems import Problem
+from workers.ingress.publisher import Publisher
+from workers.ingress.ratelimit import RateLimiter
+from workers.settings import Settings
+
+
+@dataclass
+class IngressState:
+    settings: Settings
+    sessions: async_sessionmaker[AsyncSession]
+    publisher: Publisher
+    limiter: RateLimiter
+
+
+def state(request: Request) -> IngressState:
+    s: IngressState = request.app.state.ingress
+    return s
+
+
+State = Annotated[IngressState, Depends(state)]
+
+
+async def session(st: State) -> AsyncIterator[AsyncSession]:
+    async with st.sessions() as s:
+        yield s
+
+
+Session = Annotated[AsyncSession, Depends(session)]
+
+
+def _unauthorized(detail: str) -> Problem:
+    return Problem(
+        401, "unauthorized", "Authentication required", detail,
+        headers={"WWW-Authenticate": 'Bearer realm="billstream"'},
+    )
+
+
+async def tenant(request: Request, db: Session) -> str:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise _unauthorized("send 'Authorization: Bearer <api key>'")
+    tenant_id = await TenantRepository(db).authenticate(token.strip())
+    if tenant_id is None:
+        raise _unauthorized("the API key is not valid")
+    structlog.contextvars.bind_contextvars(tenantid=tenant_id)
+    return tenant_id
+
+
+Tenant = Annotated[str, Depends(tenant)]
+
+Produce = Callable[[], Awaitable[tuple[int, dict[str, Any]]]]
+
+
+async def idempotent(
+    request: Request, st: IngressState, tenant_id: str, body: bytes, produce: Produce
+) -> JSONResponse:
+    """Honour ``Idempotency-Key``: a repeat of a finished request gets the same response,
+    a concurrent repeat 409, the same key with another body 422."""
+    key = request.headers.get("idempotency-key")
+    if key is None:
+        status, payload = await produce()
+        return JSONResponse(payload, status_code=status)
+    if not 1 <= len(key) <= 255:
+        raise Problem(400, "idempotency_key", "Invalid Idempotency-Key", "1 to 255 characters")
+    digest = hashlib.sha256(request.method.encode() + request.url.path.encode() + body).digest()
+    async with st.sessions() as db, db.begin():
+        state_, row = await IdempotencyRepository(db).begin(tenant_id, key, digest)
+    if state_ == "mismatch":
+        raise Problem(
+            422, "idempotency_key_reused", "Idempotency-Key reused",
+            "this key was used for a different request; use a new key",
+        )
+    if state_ == "in_progress":
+        raise Problem(
+            409, "idempotency_in_progress", "Request in progress",
+            "a request with this Idempotency-Key is still being processed; retry shortly",
+            headers={"Retry-After": "1"},
+        )
+    if state_ == "done":
+        assert row is not None and row.status_code is not None
+        return JSONResponse(
+            row.response, status_code=row.status_code, headers={"Idempotent-Replayed": "true"}
+        )
+    try:
+        status, payload = await produce()
+    except BaseException:
+        async with st.sessions() as db, db.begin():
+            await IdempotencyRepository(db).abandon(tenant_id, key)
+        raise
+    async with st.sessions() as db, db.begin():
+        await IdempotencyRepository(db).finish(tenant_id, key, status, payload)
+    return JSONResponse(payload, status_code=status)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 past ``limit`` bytes (checked while reading)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(limit: int) -> Problem:
+    return Problem(413, "too_large", "Request body too large", f"at most {limit} bytes")
+
+
+def parse_json(body: bytes) -> Any:
+    from schemas import jsonexact
+
+    try:
+        return jsonexact.loads(body)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise Problem(400, "malformed_json", "Malformed JSON", str(e)) from None

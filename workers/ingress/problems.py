@@ -1,0 +1,122 @@
+"""RFC 9457 problem details (``application/problem+json``) for every error."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import structlog
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+PROBLEM_JSON = "application/problem+json"
+
+log = structlog.get_logger("billstream.ingress")
+
+
+class Problem(Exception):
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        title: str,
+        detail: str | None = None,
+        *,
+        errors: Sequence[dict[str, Any]] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(detail or title)
+        self.status = status
+        self.code = code
+        self.title = title
+        self.detail = detail
+        self.errors = list(errors) if errors else None
+        self.headers = headers or {}
+
+    def body(self, instance: str) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "type": f"urn:billstream:problem:{self.code}",
+            "title": self.title,
+            "status": self.status,
+            "instance": instance,
+        }
+        if self.detail:
+            body["detail"] = self.detail
+        if self.errors:
+            body["errors"] = self.errors
+        return body
+
+
+def problem_response(problem: Problem, request: Request) -> JSONResponse:
+    return JSONResponse(
+        problem.body(request.url.path),
+        status_code=problem.status,
+        headers=problem.headers,
+        media_type=PROBLEM_JSON,
+    )
+
+
+def field_path(loc: Sequence[str | int], prefix: str = "") -> str:
+    """``("body", "group_by", "model")`` → ``group_by.model``; list indexes as ``[3]``."""
+    path = prefix
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += ("." if path else "") + part
+    return path
+
+
+def validation_errors(errors: Sequence[Any], prefix: str = "") -> list[dict[str, Any]]:
+    out = []
+    for e in errors:
+        loc = [p for p in e["loc"] if p not in ("body", "query", "path", "header")]
+        out.append({"field": field_path(loc, prefix) or prefix or "body", "reason": e["msg"]})
+    return out
+
+
+async def _on_problem(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, Problem)
+    return problem_response(exc, request)
+
+
+async def _on_validation(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = validation_errors(exc.errors())
+    detail = "; ".join(f"{e['field']}: {e['reason']}" for e in errors[:5])
+    return problem_response(
+        Problem(422, "validation", "The request is not valid", detail, errors=errors), request
+    )
+
+
+async def _on_http(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    titles = {404: "Not found", 405: "Method not allowed"}
+    return problem_response(
+        Problem(
+            exc.status_code,
+            "http",
+            titles.get(exc.status_code, "HTTP error"),
+            str(exc.detail),
+            headers=dict(exc.headers or {}),
+        ),
+        request,
+    )
+
+
+async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error", exc_info=exc)
+    return problem_response(
+        Problem(500, "internal", "Internal error", "the error is logged; nothing was accepted"),
+        request,
+    )
+
+
+HANDLERS = {
+    Exception: _on_unexpected,
+    Problem: _on_problem,
+    RequestValidationError: _on_validation,
+    StarletteHTTPException: _on_http,
+}

@@ -1,0 +1,276 @@
+"""The ``/v1`` API. Writes publish and answer 202; reads come from the read models."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import Response
+from pydantic import AwareDatetime, BaseModel, TypeAdapter, ValidationError
+
+from schemas import jsonexact, topics
+from schemas.metering import CreateMeter, MeterSpec
+from schemas.usage import UsageEvent, UsageEventIn
+from storage.commands import CommandRepository
+from storage.metering import MeterDef, MeterRepository, UsageRepository
+from workers.ingress.deps import Session, State, Tenant, idempotent, parse_json, read_body
+from workers.ingress.problems import Problem, validation_errors
+from workers.ingress.ratelimit import retry_after
+
+router = APIRouter(prefix="/v1")
+
+INGRESS_SOURCE = "billstream/ingress"
+BATCH_MEDIA_TYPE = "application/cloudevents-batch+json"
+SINGLE_MEDIA_TYPE = "application/cloudevents+json"
+
+_event_in: TypeAdapter[UsageEventIn] = TypeAdapter(UsageEventIn)
+
+
+class Accepted(BaseModel):
+    accepted: int
+
+
+class CommandAccepted(BaseModel):
+    command_id: str
+    status: Literal["pending"]
+    status_url: str
+
+
+class CommandView(BaseModel):
+    id: str
+    type: str
+    status: Literal["pending", "succeeded", "failed"]
+    error: dict[str, Any] | None
+    result: dict[str, Any] | None
+    created_at: datetime
+    completed_at: datetime | None
+
+
+class MeterView(MeterSpec):
+    id: str
+
+
+# --- usage ---------------------------------------------------------------------------
+
+
+def _events_of(payload: Any, media_type: str) -> list[Any]:
+    if media_type == SINGLE_MEDIA_TYPE:
+        return [payload]
+    if isinstance(payload, list):
+        return payload
+    if isinstance(payload, dict) and set(payload) == {"events"} and isinstance(
+        payload["events"], list
+    ):
+        return list(payload["events"])
+    raise Problem(
+        422, "validation", "The request is not valid",
+        'send {"events": [...]}, or a JSON array as application/cloudevents-batch+json',
+        errors=[{"field": "events", "reason": "expected a list of events"}],
+    )
+
+
+@router.post(
+    "/events",
+    status_code=202,
+    response_model=Accepted,
+    summary="Ingest a batch of usage events (CloudEvents)",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {
+                            "events": {
+                                "type": "array",
+                                "items": UsageEventIn.model_json_schema(),
+                                "maxItems": 1000,
+                            }
+                        },
+                        "required": ["events"],
+                    }
+                },
+                BATCH_MEDIA_TYPE: {
+                    "schema": {"type": "array", "items": UsageEventIn.model_json_schema()}
+                },
+            },
+        }
+    },
+)
+async def ingest_events(request: Request, st: State, tenant_id: Tenant) -> Response:
+    """Accepts up to 1,000 events (1 MiB). 202 only once the broker acknowledged every
+    event; any invalid event refuses the whole batch (422, naming index, field and reason)
+    and nothing is published. Re-sending is safe: ``(source, id)`` is counted once."""
+    body = await read_body(request, st.settings.max_request_bytes)
+    media_type = request.headers.get("content-type", "application/json").split(";")[0].strip()
+    raw_events = _events_of(parse_json(body), media_type)
+    if not raw_events:
+        raise Problem(422, "validation", "The request is not valid", "the batch is empty",
+                      errors=[{"field": "events", "reason": "at least one event"}])
+    if len(raw_events) > st.settings.max_batch_events:
+        raise Problem(
+            413, "too_many_events", "Too many events",
+            f"{len(raw_events)} events; at most {st.settings.max_batch_events} per request",
+        )
+    events: list[UsageEventIn] = []
+    errors: list[dict[str, Any]] = []
+    for index, raw in enumerate(raw_events):
+        try:
+            events.append(_event_in.validate_python(raw))
+        except ValidationError as e:
+            for err in validation_errors(e.errors(), prefix=f"events[{index}]"):
+                errors.append({"index": index, **err})
+    if errors:
+        raise Problem(
+            422, "validation", "Invalid events; nothing was accepted",
+            f"{len({e['index'] for e in errors})} of {len(raw_events)} events are invalid",
+            errors=errors[:100],
+        )
+    wait = st.limiter.take(tenant_id, len(events))
+    if wait:
+        raise Problem(429, "rate_limited", "Too many events",
+                      "the tenant's ingest rate limit is exceeded",
+                      headers={"Retry-After": retry_after(wait)})
+
+    async def publish() -> tuple[int, dict[str, Any]]:
+        messages = [
+            (f"{tenant_id}:{e.subject}".encode(), UsageEvent.from_client(e, tenant_id).to_json())
+            for e in events
+        ]
+        await st.publisher.publish(topics.USAGE, messages)
+        return 202, {"accepted": len(events)}
+
+    return await idempotent(request, st, tenant_id, body, publish)
+
+
+# --- commands --------------------------------------------------------------------------
+
+
+async def _submit(st: State, tenant_id: str, command: CreateMeter, key: str) -> tuple[int, dict[str, Any]]:
+    """Record the command as pending and publish it; the pending row commits only if the
+    broker acknowledged the command."""
+    async with st.sessions() as db, db.begin():
+        await CommandRepository(db).accept(tenant_id, command.id, command.type)
+        await st.publisher.publish(topics.COMMANDS_METERING, [(key.encode(), command.to_json())])
+    return 202, CommandAccepted(
+        command_id=command.id, status="pending", status_url=f"/v1/commands/{command.id}"
+    ).model_dump()
+
+
+@router.post("/meters", status_code=202, response_model=CommandAccepted,
+             summary="Define a meter (asynchronous command)")
+async def create_meter(request: Request, spec: MeterSpec, st: State, tenant_id: Tenant) -> Response:
+    """Publishes a ``CreateMeter`` command. Follow ``status_url`` for the outcome:
+    re-creating an identical meter succeeds; a different definition for an existing key fails."""
+    body = spec.model_dump_json().encode()
+    command = CreateMeter(
+        source=INGRESS_SOURCE,
+        tenantid=tenant_id,
+        subject=spec.key,
+        data=spec,
+        correlationid=request.headers.get("x-request-id"),
+    )
+    response = await idempotent(
+        request, st, tenant_id, body, lambda: _submit(st, tenant_id, command, tenant_id)
+    )
+    response.headers["Location"] = f"/v1/commands/{command.id}"
+    return response
+
+
+@router.get("/commands/{command_id}", response_model=CommandView, summary="A command's outcome")
+async def get_command(command_id: str, db: Session, tenant_id: Tenant) -> CommandView:
+    row = await CommandRepository(db).get(tenant_id, command_id)
+    if row is None:
+        raise Problem(404, "not_found", "No such command", f"no command {command_id!r}")
+    return CommandView(
+        id=row.id, type=row.type, status=row.status,  # type: ignore[arg-type]
+        error=row.error, result=row.result,
+        created_at=row.created_at, completed_at=row.completed_at,
+    )
+
+
+# --- meters and usage -------------------------------------------------------------------
+
+
+def _view(m: MeterDef) -> MeterView:
+    return MeterView(
+        id=m.id, key=m.key, name=m.name, description=m.description, event_type=m.event_type,
+        aggregation=m.aggregation, value_property=m.value_property, group_by=m.group_by,  # type: ignore[arg-type]
+    )
+
+
+async def _meter(db: Session, tenant_id: str, key: str) -> MeterDef:
+    meter = await MeterRepository(db).get(tenant_id, key)
+    if meter is None:
+        raise Problem(404, "not_found", "No such meter", f"no meter with key {key!r}")
+    return meter
+
+
+@router.get("/meters", response_model=list[MeterView], summary="List meters")
+async def list_meters(db: Session, tenant_id: Tenant) -> list[MeterView]:
+    return [_view(m) for m in await MeterRepository(db).list(tenant_id)]
+
+
+@router.get("/meters/{key}", response_model=MeterView, summary="One meter")
+async def get_meter(key: str, db: Session, tenant_id: Tenant) -> MeterView:
+    return _view(await _meter(db, tenant_id, key))
+
+
+def _hour_aligned(name: str, t: datetime | None) -> None:
+    utc = t.astimezone(UTC) if t is not None else None
+    if utc is not None and (utc.minute or utc.second or utc.microsecond):
+        raise Problem(
+            422, "validation", "The request is not valid",
+            f"{name} must be on an hour boundary (usage is kept in hourly buckets)",
+            errors=[{"field": name, "reason": "must be a whole hour, e.g. 2026-11-22T10:00:00Z"}],
+        )
+
+
+@router.get("/meters/{key}/usage", summary="Aggregated usage of a meter")
+async def query_usage(
+    key: str,
+    db: Session,
+    tenant_id: Tenant,
+    subject: Annotated[list[str] | None, Query(description="Only these subjects.")] = None,
+    from_: Annotated[AwareDatetime | None, Query(alias="from", description="Inclusive, whole hour.")] = None,
+    to: Annotated[AwareDatetime | None, Query(description="Exclusive, whole hour.")] = None,
+    window_size: Annotated[Literal["hour", "day", "none"], Query()] = "none",
+    group_by: Annotated[list[str] | None, Query(description="Group names, or 'subject'.")] = None,
+) -> Response:
+    """Exact values over [from, to) (UTC windows). Values are JSON numbers written exactly."""
+    meter = await _meter(db, tenant_id, key)
+    _hour_aligned("from", from_)
+    _hour_aligned("to", to)
+    if from_ is not None and to is not None and from_ >= to:
+        raise Problem(422, "validation", "The request is not valid", "from must be before to",
+                      errors=[{"field": "to", "reason": "must be after from"}])
+    groups = group_by or []
+    unknown = [g for g in groups if g != "subject" and g not in meter.group_by]
+    if unknown:
+        allowed = ", ".join(["subject", *meter.group_by]) or "subject"
+        raise Problem(422, "validation", "The request is not valid",
+                      f"unknown group(s) {unknown}; this meter groups by: {allowed}",
+                      errors=[{"field": "group_by", "reason": f"unknown group {g!r}"} for g in unknown])
+    rows = await UsageRepository(db).query(
+        meter, start=from_, end=to, subjects=subject or [], window=window_size, group_by=groups
+    )
+    payload = {
+        "meter": meter.key,
+        "aggregation": meter.aggregation,
+        "from": from_.isoformat() if from_ else None,
+        "to": to.isoformat() if to else None,
+        "window_size": window_size,
+        "data": [
+            {
+                "window_start": r.window_start.isoformat() if r.window_start else None,
+                "window_end": r.window_end.isoformat() if r.window_end else None,
+                "subject": r.subject,
+                "group_by": r.groups,
+                "value": r.value,
+            }
+            for r in rows
+        ],
+    }
+    return Response(jsonexact.dumps(payload), media_type="application/json")
