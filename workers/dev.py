@@ -18,7 +18,7 @@ import urllib.request
 from pathlib import Path
 
 from workers.admin import create_tenant, key_is_valid
-from workers.devstack import EmbeddedKafka, EmbeddedPostgres
+from workers.devstack import EmbeddedKafka, EmbeddedPostgres, free_port
 from workers.settings import Settings
 
 DEV_TENANT = "dev"
@@ -116,33 +116,42 @@ def run_dev(settings: Settings, *, port: int | None = None) -> int:
         if kafka is not None:  # the embedded broker joins groups in ~half the session timeout
             env.setdefault("BILLSTREAM_KAFKA_SESSION_TIMEOUT_MS", "2000")
             env.setdefault("BILLSTREAM_KAFKA_HEARTBEAT_INTERVAL_MS", "300")
+        metrics_ports = {service: free_port() for service in SERVICES if service != "ingress"}
         for service in SERVICES:
+            service_env = dict(env)
+            if service in metrics_ports:
+                service_env["BILLSTREAM_METRICS_PORT"] = str(metrics_ports[service])
             procs.append(
                 subprocess.Popen(
                     [sys.executable, "-m", "workers.cli", *service.split()],
-                    env=env,
+                    env=service_env,
                     start_new_session=True,  # we forward Ctrl-C ourselves, in order
                 )
             )
         base = f"http://{settings.ingress_host}:{ingress_port}"
         _wait_ready(base + "/readyz", procs, timeout_s=60)
-        print(
-            "\n"
-            f"  billstream is running\n"
-            f"  ingress     {base}   (OpenAPI: {base}/docs)\n"
-            f"  tenant      {DEV_TENANT}\n"
-            f"  api key     {key}\n"
-            f"  database    {database_url}\n"
-            f"  kafka       {bootstrap}\n"
-            "\n"
-            "  try:\n"
-            f"    curl -s -X POST {base}/v1/meters -H 'Authorization: Bearer {key}' \\\n"
+        banner = [
+            "",
+            "  billstream is running",
+            f"  ingress     {base}   (OpenAPI: {base}/docs)",
+            f"  tenant      {DEV_TENANT}",
+            f"  api key     {key}",
+            f"  database    {database_url}",
+            f"  kafka       {bootstrap}",
+            *(
+                f"  {service.split()[-1]:<11} http://127.0.0.1:{p}/metrics  (/healthz, /readyz)"
+                for service, p in metrics_ports.items()
+            ),
+            "",
+            "  try:",
+            f"    curl -s -X POST {base}/v1/meters -H 'Authorization: Bearer {key}' \\",
             "      -H 'Content-Type: application/json' -d '{\"key\": \"tokens\", "
             '"event_type": "llm.completion", "aggregation": "sum", '
-            '"value_property": "$.tokens", "group_by": {"model": "$.model"}}\'\n'
-            "\n  Ctrl-C stops everything.\n",
-            flush=True,
-        )
+            '"value_property": "$.tokens", "group_by": {"model": "$.model"}}\'',
+            "",
+            "  Ctrl-C stops everything.",
+        ]
+        print("\n".join(banner), flush=True)
         while True:
             for p in procs:
                 if p.poll() is not None:

@@ -6,7 +6,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from decimal import Decimal, InvalidOperation
+from decimal import MAX_EMAX, MIN_EMIN, Context, Decimal, InvalidOperation
 from typing import Any
 
 from schemas.envelope import new_id
@@ -17,6 +17,11 @@ from storage.metering import MeterDef, UniqueValue, UsageDelta, canonical_groups
 from workers.metering.errors import MeterConflict, UnusableEvent
 
 SOURCE = "billstream/metering"
+
+# PostgreSQL numeric adds exactly (values up to 131072 digits before the point and 16383
+# after); the default 28-digit context would round in-batch sums, so totals would depend
+# on where batch boundaries fell.
+_EXACT = Context(prec=131072 + 16383 + 32, Emax=MAX_EMAX, Emin=MIN_EMIN)
 
 
 def decode_usage(raw: bytes) -> UsageEvent:
@@ -147,7 +152,7 @@ def _fold(delta: UsageDelta, aggregation: str, value: Decimal | str | None, at: 
     delta.count += 1
     if not isinstance(value, Decimal):
         return
-    delta.sum = value if delta.sum is None else delta.sum + value
+    delta.sum = value if delta.sum is None else _EXACT.add(delta.sum, value)
     delta.min = value if delta.min is None else min(delta.min, value)
     delta.max = value if delta.max is None else max(delta.max, value)
     if (

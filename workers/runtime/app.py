@@ -5,15 +5,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 
 import structlog
 from faststream.kafka import KafkaBroker
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from storage import inbox, outbox
 from storage.db import create_engine, ping, session_factory
+from workers.runtime import metrics
 from workers.runtime.consumer import Runtime
+from workers.runtime.health import HealthServer
 from workers.runtime.relay import OutboxRelay
 from workers.settings import Settings
 
@@ -44,11 +49,55 @@ class Worker:
     relay: OutboxRelay
     background: list[asyncio.Task[None]] = field(default_factory=list)
 
+    health: HealthServer | None = None
+
     async def start(self) -> None:
         await ping(self.engine)
         await self.broker.start()
         self.relay.start()
-        log.info("worker started", worker=self.name, bootstrap=self.settings.kafka_bootstrap)
+        self.background.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
+        if self.settings.metrics_port:
+            self.health = HealthServer("0.0.0.0", self.settings.metrics_port, self.readiness)
+            await self.health.start()
+        log.info(
+            "worker started",
+            worker=self.name,
+            bootstrap=self.settings.kafka_bootstrap,
+            metrics_port=self.health.port if self.health else None,
+        )
+
+    async def readiness(self) -> dict[str, str]:
+        checks: dict[str, str] = {}
+        try:
+            await ping(self.engine)
+            checks["database"] = "ok"
+        except Exception as e:
+            checks["database"] = f"unavailable: {type(e).__name__}"
+        checks["broker"] = "ok" if await self.broker.ping(timeout=2) else "unavailable"
+        return checks
+
+    async def _housekeeping(self) -> None:
+        """Purge inbox rows past the dedupe window (hourly); publish the outbox backlog gauge."""
+        retention = timedelta(days=self.settings.inbox_retention_days)
+        next_purge = 0.0
+        while True:
+            try:
+                async with self.sessions() as session, session.begin():
+                    rows, oldest = await outbox.backlog(session)
+                    metrics.OUTBOX_BACKLOG.set(rows)
+                    metrics.OUTBOX_OLDEST_AGE.set(
+                        (datetime.now(UTC) - oldest).total_seconds() if oldest else 0
+                    )
+                    if time.monotonic() >= next_purge:
+                        purged = await inbox.purge(session, retention)
+                        next_purge = time.monotonic() + 3600
+                        if purged:
+                            log.info("inbox purged", rows=purged, older_than_days=retention.days)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.warning("housekeeping failed; will retry", error=repr(e))
+            await asyncio.sleep(5)
 
     async def stop(self) -> None:
         """Graceful: no new batch starts, the running one finishes and commits, the group is left."""
@@ -59,6 +108,8 @@ class Worker:
             task.cancel()
         await asyncio.gather(*self.background, return_exceptions=True)
         await self.relay.stop()
+        if self.health is not None:
+            await self.health.stop()
         await self.engine.dispose()
         log.info("worker stopped", worker=self.name)
 

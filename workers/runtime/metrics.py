@@ -27,3 +27,6 @@ TRANSIENT_RETRIES = Counter(
 )
 OUTBOX_PUBLISHED = Counter("billstream_outbox_published_total", "Outbox rows published")
 OUTBOX_BACKLOG = Gauge("billstream_outbox_backlog", "Outbox rows waiting to be published")
+OUTBOX_OLDEST_AGE = Gauge(
+    "billstream_outbox_oldest_age_seconds", "Age of the oldest unpublished outbox row"
+)

@@ -84,7 +84,6 @@ class OutboxRelay:
                 return 0
             rows = await outbox.pending(session, self.batch)
             if not rows:
-                metrics.OUTBOX_BACKLOG.set(0)
                 return 0
             futures = [
                 await self.broker.publish(
@@ -95,5 +94,4 @@ class OutboxRelay:
             await asyncio.gather(*futures)  # every row acknowledged (acks=all) before delete
             await outbox.remove(session, [row.id for row in rows])
         metrics.OUTBOX_PUBLISHED.inc(len(rows))
-        metrics.OUTBOX_BACKLOG.set(0 if len(rows) < self.batch else len(rows))
         return len(rows)
