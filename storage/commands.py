@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from sqlalchemy import DateTime, ForeignKey, Integer, LargeBinary, String, delete, func
@@ -144,11 +144,9 @@ class IdempotencyRepository:
             )
         )
 
-    async def purge(self, older_than_s: int) -> int:
+    async def purge(self, older_than: timedelta) -> int:
         result = await self.session.execute(
-            delete(IdempotencyRecord).where(
-                IdempotencyRecord.created_at < func.now() - func.make_interval(0, 0, 0, 0, 0, 0, older_than_s)
-            )
+            delete(IdempotencyRecord).where(IdempotencyRecord.created_at < func.now() - older_than)
         )
         return int(result.rowcount or 0)  # type: ignore[attr-defined]
 

@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     ingress_port: int = 8080
     max_request_bytes: int = 1_048_576
     max_batch_events: int = 1_000
+    idempotency_retention_hours: int = Field(
+        default=24, ge=1, description="How long an Idempotency-Key is remembered."
+    )
     rate_limit_events_per_s: float = Field(
         default=50_000, description="Per tenant and ingress process; 0 disables."
     )

@@ -304,3 +304,21 @@ async def test_broker_down_gives_503_with_retry_after(
     finally:
         server.should_exit = True
         await task
+
+
+async def test_idempotency_keys_expire_after_their_retention(
+    api: Api, tenant: TenantKey, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    from datetime import timedelta
+
+    from sqlalchemy import text
+
+    from storage.commands import IdempotencyRepository
+
+    headers = {**api.auth(tenant), "Idempotency-Key": "k-1"}
+    assert (await api.client.post("/v1/meters", json=TOKENS_METER, headers=headers)).status_code == 202
+    async with sessions() as session, session.begin():
+        await session.execute(text("UPDATE idempotency_keys SET created_at = now() - interval '25 hours'"))
+        assert await IdempotencyRepository(session).purge(timedelta(hours=24)) == 1
+    reused = await api.client.post("/v1/meters", json={**TOKENS_METER, "key": "other"}, headers=headers)
+    assert reused.status_code == 202 and "idempotent-replayed" not in reused.headers

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from datetime import timedelta
 
 import structlog
 from fastapi import FastAPI, Request, Response
@@ -11,6 +14,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from schemas.envelope import new_id
+from storage.commands import IdempotencyRepository
 from storage.db import create_engine, ping, session_factory
 from workers.ingress.deps import IngressState
 from workers.ingress.problems import HANDLERS
@@ -20,6 +24,20 @@ from workers.ingress.routes import router
 from workers.settings import Settings
 
 log = structlog.get_logger("billstream.ingress")
+
+
+async def _purge_idempotency_keys(st: IngressState) -> None:
+    """Forget Idempotency-Keys past their retention (hourly)."""
+    retention = timedelta(hours=st.settings.idempotency_retention_hours)
+    while True:
+        try:
+            async with st.sessions() as session, session.begin():
+                purged = await IdempotencyRepository(session).purge(retention)
+            if purged:
+                log.info("idempotency keys purged", rows=purged)
+        except Exception as e:
+            log.warning("idempotency key purge failed; will retry", error=repr(e))
+        await asyncio.sleep(3600)
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -34,10 +52,14 @@ def create_app(settings: Settings) -> FastAPI:
             limiter=RateLimiter(settings.rate_limit_events_per_s),
         )
         app.state.engine = engine
+        purger = asyncio.create_task(_purge_idempotency_keys(app.state.ingress))
         log.info("ingress started", bootstrap=settings.kafka_bootstrap)
         try:
             yield
         finally:
+            purger.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await purger
             await publisher.close()
             await engine.dispose()
             log.info("ingress stopped")
