@@ -16,7 +16,7 @@ from schemas.usage import UsageEvent
 class MessageSpec:
     topic: str
     kind: str  # "command" | "event" | "usage"
-    type: str  # the CloudEvents type ("*" for producer-defined usage types)
+    ce_type: str  # the CloudEvents type ("*" for producer-defined usage types)
     model: type[BaseModel]
     dataversion: str = "1"
 
@@ -35,7 +35,7 @@ CATALOG: tuple[MessageSpec, ...] = (
 
 
 def schema_file_name(spec: MessageSpec) -> str:
-    name = "usage-event" if spec.type == "*" else spec.type
+    name = "usage-event" if spec.ce_type == "*" else spec.ce_type
     return f"{spec.topic}/{name}.v{spec.dataversion}.schema.json"
 
 
@@ -48,7 +48,7 @@ def export(directory: Path) -> list[Path]:
         schema["x-billstream"] = {
             "topic": spec.topic,
             "kind": spec.kind,
-            "type": spec.type,
+            "type": spec.ce_type,
             "dataversion": spec.dataversion,
         }
         path = directory / schema_file_name(spec)

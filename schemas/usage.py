@@ -40,7 +40,7 @@ class UsageEvent(CloudEvent):
     # invented while decoding a record would differ on every delivery.
     id: str = Field(min_length=1, max_length=256)
     type: str = Field(pattern=EVENT_TYPE_PATTERN)
-    subject: str = Field(min_length=1, max_length=256)  # type: ignore[assignment]
+    subject: str = Field(min_length=1, max_length=256)
     time: AwareDatetime
     data: dict[str, Any] = Field(default_factory=dict)
 

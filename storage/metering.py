@@ -161,7 +161,7 @@ class MeterRepository:
         )
         return _to_def(row) if row is not None else None
 
-    async def list(self, tenant_id: str) -> list[MeterDef]:
+    async def of_tenant(self, tenant_id: str) -> list[MeterDef]:
         rows = await self.session.scalars(
             select(Meter).where(Meter.tenant_id == tenant_id).order_by(Meter.key)
         )

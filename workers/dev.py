@@ -51,12 +51,18 @@ async def _dev_key(database_url: str, key_file: Path) -> str:
     return key
 
 
-def _wait_ready(url: str, procs: list[subprocess.Popen[bytes]], timeout_s: float) -> None:
+def _exited(procs: dict[str, subprocess.Popen[bytes]]) -> str | None:
+    for service, p in procs.items():
+        if p.poll() is not None:
+            return f"{service} exited with code {p.returncode}"
+    return None
+
+
+def _wait_ready(url: str, procs: dict[str, subprocess.Popen[bytes]], timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        for p in procs:
-            if p.poll() is not None:
-                raise RuntimeError(f"{' '.join(map(str, p.args))} exited with {p.returncode}")
+        if failed := _exited(procs):
+            raise RuntimeError(failed)
         try:
             with urllib.request.urlopen(url, timeout=1) as resp:
                 if resp.status == 200:
@@ -82,7 +88,7 @@ def run_dev(settings: Settings, *, port: int | None = None) -> int:
     env_set = set(os.environ)
     pg: EmbeddedPostgres | None = None
     kafka: EmbeddedKafka | None = None
-    procs: list[subprocess.Popen[bytes]] = []
+    procs: dict[str, subprocess.Popen[bytes]] = {}
     try:
         database_url = settings.database_url
         if "BILLSTREAM_DATABASE_URL" not in env_set:
@@ -121,12 +127,10 @@ def run_dev(settings: Settings, *, port: int | None = None) -> int:
             service_env = dict(env)
             if service in metrics_ports:
                 service_env["BILLSTREAM_METRICS_PORT"] = str(metrics_ports[service])
-            procs.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", "workers.cli", *service.split()],
-                    env=service_env,
-                    start_new_session=True,  # we forward Ctrl-C ourselves, in order
-                )
+            procs[service] = subprocess.Popen(
+                [sys.executable, "-m", "workers.cli", *service.split()],
+                env=service_env,
+                start_new_session=True,  # we forward Ctrl-C ourselves, in order
             )
         base = f"http://{settings.ingress_host}:{ingress_port}"
         _wait_ready(base + "/readyz", procs, timeout_s=60)
@@ -152,20 +156,18 @@ def run_dev(settings: Settings, *, port: int | None = None) -> int:
             "  Ctrl-C stops everything.",
         ]
         print("\n".join(banner), flush=True)
-        while True:
-            for p in procs:
-                if p.poll() is not None:
-                    _say(f"{' '.join(map(str, p.args[3:]))} exited with {p.returncode}; stopping")
-                    return 1
+        while not (failed := _exited(procs)):
             time.sleep(0.5)
+        _say(f"{failed}; stopping")
+        return 1
     except KeyboardInterrupt:
         _say("stopping")
         return 0
     finally:
-        for p in procs:
+        for p in procs.values():
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
-        for p in procs:
+        for p in procs.values():
             try:
                 p.wait(timeout=settings.graceful_timeout_s + 5)
             except subprocess.TimeoutExpired:

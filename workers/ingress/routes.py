@@ -185,7 +185,7 @@ async def get_command(command_id: str, db: Session, tenant_id: Tenant) -> Comman
     if row is None:
         raise Problem(404, "not_found", "No such command", f"no command {command_id!r}")
     return CommandView(
-        id=row.id, type=row.type, status=row.status,  # type: ignore[arg-type]
+        id=row.id, type=row.type, status=row.status,
         error=row.error, result=row.result,
         created_at=row.created_at, completed_at=row.completed_at,
     )
@@ -197,7 +197,7 @@ async def get_command(command_id: str, db: Session, tenant_id: Tenant) -> Comman
 def _view(m: MeterDef) -> MeterView:
     return MeterView(
         id=m.id, key=m.key, name=m.name, description=m.description, event_type=m.event_type,
-        aggregation=m.aggregation, value_property=m.value_property, group_by=m.group_by,  # type: ignore[arg-type]
+        aggregation=m.aggregation, value_property=m.value_property, group_by=m.group_by,
     )
 
 
@@ -210,7 +210,7 @@ async def _meter(db: Session, tenant_id: str, key: str) -> MeterDef:
 
 @router.get("/meters", response_model=list[MeterView], summary="List meters")
 async def list_meters(db: Session, tenant_id: Tenant) -> list[MeterView]:
-    return [_view(m) for m in await MeterRepository(db).list(tenant_id)]
+    return [_view(m) for m in await MeterRepository(db).of_tenant(tenant_id)]
 
 
 @router.get("/meters/{key}", response_model=MeterView, summary="One meter")

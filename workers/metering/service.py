@@ -67,6 +67,7 @@ class CompiledMeter:
     meter: MeterDef
     value_path: tuple[str | int, ...] | None
     group_paths: tuple[tuple[str, tuple[str | int, ...]], ...]
+    value_where: str = ""  # how error messages name the value: "data.tokens"
 
     @classmethod
     def of(cls, meter: MeterDef) -> CompiledMeter:
@@ -74,6 +75,7 @@ class CompiledMeter:
             meter,
             compile_path(meter.value_property) if meter.value_property else None,
             tuple((name, compile_path(path)) for name, path in sorted(meter.group_by.items())),
+            f"data{meter.value_property[1:] if meter.value_property else ''}",
         )
 
 
@@ -96,13 +98,14 @@ def aggregate(events: Sequence[UsageEvent], meters: Sequence[MeterDef]) -> Aggre
     out = Aggregated()
     deltas: dict[tuple[str, str, str, datetime], UsageDelta] = {}
     uniques: set[UniqueValue] = set()
+    groups_json: dict[tuple[str, tuple[str | None, ...]], str] = {}
     for index, event in enumerate(events):
         readers = by_type.get((event.tenantid, event.type))
         if not readers:
             out.rejected.append((index, f"no meter reads event type {event.type!r}"))
             continue
         try:
-            contributions = [_contribution(cm, event) for cm in readers]
+            contributions = [_contribution(cm, event, groups_json) for cm in readers]
         except UnusableEvent as e:
             out.rejected.append((index, e.message))
             continue
@@ -125,13 +128,28 @@ def aggregate(events: Sequence[UsageEvent], meters: Sequence[MeterDef]) -> Aggre
     return out
 
 
-def _contribution(cm: CompiledMeter, event: UsageEvent) -> tuple[str, Decimal | str | None]:
-    groups = {
-        name: _scalar_text(evaluate(path, event.data)) for name, path in cm.group_paths
-    }
+def _contribution(
+    cm: CompiledMeter,
+    event: UsageEvent,
+    groups_json: dict[tuple[str, tuple[str | None, ...]], str] | None = None,
+) -> tuple[str, Decimal | str | None]:
+    """The canonical group JSON and the value ``event`` adds to meter ``cm``.
+
+    ``groups_json`` caches the canonical JSON per (meter, group values) within a batch:
+    a batch has far fewer distinct group tuples than events.
+    """
+    values = tuple([_scalar_text(evaluate(path, event.data)) for _, path in cm.group_paths])
+    cache_key = (cm.meter.id, values)
+    groups = groups_json.get(cache_key) if groups_json is not None else None
+    if groups is None:
+        groups = canonical_groups(
+            {name: v for (name, _), v in zip(cm.group_paths, values, strict=True)}
+        )
+        if groups_json is not None:
+            groups_json[cache_key] = groups
     value: Decimal | str | None = None
     if cm.value_path is not None:
-        where = f"data{cm.meter.value_property[1:] if cm.meter.value_property else ''}"
+        where = cm.value_where
         raw = evaluate(cm.value_path, event.data)
         if raw is MISSING:
             raise UnusableEvent(
@@ -145,7 +163,7 @@ def _contribution(cm: CompiledMeter, event: UsageEvent) -> tuple[str, Decimal | 
             value = text
         else:
             value = _number(raw, where)
-    return canonical_groups(groups), value
+    return groups, value
 
 
 def _fold(delta: UsageDelta, aggregation: str, value: Decimal | str | None, at: datetime) -> None:

@@ -267,7 +267,7 @@ class Runtime:
                 description=handler.__doc__,
             )
             async def subscriber(message: KafkaMessage) -> None:
-                records: tuple[ConsumerRecord[bytes, bytes], ...] = message.raw_message  # type: ignore[assignment]
+                records: tuple[ConsumerRecord[bytes, bytes], ...] = message.raw_message
                 try:
                     await processor.process(records)
                 except BaseException:

@@ -83,10 +83,10 @@ class Tx:
                 known.append(m)
             else:
                 self.reject(m, f"unknown tenant {m.event.tenantid!r}", code="unknown_tenant")
-        fresh_keys = await inbox.claim(self.session, self.group, [m.inbox_key for m in known])
+        keys = [m.inbox_key for m in known]  # a hash each: computed once per message
+        fresh_keys = await inbox.claim(self.session, self.group, keys)
         fresh: list[Message[E]] = []
-        for m in known:
-            key = m.inbox_key
+        for m, key in zip(known, keys, strict=True):
             if key in fresh_keys:
                 fresh_keys.discard(key)  # a second copy in the same batch is a duplicate
                 fresh.append(m)
