@@ -27,6 +27,7 @@ from tenacity import AsyncRetrying, retry_if_exception, wait_exponential_jitter
 
 from schemas.envelope import CloudEvent
 from storage import outbox
+from storage.commands import CommandOutcome
 from workers.runtime import metrics
 from workers.runtime.transient import is_transient
 from workers.runtime.tx import Message, Tx, dead_letter
@@ -113,9 +114,11 @@ class BatchProcessor(Generic[E]):
             await self._apply(batch[mid:])
 
     async def _transaction(self, batch: list[Message[E]]) -> None:
-        first = batch[0].event
+        tenants = {m.event.tenantid for m in batch}
         structlog.contextvars.bind_contextvars(
-            tenantid=first.tenantid, correlationid=first.correlationid or first.id
+            topic=self.consumer.topic,
+            batch_size=len(batch),
+            tenantid=tenants.pop() if len(tenants) == 1 else "(several)",
         )
         try:
             async with self.sessions() as session, session.begin():
@@ -123,7 +126,7 @@ class BatchProcessor(Generic[E]):
                 await self.consumer.handler(batch, tx)
                 await tx.flush()
         finally:
-            structlog.contextvars.unbind_contextvars("tenantid", "correlationid")
+            structlog.contextvars.unbind_contextvars("topic", "batch_size", "tenantid")
         fresh = len(batch) - tx.duplicates - tx.rejected
         self._m_processed.inc(fresh)
         self._m_dedup.inc(tx.duplicates)
@@ -136,6 +139,7 @@ class BatchProcessor(Generic[E]):
             "dead-lettering poison message",
             message_id=message.event.id,
             tenantid=message.event.tenantid,
+            correlationid=message.event.correlationid or message.event.id,
             error=_describe(error),
             exc_info=error,
         )
@@ -148,8 +152,6 @@ class BatchProcessor(Generic[E]):
                 tx = Tx(session, self.consumer.group)
                 tx.outgoing.append(dlq_row)
                 if self.consumer.commands:
-                    from storage.commands import CommandOutcome
-
                     tx.outcomes.append(
                         (
                             message.event.type,
