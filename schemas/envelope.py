@@ -10,11 +10,14 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 import uuid6
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationInfo, model_validator
 
 TENANT_ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
 
 TenantId = str
+
+
+WIRE = {"wire": True}  # validation context for messages read off a topic
 
 
 def new_id() -> str:
@@ -43,6 +46,17 @@ class CloudEvent(BaseModel):
     correlationid: str | None = Field(default=None, max_length=256)
     causationid: str | None = Field(default=None, max_length=256)
     dataversion: str = "1"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _identity_on_the_wire(cls, data: Any, info: ValidationInfo) -> Any:
+        """A message read off a topic must carry its own id and time: defaulting them would
+        give every redelivery a new identity, and the inbox could not deduplicate it."""
+        if info.context is not None and info.context.get("wire") and isinstance(data, dict):
+            missing = [name for name in ("id", "time") if name not in data]
+            if missing:
+                raise ValueError(f"a message on a topic needs {' and '.join(missing)}")
+        return data
 
     def to_json(self) -> bytes:
         return self.model_dump_json(exclude_none=True).encode()

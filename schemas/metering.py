@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
-from typing import Literal, Self
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from schemas.envelope import CloudEvent
 from schemas.jsonpath import JsonPathError, compile_path
@@ -38,7 +38,9 @@ class MeterSpec(BaseModel):
     event_type: str = Field(pattern=EVENT_TYPE_PATTERN, description="CloudEvents type it reads.")
     aggregation: Aggregation
     value_property: str | None = Field(
-        default=None, description="JSONPath into the event data; every aggregation but count."
+        default=None,
+        validate_default=True,  # so a missing one is reported against this field
+        description="JSONPath into the event data; every aggregation but count.",
     )
     group_by: dict[str, str] = Field(
         default_factory=dict, description="Group name to JSONPath into the event data."
@@ -46,7 +48,12 @@ class MeterSpec(BaseModel):
 
     @field_validator("value_property")
     @classmethod
-    def _valid_value_path(cls, v: str | None) -> str | None:
+    def _valid_value_path(cls, v: str | None, info: ValidationInfo) -> str | None:
+        aggregation = info.data.get("aggregation")  # absent when it was itself invalid
+        if aggregation is Aggregation.COUNT and v is not None:
+            raise ValueError("must be omitted for aggregation 'count'")
+        if aggregation is not None and aggregation is not Aggregation.COUNT and v is None:
+            raise ValueError(f"required for aggregation '{aggregation}'")
         if v is not None:
             try:
                 compile_path(v)
@@ -67,15 +74,6 @@ class MeterSpec(BaseModel):
             except JsonPathError as e:
                 raise ValueError(f"group {name!r}: {e}") from None
         return v
-
-    @model_validator(mode="after")
-    def _value_needed(self) -> Self:
-        if self.aggregation is Aggregation.COUNT:
-            if self.value_property is not None:
-                raise ValueError("value_property must be omitted for aggregation 'count'")
-        elif self.value_property is None:
-            raise ValueError(f"value_property is required for aggregation '{self.aggregation}'")
-        return self
 
 
 # --- commands --------------------------------------------------------------------

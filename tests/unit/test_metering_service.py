@@ -206,7 +206,7 @@ def test_group_values_of_every_json_kind_become_text() -> None:
     values = [True, 3, Decimal("2.50"), {"b": 1, "a": 2}, ["x"], "text"]
     result = service.aggregate([event({"g": v}) for v in values], [m])
     assert sorted(groups(d)["g"] for d in result.deltas) == sorted(
-        ["true", "3", "2.50", '{"a":2,"b":1}', '["x"]', "text"]
+        ["true", "3", "2.5", '{"a":2,"b":1}', '["x"]', "text"]
     )
 
 
@@ -286,8 +286,10 @@ def test_meters_only_read_their_own_tenants_events() -> None:
         ({"tokens": False}, "data.tokens is false, not a number"),
         ({"tokens": None}, "data.tokens is null, not a number"),
         ({"tokens": Decimal("NaN")}, "data.tokens is Decimal('NaN'), not a finite number"),
-        ({"tokens": "NaN"}, "data.tokens is 'NaN', not a finite number"),
-        ({"tokens": "-Infinity"}, "data.tokens is '-Infinity', not a finite number"),
+        ({"tokens": "NaN"}, "data.tokens is 'NaN', not a number"),
+        ({"tokens": "-Infinity"}, "data.tokens is '-Infinity', not a number"),
+        ({"tokens": "1_000"}, "data.tokens is '1_000', not a number"),
+        ({"tokens": "1e2000"}, "data.tokens is '1e2000', outside the supported range (1e-1000 to 1e1000)"),
         ({"tokens": 1.5}, "data.tokens is a float, not a number"),
         ({"tokens": [1]}, "data.tokens is a list, not a number"),
         ({"tokens": {"n": 1}}, "data.tokens is a dict, not a number"),
@@ -415,3 +417,18 @@ def test_a_different_definition_is_a_conflict(change: dict[str, Any]) -> None:
     assert problem["code"] == "meter_conflict"
     assert problem["field"] == "key"
     assert "'sum' already exists with a different definition" in problem["message"]
+
+
+def test_one_number_spelled_three_ways_is_one_unique_value_and_one_group() -> None:
+    meter = MeterDef(
+        id="m-u", tenant_id="acme", key="u", event_type="api.call",
+        aggregation="unique_count", value_property="$.v", group_by={"tier": "$.tier"},
+    )
+    events = [
+        UsageEvent(id=f"e{i}", source="s", type="api.call", subject="c", tenantid="acme",
+                   time=datetime(2026, 11, 22, 10, tzinfo=UTC), data={"v": v, "tier": v})
+        for i, v in enumerate([1, Decimal("1.0"), Decimal("1E+0")])
+    ]
+    out = service.aggregate(events, [meter])
+    assert {u.value for u in out.uniques} == {"1"}
+    assert [d.groups for d in out.deltas] == ['{"tier":"1"}']

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from jsonschema import Draft202012Validator
+from jsonschema import Draft202012Validator  # type: ignore[import-untyped]
 from pydantic import ValidationError
 
 from schemas import topics
@@ -42,7 +42,9 @@ def errors_of(excinfo: pytest.ExceptionInfo[ValidationError]) -> str:
 def test_value_property_is_required_for_every_aggregation_but_count(aggregation: str) -> None:
     with pytest.raises(ValidationError) as excinfo:
         spec(aggregation=aggregation, value_property=None)
-    assert f"value_property is required for aggregation '{aggregation}'" in errors_of(excinfo)
+    assert f"('value_property',): Value error, required for aggregation '{aggregation}'" in (
+        errors_of(excinfo)
+    )
     assert spec(aggregation=aggregation).value_property == "$.tokens"
 
 
@@ -50,7 +52,9 @@ def test_count_takes_no_value_property() -> None:
     assert spec(aggregation="count", value_property=None).aggregation is Aggregation.COUNT
     with pytest.raises(ValidationError) as excinfo:
         spec(aggregation="count", value_property="$.tokens")
-    assert "value_property must be omitted for aggregation 'count'" in errors_of(excinfo)
+    assert "('value_property',): Value error, must be omitted for aggregation 'count'" in (
+        errors_of(excinfo)
+    )
 
 
 def test_unknown_aggregation_is_refused() -> None:
@@ -407,3 +411,20 @@ def test_offsets_other_than_utc_are_accepted() -> None:
     tz = timezone(timedelta(hours=-7, minutes=-30))
     event = UsageEventIn.model_validate(usage_in(time=T0.astimezone(tz).isoformat()))
     assert event.time == T0
+
+
+def test_a_command_read_off_a_topic_must_carry_its_own_id_and_time() -> None:
+    from pydantic import TypeAdapter
+
+    from schemas.envelope import WIRE
+    from schemas.metering import CreateMeter
+
+    adapter = TypeAdapter(CreateMeter)
+    body = {"source": "s", "type": "CreateMeter", "tenantid": "acme",
+            "data": {"key": "k", "event_type": "x", "aggregation": "count"}}
+    with pytest.raises(ValidationError, match="needs id and time"):
+        adapter.validate_json(json.dumps(body), context=WIRE)
+    # constructing one in code still gets a fresh UUIDv7 and the current time
+    assert adapter.validate_python(body).id
+    full = {**body, "id": "c-1", "time": "2026-11-22T10:00:00Z"}
+    assert adapter.validate_json(json.dumps(full), context=WIRE).id == "c-1"

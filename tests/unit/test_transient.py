@@ -12,7 +12,7 @@ from workers.metering.errors import MeterConflict, MeteringRetryableError, Unusa
 from workers.runtime.errors import PermanentError, RetryableError
 from workers.runtime.transient import is_transient
 
-_dbapi = AsyncAdapt_asyncpg_dbapi(asyncpg)
+_dbapi = AsyncAdapt_asyncpg_dbapi(asyncpg)  # type: ignore[no-untyped-call]
 
 
 def db_error(pg_error: Exception, *, invalidated: bool = False) -> sa_exc.DBAPIError:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import TypeAdapter
 
 from schemas import topics
+from schemas.envelope import WIRE
 from schemas.metering import MeteringCommand
 from storage.metering import MeterRepository, UsageRepository
 from workers.metering import service
@@ -33,7 +34,7 @@ def register(runtime: Runtime) -> None:
     @runtime.consumer(
         topics.COMMANDS_METERING,
         group=COMMANDS_GROUP,
-        decode=_commands.validate_json,
+        decode=lambda raw: _commands.validate_json(raw, context=WIRE),
         commands=True,
     )
     async def on_command(batch: Batch[MeteringCommand], tx: Tx) -> None:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from decimal import MAX_EMAX, MIN_EMIN, Context, Decimal, InvalidOperation
+from decimal import MAX_EMAX, MIN_EMIN, Context, Decimal
 from typing import Any
 
 from schemas.envelope import new_id
@@ -33,20 +34,30 @@ def hour_bucket(t: datetime) -> datetime:
     return t.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
 
 
+# JSON-number spelling for numeric strings ("12.5", "-3e2"); no underscores, no "inf"
+_NUMERIC_TEXT = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
+MAX_EXPONENT = 1000  # far inside PostgreSQL numeric's range
+
+
 def _number(value: Any, where: str) -> Decimal:
     if isinstance(value, bool) or value is None:
         raise UnusableEvent(f"{where} is {json.dumps(value)}, not a number", field=where)
     if isinstance(value, int | Decimal):
         number = Decimal(value)
+    elif isinstance(value, str) and _NUMERIC_TEXT.fullmatch(value.strip()):
+        number = Decimal(value.strip())
     elif isinstance(value, str):
-        try:
-            number = Decimal(value.strip())
-        except InvalidOperation:
-            raise UnusableEvent(f"{where} is {value!r}, not a number", field=where) from None
+        raise UnusableEvent(f"{where} is {value!r}, not a number", field=where)
     else:
         raise UnusableEvent(f"{where} is a {type(value).__name__}, not a number", field=where)
     if not number.is_finite():
         raise UnusableEvent(f"{where} is {value!r}, not a finite number", field=where)
+    if number and not -MAX_EXPONENT <= number.adjusted() <= MAX_EXPONENT:
+        raise UnusableEvent(
+            f"{where} is {value!r}, outside the supported range (1e-{MAX_EXPONENT} to "
+            f"1e{MAX_EXPONENT})",
+            field=where,
+        )
     return number
 
 
@@ -58,7 +69,8 @@ def _scalar_text(value: Any) -> str | None:
     if isinstance(value, str):
         return value
     if isinstance(value, int | Decimal):
-        return str(value)
+        # one spelling per number, so 1, 1.0 and 1e0 are the same group or unique value
+        return format(Decimal(value).normalize(_EXACT), "f")
     return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
 
 
