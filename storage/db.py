@@ -6,8 +6,25 @@ import asyncio
 from pathlib import Path
 
 from sqlalchemy import MetaData, text
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 from sqlalchemy.orm import DeclarativeBase
+
+__all__ = [
+    "AsyncSession",  # re-exported: code outside storage/ types its sessions with it
+    "Base",
+    "Sessions",
+    "async_url",
+    "create_engine",
+    "migrate",
+    "migrate_sync",
+    "ping",
+    "session_factory",
+]
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -38,6 +55,10 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
         pool_pre_ping=True,
         pool_recycle=1800,
     )
+
+
+Sessions = async_sessionmaker[AsyncSession]
+"""What code outside storage/ holds to open sessions (it never builds SQL itself)."""
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

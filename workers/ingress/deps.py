@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -11,9 +10,9 @@ from typing import Annotated, Any
 import structlog
 from fastapi import Depends, Request
 from fastapi.responses import JSONResponse
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from storage.commands import IdempotencyRepository
+from storage.db import AsyncSession, Sessions
 from storage.tenants import TenantRepository
 from workers.ingress.problems import Problem
 from workers.ingress.publisher import Publisher
@@ -24,7 +23,7 @@ from workers.settings import Settings
 @dataclass
 class IngressState:
     settings: Settings
-    sessions: async_sessionmaker[AsyncSession]
+    sessions: Sessions
     publisher: Publisher
     limiter: RateLimiter
 
