@@ -27,10 +27,17 @@ from schemas.topics import all_topic_names
 from storage.db import create_engine, migrate, session_factory
 from storage.tenants import TenantRepository
 from workers.devstack import EmbeddedKafka, EmbeddedPostgres, docker_available
+from workers.runtime.logging import configure
 from workers.runtime.topics import admin_client, ensure_topics
 from workers.settings import Settings
 
 TEST_PARTITIONS = 3
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _logging() -> None:
+    """Console logs, as a developer reads them (plain tracebacks: fast)."""
+    configure("INFO", "console")
 
 
 def _dsn(url: str) -> str:
@@ -123,9 +130,7 @@ def shared_kafka() -> Iterator[KafkaServer | None]:
 
 
 @pytest.fixture
-async def kafka(
-    shared_kafka: KafkaServer | None, tmp_path: Path
-) -> AsyncIterator[KafkaServer]:
+async def kafka(shared_kafka: KafkaServer | None, tmp_path: Path) -> AsyncIterator[KafkaServer]:
     """A broker with every billstream topic freshly created (empty)."""
     if shared_kafka is None:
         broker = EmbeddedKafka(log_path=tmp_path / "broker.log").start()
@@ -180,9 +185,7 @@ class TenantKey:
     api_key: str
 
 
-async def make_tenant(
-    sessions: async_sessionmaker[AsyncSession], tenant_id: str
-) -> TenantKey:
+async def make_tenant(sessions: async_sessionmaker[AsyncSession], tenant_id: str) -> TenantKey:
     async with sessions() as session, session.begin():
         repo = TenantRepository(session)
         await repo.create(tenant_id)

@@ -9,13 +9,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import sys
 from collections.abc import AsyncIterator, Iterable, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.structs import RecordMetadata
 from sqlalchemy import func, select
@@ -33,24 +31,12 @@ from workers.devstack import wait_for
 from workers.runtime.app import Worker
 from workers.settings import Settings
 
+if TYPE_CHECKING:
+    from tests.conftest import KafkaServer
+
 Sessions = async_sessionmaker[AsyncSession]
 
 T0 = datetime(2025, 3, 1, 10, 0, tzinfo=UTC)  # an hour boundary; tests place events after it
-
-
-def plain_tracebacks() -> None:
-    """structlog's default console renderer formats exceptions with rich, locals included:
-    ~0.5 s per dead-lettered message on this machine. Plain tracebacks keep tests fast."""
-    structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.dev.ConsoleRenderer(
-                colors=False, exception_formatter=structlog.dev.plain_traceback
-            ),
-        ]
-    )
 
 
 # --- producing ------------------------------------------------------------------------
@@ -104,9 +90,13 @@ async def send_usage(p: AIOKafkaProducer, events: Iterable[UsageEvent]) -> int:
 
 
 async def send_raw(
-    p: AIOKafkaProducer, topic: str, value: bytes, key: bytes | None = None
+    p: AIOKafkaProducer,
+    topic: str,
+    value: bytes,
+    key: bytes | None = None,
+    headers: Sequence[tuple[str, bytes]] | None = None,
 ) -> RecordMetadata:
-    return await (await p.send(topic, value, key=key))
+    return await (await p.send(topic, value, key=key, headers=list(headers or ())))
 
 
 def create_meter_command(tenant: str, **spec: Any) -> CreateMeter:
@@ -355,9 +345,20 @@ async def running(worker: Worker) -> AsyncIterator[Worker]:
         await worker.stop()
 
 
+def quick_rejoin(settings: Settings, kafka: KafkaServer) -> Settings:
+    """Settings for a test that restarts a worker in-process.
+
+    The embedded broker (Tansu 0.6) seats a group's next member only after up to twice the
+    session timeout (4 s with the fixture's 2 s); with 1 s it takes ~1 s. Real Kafka refuses
+    session timeouts under group.min.session.timeout.ms (6 s), so it keeps the fixture's."""
+    if not kafka.embedded:
+        return settings
+    return settings.model_copy(update={"kafka_session_timeout_ms": 1_000})
+
+
 def worker_env(settings: Settings) -> dict[str, str]:
     """Environment for ``python -m workers.cli worker …`` matching the test settings."""
-    env = dict(os.environ)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BILLSTREAM_")}
     env.update(
         {
             "BILLSTREAM_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
@@ -366,6 +367,7 @@ def worker_env(settings: Settings) -> dict[str, str]:
             "BILLSTREAM_KAFKA_SESSION_TIMEOUT_MS": str(settings.kafka_session_timeout_ms),
             "BILLSTREAM_KAFKA_HEARTBEAT_INTERVAL_MS": str(settings.kafka_heartbeat_interval_ms),
             "BILLSTREAM_BATCH_TIMEOUT_MS": str(settings.batch_timeout_ms),
+            "BILLSTREAM_BATCH_MAX_RECORDS": str(settings.batch_max_records),
             "BILLSTREAM_RETRY_INITIAL_S": str(settings.retry_initial_s),
             "BILLSTREAM_RETRY_MAX_S": str(settings.retry_max_s),
             "BILLSTREAM_OUTBOX_POLL_INTERVAL_S": str(settings.outbox_poll_interval_s),
@@ -374,9 +376,6 @@ def worker_env(settings: Settings) -> dict[str, str]:
         }
     )
     return env
-
-
-PYTHON = sys.executable
 
 
 # --- bulk ------------------------------------------------------------------------------

@@ -5,7 +5,9 @@ from workers.runtime.topics import admin_client
 
 
 async def test_fixtures_give_a_migrated_database_and_a_broker_with_topics(
-    kafka: KafkaServer, sessions, tenant: TenantKey  # type: ignore[no-untyped-def]
+    kafka: KafkaServer,
+    sessions,
+    tenant: TenantKey,  # type: ignore[no-untyped-def]
 ) -> None:
     async with sessions() as session:
         assert (await session.execute(text("SELECT count(*) FROM tenants"))).scalar_one() == 1

@@ -31,11 +31,22 @@ TOKENS_METER = {
 }
 
 
-def event(i: int, subject: str = "customer-42", tokens: Any = 10, model: str = "m1",
-          time: str = "2026-11-22T10:15:00Z", **extra: Any) -> dict[str, Any]:
+def event(
+    i: int,
+    subject: str = "customer-42",
+    tokens: Any = 10,
+    model: str = "m1",
+    time: str = "2026-11-22T10:15:00Z",
+    **extra: Any,
+) -> dict[str, Any]:
     return {
-        "id": f"evt-{i}", "source": "tests", "type": "llm.completion", "subject": subject,
-        "time": time, "data": {"tokens": tokens, "model": model}, **extra,
+        "id": f"evt-{i}",
+        "source": "tests",
+        "type": "llm.completion",
+        "subject": subject,
+        "time": time,
+        "data": {"tokens": tokens, "model": model},
+        **extra,
     }
 
 
@@ -65,7 +76,9 @@ class Api:
         assert outcome["status"] == "succeeded", outcome
 
     async def usage(self, key: TenantKey, meter: str = "tokens", **params: Any) -> dict[str, Any]:
-        r = await self.client.get(f"/v1/meters/{meter}/usage", params=params, headers=self.auth(key))
+        r = await self.client.get(
+            f"/v1/meters/{meter}/usage", params=params, headers=self.auth(key)
+        )
         assert r.status_code == 200, r.text
         # values are exact JSON numbers: parse them as Decimals
         body: dict[str, Any] = json.loads(r.text, parse_float=Decimal)
@@ -83,8 +96,9 @@ class Api:
 
 async def serve(settings: Settings) -> tuple[uvicorn.Server, asyncio.Task[None], str]:
     port = free_port()
-    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port,
-                            log_level="warning", lifespan="on")
+    config = uvicorn.Config(
+        create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
+    )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     await wait_for(lambda: server.started, timeout_s=10)
@@ -131,8 +145,12 @@ async def test_meter_then_events_then_exact_usage(api: Api, tenant: TenantKey) -
     r = await api.client.get("/v1/meters/tokens", headers=api.auth(tenant))
     assert r.status_code == 200 and r.json()["aggregation"] == "sum"
 
-    batch = [event(1, tokens=120), event(2, tokens="0.1", model="m2"), event(3, tokens=0.2, model="m2"),
-             event(4, tokens=5, time="2026-11-22T11:59:59Z")]
+    batch = [
+        event(1, tokens=120),
+        event(2, tokens="0.1", model="m2"),
+        event(3, tokens=0.2, model="m2"),
+        event(4, tokens=5, time="2026-11-22T11:59:59Z"),
+    ]
     r = await api.client.post("/v1/events", json={"events": batch}, headers=api.auth(tenant))
     assert r.status_code == 202, r.text
     assert r.json() == {"accepted": 4}
@@ -142,26 +160,33 @@ async def test_meter_then_events_then_exact_usage(api: Api, tenant: TenantKey) -
 
     by_model = await api.usage(tenant, subject="customer-42", group_by="model")
     assert {row["group_by"]["model"]: row["value"] for row in by_model["data"]} == {
-        "m1": Decimal("125"), "m2": Decimal("0.3"),
+        "m1": Decimal("125"),
+        "m2": Decimal("0.3"),
     }
-    hourly = await api.usage(tenant, window_size="hour", **{"from": "2026-11-22T10:00:00Z",
-                                                            "to": "2026-11-22T12:00:00Z"})
+    hourly = await api.usage(
+        tenant, window_size="hour", **{"from": "2026-11-22T10:00:00Z", "to": "2026-11-22T12:00:00Z"}
+    )
     assert [(row["window_start"], row["value"]) for row in hourly["data"]] == [
         ("2026-11-22T10:00:00+00:00", Decimal("120.3")),
         ("2026-11-22T11:00:00+00:00", Decimal("5")),
     ]
-    only_11 = await api.usage(tenant, **{"from": "2026-11-22T11:00:00Z", "to": "2026-11-22T12:00:00Z"})
+    only_11 = await api.usage(
+        tenant, **{"from": "2026-11-22T11:00:00Z", "to": "2026-11-22T12:00:00Z"}
+    )
     assert [row["value"] for row in only_11["data"]] == [Decimal("5")]
 
 
-async def test_resending_a_batch_counts_once_and_both_formats_work(api: Api, tenant: TenantKey) -> None:
+async def test_resending_a_batch_counts_once_and_both_formats_work(
+    api: Api, tenant: TenantKey
+) -> None:
     await api.create_meter(tenant)
     batch = [event(i, tokens=1) for i in range(50)]
     for _ in range(3):
         r = await api.client.post("/v1/events", json={"events": batch}, headers=api.auth(tenant))
         assert r.status_code == 202
     r = await api.client.post(
-        "/v1/events", content=json.dumps(batch + [event(99, tokens=50)]),
+        "/v1/events",
+        content=json.dumps([*batch, event(99, tokens=50)]),
         headers={**api.auth(tenant), "Content-Type": "application/cloudevents-batch+json"},
     )
     assert r.status_code == 202 and r.json() == {"accepted": 51}
@@ -205,18 +230,23 @@ async def test_limits_on_size_and_count(api: Api, tenant: TenantKey) -> None:
 
 
 async def test_meter_validation_and_conflicts(api: Api, tenant: TenantKey) -> None:
-    r = await api.client.post("/v1/meters", json={**TOKENS_METER, "value_property": None},
-                              headers=api.auth(tenant))
+    r = await api.client.post(
+        "/v1/meters", json={**TOKENS_METER, "value_property": None}, headers=api.auth(tenant)
+    )
     assert r.status_code == 422
-    assert "value_property is required" in r.json()["detail"]
-    r = await api.client.post("/v1/meters", json={**TOKENS_METER, "group_by": {"m": "model"}},
-                              headers=api.auth(tenant))
+    assert r.json()["errors"] == [
+        {"field": "value_property", "reason": "Value error, required for aggregation 'sum'"}
+    ]
+    r = await api.client.post(
+        "/v1/meters", json={**TOKENS_METER, "group_by": {"m": "model"}}, headers=api.auth(tenant)
+    )
     assert r.status_code == 422 and r.json()["errors"][0]["field"] == "group_by"
 
     await api.create_meter(tenant)
     await api.create_meter(tenant)  # identical: succeeds again
-    r = await api.client.post("/v1/meters", json={**TOKENS_METER, "aggregation": "max"},
-                              headers=api.auth(tenant))
+    r = await api.client.post(
+        "/v1/meters", json={**TOKENS_METER, "aggregation": "max"}, headers=api.auth(tenant)
+    )
     outcome = await api.command_outcome(tenant, r.json()["command_id"])
     assert outcome["status"] == "failed"
     assert outcome["error"]["code"] == "meter_conflict"
@@ -231,21 +261,28 @@ async def test_idempotency_key_replays_the_first_response(api: Api, tenant: Tena
     assert first.status_code == second.status_code == 202
     assert first.json()["command_id"] == second.json()["command_id"]
     assert second.headers.get("idempotent-replayed") == "true"
-    other = await api.client.post("/v1/meters", json={**TOKENS_METER, "key": "other"}, headers=headers)
+    other = await api.client.post(
+        "/v1/meters", json={**TOKENS_METER, "key": "other"}, headers=headers
+    )
     assert other.status_code == 422 and "different request" in other.json()["detail"]
 
 
 async def test_usage_query_validation(api: Api, tenant: TenantKey) -> None:
     await api.create_meter(tenant)
-    r = await api.client.get("/v1/meters/tokens/usage", params={"from": "2026-11-22T10:30:00Z"},
-                             headers=api.auth(tenant))
+    r = await api.client.get(
+        "/v1/meters/tokens/usage", params={"from": "2026-11-22T10:30:00Z"}, headers=api.auth(tenant)
+    )
     assert r.status_code == 422 and r.json()["errors"][0]["field"] == "from"
     # a whole hour in +05:30 is half past in UTC: refused too (buckets are UTC hours)
-    r = await api.client.get("/v1/meters/tokens/usage", params={"to": "2026-11-22T10:00:00+05:30"},
-                             headers=api.auth(tenant))
+    r = await api.client.get(
+        "/v1/meters/tokens/usage",
+        params={"to": "2026-11-22T10:00:00+05:30"},
+        headers=api.auth(tenant),
+    )
     assert r.status_code == 422 and r.json()["errors"][0]["field"] == "to"
-    r = await api.client.get("/v1/meters/tokens/usage", params={"group_by": "region"},
-                             headers=api.auth(tenant))
+    r = await api.client.get(
+        "/v1/meters/tokens/usage", params={"group_by": "region"}, headers=api.auth(tenant)
+    )
     assert r.status_code == 422 and "region" in r.json()["detail"]
     r = await api.client.get("/v1/meters/nope/usage", headers=api.auth(tenant))
     assert r.status_code == 404
@@ -258,7 +295,9 @@ async def test_tenants_cannot_see_each_other(
     r = await api.client.post("/v1/meters", json=TOKENS_METER, headers=api.auth(tenant))
     command_id = r.json()["command_id"]
     await api.command_outcome(tenant, command_id)
-    assert (await api.client.get(f"/v1/commands/{command_id}", headers=api.auth(other))).status_code == 404
+    assert (
+        await api.client.get(f"/v1/commands/{command_id}", headers=api.auth(other))
+    ).status_code == 404
     assert (await api.client.get("/v1/meters/tokens", headers=api.auth(other))).status_code == 404
     assert (await api.client.get("/v1/meters", headers=api.auth(other))).json() == []
 
@@ -273,16 +312,26 @@ async def test_kafka_producers_get_the_same_result_as_http(api: Api, tenant: Ten
     try:
         for e in batch:
             # same ids but another source: different events ((source, id) is the identity)
-            direct = {**e, "source": "kafka-producer", "subject": "via-kafka",
-                      "specversion": "1.0", "tenantid": tenant.tenant_id}
-            await producer.send(topics.USAGE, json.dumps(direct).encode(),
-                                key=f"{tenant.tenant_id}:via-kafka".encode())
+            direct = {
+                **e,
+                "source": "kafka-producer",
+                "subject": "via-kafka",
+                "specversion": "1.0",
+                "tenantid": tenant.tenant_id,
+            }
+            await producer.send(
+                topics.USAGE,
+                json.dumps(direct).encode(),
+                key=f"{tenant.tenant_id}:via-kafka".encode(),
+            )
         await producer.flush()
     finally:
         await producer.stop()
     await api.wait_total(tenant, Decimal(420), group_by="subject")
     body = await api.usage(tenant, group_by=["subject", "model"], window_size="hour")
-    rows = {row["subject"]: (row["window_start"], row["group_by"], row["value"]) for row in body["data"]}
+    rows = {
+        row["subject"]: (row["window_start"], row["group_by"], row["value"]) for row in body["data"]
+    }
     assert rows["via-http"] == rows["via-kafka"]
 
 
@@ -290,14 +339,18 @@ async def test_broker_down_gives_503_with_retry_after(
     database_url: str, tenant: TenantKey, settings: Settings
 ) -> None:
     broker = EmbeddedKafka().start()
-    down = settings.model_copy(update={"kafka_bootstrap": broker.bootstrap,
-                                       "kafka_request_timeout_ms": 2_000})
+    down = settings.model_copy(
+        update={"kafka_bootstrap": broker.bootstrap, "kafka_request_timeout_ms": 2_000}
+    )
     server, task, base = await serve(down)
     try:
         async with httpx.AsyncClient(base_url=base, timeout=30) as client:
             broker.stop()
-            r = await client.post("/v1/events", json={"events": [event(1)]},
-                                  headers={"Authorization": f"Bearer {tenant.api_key}"})
+            r = await client.post(
+                "/v1/events",
+                json={"events": [event(1)]},
+                headers={"Authorization": f"Bearer {tenant.api_key}"},
+            )
             assert r.status_code == 503, r.text
             assert r.headers["retry-after"].isdigit()
             assert (await client.get("/readyz")).status_code == 503
@@ -316,9 +369,15 @@ async def test_idempotency_keys_expire_after_their_retention(
     from storage.commands import IdempotencyRepository
 
     headers = {**api.auth(tenant), "Idempotency-Key": "k-1"}
-    assert (await api.client.post("/v1/meters", json=TOKENS_METER, headers=headers)).status_code == 202
+    assert (
+        await api.client.post("/v1/meters", json=TOKENS_METER, headers=headers)
+    ).status_code == 202
     async with sessions() as session, session.begin():
-        await session.execute(text("UPDATE idempotency_keys SET created_at = now() - interval '25 hours'"))
+        await session.execute(
+            text("UPDATE idempotency_keys SET created_at = now() - interval '25 hours'")
+        )
         assert await IdempotencyRepository(session).purge(timedelta(hours=24)) == 1
-    reused = await api.client.post("/v1/meters", json={**TOKENS_METER, "key": "other"}, headers=headers)
+    reused = await api.client.post(
+        "/v1/meters", json={**TOKENS_METER, "key": "other"}, headers=headers
+    )
     assert reused.status_code == 202 and "idempotent-replayed" not in reused.headers

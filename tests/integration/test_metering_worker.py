@@ -7,13 +7,11 @@ import dataclasses
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-import pytest
-
 from schemas import topics
 from schemas.metering import MeterCreated
 from schemas.usage import UsageEvent
 from storage.metering import MeterDef
-from tests.conftest import TenantKey, make_tenant
+from tests.conftest import KafkaServer, TenantKey, make_tenant
 from tests.integration.support import (
     T0,
     Sessions,
@@ -26,9 +24,9 @@ from tests.integration.support import (
     inbox_count,
     insert_meters,
     meter,
-    plain_tracebacks,
     producer,
     query,
+    quick_rejoin,
     read_topic,
     running,
     send_command,
@@ -44,14 +42,8 @@ from tests.integration.support import (
 )
 from workers.devstack import wait_for
 from workers.metering.app import build
-from workers.metering.handlers import USAGE_GROUP
+from workers.metering.handlers import COMMANDS_GROUP, USAGE_GROUP
 from workers.settings import Settings
-
-
-@pytest.fixture(autouse=True)
-def _fast_logs() -> None:
-    plain_tracebacks()
-
 
 TOKENS = {
     "key": "tokens",
@@ -108,7 +100,13 @@ async def test_create_meter_succeeds_publishes_meter_created_and_refuses_a_confl
         unchanged = await meter(sessions, t, "tokens")
         assert unchanged == created
 
-        # neither the repeat nor the conflict published a second meter.created,
+        # the very same command redelivered (same id) is applied once
+        await send_command(p, first)
+        await wait_committed_to_end(settings, COMMANDS_GROUP, topics.COMMANDS_METERING)
+        record = await command_outcome(sessions, t, first.id)
+        assert (record.status, record.result) == ("succeeded", {"meter_id": meter_id})
+
+        # neither the repeats nor the conflict published a second meter.created,
         # and no command was dead-lettered
         await wait_outbox_drained(sessions)
         assert await topic_size(settings, topics.EVENTS_METERING) == 1
@@ -334,7 +332,7 @@ async def test_poison_usage_records_are_dead_lettered_with_their_reason_and_the_
         # valid, poison, valid, poison, ... all in one partition
         for i, (name, (value, _, _)) in enumerate(poison.items()):
             await send_raw(p, topics.USAGE, valid[i % len(valid)].to_json(), key)
-            sent = await send_raw(p, topics.USAGE, value, key)
+            sent = await send_raw(p, topics.USAGE, value, key, [("traceparent", name.encode())])
             offsets[name] = sent.offset
             partitions.add(sent.partition)
         await send_usage(p, valid)  # again: duplicates of the ones sent, and the last one
@@ -355,6 +353,7 @@ async def test_poison_usage_records_are_dead_lettered_with_their_reason_and_the_
         h = headers(record)
         assert record.value == value, name  # the original bytes, untouched
         assert record.key == key, name
+        assert h["traceparent"] == name  # its own headers are kept
         assert h["billstream-dlq-error"] == error, name
         assert reason in h["billstream-dlq-reason"], (name, h["billstream-dlq-reason"])
         assert h["billstream-dlq-topic"] == topics.USAGE
@@ -391,13 +390,13 @@ async def test_offsets_are_committed_to_the_end_once_processed(
 
 
 async def test_a_graceful_stop_mid_stream_commits_what_it_applied_and_a_restart_finishes_exactly(
-    settings: Settings, sessions: Sessions, tenant: TenantKey
+    settings: Settings, sessions: Sessions, tenant: TenantKey, kafka: KafkaServer
 ) -> None:
     meters = await insert_meters(sessions, "acme", COUNT_AND_SUM)
     n = 8_000
     records = [bulk_record("acme", f"e{i}", f"cust-{i % 50}", T0 + i * M, i) for i in range(n)]
     records += records[::10]  # 800 duplicates
-    small_batches = settings.model_copy(update={"batch_max_records": 250, "kafka_session_timeout_ms": 1000})
+    small_batches = quick_rejoin(settings, kafka).model_copy(update={"batch_max_records": 250})
     async with producer(settings) as p:
         await send_records(p, topics.USAGE, records)
 

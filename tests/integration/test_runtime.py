@@ -10,18 +10,21 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 
 import pytest
+from aiokafka import AIOKafkaProducer, ConsumerRecord
+from aiokafka.structs import RecordMetadata
+from sqlalchemy import text
 
 from schemas.topics import dlq
 from schemas.usage import UsageEvent
 from storage.commands import CommandRepository
-from tests.conftest import TenantKey
+from tests.conftest import KafkaServer, TenantKey
 from tests.integration.support import (
     Sessions,
     committed_offsets,
     headers,
     inbox_count,
-    plain_tracebacks,
     producer,
+    quick_rejoin,
     read_topic,
     running,
     topic_size,
@@ -30,16 +33,11 @@ from tests.integration.support import (
     wait_inbox,
     wait_outbox_drained,
 )
+from workers.devstack import wait_for
 from workers.runtime import Batch, RetryableError, Runtime, Tx
 from workers.runtime.app import Worker, build_worker
-from workers.runtime.topics import ensure_topics
+from workers.runtime.topics import admin_client, ensure_topics
 from workers.settings import Settings
-
-
-@pytest.fixture(autouse=True)
-def _fast_logs() -> None:
-    plain_tracebacks()
-
 
 IN = "test.items.v1"
 OUT = "test.out.v1"
@@ -49,7 +47,16 @@ Handler = Callable[[Batch[UsageEvent], Tx], Awaitable[None]]
 
 
 @pytest.fixture
-async def topics(settings: Settings) -> None:
+async def topics(settings: Settings, kafka: KafkaServer) -> None:
+    """This module's topics, empty (a shared broker keeps them between tests: recreate)."""
+    if not kafka.embedded:
+        client = await admin_client(settings.kafka_bootstrap)
+        try:
+            stale = [t for t in (IN, dlq(IN), OUT) if t in await client.list_topics()]
+            if stale:
+                await client.delete_topics(stale)
+        finally:
+            await client.close()
     await ensure_topics(
         settings.kafka_bootstrap, partitions=3, replication=1, names=[IN, dlq(IN), OUT]
     )
@@ -74,14 +81,14 @@ async def send(settings: Settings, events: Sequence[UsageEvent]) -> None:
         await send_usage_to(p, events)
 
 
-async def send_usage_to(p, events: Sequence[UsageEvent]):  # type: ignore[no-untyped-def]
+async def send_usage_to(p: AIOKafkaProducer, events: Sequence[UsageEvent]) -> list[RecordMetadata]:
     futures = [
         await p.send(IN, e.to_json(), key=f"{e.tenantid}:{e.subject}".encode()) for e in events
     ]
     return [await f for f in futures]
 
 
-def ids(records) -> list[str]:  # type: ignore[no-untyped-def]
+def ids(records: Sequence[ConsumerRecord[bytes, bytes]]) -> list[str]:
     return [json.loads(r.value)["id"] for r in records]
 
 
@@ -129,10 +136,13 @@ async def test_a_poison_message_is_split_out_to_the_dlq_and_every_other_message_
 async def test_a_retryable_error_is_retried_until_it_passes_with_no_loss_and_no_duplicates(
     settings: Settings, sessions: Sessions, tenant: TenantKey, topics: None
 ) -> None:
-    flaky, failures = "m-5", 3
+    flaky, failures = "m-5", 6  # more than bisecting a batch of 20 would take to isolate it
     attempts: Counter[str] = Counter()
+    with_flaky: list[list[str]] = []
 
     async def handler(batch: Batch[UsageEvent], tx: Tx) -> None:
+        if any(m.event.id == flaky for m in batch):
+            with_flaky.append([m.event.id for m in batch])
         for m in await tx.claim(batch):
             attempts[m.event.id] += 1
             tx.emit(m.event, topic=OUT, key=m.event.id)
@@ -141,14 +151,43 @@ async def test_a_retryable_error_is_retried_until_it_passes_with_no_loss_and_no_
 
     events = items(20, subjects=4)
     await send(settings, events)
-    async with running(worker_with(settings, handler)):
+    quick_backoff = settings.model_copy(update={"retry_max_s": 0.2})
+    async with running(worker_with(quick_backoff, handler)):
         await wait_inbox(sessions, GROUP, 20)
         await wait_committed_to_end(settings, GROUP, IN)
         await wait_outbox_drained(sessions)
     assert attempts[flaky] == failures + 1
+    assert all(b == with_flaky[0] for b in with_flaky)  # the same batch retried, never split
     out = await read_topic(settings, OUT, 20)
     assert sorted(ids(out)) == sorted(e.id for e in events)  # each exactly once
     assert await topic_size(settings, dlq(IN)) == 0
+
+
+async def test_a_database_connection_lost_mid_batch_is_retried_and_the_batch_applies_once(
+    settings: Settings, sessions: Sessions, tenant: TenantKey, topics: None
+) -> None:
+    outage = 6  # attempts that lose their connection: more than bisecting the batch takes
+    batches: list[list[str]] = []
+
+    async def handler(batch: Batch[UsageEvent], tx: Tx) -> None:
+        batches.append([m.event.id for m in batch])
+        for m in await tx.claim(batch):
+            tx.emit(m.event, topic=OUT, key=m.event.id)
+        if len(batches) <= outage:  # the server drops this connection mid-transaction
+            await tx.session.execute(text("SELECT pg_terminate_backend(pg_backend_pid())"))
+
+    events = items(12)  # one partition: one batch
+    await send(settings, events)
+    quick_backoff = settings.model_copy(update={"retry_max_s": 0.2})
+    async with running(worker_with(quick_backoff, handler)):
+        await wait_inbox(sessions, GROUP, 12)
+        await wait_committed_to_end(settings, GROUP, IN)
+        await wait_outbox_drained(sessions)
+    assert len(batches) > outage
+    assert all(b == batches[0] for b in batches[: outage + 1])  # retried whole, not split
+    out = await read_topic(settings, OUT, 12)
+    assert sorted(ids(out)) == sorted(e.id for e in events)  # none lost, none twice
+    assert await topic_size(settings, dlq(IN)) == 0  # an outage is not a poison message
 
 
 async def test_a_dead_lettered_command_is_marked_failed(
@@ -178,8 +217,9 @@ async def test_a_dead_lettered_command_is_marked_failed(
 
 
 async def test_a_graceful_stop_finishes_and_commits_the_batch_in_progress(
-    settings: Settings, sessions: Sessions, tenant: TenantKey, topics: None
+    settings: Settings, sessions: Sessions, tenant: TenantKey, topics: None, kafka: KafkaServer
 ) -> None:
+    settings = quick_rejoin(settings, kafka)
     entered, release = asyncio.Event(), asyncio.Event()
     handled: list[str] = []
 
@@ -197,7 +237,8 @@ async def test_a_graceful_stop_finishes_and_commits_the_batch_in_progress(
         await asyncio.wait_for(entered.wait(), timeout=15)
     finally:
         stopping = asyncio.create_task(worker.stop())
-        await asyncio.sleep(0.1)  # give stop() the chance to (wrongly) abandon the batch
+        # release the batch only once the stop is under way (it could wrongly abandon it)
+        await wait_for(lambda: worker.runtime.processors[0].stopping.is_set())
         release.set()
         await asyncio.wait_for(stopping, timeout=15)
 

@@ -40,7 +40,9 @@ async def test_inbox_keeps_ids_for_the_dedupe_window_then_forgets_them(
     async with sessions() as session, session.begin():
         assert await inbox.claim(session, "g", [old, recent]) == {old, recent}
         await session.execute(
-            text("UPDATE inbox SET processed_at = now() - interval '36 days' WHERE message_key = :k"),
+            text(
+                "UPDATE inbox SET processed_at = now() - interval '36 days' WHERE message_key = :k"
+            ),
             {"k": old},
         )
     async with sessions() as session, session.begin():

@@ -289,7 +289,10 @@ def test_meters_only_read_their_own_tenants_events() -> None:
         ({"tokens": "NaN"}, "data.tokens is 'NaN', not a number"),
         ({"tokens": "-Infinity"}, "data.tokens is '-Infinity', not a number"),
         ({"tokens": "1_000"}, "data.tokens is '1_000', not a number"),
-        ({"tokens": "1e2000"}, "data.tokens is '1e2000', outside the supported range (1e-1000 to 1e1000)"),
+        (
+            {"tokens": "1e2000"},
+            "data.tokens is '1e2000', outside the supported range (1e-1000 to 1e1000)",
+        ),
         ({"tokens": 1.5}, "data.tokens is a float, not a number"),
         ({"tokens": [1]}, "data.tokens is a list, not a number"),
         ({"tokens": {"n": 1}}, "data.tokens is a dict, not a number"),
@@ -421,12 +424,24 @@ def test_a_different_definition_is_a_conflict(change: dict[str, Any]) -> None:
 
 def test_one_number_spelled_three_ways_is_one_unique_value_and_one_group() -> None:
     meter = MeterDef(
-        id="m-u", tenant_id="acme", key="u", event_type="api.call",
-        aggregation="unique_count", value_property="$.v", group_by={"tier": "$.tier"},
+        id="m-u",
+        tenant_id="acme",
+        key="u",
+        event_type="api.call",
+        aggregation="unique_count",
+        value_property="$.v",
+        group_by={"tier": "$.tier"},
     )
     events = [
-        UsageEvent(id=f"e{i}", source="s", type="api.call", subject="c", tenantid="acme",
-                   time=datetime(2026, 11, 22, 10, tzinfo=UTC), data={"v": v, "tier": v})
+        UsageEvent(
+            id=f"e{i}",
+            source="s",
+            type="api.call",
+            subject="c",
+            tenantid="acme",
+            time=datetime(2026, 11, 22, 10, tzinfo=UTC),
+            data={"v": v, "tier": v},
+        )
         for i, v in enumerate([1, Decimal("1.0"), Decimal("1E+0")])
     ]
     out = service.aggregate(events, [meter])

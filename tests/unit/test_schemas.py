@@ -420,8 +420,12 @@ def test_a_command_read_off_a_topic_must_carry_its_own_id_and_time() -> None:
     from schemas.metering import CreateMeter
 
     adapter = TypeAdapter(CreateMeter)
-    body = {"source": "s", "type": "CreateMeter", "tenantid": "acme",
-            "data": {"key": "k", "event_type": "x", "aggregation": "count"}}
+    body = {
+        "source": "s",
+        "type": "CreateMeter",
+        "tenantid": "acme",
+        "data": {"key": "k", "event_type": "x", "aggregation": "count"},
+    }
     with pytest.raises(ValidationError, match="needs id and time"):
         adapter.validate_json(json.dumps(body), context=WIRE)
     # constructing one in code still gets a fresh UUIDv7 and the current time
