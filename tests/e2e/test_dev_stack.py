@@ -34,7 +34,10 @@ class DevStack:
         env.pop("BILLSTREAM_KAFKA_BOOTSTRAP", None)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "workers.cli", "dev"],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
         )
         self.output: list[str] = []
         self.base = ""
@@ -102,22 +105,38 @@ def test_dev_runs_the_whole_stack_and_keeps_state_across_restarts(state_dir: Pat
         assert dev.key.startswith("bsk_") and dev.base == f"http://127.0.0.1:{port}"
         auth = {"Authorization": f"Bearer {dev.key}"}
         with httpx.Client(base_url=dev.base, headers=auth, timeout=30) as http:
-            r = http.post("/v1/meters", json={
-                "key": "tokens", "event_type": "llm.completion", "aggregation": "sum",
-                "value_property": "$.tokens", "group_by": {"model": "$.model"}})
+            r = http.post(
+                "/v1/meters",
+                json={
+                    "key": "tokens",
+                    "event_type": "llm.completion",
+                    "aggregation": "sum",
+                    "value_property": "$.tokens",
+                    "group_by": {"model": "$.model"},
+                },
+            )
             assert r.status_code == 202
             command = r.json()["status_url"]
             outcome = poll(lambda: (b := http.get(command).json())["status"] != "pending" and b)
             assert outcome["status"] == "succeeded"
-            events = [{"id": f"e{i}", "source": "app", "type": "llm.completion",
-                       "subject": "customer-42", "time": "2026-11-22T10:00:00Z",
-                       "data": {"tokens": 120, "model": "m1"}} for i in range(10)]
+            events = [
+                {
+                    "id": f"e{i}",
+                    "source": "app",
+                    "type": "llm.completion",
+                    "subject": "customer-42",
+                    "time": "2026-11-22T10:00:00Z",
+                    "data": {"tokens": 120, "model": "m1"},
+                }
+                for i in range(10)
+            ]
             assert http.post("/v1/events", json={"events": events}).status_code == 202
 
             def total() -> Decimal | None:
-                body = json.loads(http.get("/v1/meters/tokens/usage",
-                                           params={"subject": "customer-42"}).text,
-                                  parse_float=Decimal)
+                body = json.loads(
+                    http.get("/v1/meters/tokens/usage", params={"subject": "customer-42"}).text,
+                    parse_float=Decimal,
+                )
                 return body["data"][0]["value"] if body["data"] else None
 
             assert poll(lambda: total() == 1200)
@@ -130,8 +149,9 @@ def test_dev_runs_the_whole_stack_and_keeps_state_across_restarts(state_dir: Pat
         dev = DevStack(state_dir, port)
         dev.wait_ready()
         assert dev.key == first_key
-        with httpx.Client(base_url=dev.base, headers={"Authorization": f"Bearer {dev.key}"},
-                          timeout=30) as http:
+        with httpx.Client(
+            base_url=dev.base, headers={"Authorization": f"Bearer {dev.key}"}, timeout=30
+        ) as http:
             usage = json.loads(http.get("/v1/meters/tokens/usage").text, parse_float=Decimal)
             assert [row["value"] for row in usage["data"]] == [1200]
         assert dev.interrupt() == 0
