@@ -35,10 +35,13 @@ def dumps_parsed(value: Any) -> str:
         return dumps(value)
 
 
-def loads(text: str | bytes) -> Any:
-    """Parse JSON with every non-integer number as an exact ``Decimal``; NaN/Infinity refused."""
-    return json.loads(text, parse_float=Decimal, parse_constant=_no_constants)
-
-
 def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not a valid JSON number")
+
+
+_decode = json.JSONDecoder(parse_float=Decimal, parse_constant=_no_constants).decode
+
+
+def loads(text: str | bytes) -> Any:
+    """Parse JSON with every non-integer number as an exact ``Decimal``; NaN/Infinity refused."""
+    return _decode(text.decode() if isinstance(text, bytes) else text)

@@ -1,0 +1,1 @@
+"""Benchmarks with their recorded results (not part of the test run). See bench/README.md."""
