@@ -8,9 +8,11 @@ identifies it: sending the same event twice counts once.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter
 
 from schemas import jsonexact
 from schemas.envelope import CloudEvent
@@ -67,3 +69,33 @@ class UsageEvent(CloudEvent):
         attrs = self.model_dump(mode="json", exclude={"data"}, exclude_none=True)
         head = jsonexact.dumps(attrs)
         return (head[:-1] + ',"data":' + jsonexact.dumps(self.data) + "}").encode()
+
+    @classmethod
+    def encode_from_client(cls, events: Sequence[UsageEventIn], tenant_id: str) -> list[bytes]:
+        """``[cls.from_client(e, tenant_id).to_json() for e in events]``, byte for byte,
+        without a model per event (the ingress hot path; ``data`` as parsed from JSON)."""
+        fields = cls.model_fields
+        specversion = fields["specversion"].default
+        datacontenttype = fields["datacontenttype"].default
+        dataversion = fields["dataversion"].default
+        times = _TIMES.dump_python([e.time for e in events], mode="json")
+        return [
+            jsonexact.dumps_parsed(
+                {
+                    "specversion": specversion,
+                    "id": e.id,
+                    "source": e.source,
+                    "type": e.type,
+                    "time": time,
+                    "subject": e.subject,
+                    "datacontenttype": datacontenttype,
+                    "tenantid": tenant_id,
+                    "dataversion": dataversion,
+                    "data": e.data,
+                }
+            ).encode()
+            for e, time in zip(events, times, strict=True)
+        ]
+
+
+_TIMES: TypeAdapter[list[datetime]] = TypeAdapter(list[AwareDatetime])

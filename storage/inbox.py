@@ -44,7 +44,9 @@ _CLAIM = text(
 
 
 async def claim(session: AsyncSession, consumer: str, keys: list[bytes]) -> set[bytes]:
-    """Record ``keys`` as processed by ``consumer``; return those not seen before (one statement)."""
+    """Record ``keys`` as processed by ``consumer``; return those not seen before.
+
+    One statement for the whole batch."""
     if not keys:
         return set()
     result = await session.execute(_CLAIM, {"consumer": consumer, "keys": keys})

@@ -106,10 +106,13 @@ def ingress(
     import uvicorn
 
     from workers.ingress.app import create_app
+    from workers.runtime.app import freeze_startup_heap
 
     settings = _settings()
+    asgi_app = create_app(settings)
+    freeze_startup_heap()
     uvicorn.run(
-        create_app(settings),
+        asgi_app,
         host=host or settings.ingress_host,
         port=port or settings.ingress_port,
         log_level=settings.log_level.lower(),

@@ -40,12 +40,13 @@ async def _ensure_database(pg: EmbeddedPostgres, name: str) -> str:
     return pg.url(name) if exists else await pg.create_database(name)
 
 
-async def _dev_key(database_url: str, key_file: Path) -> str:
+def _dev_key(database_url: str, key_file: Path) -> str:
+    """The dev tenant's key, kept in ``key_file`` (0600) so it survives restarts."""
     if key_file.exists():
         key = key_file.read_text().strip()
-        if await key_is_valid(database_url, key):
+        if asyncio.run(key_is_valid(database_url, key)):
             return key
-    _, key = await create_tenant(database_url, DEV_TENANT, "Development tenant")
+    _, key = asyncio.run(create_tenant(database_url, DEV_TENANT, "Development tenant"))
     key_file.write_text(key + "\n")
     key_file.chmod(0o600)
     return key
@@ -105,11 +106,13 @@ def run_dev(settings: Settings, *, port: int | None = None) -> int:
         migrate_sync(database_url)
         created = asyncio.run(
             ensure_topics(
-                bootstrap, partitions=settings.topic_partitions, replication=settings.topic_replication
+                bootstrap,
+                partitions=settings.topic_partitions,
+                replication=settings.topic_replication,
             )
         )
         _say(f"topics ready ({len(created)} created)")
-        key = asyncio.run(_dev_key(database_url, state / "dev-api-key"))
+        key = _dev_key(database_url, state / "dev-api-key")
 
         ingress_port = port or settings.ingress_port
         env = {
@@ -149,7 +152,7 @@ def run_dev(settings: Settings, *, port: int | None = None) -> int:
             "",
             "  try:",
             f"    curl -s -X POST {base}/v1/meters -H 'Authorization: Bearer {key}' \\",
-            "      -H 'Content-Type: application/json' -d '{\"key\": \"tokens\", "
+            '      -H \'Content-Type: application/json\' -d \'{"key": "tokens", '
             '"event_type": "llm.completion", "aggregation": "sum", '
             '"value_property": "$.tokens", "group_by": {"model": "$.model"}}\'',
             "",

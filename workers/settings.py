@@ -34,6 +34,11 @@ class Settings(BaseSettings):
     # --- consumer runtime --------------------------------------------------------
     batch_max_records: int = 5_000
     batch_timeout_ms: int = 100
+    kafka_fetch_max_wait_ms: int = Field(
+        default=100,
+        description="Longest a fetch waits for data. Apache Kafka answers as soon as data "
+        "arrives; the embedded broker always waits this long, so it bounds freshness there.",
+    )
     retry_initial_s: float = 0.2
     retry_max_s: float = 30.0
     inbox_retention_days: int = Field(default=35, ge=32)
@@ -51,6 +56,12 @@ class Settings(BaseSettings):
     )
     rate_limit_events_per_s: float = Field(
         default=50_000, description="Per tenant and ingress process; 0 disables."
+    )
+    api_key_cache_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="How long an ingress process trusts an API key it has verified "
+        "(a revoked key keeps working that long there); 0 checks the database every request.",
     )
 
     # --- worker process ----------------------------------------------------------

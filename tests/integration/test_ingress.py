@@ -381,3 +381,24 @@ async def test_idempotency_keys_expire_after_their_retention(
         "/v1/meters", json={**TOKENS_METER, "key": "other"}, headers=headers
     )
     assert reused.status_code == 202 and "idempotent-replayed" not in reused.headers
+
+
+async def test_an_event_too_large_for_the_broker_is_413_not_a_retryable_503(
+    settings: Settings, tenant: TenantKey
+) -> None:
+    roomy = settings.model_copy(update={"max_request_bytes": 3_000_000})
+    big = event(1)
+    big["data"]["blob"] = "x" * 1_500_000
+    server, task, base = await serve(roomy)
+    try:
+        async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+            r = await client.post(
+                "/v1/events",
+                json={"events": [big]},
+                headers={"Authorization": f"Bearer {tenant.api_key}"},
+            )
+        assert r.status_code == 413, r.text
+        assert r.json()["type"] == "urn:billstream:problem:event_too_large"
+    finally:
+        server.should_exit = True
+        await task

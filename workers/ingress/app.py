@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
 
@@ -12,11 +12,13 @@ import structlog
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from schemas.envelope import new_id
 from storage.commands import IdempotencyRepository
 from storage.db import create_engine, ping, session_factory
-from workers.ingress.deps import IngressState
+from workers.ingress.deps import IngressState, KeyCache
 from workers.ingress.problems import HANDLERS
 from workers.ingress.publisher import Publisher
 from workers.ingress.ratelimit import RateLimiter
@@ -40,6 +42,30 @@ async def _purge_idempotency_keys(st: IngressState) -> None:
         await asyncio.sleep(3600)
 
 
+class RequestContext:
+    """Binds the request id (``X-Request-Id``, or a new one) and the path to the logs and
+    echoes the id on the response. Plain ASGI: no extra task or body stream per request."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope)
+        request_id = request.headers.get("x-request-id") or new_id()
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(requestid=request_id, path=request.url.path)
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message)["X-Request-Id"] = request_id
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
 def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -50,6 +76,7 @@ def create_app(settings: Settings) -> FastAPI:
             sessions=session_factory(engine),
             publisher=publisher,
             limiter=RateLimiter(settings.rate_limit_events_per_s),
+            keys=KeyCache(settings.api_key_cache_s),
         )
         app.state.engine = engine
         purger = asyncio.create_task(_purge_idempotency_keys(app.state.ingress))
@@ -77,16 +104,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.include_router(router)
 
-    @app.middleware("http")
-    async def bind_request(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        request_id = request.headers.get("x-request-id") or new_id()
-        structlog.contextvars.clear_contextvars()
-        structlog.contextvars.bind_contextvars(requestid=request_id, path=request.url.path)
-        response = await call_next(request)
-        response.headers["X-Request-Id"] = request_id
-        return response
+    app.add_middleware(RequestContext)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:
@@ -103,8 +121,9 @@ def create_app(settings: Settings) -> FastAPI:
             checks["database"] = f"unavailable: {type(e).__name__}"
         checks["broker"] = "ok" if await st.publisher.ready() else "unavailable"
         ok = all(v == "ok" for v in checks.values())
-        return JSONResponse({"status": "ok" if ok else "unavailable", **checks},
-                            status_code=200 if ok else 503)
+        return JSONResponse(
+            {"status": "ok" if ok else "unavailable", **checks}, status_code=200 if ok else 503
+        )
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 import structlog
@@ -20,15 +21,48 @@ from workers.ingress.ratelimit import RateLimiter
 from workers.settings import Settings
 
 
+class KeyCache:
+    """The tenants of API keys this process verified in the last ``ttl_s`` seconds.
+
+    Only successes are kept (a new key works at once; a wrong one is checked every time),
+    under the key's SHA-256 digest, never the key; at most ``max_size`` entries.
+    """
+
+    def __init__(self, ttl_s: float, max_size: int = 10_000) -> None:
+        self.ttl_s = ttl_s
+        self.max_size = max_size
+        self._entries: dict[bytes, tuple[str, float]] = {}
+
+    def get(self, secret: str) -> str | None:
+        if self.ttl_s <= 0:
+            return None
+        hit = self._entries.get(hashlib.sha256(secret.encode()).digest())
+        if hit is None or hit[1] <= time.monotonic():
+            return None
+        return hit[0]
+
+    def put(self, secret: str, tenant_id: str) -> None:
+        if self.ttl_s <= 0:
+            return
+        if len(self._entries) >= self.max_size:
+            now = time.monotonic()
+            self._entries = {k: v for k, v in self._entries.items() if v[1] > now}
+            if len(self._entries) >= self.max_size:
+                self._entries.clear()
+        digest = hashlib.sha256(secret.encode()).digest()
+        self._entries[digest] = (tenant_id, time.monotonic() + self.ttl_s)
+
+
 @dataclass
 class IngressState:
     settings: Settings
     sessions: Sessions
     publisher: Publisher
     limiter: RateLimiter
+    keys: KeyCache = field(default_factory=lambda: KeyCache(0))
 
 
-def state(request: Request) -> IngressState:
+async def state(request: Request) -> IngressState:  # async: no thread-pool hop per request
     s: IngressState = request.app.state.ingress
     return s
 
@@ -46,19 +80,27 @@ Session = Annotated[AsyncSession, Depends(session)]
 
 def _unauthorized(detail: str) -> Problem:
     return Problem(
-        401, "unauthorized", "Authentication required", detail,
+        401,
+        "unauthorized",
+        "Authentication required",
+        detail,
         headers={"WWW-Authenticate": 'Bearer realm="billstream"'},
     )
 
 
-async def tenant(request: Request, db: Session) -> str:
+async def tenant(request: Request, st: State) -> str:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise _unauthorized("send 'Authorization: Bearer <api key>'")
-    tenant_id = await TenantRepository(db).authenticate(token.strip())
+    secret = token.strip()
+    tenant_id = st.keys.get(secret)
     if tenant_id is None:
-        raise _unauthorized("the API key is not valid")
+        async with st.sessions() as db:
+            tenant_id = await TenantRepository(db).authenticate(secret)
+        if tenant_id is None:
+            raise _unauthorized("the API key is not valid")
+        st.keys.put(secret, tenant_id)
     structlog.contextvars.bind_contextvars(tenantid=tenant_id)
     return tenant_id
 
@@ -84,12 +126,16 @@ async def idempotent(
         state_, row = await IdempotencyRepository(db).begin(tenant_id, key, digest)
     if state_ == "mismatch":
         raise Problem(
-            422, "idempotency_key_reused", "Idempotency-Key reused",
+            422,
+            "idempotency_key_reused",
+            "Idempotency-Key reused",
             "this key was used for a different request; use a new key",
         )
     if state_ == "in_progress":
         raise Problem(
-            409, "idempotency_in_progress", "Request in progress",
+            409,
+            "idempotency_in_progress",
+            "Request in progress",
             "a request with this Idempotency-Key is still being processed; retry shortly",
             headers={"Retry-After": "1"},
         )

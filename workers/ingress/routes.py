@@ -24,7 +24,7 @@ INGRESS_SOURCE = "billstream/ingress"
 BATCH_MEDIA_TYPE = "application/cloudevents-batch+json"
 SINGLE_MEDIA_TYPE = "application/cloudevents+json"
 
-_event_in: TypeAdapter[UsageEventIn] = TypeAdapter(UsageEventIn)
+_events_in: TypeAdapter[list[UsageEventIn]] = TypeAdapter(list[UsageEventIn])
 
 
 class Accepted(BaseModel):
@@ -59,12 +59,16 @@ def _events_of(payload: Any, media_type: str) -> list[Any]:
         return [payload]
     if isinstance(payload, list):
         return payload
-    if isinstance(payload, dict) and set(payload) == {"events"} and isinstance(
-        payload["events"], list
+    if (
+        isinstance(payload, dict)
+        and set(payload) == {"events"}
+        and isinstance(payload["events"], list)
     ):
         return list(payload["events"])
     raise Problem(
-        422, "validation", "The request is not valid",
+        422,
+        "validation",
+        "The request is not valid",
         'send {"events": [...]}, or a JSON array as application/cloudevents-batch+json',
         errors=[{"field": "events", "reason": "expected a list of events"}],
     )
@@ -107,37 +111,54 @@ async def ingest_events(request: Request, st: State, tenant_id: Tenant) -> Respo
     media_type = request.headers.get("content-type", "application/json").split(";")[0].strip()
     raw_events = _events_of(parse_json(body), media_type)
     if not raw_events:
-        raise Problem(422, "validation", "The request is not valid", "the batch is empty",
-                      errors=[{"field": "events", "reason": "at least one event"}])
+        raise Problem(
+            422,
+            "validation",
+            "The request is not valid",
+            "the batch is empty",
+            errors=[{"field": "events", "reason": "at least one event"}],
+        )
     if len(raw_events) > st.settings.max_batch_events:
         raise Problem(
-            413, "too_many_events", "Too many events",
+            413,
+            "too_many_events",
+            "Too many events",
             f"{len(raw_events)} events; at most {st.settings.max_batch_events} per request",
         )
-    events: list[UsageEventIn] = []
-    errors: list[dict[str, Any]] = []
-    for index, raw in enumerate(raw_events):
-        try:
-            events.append(_event_in.validate_python(raw))
-        except ValidationError as e:
-            for err in validation_errors(e.errors(), prefix=f"events[{index}]"):
-                errors.append({"index": index, **err})
+    try:
+        events = _events_in.validate_python(raw_events)
+    except ValidationError as e:
+        errors = [
+            {"index": err["loc"][0], **named}
+            for err, named in zip(
+                e.errors(), validation_errors(e.errors(), prefix="events"), strict=True
+            )
+        ]
+    else:
+        errors = []
     if errors:
         raise Problem(
-            422, "validation", "Invalid events; nothing was accepted",
+            422,
+            "validation",
+            "Invalid events; nothing was accepted",
             f"{len({e['index'] for e in errors})} of {len(raw_events)} events are invalid",
             errors=errors[:100],
         )
     wait = st.limiter.take(tenant_id, len(events))
     if wait:
-        raise Problem(429, "rate_limited", "Too many events",
-                      "the tenant's ingest rate limit is exceeded",
-                      headers={"Retry-After": retry_after(wait)})
+        raise Problem(
+            429,
+            "rate_limited",
+            "Too many events",
+            "the tenant's ingest rate limit is exceeded",
+            headers={"Retry-After": retry_after(wait)},
+        )
 
     async def publish() -> tuple[int, dict[str, Any]]:
+        values = UsageEvent.encode_from_client(events, tenant_id)  # = from_client(…).to_json()
         messages = [
-            (f"{tenant_id}:{e.subject}".encode(), UsageEvent.from_client(e, tenant_id).to_json())
-            for e in events
+            (f"{tenant_id}:{e.subject}".encode(), value)
+            for e, value in zip(events, values, strict=True)
         ]
         await st.publisher.publish(topics.USAGE, messages)
         return 202, {"accepted": len(events)}
@@ -148,7 +169,9 @@ async def ingest_events(request: Request, st: State, tenant_id: Tenant) -> Respo
 # --- commands --------------------------------------------------------------------------
 
 
-async def _submit(st: State, tenant_id: str, command: CreateMeter, key: str) -> tuple[int, dict[str, Any]]:
+async def _submit(
+    st: State, tenant_id: str, command: CreateMeter, key: str
+) -> tuple[int, dict[str, Any]]:
     """Record the command as pending and publish it; the pending row commits only if the
     broker acknowledged the command."""
     async with st.sessions() as db, db.begin():
@@ -159,8 +182,12 @@ async def _submit(st: State, tenant_id: str, command: CreateMeter, key: str) -> 
     ).model_dump()
 
 
-@router.post("/meters", status_code=202, response_model=CommandAccepted,
-             summary="Define a meter (asynchronous command)")
+@router.post(
+    "/meters",
+    status_code=202,
+    response_model=CommandAccepted,
+    summary="Define a meter (asynchronous command)",
+)
 async def create_meter(request: Request, spec: MeterSpec, st: State, tenant_id: Tenant) -> Response:
     """Publishes a ``CreateMeter`` command. Follow ``status_url`` for the outcome:
     re-creating an identical meter succeeds; a different definition for an existing key fails."""
@@ -185,9 +212,13 @@ async def get_command(command_id: str, db: Session, tenant_id: Tenant) -> Comman
     if row is None:
         raise Problem(404, "not_found", "No such command", f"no command {command_id!r}")
     return CommandView(
-        id=row.id, type=row.type, status=row.status,
-        error=row.error, result=row.result,
-        created_at=row.created_at, completed_at=row.completed_at,
+        id=row.id,
+        type=row.type,
+        status=row.status,
+        error=row.error,
+        result=row.result,
+        created_at=row.created_at,
+        completed_at=row.completed_at,
     )
 
 
@@ -196,8 +227,14 @@ async def get_command(command_id: str, db: Session, tenant_id: Tenant) -> Comman
 
 def _view(m: MeterDef) -> MeterView:
     return MeterView(
-        id=m.id, key=m.key, name=m.name, description=m.description, event_type=m.event_type,
-        aggregation=m.aggregation, value_property=m.value_property, group_by=m.group_by,
+        id=m.id,
+        key=m.key,
+        name=m.name,
+        description=m.description,
+        event_type=m.event_type,
+        aggregation=m.aggregation,
+        value_property=m.value_property,
+        group_by=m.group_by,
     )
 
 
@@ -222,7 +259,9 @@ def _hour_aligned(name: str, t: datetime | None) -> None:
     utc = t.astimezone(UTC) if t is not None else None
     if utc is not None and (utc.minute or utc.second or utc.microsecond):
         raise Problem(
-            422, "validation", "The request is not valid",
+            422,
+            "validation",
+            "The request is not valid",
             f"{name} must be on an hour boundary (usage is kept in hourly buckets)",
             errors=[{"field": name, "reason": "must be a whole hour, e.g. 2026-11-22T10:00:00Z"}],
         )
@@ -234,7 +273,9 @@ async def query_usage(
     db: Session,
     tenant_id: Tenant,
     subject: Annotated[list[str] | None, Query(description="Only these subjects.")] = None,
-    from_: Annotated[AwareDatetime | None, Query(alias="from", description="Inclusive, whole hour.")] = None,
+    from_: Annotated[
+        AwareDatetime | None, Query(alias="from", description="Inclusive, whole hour.")
+    ] = None,
     to: Annotated[AwareDatetime | None, Query(description="Exclusive, whole hour.")] = None,
     window_size: Annotated[Literal["hour", "day", "none"], Query()] = "none",
     group_by: Annotated[list[str] | None, Query(description="Group names, or 'subject'.")] = None,
@@ -244,15 +285,24 @@ async def query_usage(
     _hour_aligned("from", from_)
     _hour_aligned("to", to)
     if from_ is not None and to is not None and from_ >= to:
-        raise Problem(422, "validation", "The request is not valid", "from must be before to",
-                      errors=[{"field": "to", "reason": "must be after from"}])
+        raise Problem(
+            422,
+            "validation",
+            "The request is not valid",
+            "from must be before to",
+            errors=[{"field": "to", "reason": "must be after from"}],
+        )
     groups = group_by or []
     unknown = [g for g in groups if g != "subject" and g not in meter.group_by]
     if unknown:
         allowed = ", ".join(["subject", *meter.group_by]) or "subject"
-        raise Problem(422, "validation", "The request is not valid",
-                      f"unknown group(s) {unknown}; this meter groups by: {allowed}",
-                      errors=[{"field": "group_by", "reason": f"unknown group {g!r}"} for g in unknown])
+        raise Problem(
+            422,
+            "validation",
+            "The request is not valid",
+            f"unknown group(s) {unknown}; this meter groups by: {allowed}",
+            errors=[{"field": "group_by", "reason": f"unknown group {g!r}"} for g in unknown],
+        )
     rows = await UsageRepository(db).query(
         meter, start=from_, end=to, subjects=subject or [], window=window_size, group_by=groups
     )

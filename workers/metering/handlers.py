@@ -7,9 +7,9 @@ from pydantic import TypeAdapter
 from schemas import topics
 from schemas.envelope import WIRE
 from schemas.metering import MeteringCommand
+from schemas.usage import UsageEvent
 from storage.metering import MeterRepository, UsageRepository
 from workers.metering import service
-from schemas.usage import UsageEvent
 from workers.runtime import Batch, Runtime, Tx
 
 USAGE_GROUP = "billstream.metering"

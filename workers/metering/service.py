@@ -136,7 +136,9 @@ def aggregate(events: Sequence[UsageEvent], meters: Sequence[MeterDef]) -> Aggre
                     UniqueValue(event.tenantid, cm.meter.id, event.subject, groups, bucket, value)
                 )
     out.deltas = list(deltas.values())
-    out.uniques = sorted(uniques, key=lambda u: (u.meter_id, u.subject, u.groups, u.bucket, u.value))
+    out.uniques = sorted(
+        uniques, key=lambda u: (u.meter_id, u.subject, u.groups, u.bucket, u.value)
+    )
     return out
 
 
@@ -188,7 +190,11 @@ def _fold(delta: UsageDelta, aggregation: str, value: Decimal | str | None, at: 
     if (
         delta.latest_time is None
         or at > delta.latest_time
-        or (at == delta.latest_time and delta.latest_value is not None and value > delta.latest_value)
+        or (
+            at == delta.latest_time
+            and delta.latest_value is not None
+            and value > delta.latest_value
+        )
     ):
         delta.latest_time, delta.latest_value = at, value
 

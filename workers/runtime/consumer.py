@@ -223,11 +223,13 @@ class Runtime:
         retry_max_s: float,
         session_timeout_ms: int = 10_000,
         heartbeat_interval_ms: int = 3_000,
+        fetch_max_wait_ms: int = 100,
         on_committed: Callable[[], None] = lambda: None,
     ) -> None:
         self.broker = broker
         self.session_timeout_ms = session_timeout_ms
         self.heartbeat_interval_ms = heartbeat_interval_ms
+        self.fetch_max_wait_ms = fetch_max_wait_ms
         self.sessions = sessions
         self.batch_max_records = batch_max_records
         self.batch_timeout_ms = batch_timeout_ms
@@ -263,6 +265,7 @@ class Runtime:
                 auto_offset_reset="earliest",
                 session_timeout_ms=self.session_timeout_ms,
                 heartbeat_interval_ms=self.heartbeat_interval_ms,
+                fetch_max_wait_ms=self.fetch_max_wait_ms,
                 ack_policy=AckPolicy.MANUAL,
                 decoder=noop_decoder,
                 title=f"{group}:{topic}",

@@ -11,7 +11,9 @@ MESSAGES_PROCESSED = Counter(
     "billstream_messages_processed_total", "Records applied (first time)", ["group", "topic"]
 )
 MESSAGES_DEDUPLICATED = Counter(
-    "billstream_messages_deduplicated_total", "Records dropped as already applied", ["group", "topic"]
+    "billstream_messages_deduplicated_total",
+    "Records dropped as already applied",
+    ["group", "topic"],
 )
 MESSAGES_DEAD_LETTERED = Counter(
     "billstream_messages_dead_lettered_total", "Records sent to the DLQ", ["group", "topic"]
@@ -23,7 +25,9 @@ BATCH_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 TRANSIENT_RETRIES = Counter(
-    "billstream_transient_retries_total", "Batch attempts retried after a transient error", ["group"]
+    "billstream_transient_retries_total",
+    "Batch attempts retried after a transient error",
+    ["group"],
 )
 OUTBOX_PUBLISHED = Counter("billstream_outbox_published_total", "Outbox rows published")
 OUTBOX_BACKLOG = Gauge("billstream_outbox_backlog", "Outbox rows waiting to be published")
