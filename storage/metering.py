@@ -10,7 +10,7 @@ windows of an hour or a day) is exact. ``usage_unique`` keeps the distinct value
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, Literal
@@ -19,6 +19,7 @@ from sqlalchemy import (
     BigInteger,
     DateTime,
     ForeignKey,
+    Row,
     String,
     Text,
     UniqueConstraint,
@@ -123,7 +124,8 @@ class UniqueValue:
     value: str
 
 
-def _to_def(m: Meter) -> MeterDef:
+def _to_def(m: Meter | Row[Any]) -> MeterDef:
+    """A meter as the service sees it, from an ORM object or a ``SELECT meters.*`` row."""
     return MeterDef(
         id=m.id,
         tenant_id=m.tenant_id,
@@ -192,20 +194,7 @@ class MeterRepository:
             ),
             {"tenants": list(tenants), "types": list(types)},
         )
-        return [
-            MeterDef(
-                id=r.id,
-                tenant_id=r.tenant_id,
-                key=r.key,
-                event_type=r.event_type,
-                aggregation=r.aggregation,
-                value_property=r.value_property,
-                group_by=dict(r.group_by),
-                name=r.name,
-                description=r.description,
-            )
-            for r in rows
-        ]
+        return [_to_def(r) for r in rows]
 
 
 _UPSERT_HOURLY = text(
@@ -214,7 +203,7 @@ _UPSERT_HOURLY = text(
         (tenant_id, meter_id, subject, groups, bucket, count, sum, min, max,
          latest_time, latest_value)
     SELECT t, m, s, CAST(g AS jsonb), b, c, su, mi, ma, lt, lv
-    FROM unnest(CAST(:tenant AS text[]), CAST(:meter AS text[]), CAST(:subject AS text[]),
+    FROM unnest(CAST(:tenant_id AS text[]), CAST(:meter_id AS text[]), CAST(:subject AS text[]),
                 CAST(:groups AS text[]), CAST(:bucket AS timestamptz[]), CAST(:count AS bigint[]),
                 CAST(:sum AS numeric[]), CAST(:min AS numeric[]), CAST(:max AS numeric[]),
                 CAST(:latest_time AS timestamptz[]), CAST(:latest_value AS numeric[]))
@@ -236,7 +225,7 @@ _INSERT_UNIQUE = text(
     """
     INSERT INTO usage_unique (tenant_id, meter_id, subject, groups, bucket, value)
     SELECT t, m, s, CAST(g AS jsonb), b, v
-    FROM unnest(CAST(:tenant AS text[]), CAST(:meter AS text[]), CAST(:subject AS text[]),
+    FROM unnest(CAST(:tenant_id AS text[]), CAST(:meter_id AS text[]), CAST(:subject AS text[]),
                 CAST(:groups AS text[]), CAST(:bucket AS timestamptz[]), CAST(:value AS text[]))
          AS d(t, m, s, g, b, v)
     ON CONFLICT DO NOTHING
@@ -265,6 +254,11 @@ _VALUE_SQL = {
 }
 
 
+def _columns(rows: list[UsageDelta] | list[UniqueValue]) -> dict[str, list[Any]]:
+    """Rows as one array per field: the parameters of an ``unnest`` statement."""
+    return {f.name: [getattr(r, f.name) for r in rows] for f in fields(rows[0])}
+
+
 class UsageRepository:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
@@ -272,34 +266,9 @@ class UsageRepository:
     async def apply(self, deltas: list[UsageDelta], uniques: list[UniqueValue]) -> None:
         """Add a batch's deltas: one upsert for the buckets, one insert for distinct values."""
         if deltas:
-            await self.session.execute(
-                _UPSERT_HOURLY,
-                {
-                    "tenant": [d.tenant_id for d in deltas],
-                    "meter": [d.meter_id for d in deltas],
-                    "subject": [d.subject for d in deltas],
-                    "groups": [d.groups for d in deltas],
-                    "bucket": [d.bucket for d in deltas],
-                    "count": [d.count for d in deltas],
-                    "sum": [d.sum for d in deltas],
-                    "min": [d.min for d in deltas],
-                    "max": [d.max for d in deltas],
-                    "latest_time": [d.latest_time for d in deltas],
-                    "latest_value": [d.latest_value for d in deltas],
-                },
-            )
+            await self.session.execute(_UPSERT_HOURLY, _columns(deltas))
         if uniques:
-            await self.session.execute(
-                _INSERT_UNIQUE,
-                {
-                    "tenant": [u.tenant_id for u in uniques],
-                    "meter": [u.meter_id for u in uniques],
-                    "subject": [u.subject for u in uniques],
-                    "groups": [u.groups for u in uniques],
-                    "bucket": [u.bucket for u in uniques],
-                    "value": [u.value for u in uniques],
-                },
-            )
+            await self.session.execute(_INSERT_UNIQUE, _columns(uniques))
 
     async def query(
         self,
