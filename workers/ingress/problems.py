@@ -49,6 +49,11 @@ class Problem(Exception):
         return body
 
 
+def invalid(detail: str, errors: Sequence[dict[str, Any]]) -> Problem:
+    """422: the request is not valid; ``errors`` name each field and why."""
+    return Problem(422, "validation", "The request is not valid", detail, errors=errors)
+
+
 def problem_response(problem: Problem, request: Request) -> JSONResponse:
     return JSONResponse(
         problem.body(request.url.path),

@@ -15,7 +15,7 @@ from schemas.usage import UsageEvent, UsageEventIn
 from storage.commands import CommandRepository
 from storage.metering import MeterDef, MeterRepository, UsageRepository
 from workers.ingress.deps import Session, State, Tenant, idempotent, parse_json, read_body
-from workers.ingress.problems import Problem, validation_errors
+from workers.ingress.problems import Problem, invalid, validation_errors
 from workers.ingress.ratelimit import retry_after
 
 router = APIRouter(prefix="/v1")
@@ -65,12 +65,9 @@ def _events_of(payload: Any, media_type: str) -> list[Any]:
         and isinstance(payload["events"], list)
     ):
         return list(payload["events"])
-    raise Problem(
-        422,
-        "validation",
-        "The request is not valid",
+    raise invalid(
         'send {"events": [...]}, or a JSON array as application/cloudevents-batch+json',
-        errors=[{"field": "events", "reason": "expected a list of events"}],
+        [{"field": "events", "reason": "expected a list of events"}],
     )
 
 
@@ -111,12 +108,9 @@ async def ingest_events(request: Request, st: State, tenant_id: Tenant) -> Respo
     media_type = request.headers.get("content-type", "application/json").split(";")[0].strip()
     raw_events = _events_of(parse_json(body), media_type)
     if not raw_events:
-        raise Problem(
-            422,
-            "validation",
-            "The request is not valid",
+        raise invalid(
             "the batch is empty",
-            errors=[{"field": "events", "reason": "at least one event"}],
+            [{"field": "events", "reason": "at least one event"}],
         )
     if len(raw_events) > st.settings.max_batch_events:
         raise Problem(
@@ -258,12 +252,9 @@ async def get_meter(key: str, db: Session, tenant_id: Tenant) -> MeterView:
 def _hour_aligned(name: str, t: datetime | None) -> None:
     utc = t.astimezone(UTC) if t is not None else None
     if utc is not None and (utc.minute or utc.second or utc.microsecond):
-        raise Problem(
-            422,
-            "validation",
-            "The request is not valid",
+        raise invalid(
             f"{name} must be on an hour boundary (usage is kept in hourly buckets)",
-            errors=[{"field": name, "reason": "must be a whole hour, e.g. 2026-11-22T10:00:00Z"}],
+            [{"field": name, "reason": "must be a whole hour, e.g. 2026-11-22T10:00:00Z"}],
         )
 
 
@@ -285,23 +276,17 @@ async def query_usage(
     _hour_aligned("from", from_)
     _hour_aligned("to", to)
     if from_ is not None and to is not None and from_ >= to:
-        raise Problem(
-            422,
-            "validation",
-            "The request is not valid",
+        raise invalid(
             "from must be before to",
-            errors=[{"field": "to", "reason": "must be after from"}],
+            [{"field": "to", "reason": "must be after from"}],
         )
     groups = group_by or []
     unknown = [g for g in groups if g != "subject" and g not in meter.group_by]
     if unknown:
         allowed = ", ".join(["subject", *meter.group_by]) or "subject"
-        raise Problem(
-            422,
-            "validation",
-            "The request is not valid",
+        raise invalid(
             f"unknown group(s) {unknown}; this meter groups by: {allowed}",
-            errors=[{"field": "group_by", "reason": f"unknown group {g!r}"} for g in unknown],
+            [{"field": "group_by", "reason": f"unknown group {g!r}"} for g in unknown],
         )
     rows = await UsageRepository(db).query(
         meter, start=from_, end=to, subjects=subject or [], window=window_size, group_by=groups
