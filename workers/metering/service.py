@@ -135,7 +135,9 @@ def aggregate(events: Sequence[UsageEvent], meters: Sequence[MeterDef]) -> Aggre
                 uniques.add(
                     UniqueValue(event.tenantid, cm.meter.id, event.subject, groups, bucket, value)
                 )
-    out.deltas = list(deltas.values())
+    # a fixed row order: concurrent upserts (two members during a rebalance) lock rows in the
+    # same order and cannot deadlock each other
+    out.deltas = [deltas[k] for k in sorted(deltas)]
     out.uniques = sorted(
         uniques, key=lambda u: (u.meter_id, u.subject, u.groups, u.bucket, u.value)
     )
