@@ -18,6 +18,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -26,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from schemas.topics import all_topic_names
 from storage.db import create_engine, migrate, session_factory
 from storage.tenants import TenantRepository
-from workers.devstack import EmbeddedKafka, EmbeddedPostgres, docker_available
+from workers.devstack import EmbeddedKafka, EmbeddedPostgres, docker_available, wait_for
 from workers.runtime.logging import configure
 from workers.runtime.topics import admin_client, ensure_topics
 from workers.settings import Settings
@@ -77,7 +78,7 @@ def pg_server() -> Iterator[PgServer]:
     if url:
         yield PgServer(url)
     elif docker_available():
-        from testcontainers.postgres import PostgresContainer
+        from testcontainers.community.postgres import PostgresContainer
 
         with PostgresContainer("postgres:16-alpine", driver="asyncpg") as pg:
             yield PgServer(pg.get_connection_url())
@@ -121,12 +122,16 @@ def shared_kafka() -> Iterator[KafkaServer | None]:
     if bootstrap:
         yield KafkaServer(bootstrap, embedded=False)
     elif docker_available():
-        from testcontainers.kafka import KafkaContainer
+        from testcontainers.community.kafka import KafkaContainer
 
         with KafkaContainer("confluentinc/cp-kafka:7.7.1").with_kraft() as kafka:
             yield KafkaServer(kafka.get_bootstrap_server(), embedded=False)
     else:
         yield None
+
+
+async def _none_left(client: Any, names: list[str]) -> bool:
+    return not set(names) & set(await client.list_topics())
 
 
 @pytest.fixture
@@ -146,6 +151,8 @@ async def kafka(shared_kafka: KafkaServer | None, tmp_path: Path) -> AsyncIterat
         stale = [t for t in all_topic_names() if t in existing]
         if stale:
             await client.delete_topics(stale)
+            # deletion is asynchronous in Kafka: recreate only once they are gone
+            await wait_for(lambda: _none_left(client, stale), timeout_s=60, interval_s=0.2)
     finally:
         await client.close()
     await ensure_topics(shared_kafka.bootstrap, partitions=TEST_PARTITIONS, replication=1)
