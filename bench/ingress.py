@@ -37,7 +37,6 @@ import concurrent.futures
 import contextlib
 import multiprocessing
 import os
-import platform
 import shutil
 import signal
 import subprocess
@@ -576,21 +575,6 @@ async def create_meter(base: str, key: str, timeout_s: float = 60) -> None:
     raise TimeoutError(f"CreateMeter not done within {timeout_s}s")
 
 
-def machine() -> dict[str, str]:
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return {
-        "cpu": cpu,
-        "cores": str(os.cpu_count()),
-        "python": platform.python_version(),
-        "os": f"{platform.system()} {platform.release()}",
-    }
-
-
 def server_stack() -> str:
     import uvicorn
 
@@ -642,6 +626,7 @@ def start_profiler(pid: int, out: str, seconds: float, fmt: str) -> subprocess.P
 
 
 async def main(args: argparse.Namespace) -> int:
+    from bench._common import machine
     from storage.db import migrate
     from workers.admin import create_tenant
     from workers.devstack import EmbeddedKafka, EmbeddedPostgres, free_port

@@ -27,7 +27,6 @@ import asyncio
 import contextlib
 import json
 import os
-import platform
 import random
 import re
 import shutil
@@ -571,21 +570,6 @@ def _loadavg() -> str:
         return "n/a"
 
 
-def machine() -> dict[str, str]:
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return {
-        "cpu": cpu,
-        "cores": str(os.cpu_count()),
-        "python": platform.python_version(),
-        "os": f"{platform.system()} {platform.release()}",
-    }
-
-
 def _cpu_cell(run: Run) -> str:
     parts = [
         f"{who} {run.cpu_us_per_event(who):.0f}"
@@ -733,6 +717,10 @@ def median_run(runs: list[Run]) -> Run:
 
 
 async def main(args: argparse.Namespace) -> int:
+    if __package__ in (None, ""):  # run as a script: make `bench` importable
+        sys.path.insert(0, str(ROOT))
+    from bench._common import machine
+
     m = machine()
     print(
         f"machine: {m['cpu']}, {m['cores']} cores, Python {m['python']} ({m['os']})\n"

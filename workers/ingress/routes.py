@@ -205,31 +205,14 @@ async def get_command(command_id: str, db: Session, tenant_id: Tenant) -> Comman
     row = await CommandRepository(db).get(tenant_id, command_id)
     if row is None:
         raise Problem(404, "not_found", "No such command", f"no command {command_id!r}")
-    return CommandView(
-        id=row.id,
-        type=row.type,
-        status=row.status,
-        error=row.error,
-        result=row.result,
-        created_at=row.created_at,
-        completed_at=row.completed_at,
-    )
+    return CommandView.model_validate(row, from_attributes=True)
 
 
 # --- meters and usage -------------------------------------------------------------------
 
 
 def _view(m: MeterDef) -> MeterView:
-    return MeterView(
-        id=m.id,
-        key=m.key,
-        name=m.name,
-        description=m.description,
-        event_type=m.event_type,
-        aggregation=m.aggregation,
-        value_property=m.value_property,
-        group_by=m.group_by,
-    )
+    return MeterView.model_validate(m, from_attributes=True)
 
 
 async def _meter(db: Session, tenant_id: str, key: str) -> MeterDef:
