@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.structs import RecordMetadata
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from schemas import topics
@@ -24,7 +24,7 @@ from schemas.envelope import new_id
 from schemas.metering import CreateMeter, MeterSpec
 from schemas.usage import UsageEvent
 from storage.commands import CommandRecord, CommandRepository
-from storage.inbox import InboxEntry
+from storage.inbox import InboxEntry, message_key
 from storage.metering import MeterDef, MeterRepository, UsageRepository, UsageRow, WindowSize
 from storage.outbox import OutboxRow
 from workers.devstack import wait_for
@@ -197,6 +197,32 @@ async def inbox_count(sessions: Sessions, consumer: str) -> int:
             select(func.count()).select_from(InboxEntry).where(InboxEntry.consumer == consumer)
         )
         return int(n or 0)
+
+
+@contextlib.asynccontextmanager
+async def inbox_gate(
+    sessions: Sessions, consumer: str, tenant: str, source: str, message_id: str
+) -> AsyncIterator[None]:
+    """Hold, uncommitted, the inbox row of one message: the worker's batch claiming it blocks
+    on the row lock (a real PostgreSQL wait, observable) until the block exits (rollback)."""
+    async with sessions() as session, session.begin():
+        await session.execute(
+            text("INSERT INTO inbox (consumer, message_key) VALUES (:c, :k)"),
+            {"c": consumer, "k": message_key(tenant, source, message_id)},
+        )
+        yield
+        await session.rollback()
+
+
+async def waiting_on_lock(sessions: Sessions) -> bool:
+    async with sessions() as session:
+        n = await session.scalar(
+            text(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )
+        )
+        return bool(n)
 
 
 async def outbox_backlog(sessions: Sessions) -> int:

@@ -3,6 +3,7 @@ aggregation under duplicates, dead letters, offsets, graceful restart, tenant is
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -22,6 +23,7 @@ from tests.integration.support import (
     create_meters,
     headers,
     inbox_count,
+    inbox_gate,
     insert_meters,
     meter,
     producer,
@@ -39,6 +41,7 @@ from tests.integration.support import (
     wait_committed_to_end,
     wait_inbox,
     wait_outbox_drained,
+    waiting_on_lock,
 )
 from workers.devstack import wait_for
 from workers.metering.app import build
@@ -400,12 +403,19 @@ async def test_a_graceful_stop_mid_stream_commits_what_it_applied_and_a_restart_
     async with producer(settings) as p:
         await send_records(p, topics.USAGE, records)
 
+    # park the worker mid-stream: the batch holding e4000 waits on its inbox row, then the
+    # stop is requested while that batch is in flight, then the row is let go
     worker = build(small_batches)
-    await worker.start()
-    try:
-        await wait_for(lambda: inbox_count(sessions, USAGE_GROUP), timeout_s=15)
-    finally:
-        await worker.stop()
+    async with inbox_gate(sessions, USAGE_GROUP, "acme", "bulk", "e4000"):
+        await worker.start()
+        try:
+            await wait_for(lambda: waiting_on_lock(sessions), timeout_s=15)
+        except BaseException:
+            await worker.stop()
+            raise
+        stopping = asyncio.ensure_future(worker.stop())
+        await wait_for(lambda: all(p.stopping.is_set() for p in worker.runtime.processors))
+    await stopping
     applied = await inbox_count(sessions, USAGE_GROUP)
     committed = await committed_offsets(settings, USAGE_GROUP, topics.USAGE)
     assert 0 < applied < n, "stopped mid-stream"
