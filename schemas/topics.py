@@ -7,6 +7,11 @@ from dataclasses import dataclass
 USAGE = "billstream.usage.v1"
 COMMANDS_METERING = "billstream.commands.metering.v1"
 EVENTS_METERING = "billstream.events.metering.v1"
+COMMANDS_INVOICING = "billstream.commands.invoicing.v1"
+EVENTS_INVOICING = "billstream.events.invoicing.v1"
+EVENTS_PAYMENTS = "billstream.events.payments.v1"
+COMMANDS_WEBHOOKS = "billstream.commands.webhooks.v1"
+EVENTS_WEBHOOKS = "billstream.events.webhooks.v1"
 
 DLQ_SUFFIX = ".dlq"
 
@@ -29,6 +34,11 @@ TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec(USAGE, "tenant_id:subject", "ingress, or producers directly", "metering"),
     TopicSpec(COMMANDS_METERING, "tenant_id", "ingress, CLI", "metering"),
     TopicSpec(EVENTS_METERING, "tenant_id", "metering (outbox)", "anyone downstream"),
+    TopicSpec(COMMANDS_INVOICING, "tenant_id:customer_id", "ingress, CLI", "invoicing"),
+    TopicSpec(EVENTS_INVOICING, "tenant_id:customer_id", "invoicing (outbox)", "payments, anyone"),
+    TopicSpec(EVENTS_PAYMENTS, "tenant_id:customer_id", "payments (outbox)", "invoicing, anyone"),
+    TopicSpec(COMMANDS_WEBHOOKS, "tenant_id:endpoint_id", "ingress, CLI", "webhooks"),
+    TopicSpec(EVENTS_WEBHOOKS, "tenant_id:endpoint_id", "webhooks (outbox)", "anyone downstream"),
 )
 
 
