@@ -89,6 +89,10 @@ def _dump_decimal(value: Decimal) -> str:
     return format(value, "f")  # never an exponent: 1E+3 -> "1000"
 
 
+DecimalStr = Annotated[Decimal, PlainSerializer(_dump_decimal, return_type=str, when_used="json")]
+"""A computed decimal (may be negative) in messages and views: JSON as a plain string."""
+
+
 _DECIMAL_JSON_SCHEMA: dict[str, Any] = {
     "anyOf": [
         {"type": "string", "pattern": r"^[0-9]+(\.[0-9]+)?$"},
@@ -123,12 +127,12 @@ _FROZEN = ConfigDict(frozen=True, extra="forbid")
 
 
 class Tier(BaseModel):
-    """One tier: quantities up to ``up_to`` (inclusive; None = no bound) at ``unit_price``,
-    plus ``flat_fee`` once when any quantity falls in the tier."""
+    """One tier: quantities up to ``up_to`` (inclusive; null or absent = no bound, the last
+    tier) at ``unit_price``, plus ``flat_fee`` once when any quantity falls in the tier."""
 
     model_config = _FROZEN
 
-    up_to: Quantity | None
+    up_to: Quantity | None = None
     unit_price: Amount
     flat_fee: Amount = Decimal(0)
 

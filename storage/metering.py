@@ -196,6 +196,23 @@ class MeterRepository:
         )
         return [_to_def(r) for r in rows]
 
+    async def by_keys(self, pairs: set[tuple[str, str]]) -> dict[tuple[str, str], MeterDef]:
+        """The meters of these ``(tenant_id, key)`` pairs that exist (one query)."""
+        if not pairs:
+            return {}
+        tenants, keys = zip(*pairs, strict=True)
+        rows = await self.session.execute(
+            text(
+                """
+                SELECT m.* FROM meters m
+                JOIN unnest(CAST(:tenants AS text[]), CAST(:keys AS text[])) AS p(t, k)
+                  ON m.tenant_id = p.t AND m.key = p.k
+                """
+            ),
+            {"tenants": list(tenants), "keys": list(keys)},
+        )
+        return {(m.tenant_id, m.key): m for m in map(_to_def, rows)}
+
 
 _UPSERT_HOURLY = text(
     """
@@ -270,6 +287,37 @@ class UsageRepository:
         if uniques:
             await self.session.execute(_INSERT_UNIQUE, _columns(uniques))
 
+    async def period_totals(self, keys: list[PeriodKey]) -> list[Decimal | None]:
+        """The value of each key's meter over its period, in order: set-based (two queries
+        for any number of keys). None where the subject had no usage (count: 0)."""
+        values: list[Decimal | None] = [None] * len(keys)
+        for unique in (False, True):
+            sql = _PERIOD_UNIQUES if unique else _PERIOD_TOTALS
+            chosen = [
+                (i, k)
+                for i, k in enumerate(keys)
+                if (k.meter.aggregation == "unique_count") == unique
+            ]
+            if not chosen:
+                continue
+            params = {
+                "idx": [i for i, _ in chosen],
+                "tenant": [k.meter.tenant_id for _, k in chosen],
+                "meter": [k.meter.id for _, k in chosen],
+                "subject": [k.subject for _, k in chosen],
+                "start": [k.start for _, k in chosen],
+                "end": [k.end for _, k in chosen],
+            }
+            for r in (await self.session.execute(sql, params)).mappings():
+                i = r["idx"]
+                aggregation = keys[i].meter.aggregation  # names its column in _PERIOD_TOTALS
+                v = r["value"] if aggregation == "unique_count" else r[aggregation]
+                values[i] = Decimal(v) if v is not None else None
+        for i, k in enumerate(keys):
+            if values[i] is None and k.meter.aggregation in ("count", "unique_count"):
+                values[i] = Decimal(0)
+        return values
+
     async def query(
         self,
         meter: MeterDef,
@@ -337,6 +385,52 @@ class UsageRepository:
                 )
             )
         return rows
+
+
+@dataclass(frozen=True)
+class PeriodKey:
+    """One meter's usage of one subject over [start, end) (hour-aligned)."""
+
+    meter: MeterDef
+    subject: str
+    start: datetime
+    end: datetime
+
+
+_PERIOD_TOTALS = text(
+    """
+    WITH k AS (
+        SELECT * FROM unnest(
+            CAST(:idx AS int[]), CAST(:tenant AS text[]), CAST(:meter AS text[]),
+            CAST(:subject AS text[]), CAST(:start AS timestamptz[]), CAST(:end AS timestamptz[])
+        ) AS k(idx, tenant_id, meter_id, subject, start_at, end_at)
+    )
+    SELECT k.idx, sum(h.count) AS count, sum(h.sum) AS sum, min(h.min) AS min,
+           max(h.max) AS max,
+           (array_agg(h.latest_value ORDER BY h.latest_time DESC, h.latest_value DESC))[1]
+               AS latest
+    FROM k JOIN usage_hourly h
+      ON h.tenant_id = k.tenant_id AND h.meter_id = k.meter_id AND h.subject = k.subject
+     AND h.bucket >= k.start_at AND h.bucket < k.end_at
+    GROUP BY k.idx
+    """
+)
+
+_PERIOD_UNIQUES = text(
+    """
+    WITH k AS (
+        SELECT * FROM unnest(
+            CAST(:idx AS int[]), CAST(:tenant AS text[]), CAST(:meter AS text[]),
+            CAST(:subject AS text[]), CAST(:start AS timestamptz[]), CAST(:end AS timestamptz[])
+        ) AS k(idx, tenant_id, meter_id, subject, start_at, end_at)
+    )
+    SELECT k.idx, count(DISTINCT u.value) AS value
+    FROM k JOIN usage_unique u
+      ON u.tenant_id = k.tenant_id AND u.meter_id = k.meter_id AND u.subject = k.subject
+     AND u.bucket >= k.start_at AND u.bucket < k.end_at
+    GROUP BY k.idx
+    """
+)
 
 
 def canonical_groups(groups: dict[str, str | None]) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 from pathlib import Path
 from typing import Annotated
 
@@ -23,7 +24,7 @@ app.add_typer(tenant_app, name="tenant")
 app.add_typer(topics_app, name="topics")
 app.add_typer(schemas_app, name="schemas")
 
-WORKERS = ("metering",)
+WORKERS = ("metering", "invoicing")
 
 
 def _settings() -> Settings:
@@ -92,7 +93,7 @@ def worker(
         typer.echo(f"error: unknown worker {name!r}; choose one of {', '.join(WORKERS)}", err=True)
         raise typer.Exit(2)
     settings = _settings()
-    from workers.metering.app import build
+    build = importlib.import_module(f"workers.{name}.app").build  # workers/<name>/app.py
 
     asyncio.run(build(settings).run_until_signalled())
 

@@ -22,7 +22,7 @@ from workers.devstack import EmbeddedKafka, EmbeddedPostgres, free_port
 from workers.settings import Settings
 
 DEV_TENANT = "dev"
-SERVICES = ("ingress", "worker metering")
+SERVICES = ("ingress", "worker metering", "worker invoicing")
 
 
 def _say(message: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -73,6 +74,27 @@ class Settings(BaseSettings):
 
     # --- dev stack ---------------------------------------------------------------
     state_dir: Path = Path(".billstream")
+
+    # --- invoicing ---------------------------------------------------------------
+    invoicing_tick_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="How often the invoicing scheduler looks for ended periods, due drafts "
+        "and requested billing runs.",
+    )
+    invoicing_chunk: int = Field(
+        default=500, ge=1, le=10_000, description="Subscriptions or drafts per transaction."
+    )
+    late_usage_lookback_days: int = Field(
+        default=35,
+        ge=0,
+        description="Late usage of periods that ended up to this long ago is billed as "
+        "adjustment lines on the next invoice.",
+    )
+
+    @property
+    def late_usage_lookback(self) -> timedelta:
+        return timedelta(days=self.late_usage_lookback_days)
 
 
 @lru_cache(maxsize=1)

@@ -410,7 +410,7 @@ def tiered(kind: str, rows: list[dict[str, Any]]) -> str:
             "'tiers', 0, 'unit_price'): Value error, at most 12 decimal places",
         ),
         ([], "at least 1 item"),
-        ([{"unit_price": "1"}], "'tiers', 0, 'up_to'): Field required"),
+        ([{"unit_price": "1"}, {"unit_price": "2"}], "tier 0: only the last tier may be unbounded"),
     ],
 )
 def test_bad_tiers(kind: str, rows: list[dict[str, Any]], message: str) -> None:

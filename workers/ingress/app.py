@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from schemas.envelope import new_id
 from storage.commands import IdempotencyRepository
 from storage.db import create_engine, ping, session_factory
+from workers.ingress import invoicing
 from workers.ingress.deps import IngressState, KeyCache
 from workers.ingress.problems import HANDLERS
 from workers.ingress.publisher import Publisher
@@ -103,6 +104,7 @@ def create_app(settings: Settings) -> FastAPI:
         exception_handlers=HANDLERS,  # type: ignore[arg-type]
     )
     app.include_router(router)
+    app.include_router(invoicing.router)
 
     app.add_middleware(RequestContext)
 

@@ -10,6 +10,7 @@ from fastapi.responses import Response
 from pydantic import AwareDatetime, BaseModel, TypeAdapter, ValidationError
 
 from schemas import jsonexact, topics
+from schemas.envelope import CloudEvent
 from schemas.metering import CreateMeter, MeterSpec
 from schemas.usage import UsageEvent, UsageEventIn
 from storage.commands import CommandRepository
@@ -163,17 +164,34 @@ async def ingest_events(request: Request, st: State, tenant_id: Tenant) -> Respo
 # --- commands --------------------------------------------------------------------------
 
 
-async def _submit(
-    st: State, tenant_id: str, command: CreateMeter, key: str
-) -> tuple[int, dict[str, Any]]:
-    """Record the command as pending and publish it; the pending row commits only if the
-    broker acknowledged the command."""
-    async with st.sessions() as db, db.begin():
-        await CommandRepository(db).accept(tenant_id, command.id, command.type)
-        await st.publisher.publish(topics.COMMANDS_METERING, [(key.encode(), command.to_json())])
-    return 202, CommandAccepted(
-        command_id=command.id, status="pending", status_url=f"/v1/commands/{command.id}"
-    ).model_dump()
+async def submit(
+    request: Request,
+    st: State,
+    tenant_id: str,
+    command: CloudEvent,
+    *,
+    topic: str,
+    key: str,
+    body: bytes,
+    extra: dict[str, Any] | None = None,
+) -> Response:
+    """Accept a command: record it as pending and publish it (the pending row commits only
+    if the broker acknowledged the command); 202 with its id and ``Location``. ``body``
+    fingerprints the request for ``Idempotency-Key``; ``extra`` adds ids the caller needs
+    now (e.g. a generated subscription id)."""
+
+    async def accept() -> tuple[int, dict[str, Any]]:
+        async with st.sessions() as db, db.begin():
+            await CommandRepository(db).accept(tenant_id, command.id, command.type)
+            await st.publisher.publish(topic, [(key.encode(), command.to_json())])
+        accepted = CommandAccepted(
+            command_id=command.id, status="pending", status_url=f"/v1/commands/{command.id}"
+        )
+        return 202, accepted.model_dump() | (extra or {})
+
+    response = await idempotent(request, st, tenant_id, body, accept)
+    response.headers["Location"] = f"/v1/commands/{command.id}"
+    return response
 
 
 @router.post(
@@ -185,7 +203,6 @@ async def _submit(
 async def create_meter(request: Request, spec: MeterSpec, st: State, tenant_id: Tenant) -> Response:
     """Publishes a ``CreateMeter`` command. Follow ``status_url`` for the outcome:
     re-creating an identical meter succeeds; a different definition for an existing key fails."""
-    body = spec.model_dump_json().encode()
     command = CreateMeter(
         source=INGRESS_SOURCE,
         tenantid=tenant_id,
@@ -193,11 +210,10 @@ async def create_meter(request: Request, spec: MeterSpec, st: State, tenant_id: 
         data=spec,
         correlationid=request.headers.get("x-request-id"),
     )
-    response = await idempotent(
-        request, st, tenant_id, body, lambda: _submit(st, tenant_id, command, tenant_id)
+    body = spec.model_dump_json().encode()
+    return await submit(
+        request, st, tenant_id, command, topic=topics.COMMANDS_METERING, key=tenant_id, body=body
     )
-    response.headers["Location"] = f"/v1/commands/{command.id}"
-    return response
 
 
 @router.get("/commands/{command_id}", response_model=CommandView, summary="A command's outcome")

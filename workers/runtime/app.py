@@ -66,6 +66,8 @@ class Worker:
         await self.broker.start()
         self.relay.start()
         self.background.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
+        for loop in self.runtime.loops:
+            self.background.append(asyncio.create_task(loop(), name=loop.__name__))
         if self.settings.metrics_port:
             self.health = HealthServer("0.0.0.0", self.settings.metrics_port, self.readiness)
             await self.health.start()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -174,7 +174,7 @@ class BatchProcessor(Generic[E]):
             outbox.add(session, rows)
         self.on_committed()
 
-    async def _retrying(self, attempt: Callable[[], Awaitable[None]]) -> None:
+    async def _retrying(self, attempt: Callable[[], Coroutine[Any, Any, None]]) -> None:
         """Run ``attempt``; retry transient failures with backoff until it succeeds or we stop."""
         retrying = AsyncRetrying(
             retry=retry_if_exception(is_transient),
@@ -237,6 +237,17 @@ class Runtime:
         self.retry_max_s = retry_max_s
         self.on_committed = on_committed
         self.processors: list[BatchProcessor[Any]] = []
+        self.loops: list[Callable[[], Coroutine[Any, Any, None]]] = []
+
+    def background(
+        self, loop: Callable[[], Coroutine[Any, Any, None]]
+    ) -> Callable[[], Coroutine[Any, Any, None]]:
+        """Register a loop the worker runs beside its consumers (a scheduler, a dispatcher).
+
+        It starts with the worker and is cancelled when the worker stops, so each of its
+        steps must be one transaction: a cancelled step rolls back and is done again."""
+        self.loops.append(loop)
+        return loop
 
     def consumer(
         self, topic: str, *, group: str, decode: Decoder[E], commands: bool = False

@@ -56,6 +56,11 @@ def dead_letter(
     return outbox.OutgoingMessage(dlq(record.topic), record.key, record.value, headers)
 
 
+def outgoing(event: CloudEvent, *, topic: str, key: str) -> outbox.OutgoingMessage:
+    """The outbox row that publishes ``event`` on ``topic`` under ``key``."""
+    return outbox.OutgoingMessage(topic, key.encode(), event.to_json(), {"ce_type": event.type})
+
+
 @dataclass
 class Tx:
     """One database transaction for one batch: inbox, effects, outbox, command outcomes."""
@@ -95,9 +100,7 @@ class Tx:
 
     def emit(self, event: CloudEvent, *, topic: str, key: str) -> None:
         """Publish ``event`` after this transaction commits (through the outbox)."""
-        self.outgoing.append(
-            outbox.OutgoingMessage(topic, key.encode(), event.to_json(), {"ce_type": event.type})
-        )
+        self.outgoing.append(outgoing(event, topic=topic, key=key))
 
     def reject(self, message: Message[Any], reason: str, *, code: str = "rejected") -> None:
         """Dead-letter one message this transaction cannot use; the rest of the batch proceeds.

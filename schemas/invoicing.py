@@ -1,0 +1,366 @@
+"""Invoicing commands (``billstream.commands.invoicing.v1``) and events
+(``billstream.events.invoicing.v1``): customers, plans, subscriptions, billing runs, invoices.
+
+Money is integer minor units of the invoice currency; quantities, unit prices and tax rates
+are Decimal, serialised as JSON strings.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Annotated, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from schemas.currency import CurrencyCode
+from schemas.envelope import CloudEvent
+from schemas.metering import METER_KEY_PATTERN
+from schemas.pricing import DecimalStr, NonNegDecimal, PlanSpec
+
+EXTERNAL_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@\-]{0,255}$"
+PLAN_KEY_PATTERN = METER_KEY_PATTERN
+ID_PATTERN = r"^[A-Za-z0-9_\-]{1,64}$"
+Rounding = Literal["half_even", "half_up", "half_down", "up", "down", "ceiling", "floor"]
+
+
+def hour_aligned(t: datetime | None) -> datetime | None:
+    if t is not None and (t.minute or t.second or t.microsecond):
+        raise ValueError("must be a whole hour (usage is kept in hourly buckets)")
+    return t
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+# --- customers ---------------------------------------------------------------------
+
+
+class Address(_Model):
+    line1: str = Field(max_length=256)
+    line2: str | None = Field(default=None, max_length=256)
+    city: str | None = Field(default=None, max_length=128)
+    postal_code: str | None = Field(default=None, max_length=32)
+    state: str | None = Field(default=None, max_length=128)
+    country: str = Field(pattern=r"^[A-Z]{2}$", description="ISO 3166-1 alpha-2")
+
+
+class CustomerSpec(_Model):
+    """A customer; ``external_id`` is the subject its usage events carry."""
+
+    external_id: str = Field(pattern=EXTERNAL_ID_PATTERN)
+    name: str = Field(min_length=1, max_length=256)
+    email: str | None = Field(default=None, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$", max_length=320)
+    currency: CurrencyCode
+    tax_rate: NonNegDecimal | None = Field(
+        default=None, description="A fraction: '0.19' is 19 %. Omit for no tax."
+    )
+    tax_exempt: bool = False
+    net_terms_days: int = Field(default=30, ge=0, le=365)
+    billing_address: Address | None = None
+
+    @field_validator("tax_rate")
+    @classmethod
+    def _rate(cls, v: Decimal | None) -> Decimal | None:
+        if v is not None and not (Decimal(0) <= v <= Decimal(1)):
+            raise ValueError("must be a fraction between 0 and 1 ('0.19' is 19 %)")
+        return v
+
+    @model_validator(mode="after")
+    def _exempt_has_no_rate(self) -> CustomerSpec:
+        if self.tax_exempt and self.tax_rate:
+            raise ValueError("tax_exempt customers cannot have a tax_rate")
+        return self
+
+
+class UpsertCustomer(CloudEvent):
+    """Create a customer, or update the one with this ``external_id``."""
+
+    type: Literal["UpsertCustomer"] = "UpsertCustomer"
+    data: CustomerSpec
+
+
+# --- plans -------------------------------------------------------------------------
+
+
+class CreatePlan(CloudEvent):
+    """Define a plan. Re-sending the identical definition succeeds; a different one fails
+    (plans are immutable: subscriptions change to a new plan at a period boundary)."""
+
+    type: Literal["CreatePlan"] = "CreatePlan"
+    data: PlanSpec
+
+
+# --- subscriptions -----------------------------------------------------------------
+
+
+class SubscriptionSpec(_Model):
+    id: str = Field(pattern=ID_PATTERN, description="Chosen by the caller (or the ingress).")
+    customer: str = Field(pattern=EXTERNAL_ID_PATTERN, description="The customer's external_id")
+    plan: str = Field(pattern=PLAN_KEY_PATTERN, description="The plan's key")
+    start: AwareDatetime = Field(description="The billing anchor: periods start here (UTC hour)")
+
+    _start = field_validator("start")(hour_aligned)
+
+
+class CreateSubscription(CloudEvent):
+    type: Literal["CreateSubscription"] = "CreateSubscription"
+    data: SubscriptionSpec
+
+
+class CancelSpec(_Model):
+    subscription_id: str = Field(pattern=ID_PATTERN)
+    mode: Literal["at_period_end", "immediately"]
+    at: AwareDatetime | None = Field(
+        default=None,
+        description="For 'immediately': when it ends (default: when the command is handled). "
+        "Flat fees are prorated to the second; usage is billed up to the end of that hour.",
+    )
+
+    @model_validator(mode="after")
+    def _at_only_immediately(self) -> CancelSpec:
+        if self.at is not None and self.mode != "immediately":
+            raise ValueError("'at' applies to mode 'immediately' only")
+        return self
+
+
+class CancelSubscription(CloudEvent):
+    type: Literal["CancelSubscription"] = "CancelSubscription"
+    data: CancelSpec
+
+
+class PlanChangeSpec(_Model):
+    subscription_id: str = Field(pattern=ID_PATTERN)
+    plan: str = Field(pattern=PLAN_KEY_PATTERN)
+
+
+class ChangeSubscriptionPlan(CloudEvent):
+    """Switch plans at the next period boundary (the current period is billed on the old)."""
+
+    type: Literal["ChangeSubscriptionPlan"] = "ChangeSubscriptionPlan"
+    data: PlanChangeSpec
+
+
+# --- billing runs and invoices -----------------------------------------------------
+
+
+class BillingRunSpec(_Model):
+    id: str = Field(pattern=ID_PATTERN)
+    as_of: AwareDatetime = Field(
+        description="Bill every period that ended by this time and finalize the drafts due"
+    )
+
+
+class RunBilling(CloudEvent):
+    type: Literal["RunBilling"] = "RunBilling"
+    data: BillingRunSpec
+
+
+class InvoiceActionSpec(_Model):
+    invoice_id: str = Field(pattern=ID_PATTERN)
+    reason: str | None = Field(default=None, max_length=1024)
+
+
+class VoidInvoice(CloudEvent):
+    type: Literal["VoidInvoice"] = "VoidInvoice"
+    data: InvoiceActionSpec
+
+
+class MarkInvoiceUncollectible(CloudEvent):
+    type: Literal["MarkInvoiceUncollectible"] = "MarkInvoiceUncollectible"
+    data: InvoiceActionSpec
+
+
+class InvoicingConfig(_Model):
+    rounding: Rounding = Field(default="half_even", description="How each line is rounded")
+    grace_period_hours: int = Field(
+        default=1, ge=0, le=24 * 31, description="Drafts finalize this long after period end"
+    )
+    number_prefix: str = Field(default="INV", pattern=r"^[A-Z0-9][A-Z0-9\-]{0,15}$")
+
+
+class ConfigureInvoicing(CloudEvent):
+    type: Literal["ConfigureInvoicing"] = "ConfigureInvoicing"
+    data: InvoicingConfig
+
+
+InvoicingCommand = Annotated[
+    UpsertCustomer
+    | CreatePlan
+    | CreateSubscription
+    | CancelSubscription
+    | ChangeSubscriptionPlan
+    | RunBilling
+    | VoidInvoice
+    | MarkInvoiceUncollectible
+    | ConfigureInvoicing,
+    Field(discriminator="type"),
+]
+
+
+# --- events ------------------------------------------------------------------------
+
+
+class CustomerData(CustomerSpec):
+    customer_id: str
+
+
+class CustomerCreated(CloudEvent):
+    type: Literal["customer.created"] = "customer.created"
+    data: CustomerData
+
+
+class CustomerUpdated(CloudEvent):
+    type: Literal["customer.updated"] = "customer.updated"
+    data: CustomerData
+
+
+class PlanData(PlanSpec):
+    plan_id: str
+
+
+class PlanCreated(CloudEvent):
+    type: Literal["plan.created"] = "plan.created"
+    data: PlanData
+
+
+SubscriptionStatus = Literal["active", "ended"]
+
+
+class SubscriptionData(_Model):
+    subscription_id: str
+    customer: str = Field(description="The customer's external_id")
+    plan: str
+    status: SubscriptionStatus
+    start: datetime
+    current_period_start: datetime
+    current_period_end: datetime
+    cancel_at_period_end: bool
+    next_plan: str | None = None
+    ended_at: datetime | None = None
+
+
+class SubscriptionCreated(CloudEvent):
+    type: Literal["subscription.created"] = "subscription.created"
+    data: SubscriptionData
+
+
+class SubscriptionUpdated(CloudEvent):
+    """Cancellation scheduled, or a plan change scheduled or applied."""
+
+    type: Literal["subscription.updated"] = "subscription.updated"
+    data: SubscriptionData
+
+
+class SubscriptionEnded(CloudEvent):
+    type: Literal["subscription.ended"] = "subscription.ended"
+    data: SubscriptionData
+
+
+InvoiceStatus = Literal["draft", "finalized", "paid", "void", "uncollectible"]
+
+
+class TierLine(_Model):
+    tier: int
+    quantity: DecimalStr
+    unit_price: DecimalStr
+    flat_fee: DecimalStr
+    amount: DecimalStr = Field(description="Exact, in major units, before the line is rounded")
+
+
+class InvoiceLine(_Model):
+    price_key: str
+    kind: str
+    description: str
+    meter: str | None
+    subject: str | None
+    period_start: datetime
+    period_end: datetime
+    quantity: DecimalStr = Field(description="The value the line was computed from")
+    unit_price: DecimalStr | None
+    tiers: list[TierLine]
+    proration: DecimalStr
+    minimum_applied: bool
+    amount: int = Field(description="Minor units, rounded once")
+    adjustment_for: str | None = Field(
+        default=None, description="For late usage: the earlier period this line corrects"
+    )
+
+
+class InvoiceData(_Model):
+    invoice_id: str
+    number: str | None = Field(description="Assigned at finalization: INV-2026-000042")
+    status: InvoiceStatus
+    customer: str
+    subscription_id: str
+    currency: str
+    period_start: datetime
+    period_end: datetime
+    subtotal: int
+    tax: int
+    total: int
+    amount_paid: int
+    amount_due: int
+    tax_rate: DecimalStr | None
+    due_at: datetime | None
+    lines: list[InvoiceLine]
+
+
+class InvoiceCreated(CloudEvent):
+    type: Literal["invoice.created"] = "invoice.created"
+    data: InvoiceData
+
+
+class InvoiceFinalized(CloudEvent):
+    type: Literal["invoice.finalized"] = "invoice.finalized"
+    data: InvoiceData
+
+
+class InvoicePaid(CloudEvent):
+    type: Literal["invoice.paid"] = "invoice.paid"
+    data: InvoiceData
+
+
+class InvoicePaymentRecorded(CloudEvent):
+    """A payment that does not (yet) cover the whole amount."""
+
+    type: Literal["invoice.payment_recorded"] = "invoice.payment_recorded"
+    data: InvoiceData
+
+
+class InvoiceVoided(CloudEvent):
+    type: Literal["invoice.voided"] = "invoice.voided"
+    data: InvoiceData
+
+
+class InvoiceMarkedUncollectible(CloudEvent):
+    type: Literal["invoice.marked_uncollectible"] = "invoice.marked_uncollectible"
+    data: InvoiceData
+
+
+COMMANDS: tuple[type[CloudEvent], ...] = (
+    UpsertCustomer,
+    CreatePlan,
+    CreateSubscription,
+    CancelSubscription,
+    ChangeSubscriptionPlan,
+    RunBilling,
+    VoidInvoice,
+    MarkInvoiceUncollectible,
+    ConfigureInvoicing,
+)
+EVENTS: tuple[type[CloudEvent], ...] = (
+    CustomerCreated,
+    CustomerUpdated,
+    PlanCreated,
+    SubscriptionCreated,
+    SubscriptionUpdated,
+    SubscriptionEnded,
+    InvoiceCreated,
+    InvoiceFinalized,
+    InvoicePaid,
+    InvoicePaymentRecorded,
+    InvoiceVoided,
+    InvoiceMarkedUncollectible,
+)

@@ -1,0 +1,497 @@
+"""Invoicing API: customers, plans, subscriptions, billing runs and invoices.
+
+Writes become commands on ``billstream.commands.invoicing.v1`` (202 + command id), keyed
+``tenant:customer`` so one customer's commands stay in order; reads come from PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import Response
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+
+from schemas import topics
+from schemas.envelope import CloudEvent, new_id
+from schemas.invoicing import (
+    EXTERNAL_ID_PATTERN,
+    ID_PATTERN,
+    PLAN_KEY_PATTERN,
+    BillingRunSpec,
+    CancelSpec,
+    CancelSubscription,
+    ChangeSubscriptionPlan,
+    ConfigureInvoicing,
+    CreatePlan,
+    CreateSubscription,
+    CustomerSpec,
+    InvoiceActionSpec,
+    InvoiceData,
+    InvoiceStatus,
+    InvoicingConfig,
+    MarkInvoiceUncollectible,
+    PlanChangeSpec,
+    RunBilling,
+    SubscriptionData,
+    SubscriptionSpec,
+    UpsertCustomer,
+    VoidInvoice,
+    hour_aligned,
+)
+from schemas.pricing import PlanSpec
+from storage.invoicing import Customer, Invoice, InvoicingRepository, Subscription
+from workers.ingress.deps import Session, State, Tenant
+from workers.ingress.problems import Problem
+from workers.ingress.routes import INGRESS_SOURCE, CommandAccepted, submit
+from workers.invoicing import service
+from workers.invoicing.billing import customer_key, line_models, subscription_data, values
+
+router = APIRouter(prefix="/v1", tags=["invoicing"])
+
+
+def _not_found(what: str, id: str, hint: str = "") -> Problem:
+    return Problem(404, "not_found", f"No such {what}", f"no {what} {id!r}{hint}")
+
+
+_PENDING_HINT = " (if its create command is still pending, retry when it has succeeded)"
+
+
+async def _send(
+    request: Request,
+    st: State,
+    tenant_id: str,
+    command: type[CloudEvent],
+    data: BaseModel,
+    key: str,
+    subject: str,
+    extra: dict[str, Any] | None = None,
+) -> Response:
+    event = command(  # type: ignore[call-arg]  # each command class fixes its own "type"
+        source=INGRESS_SOURCE,
+        tenantid=tenant_id,
+        subject=subject,
+        data=data,
+        correlationid=request.headers.get("x-request-id"),
+    )
+    return await submit(
+        request,
+        st,
+        tenant_id,
+        event,
+        topic=topics.COMMANDS_INVOICING,
+        key=key,
+        body=data.model_dump_json().encode(),
+        extra=extra,
+    )
+
+
+_ACCEPTED: dict[str, Any] = {"status_code": 202, "response_model": CommandAccepted}
+
+
+# --- customers ---------------------------------------------------------------------
+
+
+class CustomerView(CustomerSpec):
+    id: str
+    created_at: datetime
+    updated_at: datetime
+
+
+def _customer_view(c: Customer) -> CustomerView:
+    return CustomerView.model_validate({k: getattr(c, k) for k in CustomerView.model_fields})
+
+
+@router.post("/customers", summary="Create or update a customer (command)", **_ACCEPTED)
+async def upsert_customer(
+    request: Request, spec: CustomerSpec, st: State, tenant_id: Tenant
+) -> Response:
+    """The customer is identified by ``external_id`` (the ``subject`` of its usage events).
+    Changing the currency of a customer with live subscriptions fails."""
+    key = customer_key(tenant_id, spec.external_id)
+    return await _send(request, st, tenant_id, UpsertCustomer, spec, key, spec.external_id)
+
+
+@router.get("/customers", response_model=list[CustomerView], summary="List customers")
+async def list_customers(
+    db: Session,
+    tenant_id: Tenant,
+    limit: int = Query(100, ge=1, le=1000),
+    after: str | None = Query(None, description="external_id to continue after"),
+) -> list[CustomerView]:
+    rows = await InvoicingRepository(db).list_customers(tenant_id, limit, after)
+    return [_customer_view(c) for c in rows]
+
+
+async def _customer(db: Session, tenant_id: str, external_id: str) -> Customer:
+    c = await InvoicingRepository(db).customer(tenant_id, external_id)
+    if c is None:
+        raise _not_found("customer", external_id)
+    return c
+
+
+@router.get("/customers/{external_id}", response_model=CustomerView, summary="One customer")
+async def get_customer(external_id: str, db: Session, tenant_id: Tenant) -> CustomerView:
+    return _customer_view(await _customer(db, tenant_id, external_id))
+
+
+# --- plans -------------------------------------------------------------------------
+
+
+class PlanView(PlanSpec):
+    id: str
+
+
+@router.post("/plans", summary="Define a plan (command)", **_ACCEPTED)
+async def create_plan(request: Request, spec: PlanSpec, st: State, tenant_id: Tenant) -> Response:
+    """Plans are immutable: re-sending the identical plan succeeds, another definition under
+    the same key fails. Every metered price's meter must exist."""
+    return await _send(request, st, tenant_id, CreatePlan, spec, tenant_id, spec.key)
+
+
+@router.get("/plans", response_model=list[PlanView], summary="List plans")
+async def list_plans(db: Session, tenant_id: Tenant) -> list[PlanView]:
+    return [
+        PlanView.model_validate(p.spec | {"id": p.id})
+        for p in await InvoicingRepository(db).list_plans(tenant_id)
+    ]
+
+
+@router.get("/plans/{key}", response_model=PlanView, summary="One plan")
+async def get_plan(key: str, db: Session, tenant_id: Tenant) -> PlanView:
+    p = await InvoicingRepository(db).plan(tenant_id, key)
+    if p is None:
+        raise _not_found("plan", key)
+    return PlanView.model_validate(p.spec | {"id": p.id})
+
+
+# --- subscriptions -----------------------------------------------------------------
+
+
+class SubscriptionIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str | None = Field(default=None, pattern=ID_PATTERN, description="Default: generated")
+    customer: str = Field(pattern=EXTERNAL_ID_PATTERN, description="The customer's external_id")
+    plan: str = Field(pattern=PLAN_KEY_PATTERN)
+    start: AwareDatetime | None = Field(
+        default=None, description="Billing anchor, a whole UTC hour (default: this hour)"
+    )
+
+    _start = field_validator("start")(hour_aligned)
+
+
+@router.post("/subscriptions", summary="Subscribe a customer to a plan (command)", **_ACCEPTED)
+async def create_subscription(
+    request: Request, body: SubscriptionIn, st: State, tenant_id: Tenant
+) -> Response:
+    """Answers with the ``subscription_id`` at once; the command fails for an unknown
+    customer or plan, a plan in another currency, or a live subscription to the same plan."""
+    now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    spec = SubscriptionSpec(
+        id=body.id or f"sub_{new_id()}",
+        customer=body.customer,
+        plan=body.plan,
+        start=body.start or now,
+    )
+    key = customer_key(tenant_id, spec.customer)
+    return await _send(
+        request,
+        st,
+        tenant_id,
+        CreateSubscription,
+        spec,
+        key,
+        spec.id,
+        extra={"subscription_id": spec.id},
+    )
+
+
+async def _subscription_key(db: Session, tenant_id: str, id: str) -> str:
+    repo = InvoicingRepository(db)
+    sub = await repo.subscription(tenant_id, id)
+    if sub is None:
+        raise _not_found("subscription", id, _PENDING_HINT)
+    customer = (await repo.customers([sub.customer_id]))[sub.customer_id]
+    return customer_key(tenant_id, customer.external_id)
+
+
+class CancelIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["at_period_end", "immediately"]
+    at: AwareDatetime | None = None
+
+
+@router.post(
+    "/subscriptions/{subscription_id}/cancel",
+    summary="Cancel a subscription (command)",
+    **_ACCEPTED,
+)
+async def cancel_subscription(
+    request: Request,
+    subscription_id: str,
+    body: CancelIn,
+    st: State,
+    db: Session,
+    tenant_id: Tenant,
+) -> Response:
+    """``at_period_end``: the current period is billed in full, then it ends.
+    ``immediately``: it ends at ``at`` (default: now); the final invoice prorates flat fees
+    to the second and bills usage up to the end of that hour."""
+    spec = CancelSpec(subscription_id=subscription_id, mode=body.mode, at=body.at)
+    key = await _subscription_key(db, tenant_id, subscription_id)
+    return await _send(request, st, tenant_id, CancelSubscription, spec, key, subscription_id)
+
+
+class ChangePlanIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    plan: str = Field(pattern=PLAN_KEY_PATTERN)
+
+
+@router.post(
+    "/subscriptions/{subscription_id}/change-plan",
+    summary="Change plans at the next period boundary (command)",
+    **_ACCEPTED,
+)
+async def change_plan(
+    request: Request,
+    subscription_id: str,
+    body: ChangePlanIn,
+    st: State,
+    db: Session,
+    tenant_id: Tenant,
+) -> Response:
+    spec = PlanChangeSpec(subscription_id=subscription_id, plan=body.plan)
+    key = await _subscription_key(db, tenant_id, subscription_id)
+    return await _send(request, st, tenant_id, ChangeSubscriptionPlan, spec, key, subscription_id)
+
+
+async def _subscription_view(db: Session, sub: Subscription) -> SubscriptionData:
+    repo = InvoicingRepository(db)
+    customer = (await repo.customers([sub.customer_id]))[sub.customer_id]
+    plan_ids = {sub.plan_id} | ({sub.next_plan_id} if sub.next_plan_id else set())
+    return subscription_data(sub, customer.external_id, await repo.plans(plan_ids))
+
+
+@router.get("/subscriptions", response_model=list[SubscriptionData], summary="List subscriptions")
+async def list_subscriptions(
+    db: Session,
+    tenant_id: Tenant,
+    customer: str | None = Query(None, description="A customer's external_id"),
+    limit: int = Query(100, ge=1, le=1000),
+) -> list[SubscriptionData]:
+    customer_id = (await _customer(db, tenant_id, customer)).id if customer else None
+    subs = await InvoicingRepository(db).list_subscriptions(tenant_id, customer_id, limit)
+    return [await _subscription_view(db, s) for s in subs]
+
+
+@router.get(
+    "/subscriptions/{subscription_id}", response_model=SubscriptionData, summary="One subscription"
+)
+async def get_subscription(
+    subscription_id: str, db: Session, tenant_id: Tenant
+) -> SubscriptionData:
+    sub = await InvoicingRepository(db).subscription(tenant_id, subscription_id)
+    if sub is None:
+        raise _not_found("subscription", subscription_id)
+    return await _subscription_view(db, sub)
+
+
+# --- billing runs ------------------------------------------------------------------
+
+
+class BillingRunIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str | None = Field(default=None, pattern=ID_PATTERN)
+    as_of: AwareDatetime | None = Field(default=None, description="Default: now")
+
+
+class BillingRunView(BaseModel):
+    id: str
+    as_of: datetime
+    status: Literal["pending", "completed"]
+    invoices_created: int
+    invoices_finalized: int
+    drafts_waiting: int = Field(
+        description="Drafts past their grace period still waiting for metering to catch up"
+    )
+    requested_at: datetime
+    completed_at: datetime | None
+
+
+@router.post("/billing-runs", summary="Run billing as of a time (command)", **_ACCEPTED)
+async def run_billing(
+    request: Request, body: BillingRunIn, st: State, tenant_id: Tenant
+) -> Response:
+    """Bills this tenant's periods that ended by ``as_of`` and finalizes its drafts that are
+    due by then. Follow ``billing_run_url`` for progress."""
+    spec = BillingRunSpec(id=body.id or f"run_{new_id()}", as_of=body.as_of or datetime.now(UTC))
+    return await _send(
+        request,
+        st,
+        tenant_id,
+        RunBilling,
+        spec,
+        tenant_id,
+        spec.id,
+        extra={"billing_run_id": spec.id, "billing_run_url": f"/v1/billing-runs/{spec.id}"},
+    )
+
+
+@router.get("/billing-runs/{run_id}", response_model=BillingRunView, summary="A billing run")
+async def get_billing_run(run_id: str, db: Session, tenant_id: Tenant) -> BillingRunView:
+    run = await InvoicingRepository(db).run(tenant_id, run_id)
+    if run is None:
+        raise _not_found("billing run", run_id, _PENDING_HINT)
+    return BillingRunView.model_validate(run, from_attributes=True)
+
+
+# --- invoices ----------------------------------------------------------------------
+
+
+class PaymentView(BaseModel):
+    payment_id: str
+    amount: int
+    currency: str
+    method: str
+    received_at: datetime
+
+
+class InvoiceView(InvoiceData):
+    created_at: datetime
+    finalized_at: datetime | None
+    paid_at: datetime | None
+    closed_at: datetime | None
+    status_reason: str | None
+    payments: list[PaymentView]
+
+
+async def _invoice_view(db: Session, invoice: Invoice, *, payments: bool) -> InvoiceView:
+    repo = InvoicingRepository(db)
+    customer = (await repo.customers([invoice.customer_id]))[invoice.customer_id]
+    lines = line_models((await repo.lines([invoice.id]))[invoice.id])
+    data = service.invoice_data(values(invoice), customer.external_id, lines)
+    paid = await repo.payments(invoice.tenant_id, invoice.id) if payments else []
+    return InvoiceView(
+        **dict(data),
+        created_at=invoice.created_at,
+        finalized_at=invoice.finalized_at,
+        paid_at=invoice.paid_at,
+        closed_at=invoice.closed_at,
+        status_reason=invoice.status_reason,
+        payments=[PaymentView.model_validate(p, from_attributes=True) for p in paid],
+    )
+
+
+@router.get("/invoices", response_model=list[InvoiceView], summary="List invoices")
+async def list_invoices(
+    db: Session,
+    tenant_id: Tenant,
+    customer: str | None = Query(None, description="A customer's external_id"),
+    subscription_id: str | None = None,
+    status: InvoiceStatus | None = None,
+    limit: int = Query(100, ge=1, le=1000),
+) -> list[InvoiceView]:
+    customer_id = (await _customer(db, tenant_id, customer)).id if customer else None
+    rows = await InvoicingRepository(db).list_invoices(
+        tenant_id,
+        customer_id=customer_id,
+        subscription_id=subscription_id,
+        status=status,
+        limit=limit,
+    )
+    return [await _invoice_view(db, i, payments=False) for i in rows]
+
+
+async def _invoice(db: Session, tenant_id: str, invoice_id: str) -> Invoice:
+    invoice = await InvoicingRepository(db).invoice(tenant_id, invoice_id)
+    if invoice is None:
+        raise _not_found("invoice", invoice_id)
+    return invoice
+
+
+@router.get("/invoices/{invoice_id}", response_model=InvoiceView, summary="One invoice")
+async def get_invoice(invoice_id: str, db: Session, tenant_id: Tenant) -> InvoiceView:
+    """Each line names the meter, subject and period it was computed from and the value
+    (``quantity``) it read; adjustment lines name the earlier period they correct."""
+    return await _invoice_view(db, await _invoice(db, tenant_id, invoice_id), payments=True)
+
+
+class InvoiceActionIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str | None = Field(default=None, max_length=1024)
+
+
+async def _invoice_action(
+    request: Request,
+    st: State,
+    db: Session,
+    tenant_id: str,
+    invoice_id: str,
+    body: InvoiceActionIn,
+    command: type[VoidInvoice] | type[MarkInvoiceUncollectible],
+) -> Response:
+    invoice = await _invoice(db, tenant_id, invoice_id)
+    customer = (await InvoicingRepository(db).customers([invoice.customer_id]))[invoice.customer_id]
+    spec = InvoiceActionSpec(invoice_id=invoice_id, reason=body.reason)
+    key = customer_key(tenant_id, customer.external_id)
+    return await _send(request, st, tenant_id, command, spec, key, invoice_id)
+
+
+@router.post("/invoices/{invoice_id}/void", summary="Void an invoice (command)", **_ACCEPTED)
+async def void_invoice(
+    request: Request,
+    invoice_id: str,
+    body: InvoiceActionIn,
+    st: State,
+    db: Session,
+    tenant_id: Tenant,
+) -> Response:
+    return await _invoice_action(request, st, db, tenant_id, invoice_id, body, VoidInvoice)
+
+
+@router.post(
+    "/invoices/{invoice_id}/mark-uncollectible",
+    summary="Mark an invoice uncollectible (command)",
+    **_ACCEPTED,
+)
+async def mark_uncollectible(
+    request: Request,
+    invoice_id: str,
+    body: InvoiceActionIn,
+    st: State,
+    db: Session,
+    tenant_id: Tenant,
+) -> Response:
+    return await _invoice_action(
+        request, st, db, tenant_id, invoice_id, body, MarkInvoiceUncollectible
+    )
+
+
+# --- configuration ---------------------------------------------------------------
+
+
+@router.put(
+    "/invoicing/config", summary="Rounding, grace period, number prefix (command)", **_ACCEPTED
+)
+async def configure(
+    request: Request, config: InvoicingConfig, st: State, tenant_id: Tenant
+) -> Response:
+    return await _send(request, st, tenant_id, ConfigureInvoicing, config, tenant_id, tenant_id)
+
+
+@router.get("/invoicing/config", response_model=InvoicingConfig, summary="Invoicing settings")
+async def get_config(db: Session, tenant_id: Tenant) -> InvoicingConfig:
+    row = await InvoicingRepository(db).config(tenant_id)
+    if row is None:
+        return InvoicingConfig()
+    return InvoicingConfig(
+        rounding=row.rounding,
+        grace_period_hours=row.grace_period_hours,
+        number_prefix=row.number_prefix,
+    )

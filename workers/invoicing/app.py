@@ -1,0 +1,11 @@
+"""The invoicing worker process."""
+
+from __future__ import annotations
+
+from workers.invoicing import handlers
+from workers.runtime.app import Worker, build_worker
+from workers.settings import Settings
+
+
+def build(settings: Settings) -> Worker:
+    return build_worker("invoicing", settings, lambda runtime: handlers.register(runtime, settings))

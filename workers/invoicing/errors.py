@@ -1,0 +1,26 @@
+"""Invoicing errors: each fails its command with a code and, where it applies, the field."""
+
+from __future__ import annotations
+
+from workers.runtime.errors import BillstreamError, PermanentError
+
+
+class InvoicingError(BillstreamError):
+    code = "invoicing_error"
+
+
+class NotFound(InvoicingError, PermanentError):
+    """An unknown customer, plan, subscription or invoice."""
+
+    code = "not_found"
+
+
+class Conflict(InvoicingError, PermanentError):
+    """The command contradicts what exists: a different plan under the same key, an
+    overlapping subscription, a currency mismatch, a customer's currency change."""
+
+    code = "conflict"
+
+
+class InvalidTransition(InvoicingError, PermanentError):
+    code = "invalid_transition"

@@ -1,0 +1,315 @@
+"""Invoicing domain logic, pure: billing periods, invoice lines, late-usage adjustments,
+invoice state changes. No I/O; the handlers and the scheduler bring the data."""
+
+from __future__ import annotations
+
+import calendar
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import (
+    ROUND_CEILING,
+    ROUND_DOWN,
+    ROUND_FLOOR,
+    ROUND_HALF_DOWN,
+    ROUND_HALF_EVEN,
+    ROUND_HALF_UP,
+    ROUND_UP,
+    Decimal,
+)
+from typing import Any
+
+from schemas.invoicing import CustomerSpec, InvoiceData, InvoiceLine, TierLine
+from schemas.pricing import FlatPrice, MeteredPrice, PlanSpec, Price
+from workers.invoicing import pricing
+from workers.invoicing.errors import InvalidTransition
+
+ROUNDING = {
+    "half_even": ROUND_HALF_EVEN,
+    "half_up": ROUND_HALF_UP,
+    "half_down": ROUND_HALF_DOWN,
+    "up": ROUND_UP,
+    "down": ROUND_DOWN,
+    "ceiling": ROUND_CEILING,
+    "floor": ROUND_FLOOR,
+}
+HOUR = timedelta(hours=1)
+
+
+# --- periods -----------------------------------------------------------------------
+
+
+def add_interval(anchor: datetime, interval: str, n: int) -> datetime:
+    """``anchor`` plus ``n`` months or years, the day clamped to the month's last day
+    (anchored on Jan 31: Feb 28/29, Mar 31, Apr 30, ...), always counted from the anchor so
+    a short month never shifts later periods."""
+    months = n * (12 if interval == "year" else 1)
+    years, month0 = divmod(anchor.month - 1 + months, 12)
+    year, month = anchor.year + years, month0 + 1
+    return anchor.replace(
+        year=year, month=month, day=min(anchor.day, calendar.monthrange(year, month)[1])
+    )
+
+
+def period(anchor: datetime, interval: str, index: int) -> tuple[datetime, datetime]:
+    return add_interval(anchor, interval, index), add_interval(anchor, interval, index + 1)
+
+
+def ceil_hour(t: datetime) -> datetime:
+    floor = t.replace(minute=0, second=0, microsecond=0)
+    return floor if floor == t else floor + HOUR
+
+
+def proration(start: datetime, end: datetime, cut: datetime) -> Decimal:
+    """The share of [start, end) before ``cut``, to the second (for an immediate cancel)."""
+    whole = Decimal(int((end - start).total_seconds()))
+    used = Decimal(int((min(max(cut, start), end) - start).total_seconds()))
+    return used / whole if whole else Decimal(0)
+
+
+# --- invoice lines ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Line:
+    price_key: str
+    kind: str
+    description: str
+    meter: str | None
+    subject: str | None
+    period_start: datetime
+    period_end: datetime
+    quantity: Decimal
+    unit_price: Decimal | None
+    tiers: tuple[pricing.TierPart, ...]
+    proration: Decimal
+    minimum_applied: bool
+    amount: int
+    adjustment_for: str | None = None
+
+    def model(self) -> InvoiceLine:
+        return InvoiceLine(
+            price_key=self.price_key,
+            kind=self.kind,
+            description=self.description,
+            meter=self.meter,
+            subject=self.subject,
+            period_start=self.period_start,
+            period_end=self.period_end,
+            quantity=self.quantity,
+            unit_price=self.unit_price,
+            tiers=[
+                TierLine(
+                    tier=p.tier,
+                    quantity=p.quantity,
+                    unit_price=p.unit_price,
+                    flat_fee=p.flat_fee,
+                    amount=p.amount,
+                )
+                for p in self.tiers
+            ],
+            proration=self.proration,
+            minimum_applied=self.minimum_applied,
+            amount=self.amount,
+            adjustment_for=self.adjustment_for,
+        )
+
+
+def unit_price(price: Price) -> Decimal | None:
+    if isinstance(price, FlatPrice):
+        return price.amount
+    if price.kind == "per_unit":
+        return price.unit_price
+    if price.kind == "package":
+        return price.package_price
+    return None  # tiered: see the tier breakdown
+
+
+def usage_window(start: datetime, end: datetime) -> tuple[datetime, datetime]:
+    """The hour-aligned window of metered usage billed for [start, end)."""
+    return start, ceil_hour(end)
+
+
+@dataclass(frozen=True)
+class InvoiceContext:
+    """What an invoice is computed from, besides usage."""
+
+    plan: PlanSpec
+    subject: str  # the customer's external id: the subject of its usage events
+    currency: str
+    period_start: datetime
+    period_end: datetime
+    proration: Decimal
+    rounding: str
+
+
+def period_label(start: datetime, end: datetime) -> str:
+    return f"{start:%Y-%m-%dT%H:%MZ}/{end:%Y-%m-%dT%H:%MZ}"
+
+
+def metered_prices(plan: PlanSpec) -> list[MeteredPrice]:
+    return [p for p in plan.prices if not isinstance(p, FlatPrice)]
+
+
+def _priced_line(
+    ctx: InvoiceContext,
+    price: Price,
+    quantity: Decimal,
+    start: datetime,
+    end: datetime,
+) -> tuple[pricing.Priced, Line]:
+    meter = None if isinstance(price, FlatPrice) else price.meter
+    metered = meter is not None
+    priced = pricing.price_usage(
+        price, max(quantity, Decimal(0)), proration=Decimal(1) if metered else ctx.proration
+    )
+    line = Line(
+        price_key=price.key,
+        kind=price.kind,
+        description=price.name,
+        meter=meter,
+        subject=ctx.subject if metered else None,
+        period_start=start,
+        period_end=end,
+        quantity=priced.quantity,
+        unit_price=unit_price(price),
+        tiers=priced.parts,
+        proration=Decimal(1) if metered else ctx.proration,
+        minimum_applied=priced.minimum_applied,
+        amount=pricing.to_minor(priced.amount, ctx.currency, ROUNDING[ctx.rounding]),
+    )
+    return priced, line
+
+
+def invoice_lines(ctx: InvoiceContext, usage: Mapping[str, Decimal | None]) -> list[Line]:
+    """One line per price of the plan: flat fees prorated, metered prices from ``usage``
+    (meter key -> the period's value), each line rounded once to minor units."""
+    start, end = usage_window(ctx.period_start, ctx.period_end)
+    lines: list[Line] = []
+    for price in ctx.plan.prices:
+        if isinstance(price, FlatPrice):
+            lines.append(_priced_line(ctx, price, Decimal(1), ctx.period_start, ctx.period_end)[1])
+        else:
+            quantity = usage.get(price.meter) or Decimal(0)
+            lines.append(_priced_line(ctx, price, quantity, start, end)[1])
+    return lines
+
+
+@dataclass
+class Billed:
+    """What issued invoices billed so far for one metered price of one earlier period."""
+
+    ctx: InvoiceContext  # the invoice it first appeared on (its plan, currency, rounding)
+    price: MeteredPrice
+    start: datetime
+    end: datetime
+    quantity: Decimal = Decimal(0)
+    amount: int = 0
+
+
+def adjustments(
+    billed: Sequence[Billed], current: Sequence[Decimal | None], currency: str
+) -> list[Line]:
+    """Late usage: for each earlier period whose metered value changed since it was billed,
+    a line for the difference (labelled with that period). The amount is what the period
+    costs now minus what was billed for it, so the period's lines always sum to its price."""
+    lines: list[Line] = []
+    for b, now in zip(billed, current, strict=True):
+        if b.ctx.currency != currency:
+            continue  # billed under another currency: never mixed into this invoice
+        priced, full = _priced_line(b.ctx, b.price, now or Decimal(0), b.start, b.end)
+        amount = full.amount - b.amount
+        if amount == 0:
+            continue
+        label = period_label(b.ctx.period_start, b.ctx.period_end)
+        lines.append(
+            Line(
+                price_key=b.price.key,
+                kind=b.price.kind,
+                description=f"{b.price.name} — late usage for {label}",
+                meter=b.price.meter,
+                subject=b.ctx.subject,
+                period_start=b.start,
+                period_end=b.end,
+                quantity=priced.quantity - b.quantity,
+                unit_price=unit_price(b.price),
+                tiers=(),
+                proration=Decimal(1),
+                minimum_applied=priced.minimum_applied,
+                amount=amount,
+                adjustment_for=label,
+            )
+        )
+    return lines
+
+
+@dataclass(frozen=True)
+class Totals:
+    subtotal: int
+    tax: int
+    total: int
+
+
+def totals(lines: Sequence[Line], tax_rate: Decimal | None, currency: str, rounding: str) -> Totals:
+    subtotal, tax, total = pricing.invoice_totals(
+        [ln.amount for ln in lines], tax_rate, currency, ROUNDING[rounding]
+    )
+    return Totals(subtotal, tax, total)
+
+
+def effective_tax_rate(customer: CustomerSpec) -> Decimal | None:
+    return None if customer.tax_exempt else customer.tax_rate
+
+
+# --- invoice state -------------------------------------------------------------------
+
+ISSUED = ("finalized", "paid", "uncollectible")
+
+
+def invoice_number(prefix: str, year: int, n: int) -> str:
+    return f"{prefix}-{year}-{n:06d}"
+
+
+def check_transition(status: str, to: str) -> None:
+    """Drafts finalize; finalized invoices are paid, voided or marked uncollectible;
+    uncollectible ones can still be paid or voided. Paid and void are final."""
+    allowed = {
+        "draft": {"finalized", "void"},
+        "finalized": {"paid", "void", "uncollectible"},
+        "uncollectible": {"paid", "void"},
+    }
+    if to not in allowed.get(status, set()):
+        raise InvalidTransition(f"a {status} invoice cannot become {to}")
+
+
+def becomes_paid(status: str, total: int, amount_paid: int) -> bool:
+    """An issued, unpaid invoice whose total the payments now cover is paid."""
+    return status in ("finalized", "uncollectible") and amount_paid >= total
+
+
+def invoice_data(
+    row: Mapping[str, Any],
+    customer: str,
+    lines: Sequence[InvoiceLine],
+    *,
+    status: str | None = None,
+) -> InvoiceData:
+    """The event/API view of an invoice's values (``status`` overrides the row's)."""
+    return InvoiceData(
+        invoice_id=row["id"],
+        number=row["number"],
+        status=status or row["status"],
+        customer=customer,
+        subscription_id=row["subscription_id"],
+        currency=row["currency"],
+        period_start=row["period_start"],
+        period_end=row["period_end"],
+        subtotal=row["subtotal"],
+        tax=row["tax"],
+        total=row["total"],
+        amount_paid=row["amount_paid"],
+        amount_due=max(row["total"] - row["amount_paid"], 0),
+        tax_rate=row["tax_rate"],
+        due_at=row.get("due_at"),
+        lines=list(lines),
+    )
