@@ -35,6 +35,7 @@ from sqlalchemy import (
     tuple_,
     update,
 )
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, aliased, mapped_column
@@ -362,24 +363,27 @@ class InvoicingRepository:
     ) -> set[str]:
         """Insert drafts and their lines; a period already invoiced is skipped. Returns the
         ids inserted."""
-        if not invoices:
-            return set()
         inserted = set(
-            await self.session.scalars(
-                insert(Invoice)
-                .values(list(invoices))
-                .on_conflict_do_nothing(
-                    index_elements=["tenant_id", "subscription_id", "period_start"]
-                )
-                .returning(Invoice.id)
+            await _bulk(
+                self.session,
+                Invoice.__table__,
+                invoices,
+                suffix="ON CONFLICT (tenant_id, subscription_id, period_start) DO NOTHING "
+                "RETURNING id",
             )
         )
         await self.insert_lines([ln for ln in lines if ln["invoice_id"] in inserted])
         return inserted
 
     async def insert_lines(self, lines: Sequence[dict[str, Any]]) -> None:
-        if lines:
-            await self.session.execute(insert(InvoiceLineRow), list(lines))
+        await _bulk(self.session, InvoiceLineRow.__table__, lines)
+
+    async def update_invoices(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Set the given columns of each invoice (``id`` in every row): one statement."""
+        await _bulk(self.session, Invoice.__table__, rows, update_by=("id",))
+
+    async def update_subscriptions(self, rows: Sequence[dict[str, Any]]) -> None:
+        await _bulk(self.session, Subscription.__table__, rows, update_by=("tenant_id", "id"))
 
     async def replace_lines(
         self, invoice_ids: Sequence[str], lines: Sequence[dict[str, Any]]
@@ -558,3 +562,41 @@ class InvoicingRepository:
                 text("SELECT pg_try_advisory_xact_lock(hashtext('billstream.invoicing'))")
             )
         )
+
+
+def _sql_type(column: Any) -> str:
+    dialect: Any = postgresql.dialect()  # type: ignore[no-untyped-call]
+    return str(column.type.compile(dialect=dialect))
+
+
+async def _bulk(
+    session: AsyncSession,
+    table: Any,
+    rows: Sequence[dict[str, Any]],
+    *,
+    suffix: str = "",
+    update_by: tuple[str, ...] = (),
+) -> list[Any]:
+    """One set-based statement for many rows (all with the same keys): an INSERT, or with
+    ``update_by`` an UPDATE matched on those columns, from ``unnest`` of one array per
+    column. Returns the first column of what ``suffix`` (e.g. RETURNING) yields."""
+    if not rows:
+        return []
+    names = list(rows[0])
+    columns = [table.c[n] for n in names]
+    params: dict[str, Any] = {}
+    for i, c in enumerate(columns):
+        values = [r[c.name] for r in rows]
+        if isinstance(c.type, JSONB):
+            values = [None if v is None else json.dumps(v) for v in values]
+        params[f"p{i}"] = values
+    arrays = ", ".join(f"CAST(:p{i} AS {_sql_type(c)}[])" for i, c in enumerate(columns))
+    source = f"unnest({arrays}) AS v({', '.join(names)})"
+    if update_by:
+        sets = ", ".join(f"{n} = v.{n}" for n in names if n not in update_by)
+        match = " AND ".join(f"t.{n} = v.{n}" for n in update_by)
+        sql = f"UPDATE {table.name} AS t SET {sets} FROM {source} WHERE {match} {suffix}"
+    else:
+        sql = f"INSERT INTO {table.name} ({', '.join(names)}) SELECT * FROM {source} {suffix}"
+    result = await session.execute(text(sql), params)
+    return list(result.scalars()) if suffix and "RETURNING" in suffix else []

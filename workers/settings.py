@@ -83,7 +83,7 @@ class Settings(BaseSettings):
         "and requested billing runs.",
     )
     invoicing_chunk: int = Field(
-        default=500, ge=1, le=10_000, description="Subscriptions or drafts per transaction."
+        default=1000, ge=1, le=10_000, description="Subscriptions or drafts per transaction."
     )
     late_usage_lookback_days: int = Field(
         default=35,

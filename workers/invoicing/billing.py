@@ -49,6 +49,14 @@ from workers.runtime.tx import outgoing
 log = structlog.get_logger("billstream.invoicing")
 
 SOURCE = "billstream/invoicing"
+SUB_STATE = (
+    "tenant_id", "id", "plan_id", "next_plan_id", "status", "anchor", "period_index",
+    "current_period_start", "current_period_end", "ended_at",
+)  # fmt: skip
+FINALIZED = (
+    "id", "status", "number", "subtotal", "tax", "total", "tax_rate", "finalized_at",
+    "due_at", "paid_at",
+)  # fmt: skip
 DEFAULT_CONFIG = {"rounding": "half_even", "grace_period_hours": 1, "number_prefix": "INV"}
 
 
@@ -311,12 +319,14 @@ class Billing:
         customers = await repo.customers({s.customer_id for s in subs})
         configs = await repo.configs({s.tenant_id for s in subs})
         drafts: list[tuple[Subscription, Plan, datetime, datetime]] = []
-        for sub in subs:  # the ORM flushes the changed subscriptions with the transaction
+        work.session.expunge_all()  # changed below, written back in one statement
+        for sub in subs:
             while sub.status == "active" and sub.current_period_end <= as_of:
                 drafts.append(
                     (sub, plans[sub.plan_id], sub.current_period_start, sub.current_period_end)
                 )
                 self._advance(work, sub, customers[sub.customer_id], plans)
+        await repo.update_subscriptions([{c: getattr(s, c) for c in SUB_STATE} for s in subs])
         await self.create_drafts(
             work,
             [
@@ -452,6 +462,7 @@ class Billing:
         drafts = await repo.claim_finalizable(as_of, tenant_id, metering_committed, self.chunk)
         if not drafts:
             return 0
+        work.session.expunge_all()  # changed below, written back in one statement
         plans = await repo.plans({d.plan_id for d in drafts})
         customers = await repo.customers({d.customer_id for d in drafts})
         maker = InvoiceMaker(work.session, self.plans)
@@ -513,4 +524,5 @@ class Billing:
                     key,
                 )
         await repo.replace_lines([d.id for d in drafts], new_lines)
+        await repo.update_invoices([{c: getattr(d, c) for c in FINALIZED} for d in drafts])
         return len(drafts)
