@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from schemas import metering, topics
+from schemas import invoicing, metering, payments, topics
 from schemas.usage import UsageEvent
 
 
@@ -31,6 +31,12 @@ CATALOG: tuple[MessageSpec, ...] = (
     MessageSpec(topics.USAGE, "usage", "*", UsageEvent),
     *(MessageSpec(topics.COMMANDS_METERING, "command", _type_of(m), m) for m in metering.COMMANDS),
     *(MessageSpec(topics.EVENTS_METERING, "event", _type_of(m), m) for m in metering.EVENTS),
+    *(
+        MessageSpec(topics.COMMANDS_INVOICING, "command", _type_of(m), m)
+        for m in invoicing.COMMANDS
+    ),
+    *(MessageSpec(topics.EVENTS_INVOICING, "event", _type_of(m), m) for m in invoicing.EVENTS),
+    *(MessageSpec(topics.EVENTS_PAYMENTS, "event", _type_of(m), m) for m in payments.EVENTS),
 )
 
 

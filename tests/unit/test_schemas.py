@@ -322,7 +322,11 @@ def _schemas(tmp_path: Path) -> dict[str, dict[str, Any]]:
 
 def test_export_writes_one_valid_schema_per_message(tmp_path: Path) -> None:
     schemas = _schemas(tmp_path)
-    assert set(schemas) == {"*", "CreateMeter", "meter.created"}
+    assert set(schemas) == {spec.ce_type for spec in CATALOG}
+    assert len(schemas) == len(CATALOG)  # one file per message, none overwritten
+    assert {"*", "CreateMeter", "meter.created", "invoice.finalized", "payment.succeeded"} <= set(
+        schemas
+    )
     assert schemas["*"]["x-billstream"] == {
         "topic": topics.USAGE,
         "kind": "usage",
