@@ -74,19 +74,22 @@ class OffsetReader:
         if not probe:
             return ends
         consumer.assign(probe)
-        for tp in probe:
-            consumer.seek(tp, listed[tp] - 1)
-        deadline = time.monotonic() + self.timeout_s
-        waiting = set(probe)
-        while waiting:
-            if time.monotonic() > deadline:
-                raise OffsetsUnavailable(f"no fetch answer for {sorted(map(str, waiting))}")
-            fetched = await consumer.getmany(*waiting, timeout_ms=200)
-            for tp, records in fetched.items():
-                if records:  # this fetch's answer, so its high watermark is current
-                    hw = consumer.highwater(tp) or 0
-                    ends[tp.partition] = max(hw, records[-1].offset + 1, listed[tp])
-                    waiting.discard(tp)
+        try:
+            for tp in probe:
+                consumer.seek(tp, listed[tp] - 1)
+            deadline = time.monotonic() + self.timeout_s
+            waiting = set(probe)
+            while waiting:
+                if time.monotonic() > deadline:
+                    raise OffsetsUnavailable(f"no fetch answer for {sorted(map(str, waiting))}")
+                fetched = await consumer.getmany(*waiting, timeout_ms=200)
+                for tp, records in fetched.items():
+                    if records:  # this fetch's answer, so its high watermark is current
+                        hw = consumer.highwater(tp) or 0
+                        ends[tp.partition] = max(hw, records[-1].offset + 1, listed[tp])
+                        waiting.discard(tp)
+        finally:
+            consumer.unsubscribe()  # no background fetching between probes
         return ends
 
     async def committed(self, group: str, topic: str) -> dict[int, int]:
