@@ -4,6 +4,7 @@ in 2031 so the scheduler's own runs (as of now) never touch them."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
@@ -102,8 +103,14 @@ class Stack:
 @contextlib.asynccontextmanager
 async def stack(settings: Settings, tenant: TenantKey, *workers: Worker) -> AsyncIterator[Stack]:
     async with contextlib.AsyncExitStack() as stack_:
-        for w in workers:
-            await stack_.enter_async_context(running(w))
+        # workers join their consumer groups concurrently (each join takes a while)
+        started = await asyncio.gather(*(w.start() for w in workers), return_exceptions=True)
+        for w, result in zip(workers, started, strict=True):
+            if not isinstance(result, BaseException):
+                stack_.push_async_callback(w.stop)
+        for result in started:
+            if isinstance(result, BaseException):
+                raise result
         base = await stack_.enter_async_context(ingress(settings))
         http = await stack_.enter_async_context(httpx.AsyncClient(base_url=base, timeout=30))
         yield Stack(settings, Client(http, tenant), http)
