@@ -280,7 +280,9 @@ class InvoiceLine(_Model):
     quantity: DecimalStr = Field(description="The value the line was computed from")
     unit_price: DecimalStr | None
     tiers: list[TierLine]
-    proration: DecimalStr
+    proration: DecimalStr = Field(
+        description="Share of the period billed: scales flat fees and minimum spends, not usage"
+    )
     minimum_applied: bool
     amount: int = Field(description="Minor units, rounded once")
     adjustment_for: str | None = Field(

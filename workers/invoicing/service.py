@@ -161,8 +161,8 @@ def _priced_line(
     meter = None if isinstance(price, FlatPrice) else price.meter
     metered = meter is not None
     priced = pricing.price_usage(
-        price, max(quantity, Decimal(0)), proration=Decimal(1) if metered else ctx.proration
-    )
+        price, max(quantity, Decimal(0)), proration=ctx.proration
+    )  # prorates flat fees and minimum spends, never usage
     line = Line(
         price_key=price.key,
         kind=price.kind,
@@ -174,7 +174,7 @@ def _priced_line(
         quantity=priced.quantity,
         unit_price=unit_price(price),
         tiers=priced.parts,
-        proration=Decimal(1) if metered else ctx.proration,
+        proration=ctx.proration,
         minimum_applied=priced.minimum_applied,
         amount=pricing.to_minor(priced.amount, ctx.currency, ROUNDING[ctx.rounding]),
     )
@@ -234,7 +234,7 @@ def adjustments(
                 quantity=priced.quantity - b.quantity,
                 unit_price=unit_price(b.price),
                 tiers=(),
-                proration=Decimal(1),
+                proration=b.ctx.proration,
                 minimum_applied=priced.minimum_applied,
                 amount=amount,
                 adjustment_for=label,
