@@ -486,6 +486,7 @@ class InvoicingRepository:
                 InvoiceLineRow.meter.is_not(None),
                 InvoiceLineRow.period_end > since,
             )
+            .order_by(Invoice.period_start, InvoiceLineRow.position)  # the original line first
         )
         return [(i, ln) for i, ln in await self.session.execute(q)]
 

@@ -32,6 +32,7 @@ from workers.settings import Settings
 OCT = datetime(2031, 10, 1, tzinfo=UTC)
 NOV = datetime(2031, 11, 1, tzinfo=UTC)
 DEC = datetime(2031, 12, 1, tzinfo=UTC)
+JAN = datetime(2032, 1, 1, tzinfo=UTC)
 HOUR = timedelta(hours=1)
 
 METERS = [
@@ -118,7 +119,9 @@ async def stack(settings: Settings, tenant: TenantKey, *workers: Worker) -> Asyn
 
 @pytest.fixture
 def billing_settings(settings: Settings) -> Settings:
-    return settings.model_copy(update={"invoicing_tick_s": 0.1})
+    # late usage of a period is billed up to 70 days after it ended (default 35), so the
+    # October usage that arrives after November was finalized still lands on December
+    return settings.model_copy(update={"invoicing_tick_s": 0.1, "late_usage_lookback_days": 70})
 
 
 @pytest.fixture
@@ -265,6 +268,17 @@ async def test_late_usage_becomes_an_adjustment_line_on_the_next_invoice(
     # November's own usage: the 999,000 tokens sent for Nov 1, 00:30
     assert regular == {"base": 4900, "tokens": 12475, "calls": 0}
     assert november["subtotal"] == 4900 + 12475 + 500 + 30
+
+    # more October usage still: December corrects October against everything billed for it
+    # so far (the October line and November's adjustment), still labelled October
+    await st.send_usage([usage_event("late-2", "alice", late, "llm.completion", tokens=8_000)])
+    await st.wait_usage("tokens", "alice", OCT, NOV, Decimal(249_337))
+    await st.run_billing(JAN + HOUR)
+    [december] = await st.invoices(status="finalized", limit=1)
+    assert december["period_start"] == "2031-12-01T00:00:00Z"
+    [again] = [ln for ln in december["lines"] if ln["adjustment_for"]]
+    # 248,337 billable -> 31.042125 -> 3104; 2504 + 500 billed: +100 for +8,000
+    assert (again["adjustment_for"], again["quantity"], again["amount"]) == (label, "8000", 100)
 
 
 async def test_payments_mark_the_invoice_paid_when_they_cover_it(

@@ -28,6 +28,7 @@ from schemas.invoicing import (
     SubscriptionData,
     SubscriptionEnded,
     SubscriptionUpdated,
+    TierLine,
 )
 from schemas.pricing import FlatPrice, PlanSpec
 from storage import outbox
@@ -115,7 +116,7 @@ def line_values(
             "period_end": ln.period_end,
             "quantity": ln.quantity,
             "unit_price": ln.unit_price,
-            "tiers": [{k: str(v) for k, v in vars(p).items()} | {"tier": p.tier} for p in ln.tiers],
+            "tiers": [TierLine.model_validate(vars(p)).model_dump(mode="json") for p in ln.tiers],
             "proration": ln.proration,
             "minimum_applied": ln.minimum_applied,
             "amount": ln.amount,
