@@ -204,4 +204,3 @@ if __name__ == "__main__":
     parser.add_argument("--timeout", type=float, default=300.0)
     parser.add_argument("--no-record", dest="record", action="store_false")
     sys.exit(asyncio.run(main(parser.parse_args())))
-
