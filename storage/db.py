@@ -54,6 +54,7 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
         max_overflow=pool_size,
         pool_pre_ping=True,
         pool_recycle=1800,
+        hide_parameters=True,  # errors get logged: never with the values (secrets, PII)
     )
 
 
