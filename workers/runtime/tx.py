@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
 from aiokafka import ConsumerRecord
+from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from schemas.envelope import CloudEvent
@@ -101,6 +102,11 @@ class Tx:
     def emit(self, event: CloudEvent, *, topic: str, key: str) -> None:
         """Publish ``event`` after this transaction commits (through the outbox)."""
         self.outgoing.append(outgoing(event, topic=topic, key=key))
+
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once this transaction has committed (not if it rolls back):
+        e.g. wake an in-process loop that works on what the batch wrote."""
+        event.listen(self.session.sync_session, "after_commit", lambda _: callback(), once=True)
 
     def reject(self, message: Message[Any], reason: str, *, code: str = "rejected") -> None:
         """Dead-letter one message this transaction cannot use; the rest of the batch proceeds.
