@@ -34,3 +34,25 @@ OUTBOX_BACKLOG = Gauge("billstream_outbox_backlog", "Outbox rows waiting to be p
 OUTBOX_OLDEST_AGE = Gauge(
     "billstream_outbox_oldest_age_seconds", "Age of the oldest unpublished outbox row"
 )
+
+# --- operations and integrations ---------------------------------------------------------
+WEBHOOK_DELIVERIES = Counter(
+    "billstream_webhook_deliveries_total",
+    "Webhook delivery attempts by outcome (e.g. succeeded, failed, retrying, dead)",
+    ["outcome"],
+)
+CONSUMER_LAG = Gauge(
+    "billstream_consumer_lag",
+    "Records a consumer group has yet to read (end offset minus committed offset)",
+    ["group", "topic", "partition"],
+)
+CONSUMER_COMMITTED_OFFSET = Gauge(
+    "billstream_consumer_committed_offset",
+    "The consumer group's committed offset (-1: none yet)",
+    ["group", "topic", "partition"],
+)
+TOPIC_END_OFFSET = Gauge(
+    "billstream_topic_end_offset",
+    "The partition's end offset (high watermark)",
+    ["topic", "partition"],
+)
