@@ -48,6 +48,16 @@ def make_broker(settings: Settings, client_id: str) -> KafkaBroker:
     )
 
 
+async def start_broker(broker: KafkaBroker) -> None:
+    """``broker.start()``, but the subscribers start (join their groups) concurrently: one
+    group join takes up to half a session timeout, and a worker has several groups."""
+    await broker.connect()
+    await asyncio.gather(*(sub.start() for sub in broker.subscribers))
+    for pub in broker.publishers:
+        await pub.start()
+    broker.running = True
+
+
 @dataclass
 class Worker:
     name: str
@@ -63,7 +73,7 @@ class Worker:
 
     async def start(self) -> None:
         await ping(self.engine)
-        await self.broker.start()
+        await start_broker(self.broker)
         self.relay.start()
         self.background.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
         for loop in self.runtime.loops:

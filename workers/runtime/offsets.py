@@ -68,29 +68,8 @@ class OffsetReader:
         """The next offset to be written, per partition."""
         consumer = await self._client(None)
         tps = await _partitions(consumer, topic)
-        listed: dict[TopicPartition, int] = await consumer.end_offsets(tps)
-        ends = {tp.partition: 0 for tp in tps}
-        probe = [tp for tp in tps if listed[tp] > 0]
-        if not probe:
-            return ends
-        consumer.assign(probe)
-        try:
-            for tp in probe:
-                consumer.seek(tp, listed[tp] - 1)
-            deadline = time.monotonic() + self.timeout_s
-            waiting = set(probe)
-            while waiting:
-                if time.monotonic() > deadline:
-                    raise OffsetsUnavailable(f"no fetch answer for {sorted(map(str, waiting))}")
-                fetched = await consumer.getmany(*waiting, timeout_ms=200)
-                for tp, records in fetched.items():
-                    if records:  # this fetch's answer, so its high watermark is current
-                        hw = consumer.highwater(tp) or 0
-                        ends[tp.partition] = max(hw, records[-1].offset + 1, listed[tp])
-                        waiting.discard(tp)
-        finally:
-            consumer.unsubscribe()  # no background fetching between probes
-        return ends
+        ends = await true_ends(consumer, tps, timeout_s=self.timeout_s)
+        return {tp.partition: end for tp, end in ends.items()}
 
     async def committed(self, group: str, topic: str) -> dict[int, int]:
         """The group's committed offset per partition (0 where it committed nothing)."""
@@ -108,3 +87,40 @@ class OffsetReader:
 def caught_up(committed: dict[int, int], ends: dict[str, int] | dict[int, int]) -> bool:
     """True when the group committed at least ``ends`` (a snapshot) on every partition."""
     return all(committed.get(int(p), 0) >= int(end) for p, end in ends.items())
+
+
+async def true_ends(
+    consumer: AIOKafkaConsumer,
+    tps: list[TopicPartition],
+    *,
+    floor: dict[TopicPartition, int] | None = None,
+    timeout_s: float = 10.0,
+) -> dict[TopicPartition, int]:
+    """Each partition's end (the offset of the next record written), right on every broker:
+    ListOffsets, then a fetch from one below each listed end, whose high watermark (and last
+    record) gives the true end. ``floor``: partitions whose log starts there (nothing to
+    probe when the listed end is not past it). Uses (and then clears) ``consumer``'s
+    assignment."""
+    listed: dict[TopicPartition, int] = await consumer.end_offsets(tps)
+    ends = dict(listed)
+    probe = [tp for tp in tps if listed[tp] > (floor or {}).get(tp, 0)]
+    if not probe:
+        return ends
+    consumer.assign(probe)
+    try:
+        for tp in probe:
+            consumer.seek(tp, listed[tp] - 1)
+        deadline = time.monotonic() + timeout_s
+        waiting = set(probe)
+        while waiting:
+            if time.monotonic() > deadline:
+                raise OffsetsUnavailable(f"no fetch answer for {sorted(map(str, waiting))}")
+            fetched = await consumer.getmany(*waiting, timeout_ms=200)
+            for tp, records in fetched.items():
+                if records:  # this fetch's answer, so its high watermark is current
+                    hw = consumer.highwater(tp) or 0
+                    ends[tp] = max(hw, records[-1].offset + 1, listed[tp])
+                    waiting.discard(tp)
+    finally:
+        consumer.unsubscribe()  # no background fetching between probes
+    return ends
