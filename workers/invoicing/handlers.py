@@ -11,7 +11,7 @@ from pydantic import TypeAdapter
 from schemas import topics
 from schemas.envelope import WIRE
 from schemas.invoicing import InvoicingCommand
-from schemas.payments import PaymentEvent
+from schemas.payments import DunningExhausted, PaymentEvent, PaymentSucceeded
 from storage.invoicing import InvoicingRepository
 from workers.invoicing import payments
 from workers.invoicing.billing import Billing, Work
@@ -56,10 +56,17 @@ def register(runtime: Runtime, settings: Settings) -> None:
         decode=lambda raw: _payments.validate_json(raw, context=WIRE),
     )
     async def on_payment(batch: Batch[PaymentEvent], tx: Tx) -> None:
-        """Records payments on invoices; a covered invoice becomes paid."""
+        """Records payments on invoices; a covered invoice becomes paid. An invoice whose
+        dunning is exhausted becomes uncollectible; other payment events are not for us."""
         work = Work(tx.session, tx.outgoing)
         for message in await tx.claim(batch):
-            reason = await payments.record(tx.session, work, message.event)
+            event = message.event
+            if isinstance(event, DunningExhausted):
+                await payments.uncollectible(tx.session, work, event)
+                continue
+            if not isinstance(event, PaymentSucceeded):
+                continue
+            reason = await payments.record(tx.session, work, event)
             if reason is not None:
                 tx.reject(message, reason, code="unusable_payment")
 

@@ -1,16 +1,17 @@
-"""Payments against invoices: recorded once per payment id; a covered invoice is paid."""
+"""Payments against invoices: recorded once per payment id; a covered invoice is paid.
+An invoice whose dunning is exhausted becomes uncollectible."""
 
 from __future__ import annotations
 
-from schemas.invoicing import InvoicePaid, InvoicePaymentRecorded
-from schemas.payments import PaymentEvent
+from schemas.invoicing import InvoiceMarkedUncollectible, InvoicePaid, InvoicePaymentRecorded
+from schemas.payments import DunningExhausted, PaymentSucceeded
 from storage.db import AsyncSession
 from storage.invoicing import InvoicePayment, InvoicingRepository
 from workers.invoicing import service
 from workers.invoicing.billing import SOURCE, Work, customer_key, line_models, values
 
 
-async def record(session: AsyncSession, work: Work, event: PaymentEvent) -> str | None:
+async def record(session: AsyncSession, work: Work, event: PaymentSucceeded) -> str | None:
     """Apply ``payment.succeeded``; returns why it cannot be used (it is dead-lettered)."""
     repo = InvoicingRepository(session)
     p, tenant = event.data, event.tenantid
@@ -44,3 +45,22 @@ async def record(session: AsyncSession, work: Work, event: PaymentEvent) -> str 
         customer_key(tenant, customer.external_id),
     )
     return None
+
+
+async def uncollectible(session: AsyncSession, work: Work, event: DunningExhausted) -> None:
+    """``payment.dunning_exhausted``: a finalized invoice becomes uncollectible (an invoice
+    paid, voided or already uncollectible meanwhile stays as it is)."""
+    repo = InvoicingRepository(session)
+    tenant = event.tenantid
+    invoice = await repo.invoice(tenant, event.data.invoice_id, lock=True)
+    if invoice is None or invoice.status != "finalized":
+        return
+    invoice.status, invoice.closed_at = "uncollectible", event.time
+    invoice.status_reason = f"dunning exhausted after {event.data.attempts} attempts"
+    customer = (await repo.customers([invoice.customer_id]))[invoice.customer_id]
+    lines = line_models((await repo.lines([invoice.id]))[invoice.id])
+    view = service.invoice_data(values(invoice), customer.external_id, lines)
+    work.emit(
+        InvoiceMarkedUncollectible(source=SOURCE, subject=invoice.id, data=view, **event.caused()),
+        customer_key(tenant, customer.external_id),
+    )

@@ -1,0 +1,414 @@
+"""Payments: per-tenant Stripe accounts (secrets encrypted), the customer mapping, one
+collection per invoice (its dunning schedule), payments (one row per Stripe attempt, plus
+offline payments), refunds, and the Stripe event ids the ingress has accepted.
+
+A payment row is written (state ``creating``) before Stripe is called and the collection
+is leased (``in_flight`` until ``next_attempt_at``); a lease that runs out means a worker
+died between the Stripe call and its commit, and whoever takes the row over looks the
+PaymentIntent up before creating another. Claims use ``FOR UPDATE SKIP LOCKED``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+    or_,
+    select,
+)
+from sqlalchemy.dialects.postgresql import JSONB, insert
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Mapped, mapped_column
+
+from storage.db import Base
+
+# A payment's states move forward only: creating → processing → succeeded | failed.
+PAYMENT_RANK = {"creating": 0, "processing": 1, "failed": 2, "succeeded": 3}
+
+
+class StripeAccount(Base):
+    __tablename__ = "stripe_accounts"
+
+    tenant_id: Mapped[str] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
+    )
+    secret_key: Mapped[str] = mapped_column(Text, comment="Fernet ciphertext (enc:…)")
+    webhook_secret: Mapped[str] = mapped_column(Text, comment="Fernet ciphertext (enc:…)")
+    previous_webhook_secret: Mapped[str | None] = mapped_column(
+        Text, comment="Still accepted after a rotation (Fernet ciphertext)"
+    )
+    auto_collection: Mapped[bool] = mapped_column(Boolean)
+    endpoint_token: Mapped[str] = mapped_column(String(64), unique=True)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class StripeCustomer(Base):
+    __tablename__ = "stripe_customers"
+
+    tenant_id: Mapped[str] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
+    )
+    customer: Mapped[str] = mapped_column(String(256), primary_key=True, comment="external_id")
+    stripe_customer_id: Mapped[str] = mapped_column(String(255))
+    payment_method_id: Mapped[str | None] = mapped_column(String(255))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class Collection(Base):
+    """Collecting one invoice: ``due`` (at ``next_attempt_at``) → ``in_flight`` (leased until
+    ``next_attempt_at``) → ``succeeded`` | ``due`` again (dunning) | ``exhausted``;
+    ``awaiting`` when Stripe answered ``processing`` (a webhook settles it); ``settled``
+    when an offline payment covered it."""
+
+    __tablename__ = "payment_collections"
+    __table_args__ = (
+        Index(
+            "ix_payment_collections_next",
+            "next_attempt_at",
+            postgresql_where="status IN ('due', 'in_flight')",
+        ),
+    )
+
+    tenant_id: Mapped[str] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
+    )
+    invoice_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    customer: Mapped[str] = mapped_column(String(256))
+    amount: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(String(3))
+    status: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    correlationid: Mapped[str | None] = mapped_column(String(256))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class Payment(Base):
+    __tablename__ = "payments"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "invoice_id", "attempt"),
+        Index("ix_payments_intent", "stripe_payment_intent"),
+        Index("ix_payments_charge", "stripe_charge"),
+    )
+
+    tenant_id: Mapped[str] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
+    )
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    invoice_id: Mapped[str] = mapped_column(String(64), index=True)
+    customer: Mapped[str] = mapped_column(String(256))
+    amount: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(String(3))
+    method: Mapped[str] = mapped_column(String(64))
+    attempt: Mapped[int | None] = mapped_column(Integer, comment="Stripe attempt; none offline")
+    state: Mapped[str] = mapped_column(String(16), comment="creating|processing|succeeded|failed")
+    stripe_payment_intent: Mapped[str | None] = mapped_column(String(255))
+    stripe_charge: Mapped[str | None] = mapped_column(String(255))
+    failure_code: Mapped[str | None] = mapped_column(String(128))
+    failure_message: Mapped[str | None] = mapped_column(Text)
+    reference: Mapped[str | None] = mapped_column(String(256))
+    amount_refunded: Mapped[int] = mapped_column(BigInteger, default=0)
+    disputed: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class Refund(Base):
+    """``pending`` → ``in_flight`` (leased until ``lease_until``) → ``succeeded`` | ``failed``."""
+
+    __tablename__ = "payment_refunds"
+
+    tenant_id: Mapped[str] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
+    )
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    payment_id: Mapped[str] = mapped_column(String(128), index=True)
+    amount: Mapped[int] = mapped_column(BigInteger)
+    reason: Mapped[str | None] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(16))
+    stripe_refund_id: Mapped[str | None] = mapped_column(String(255))
+    failure: Mapped[str | None] = mapped_column(Text)
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    correlationid: Mapped[str | None] = mapped_column(String(256))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class Operation(Base):
+    """A command that calls Stripe (customer sync, payment method, refund), run by the
+    collector outside any transaction: ``pending`` → ``in_flight`` (leased until
+    ``lease_until``) → ``done`` (its command's outcome recorded in the same commit)."""
+
+    __tablename__ = "payment_operations"
+    __table_args__ = (
+        Index("ix_payment_operations_open", "lease_until", postgresql_where="state <> 'done'"),
+    )
+
+    tenant_id: Mapped[str] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
+    )
+    id: Mapped[str] = mapped_column(String(256), primary_key=True, comment="The command id")
+    type: Mapped[str] = mapped_column(String(64))
+    command: Mapped[dict[str, Any]] = mapped_column(JSONB, comment="The command (no secrets)")
+    state: Mapped[str] = mapped_column(String(16))
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class StripeEventSeen(Base):
+    """Stripe event ids the ingress accepted (published once)."""
+
+    __tablename__ = "stripe_events"
+
+    tenant_id: Mapped[str] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
+    )
+    event_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    type: Mapped[str] = mapped_column(String(255))
+    received_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+
+
+class PaymentsRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    # --- Stripe accounts and customers ---------------------------------------------
+
+    async def account(self, tenant_id: str) -> StripeAccount | None:
+        return await self.session.get(StripeAccount, tenant_id)
+
+    async def account_by_token(self, token: str) -> StripeAccount | None:
+        q = select(StripeAccount).where(StripeAccount.endpoint_token == token)
+        return (await self.session.scalars(q)).one_or_none()
+
+    async def set_account(
+        self,
+        tenant_id: str,
+        *,
+        secret_key: str,
+        webhook_secret: str,
+        auto_collection: bool,
+        endpoint_token: str,
+    ) -> None:
+        row = await self.session.get(StripeAccount, tenant_id, with_for_update=True)
+        if row is None:
+            self.session.add(
+                StripeAccount(
+                    tenant_id=tenant_id,
+                    secret_key=secret_key,
+                    webhook_secret=webhook_secret,
+                    previous_webhook_secret=None,
+                    auto_collection=auto_collection,
+                    endpoint_token=endpoint_token,
+                )
+            )
+            return
+        if row.webhook_secret != webhook_secret:
+            row.previous_webhook_secret = row.webhook_secret
+        row.secret_key, row.webhook_secret = secret_key, webhook_secret
+        row.auto_collection, row.endpoint_token = auto_collection, endpoint_token
+        row.updated_at = func.now()
+
+    async def customer(self, tenant_id: str, customer: str) -> StripeCustomer | None:
+        return await self.session.get(StripeCustomer, (tenant_id, customer))
+
+    async def customer_by_stripe_id(self, tenant_id: str, stripe_id: str) -> StripeCustomer | None:
+        q = select(StripeCustomer).where(
+            StripeCustomer.tenant_id == tenant_id, StripeCustomer.stripe_customer_id == stripe_id
+        )
+        return (await self.session.scalars(q)).first()
+
+    async def set_customer(self, tenant_id: str, customer: str, stripe_customer_id: str) -> None:
+        stmt = insert(StripeCustomer).values(
+            tenant_id=tenant_id, customer=customer, stripe_customer_id=stripe_customer_id
+        )
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["tenant_id", "customer"],
+            set_={"stripe_customer_id": stripe_customer_id, "updated_at": func.now()},
+        )
+        await self.session.execute(stmt)
+
+    # --- collections and payments -----------------------------------------------------
+
+    async def open_collection(self, c: Collection) -> bool:
+        """Start collecting an invoice; False if it was collected or is being collected."""
+        stmt = (
+            insert(Collection)
+            .values(
+                tenant_id=c.tenant_id,
+                invoice_id=c.invoice_id,
+                customer=c.customer,
+                amount=c.amount,
+                currency=c.currency,
+                status=c.status,
+                attempts=0,
+                next_attempt_at=c.next_attempt_at,
+                correlationid=c.correlationid,
+            )
+            .on_conflict_do_nothing()
+            .returning(Collection.invoice_id)
+        )
+        return (await self.session.execute(stmt)).first() is not None
+
+    async def collection(
+        self, tenant_id: str, invoice_id: str, *, lock: bool = False
+    ) -> Collection | None:
+        return await self.session.get(
+            Collection, (tenant_id, invoice_id), with_for_update=lock or None
+        )
+
+    async def stop_collection(self, tenant_id: str, invoice_id: str) -> None:
+        """No more attempts for this invoice (voided, paid, closed). An attempt in flight
+        finishes (its Stripe call may have been made) and is recorded."""
+        c = await self.collection(tenant_id, invoice_id, lock=True)
+        if c is not None and c.status == "due":
+            c.status, c.next_attempt_at = "cancelled", None
+
+    async def claim_collections(self, now: datetime, limit: int) -> Sequence[Collection]:
+        """Due collections, and in-flight ones whose lease ran out (their worker died)."""
+        q = (
+            select(Collection)
+            .where(
+                Collection.status.in_(("due", "in_flight")),
+                Collection.next_attempt_at <= now,
+            )
+            .order_by(Collection.next_attempt_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        return list(await self.session.scalars(q))
+
+    async def payment(
+        self, tenant_id: str, payment_id: str, *, lock: bool = False
+    ) -> Payment | None:
+        return await self.session.get(
+            Payment, (tenant_id, payment_id), with_for_update=lock or None
+        )
+
+    async def attempt(self, tenant_id: str, invoice_id: str, attempt: int) -> Payment | None:
+        q = select(Payment).where(
+            Payment.tenant_id == tenant_id,
+            Payment.invoice_id == invoice_id,
+            Payment.attempt == attempt,
+        )
+        return (await self.session.scalars(q)).one_or_none()
+
+    async def payment_by_stripe(
+        self, tenant_id: str, *, intent: str | None = None, charge: str | None = None
+    ) -> Payment | None:
+        conditions = []
+        if intent:
+            conditions.append(Payment.stripe_payment_intent == intent)
+        if charge:
+            conditions.append(Payment.stripe_charge == charge)
+        if not conditions:
+            return None
+        q = (
+            select(Payment)
+            .where(Payment.tenant_id == tenant_id, or_(*conditions))
+            .with_for_update()
+        )
+        return (await self.session.scalars(q)).first()
+
+    async def payments_of_invoice(self, tenant_id: str, invoice_id: str) -> Sequence[Payment]:
+        q = (
+            select(Payment)
+            .where(Payment.tenant_id == tenant_id, Payment.invoice_id == invoice_id)
+            .order_by(Payment.created_at, Payment.attempt)
+        )
+        return list(await self.session.scalars(q))
+
+    async def add_payment(self, p: Payment) -> bool:
+        """Insert ``p``; False if a payment with its id exists (a repeated command)."""
+        if await self.session.get(Payment, (p.tenant_id, p.id)) is not None:
+            return False
+        self.session.add(p)
+        await self.session.flush()
+        return True
+
+    # --- refunds ----------------------------------------------------------------------
+
+    async def refund(self, tenant_id: str, refund_id: str) -> Refund | None:
+        return await self.session.get(Refund, (tenant_id, refund_id))
+
+    async def refunds_of(self, tenant_id: str, payment_id: str) -> Sequence[Refund]:
+        q = (
+            select(Refund)
+            .where(Refund.tenant_id == tenant_id, Refund.payment_id == payment_id)
+            .order_by(Refund.created_at)
+        )
+        return list(await self.session.scalars(q))
+
+    async def claim_refunds(self, now: datetime, limit: int) -> Sequence[Refund]:
+        q = (
+            select(Refund)
+            .where(
+                or_(
+                    Refund.state == "pending",
+                    (Refund.state == "in_flight") & (Refund.lease_until <= now),
+                )
+            )
+            .order_by(Refund.created_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        return list(await self.session.scalars(q))
+
+    # --- operations (commands that call Stripe) ----------------------------------------
+
+    async def queue_operation(self, tenant_id: str, id: str, type: str, command: Any) -> None:
+        stmt = insert(Operation).values(
+            tenant_id=tenant_id, id=id, type=type, command=command, state="pending"
+        )
+        await self.session.execute(stmt.on_conflict_do_nothing())
+
+    async def claim_operations(self, now: datetime, limit: int) -> Sequence[Operation]:
+        q = (
+            select(Operation)
+            .where(
+                or_(
+                    Operation.state == "pending",
+                    (Operation.state == "in_flight") & (Operation.lease_until <= now),
+                )
+            )
+            .order_by(Operation.created_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        return list(await self.session.scalars(q))
+
+    async def refund_in_flight(self, tenant_id: str, payment_id: str) -> bool:
+        q = select(Operation.id).where(
+            Operation.tenant_id == tenant_id,
+            Operation.type == "payments.refund",
+            Operation.state != "done",
+            Operation.command["data"]["payment_id"].astext == payment_id,
+        )
+        return (await self.session.scalars(q.limit(1))).first() is not None
+
+    async def operation(self, tenant_id: str, id: str) -> Operation | None:
+        return await self.session.get(Operation, (tenant_id, id), with_for_update=True)
+
+    # --- Stripe events (ingress dedupe) -----------------------------------------------
+
+    async def first_sighting(self, tenant_id: str, event_id: str, type: str) -> bool:
+        stmt = (
+            insert(StripeEventSeen)
+            .values(tenant_id=tenant_id, event_id=event_id, type=type)
+            .on_conflict_do_nothing()
+            .returning(StripeEventSeen.event_id)
+        )
+        return (await self.session.execute(stmt)).first() is not None

@@ -1,0 +1,367 @@
+"""Payments API: Stripe settings, customer sync, payment methods, refunds, offline payments,
+an invoice's payments, and the inbound Stripe webhook endpoint.
+
+Writes are commands on ``billstream.commands.payments.v1`` (202 + command id). Stripe
+secrets are encrypted here, before they are published; no response, log or message
+carries them in clear. Stripe webhooks are verified on the raw body, deduplicated by
+Stripe event id and published to ``billstream.integrations.stripe.v1``.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets as pysecrets
+import time
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import structlog
+from fastapi import APIRouter, Path, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from schemas import topics
+from schemas.envelope import new_id
+from schemas.payments import (
+    CUSTOMER_PATTERN,
+    AttachPaymentMethod,
+    ConfigureStripe,
+    CustomerSyncData,
+    OfflinePaymentSpec,
+    PaymentMethodData,
+    RecordOfflinePayment,
+    RefundPayment,
+    RefundSpec,
+    StripeEventData,
+    StripeEventReceived,
+    StripeSettingsData,
+    SyncCustomer,
+)
+from storage.invoicing import InvoicingRepository
+from storage.payments import PaymentsRepository
+from workers.ingress.deps import Session, State, Tenant, read_body
+from workers.ingress.problems import Problem
+from workers.ingress.routes import INGRESS_SOURCE, CommandAccepted, submit
+from workers.payments import secrets
+from workers.payments.errors import SecretsKeyMissing
+from workers.payments.signature import SignatureError, verify
+
+router = APIRouter(prefix="/v1", tags=["payments"])
+log = structlog.get_logger("billstream.ingress.payments")
+
+_ACCEPTED: dict[str, Any] = {"status_code": 202, "response_model": CommandAccepted}
+CustomerPath = Annotated[str, Path(pattern=CUSTOMER_PATTERN)]
+STRIPE_SOURCE = "billstream/ingress/stripe"
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class StripeSettingsIn(_In):
+    secret_key: str = Field(pattern=r"^(sk|rk)_[A-Za-z0-9_]{4,255}$", repr=False)
+    webhook_secret: str = Field(pattern=r"^whsec_[A-Za-z0-9_+/=]{4,255}$", repr=False)
+    auto_collection: bool = True
+
+
+class StripeSettingsView(BaseModel):
+    configured: bool
+    auto_collection: bool | None = None
+    webhook_path: str | None = Field(
+        default=None, description="Give Stripe this path on the ingress's public URL"
+    )
+
+
+class CustomerSyncIn(_In):
+    email: str | None = Field(default=None, max_length=320)
+    name: str | None = Field(default=None, max_length=256)
+
+
+class PaymentMethodIn(_In):
+    payment_method: str = Field(pattern=r"^(pm|card|src)_[A-Za-z0-9_]{1,250}$")
+
+
+class RefundIn(_In):
+    amount: int | None = Field(default=None, gt=0, description="Minor units; omit for the rest")
+    reason: str | None = Field(default=None, max_length=500)
+
+
+class OfflinePaymentIn(_In):
+    amount: int = Field(gt=0, description="Minor units of the invoice's currency")
+    method: Literal["bank_transfer", "cash", "check", "pos", "other"]
+    reference: str | None = Field(default=None, max_length=256)
+
+
+class PaymentView(BaseModel):
+    id: str
+    invoice_id: str
+    customer: str
+    amount: int
+    currency: str
+    method: str
+    attempt: int | None
+    state: str
+    failure_code: str | None
+    failure_message: str | None
+    amount_refunded: int
+    disputed: bool
+    reference: str | None
+    created_at: datetime
+
+
+class CollectionView(BaseModel):
+    status: str
+    attempts: int
+    next_attempt_at: datetime | None
+
+
+class InvoicePaymentsView(BaseModel):
+    invoice_id: str
+    collection: CollectionView | None
+    payments: list[PaymentView]
+
+
+def _no_key() -> Problem:
+    return Problem(
+        503,
+        "secrets_key_missing",
+        "Stripe secrets cannot be stored",
+        "the operator must set BILLSTREAM_SECRETS_KEY",
+    )
+
+
+async def _send(
+    request: Request,
+    st: State,
+    tenant_id: str,
+    event: Any,
+    key: str,
+    body: bytes,
+    extra: dict[str, Any] | None = None,
+) -> Response:
+    return await submit(
+        request,
+        st,
+        tenant_id,
+        event,
+        topic=topics.COMMANDS_PAYMENTS,
+        key=key,
+        body=body,
+        extra=extra,
+    )
+
+
+def _envelope(request: Request, tenant_id: str, subject: str) -> dict[str, Any]:
+    return {
+        "source": INGRESS_SOURCE,
+        "tenantid": tenant_id,
+        "subject": subject,
+        "correlationid": request.headers.get("x-request-id"),
+    }
+
+
+# --- Stripe settings -------------------------------------------------------------------
+
+
+@router.put(
+    "/integrations/stripe", summary="Set the tenant's Stripe account (command)", **_ACCEPTED
+)
+async def configure_stripe(
+    request: Request, spec: StripeSettingsIn, st: State, db: Session, tenant_id: Tenant
+) -> Response:
+    """Secrets are encrypted before they leave the ingress and are never shown again. The
+    answer names the webhook path to register in Stripe (it stays the same on updates)."""
+    existing = await PaymentsRepository(db).account(tenant_id)
+    token = existing.endpoint_token if existing else pysecrets.token_urlsafe(24)
+    try:
+        data = StripeSettingsData(
+            secret_key=secrets.encrypt(st.settings, spec.secret_key),
+            webhook_secret=secrets.encrypt(st.settings, spec.webhook_secret),
+            auto_collection=spec.auto_collection,
+            endpoint_token=token,
+        )
+    except SecretsKeyMissing:
+        raise _no_key() from None
+    command = ConfigureStripe(data=data, **_envelope(request, tenant_id, "stripe"))
+    body = json.dumps(spec.model_dump(), sort_keys=True).encode()
+    extra = {"webhook_path": f"/v1/integrations/stripe/{token}"}
+    return await _send(request, st, tenant_id, command, tenant_id, body, extra)
+
+
+@router.get("/integrations/stripe", response_model=StripeSettingsView, summary="Stripe settings")
+async def stripe_settings(db: Session, tenant_id: Tenant) -> StripeSettingsView:
+    account = await PaymentsRepository(db).account(tenant_id)
+    if account is None:
+        return StripeSettingsView(configured=False)
+    return StripeSettingsView(
+        configured=True,
+        auto_collection=account.auto_collection,
+        webhook_path=f"/v1/integrations/stripe/{account.endpoint_token}",
+    )
+
+
+# --- customers and payment methods ---------------------------------------------------------
+
+
+@router.post(
+    "/customers/{customer}/stripe", summary="Create the customer in Stripe (command)", **_ACCEPTED
+)
+async def sync_customer(
+    request: Request, customer: CustomerPath, spec: CustomerSyncIn, st: State, tenant_id: Tenant
+) -> Response:
+    data = CustomerSyncData(customer=customer, email=spec.email, name=spec.name)
+    command = SyncCustomer(data=data, **_envelope(request, tenant_id, customer))
+    key = f"{tenant_id}:{customer}"
+    return await _send(request, st, tenant_id, command, key, data.model_dump_json().encode())
+
+
+@router.post(
+    "/customers/{customer}/payment-methods",
+    summary="Attach a Stripe payment method and make it the default (command)",
+    **_ACCEPTED,
+)
+async def attach_payment_method(
+    request: Request, customer: CustomerPath, spec: PaymentMethodIn, st: State, tenant_id: Tenant
+) -> Response:
+    data = PaymentMethodData(customer=customer, payment_method=spec.payment_method)
+    command = AttachPaymentMethod(data=data, **_envelope(request, tenant_id, customer))
+    key = f"{tenant_id}:{customer}"
+    return await _send(request, st, tenant_id, command, key, data.model_dump_json().encode())
+
+
+# --- payments, refunds, offline payments ---------------------------------------------------
+
+
+@router.get(
+    "/invoices/{invoice_id}/payments",
+    response_model=InvoicePaymentsView,
+    summary="An invoice's collection and payments",
+)
+async def invoice_payments(invoice_id: str, db: Session, tenant_id: Tenant) -> InvoicePaymentsView:
+    repo = PaymentsRepository(db)
+    collection = await repo.collection(tenant_id, invoice_id)
+    payments = await repo.payments_of_invoice(tenant_id, invoice_id)
+    return InvoicePaymentsView(
+        invoice_id=invoice_id,
+        collection=CollectionView.model_validate(collection, from_attributes=True)
+        if collection
+        else None,
+        payments=[PaymentView.model_validate(p, from_attributes=True) for p in payments],
+    )
+
+
+@router.post(
+    "/payments/{payment_id}/refunds",
+    summary="Refund a payment, fully or partly (command)",
+    **_ACCEPTED,
+)
+async def refund_payment(
+    request: Request, payment_id: str, spec: RefundIn, st: State, db: Session, tenant_id: Tenant
+) -> Response:
+    payment = await PaymentsRepository(db).payment(tenant_id, payment_id)
+    if payment is None:
+        raise Problem(404, "not_found", "No such payment", f"no payment {payment_id!r}")
+    refund_id = f"ref_{new_id()}"
+    data = RefundSpec(
+        refund_id=refund_id, payment_id=payment_id, amount=spec.amount, reason=spec.reason
+    )
+    command = RefundPayment(data=data, **_envelope(request, tenant_id, payment.invoice_id))
+    key = f"{tenant_id}:{payment.customer}"
+    body = spec.model_dump_json().encode() + payment_id.encode()
+    return await _send(request, st, tenant_id, command, key, body, {"refund_id": refund_id})
+
+
+@router.post(
+    "/invoices/{invoice_id}/offline-payments",
+    summary="Record a payment made outside Stripe: bank transfer, cash, POS (command)",
+    **_ACCEPTED,
+)
+async def record_offline_payment(
+    request: Request,
+    invoice_id: str,
+    spec: OfflinePaymentIn,
+    st: State,
+    db: Session,
+    tenant_id: Tenant,
+) -> Response:
+    repo = InvoicingRepository(db)
+    invoice = await repo.invoice(tenant_id, invoice_id)
+    if invoice is None:
+        raise Problem(404, "not_found", "No such invoice", f"no invoice {invoice_id!r}")
+    customer = (await repo.customers([invoice.customer_id]))[invoice.customer_id]
+    payment_id = f"pay_{new_id()}"
+    data = OfflinePaymentSpec(
+        payment_id=payment_id,
+        invoice_id=invoice_id,
+        customer=customer.external_id,
+        amount=spec.amount,
+        currency=invoice.currency,
+        method=spec.method,
+        reference=spec.reference,
+    )
+    command = RecordOfflinePayment(data=data, **_envelope(request, tenant_id, invoice_id))
+    key = f"{tenant_id}:{customer.external_id}"
+    body = spec.model_dump_json().encode() + invoice_id.encode()
+    return await _send(request, st, tenant_id, command, key, body, {"payment_id": payment_id})
+
+
+# --- inbound Stripe webhooks ---------------------------------------------------------------
+
+
+def _bad_signature(detail: str) -> Problem:
+    return Problem(400, "invalid_signature", "Invalid Stripe signature", detail)
+
+
+@router.post(
+    "/integrations/stripe/{token}",
+    summary="Inbound Stripe webhook (signed by Stripe; no API key)",
+    include_in_schema=True,
+)
+async def stripe_webhook(
+    request: Request, token: Annotated[str, Path(pattern=r"^[A-Za-z0-9_\-]{16,64}$")], st: State
+) -> Response:
+    """Verifies ``Stripe-Signature`` on the raw body (5 minutes tolerance, any ``v1``
+    signature made with the current or the previous signing secret); 400 and nothing
+    published otherwise. A Stripe event id already accepted answers 200 ``duplicate``."""
+    body = await read_body(request, st.settings.max_request_bytes)
+    async with st.sessions() as db:
+        account = await PaymentsRepository(db).account_by_token(token)
+    if account is None:
+        raise Problem(404, "not_found", "No such endpoint", "unknown Stripe endpoint")
+    tenant_id = account.tenant_id
+    structlog.contextvars.bind_contextvars(tenantid=tenant_id)
+    try:
+        keys = [secrets.decrypt(st.settings, account.webhook_secret)]
+        if account.previous_webhook_secret:
+            keys.append(secrets.decrypt(st.settings, account.previous_webhook_secret))
+    except SecretsKeyMissing:
+        raise _no_key() from None
+    try:
+        verify(body, request.headers.get("stripe-signature"), keys, now=time.time())
+    except SignatureError as e:
+        log.warning("Stripe webhook refused", reason=str(e))
+        raise _bad_signature(str(e)) from None
+    try:
+        payload = json.loads(body)
+        obj = payload["data"]["object"]
+        data = StripeEventData(
+            id=payload["id"],
+            type=payload["type"],
+            created=payload["created"],
+            object=obj,
+            previous_attributes=payload["data"].get("previous_attributes"),
+        )
+    except (ValueError, KeyError, TypeError, ValidationError):
+        raise Problem(
+            400, "invalid_event", "Not a Stripe event", "expected id, type, created, data.object"
+        ) from None
+    event = StripeEventReceived(
+        id=data.id, source=STRIPE_SOURCE, tenantid=tenant_id, subject=data.type, data=data
+    )
+    customer = obj.get("customer") if isinstance(obj.get("customer"), str) else None
+    key = f"{tenant_id}:{customer or obj.get('id', '')}"
+    async with st.sessions() as db, db.begin():
+        if not await PaymentsRepository(db).first_sighting(tenant_id, data.id, data.type):
+            return JSONResponse({"received": True, "duplicate": True})
+        await st.publisher.publish(topics.INTEGRATIONS_STRIPE, [(key.encode(), event.to_json())])
+    return JSONResponse({"received": True, "duplicate": False})

@@ -1,0 +1,1 @@
+"""The payments context: Stripe collection, verified Stripe webhooks, dunning, refunds."""
