@@ -273,12 +273,12 @@ class InvoiceLine(_Model):
     price_key: str
     kind: str
     description: str
-    meter: str | None
-    subject: str | None
+    meter: str | None = None
+    subject: str | None = None
     period_start: datetime
     period_end: datetime
     quantity: DecimalStr = Field(description="The value the line was computed from")
-    unit_price: DecimalStr | None
+    unit_price: DecimalStr | None = None
     tiers: list[TierLine]
     proration: DecimalStr = Field(
         description="Share of the period billed: scales flat fees and minimum spends, not usage"
@@ -292,7 +292,9 @@ class InvoiceLine(_Model):
 
 class InvoiceData(_Model):
     invoice_id: str
-    number: str | None = Field(description="Assigned at finalization: INV-2026-000042")
+    number: str | None = Field(
+        default=None, description="Assigned at finalization: INV-2026-000042"
+    )
     status: InvoiceStatus
     customer: str
     subscription_id: str
@@ -304,8 +306,8 @@ class InvoiceData(_Model):
     total: int
     amount_paid: int
     amount_due: int
-    tax_rate: DecimalStr | None
-    due_at: datetime | None
+    tax_rate: DecimalStr | None = None
+    due_at: datetime | None = None
     lines: list[InvoiceLine]
 
 
