@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -11,14 +10,13 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from schemas import topics
 from tests.conftest import TenantKey, make_tenant
-from workers.devstack import EmbeddedKafka, free_port, wait_for
-from workers.ingress.app import create_app
+from tests.integration.http import serve
+from workers.devstack import EmbeddedKafka, wait_for
 from workers.metering.app import build as build_metering
 from workers.settings import Settings
 
@@ -92,17 +90,6 @@ class Api:
 
         result: dict[str, Any] = await wait_for(reached, timeout_s=20)
         return result
-
-
-async def serve(settings: Settings) -> tuple[uvicorn.Server, asyncio.Task[None], str]:
-    port = free_port()
-    config = uvicorn.Config(
-        create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    await wait_for(lambda: server.started, timeout_s=10)
-    return server, task, f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture

@@ -21,11 +21,21 @@ from schemas.payments import PaymentData, PaymentSucceeded
 from schemas.pricing import PlanSpec
 from tests.conftest import TenantKey, make_tenant
 from tests.integration.http import Client, ingress
-from tests.integration.support import Sessions, producer, read_topic, running, send_raw
+from tests.integration.support import (
+    Sessions,
+    producer,
+    read_all,
+    read_topic,
+    running,
+    send_raw,
+    wait_committed_to_end,
+    wait_outbox_drained,
+)
 from workers.devstack import wait_for
 from workers.invoicing import pricing
 from workers.invoicing.app import build as build_invoicing
 from workers.metering.app import build as build_metering
+from workers.ops.replay import ReplayRequest, parse_bound, replay
 from workers.runtime.app import Worker
 from workers.settings import Settings
 
@@ -460,3 +470,39 @@ async def test_tenants_never_see_each_others_invoicing(billing: Stack, sessions:
     r = await theirs.send("POST", f"/v1/invoices/{invoice['invoice_id']}/void", {})
     assert r.status_code == 404
     assert (await billing.api.get(f"/v1/invoices/{invoice['invoice_id']}"))["status"] == "finalized"
+
+
+async def test_replaying_the_invoicing_commands_changes_nothing(
+    billing: Stack, billing_settings: Settings, sessions: Sessions
+) -> None:
+    st = billing
+    body = {"customer": "alice", "plan": "pro", "start": OCT.isoformat(), "id": "s"}
+    await st.api.ok("POST", "/v1/subscriptions", body)
+    await st.api.ok("POST", "/v1/subscriptions/s/change-plan", {"plan": "pro"})
+    await october_usage(st)
+    await st.run_billing(NOV + HOUR)
+    before = (await st.invoices(), await st.api.get("/v1/subscriptions"))
+    await wait_outbox_drained(sessions)
+    events_before = len((await read_all(billing_settings, topics.EVENTS_INVOICING))[0])
+
+    # every command so far (meters' aside), re-published onto its own topic: the worker
+    # reads each again, recognises it and does nothing (no new invoice, no new event)
+    result = await replay(
+        billing_settings,
+        ReplayRequest(
+            topic=topics.COMMANDS_INVOICING,
+            into=topics.COMMANDS_INVOICING,
+            start=parse_bound("earliest", "--from"),
+            reason="test: replay is harmless",
+            actor="tests",
+        ),
+    )
+    assert result.published == 5  # customer, plan, subscription, plan change, billing run
+    await wait_committed_to_end(
+        billing_settings, "billstream.invoicing.commands", topics.COMMANDS_INVOICING
+    )
+    await st.run_billing(NOV + HOUR)  # and billing again, as of the same time
+    assert (await st.invoices(), await st.api.get("/v1/subscriptions")) == before
+    await wait_outbox_drained(sessions)
+    records, _ = await read_all(billing_settings, topics.EVENTS_INVOICING)
+    assert len(records) == events_before
