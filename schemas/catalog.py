@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from schemas import invoicing, metering, payments, topics
+from schemas import invoicing, metering, ops, payments, pos, topics, webhooks
 from schemas.usage import UsageEvent
 
 
@@ -36,7 +36,17 @@ CATALOG: tuple[MessageSpec, ...] = (
         for m in invoicing.COMMANDS
     ),
     *(MessageSpec(topics.EVENTS_INVOICING, "event", _type_of(m), m) for m in invoicing.EVENTS),
+    *(MessageSpec(topics.COMMANDS_PAYMENTS, "command", _type_of(m), m) for m in payments.COMMANDS),
     *(MessageSpec(topics.EVENTS_PAYMENTS, "event", _type_of(m), m) for m in payments.EVENTS),
+    *(
+        MessageSpec(topics.INTEGRATIONS_STRIPE, "event", _type_of(m), m)
+        for m in payments.INTEGRATION_EVENTS
+    ),
+    *(MessageSpec(topics.INTEGRATIONS_POS, "event", _type_of(m), m) for m in pos.EVENTS),
+    *(MessageSpec(topics.COMMANDS_POS, "command", _type_of(m), m) for m in pos.COMMANDS),
+    *(MessageSpec(topics.EVENTS_OPS, "event", _type_of(m), m) for m in ops.EVENTS),
+    *(MessageSpec(topics.COMMANDS_WEBHOOKS, "command", _type_of(m), m) for m in webhooks.COMMANDS),
+    *(MessageSpec(topics.EVENTS_WEBHOOKS, "event", _type_of(m), m) for m in webhooks.EVENTS),
 )
 
 

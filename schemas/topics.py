@@ -9,9 +9,14 @@ COMMANDS_METERING = "billstream.commands.metering.v1"
 EVENTS_METERING = "billstream.events.metering.v1"
 COMMANDS_INVOICING = "billstream.commands.invoicing.v1"
 EVENTS_INVOICING = "billstream.events.invoicing.v1"
+COMMANDS_PAYMENTS = "billstream.commands.payments.v1"
 EVENTS_PAYMENTS = "billstream.events.payments.v1"
+INTEGRATIONS_STRIPE = "billstream.integrations.stripe.v1"
 COMMANDS_WEBHOOKS = "billstream.commands.webhooks.v1"
 EVENTS_WEBHOOKS = "billstream.events.webhooks.v1"
+INTEGRATIONS_POS = "billstream.integrations.pos.v1"
+COMMANDS_POS = "billstream.commands.pos.v1"
+EVENTS_OPS = "billstream.events.ops.v1"
 
 DLQ_SUFFIX = ".dlq"
 
@@ -36,9 +41,14 @@ TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec(EVENTS_METERING, "tenant_id", "metering (outbox)", "anyone downstream"),
     TopicSpec(COMMANDS_INVOICING, "tenant_id:customer_id", "ingress, CLI", "invoicing"),
     TopicSpec(EVENTS_INVOICING, "tenant_id:customer_id", "invoicing (outbox)", "payments, anyone"),
+    TopicSpec(COMMANDS_PAYMENTS, "tenant_id:customer_id", "ingress, CLI", "payments"),
     TopicSpec(EVENTS_PAYMENTS, "tenant_id:customer_id", "payments (outbox)", "invoicing, anyone"),
+    TopicSpec(INTEGRATIONS_STRIPE, "tenant_id:stripe_customer", "ingress (verified)", "payments"),
     TopicSpec(COMMANDS_WEBHOOKS, "tenant_id:endpoint_id", "ingress, CLI", "webhooks"),
     TopicSpec(EVENTS_WEBHOOKS, "tenant_id:endpoint_id", "webhooks (outbox)", "anyone downstream"),
+    TopicSpec(INTEGRATIONS_POS, "tenant_id:location", "ingress (POS receipts)", "metering (POS)"),
+    TopicSpec(COMMANDS_POS, "tenant_id", "ingress, CLI", "metering (POS mappings)"),
+    TopicSpec(EVENTS_OPS, "tenantid or *", "CLI (replay, redrive audit)", "auditors, anyone"),
 )
 
 

@@ -1,6 +1,17 @@
 """Imports every ORM module so ``Base.metadata`` knows every table (Alembic, tests)."""
 
-from storage import commands, inbox, invoicing, metering, outbox, tenants  # noqa: F401
+from storage import (  # noqa: F401
+    commands,
+    inbox,
+    invoicing,
+    metering,
+    ops,
+    outbox,
+    payments,
+    pos,
+    tenants,
+    webhooks,
+)
 from storage.db import Base
 
 __all__ = ["Base"]

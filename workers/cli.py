@@ -24,7 +24,7 @@ app.add_typer(tenant_app, name="tenant")
 app.add_typer(topics_app, name="topics")
 app.add_typer(schemas_app, name="schemas")
 
-WORKERS = ("metering", "invoicing")
+WORKERS = ("metering", "invoicing", "payments", "webhooks")
 
 
 def _settings() -> Settings:
@@ -126,10 +126,14 @@ def ingress(
 def schemas_export(
     out: Annotated[Path, typer.Option(help="Directory to write into.")] = Path("schemas-export"),
 ) -> None:
-    """Write a JSON Schema for every command, event and the usage event."""
+    """Write a JSON Schema for every command, event and the usage event, and an AsyncAPI
+    document per worker (asyncapi/<worker>.asyncapi.json)."""
     from schemas.catalog import export
+    from workers.ops.asyncapi import export as export_asyncapi
 
     for path in export(out):
+        typer.echo(str(path))
+    for path in asyncio.run(export_asyncapi(list(WORKERS), get_settings(), out)):
         typer.echo(str(path))
 
 
@@ -143,6 +147,17 @@ def dev(
 
     settings = _settings()
     raise typer.Exit(run_dev(settings, port=port))
+
+
+# --- operations (workers/ops/commands.py) ---------------------------------------------------
+from workers.ops import commands as ops  # noqa: E402  (after WORKERS, which it reads)
+
+app.command("replay")(ops.replay)
+app.command("lag")(ops.lag)
+app.add_typer(ops.dlq_app, name="dlq")
+schemas_app.command("check")(ops.schemas_check)
+schemas_app.command("publish")(ops.schemas_publish)
+schemas_app.command("docs")(ops.schemas_docs)
 
 
 def main() -> None:

