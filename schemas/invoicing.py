@@ -306,6 +306,7 @@ class InvoiceData(_Model):
     total: int
     amount_paid: int
     amount_due: int
+    amount_refunded: int = Field(default=0, description="Refunds of its payments, minor units")
     tax_rate: DecimalStr | None = None
     due_at: datetime | None = None
     lines: list[InvoiceLine]
@@ -330,6 +331,13 @@ class InvoicePaymentRecorded(CloudEvent):
     """A payment that does not (yet) cover the whole amount."""
 
     type: Literal["invoice.payment_recorded"] = "invoice.payment_recorded"
+    data: InvoiceData
+
+
+class InvoiceRefunded(CloudEvent):
+    """A payment of the invoice was refunded (in part or in full)."""
+
+    type: Literal["invoice.refunded"] = "invoice.refunded"
     data: InvoiceData
 
 
@@ -365,6 +373,7 @@ EVENTS: tuple[type[CloudEvent], ...] = (
     InvoiceFinalized,
     InvoicePaid,
     InvoicePaymentRecorded,
+    InvoiceRefunded,
     InvoiceVoided,
     InvoiceMarkedUncollectible,
 )

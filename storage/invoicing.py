@@ -155,6 +155,7 @@ class Invoice(Base):
     tax: Mapped[int] = mapped_column(BigInteger)
     total: Mapped[int] = mapped_column(BigInteger)
     amount_paid: Mapped[int] = mapped_column(BigInteger, default=0)
+    amount_refunded: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     tax_rate: Mapped[Decimal | None] = mapped_column(Numeric)
     rounding: Mapped[str] = mapped_column(String(16))
     finalize_after: Mapped[datetime] = mapped_column(DateTime(timezone=True))

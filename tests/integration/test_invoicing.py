@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from schemas import topics
-from schemas.payments import PaymentData, PaymentSucceeded
+from schemas.payments import PaymentData, PaymentRefunded, PaymentSucceeded, RefundData
 from schemas.pricing import PlanSpec
 from tests.conftest import TenantKey, make_tenant
 from tests.integration.http import Client, ingress
@@ -334,6 +334,34 @@ async def test_payments_mark_the_invoice_paid_when_they_cover_it(
     outcome = await st.api.command("POST", f"/v1/invoices/{invoice['invoice_id']}/void", {})
     assert outcome["status"] == "failed"
     assert outcome["error"]["code"] == "invalid_transition"
+
+    # a refund of one of its payments shows on the invoice (once), which stays paid
+    refund = PaymentRefunded(
+        source="tests",
+        tenantid="acme",
+        data=RefundData(
+            refund_id="re-1", payment_id="pay-2", invoice_id=invoice["invoice_id"],
+            customer="alice", amount=1000, amount_refunded=1000, currency="USD",
+        ),
+    )  # fmt: skip
+    async with producer(billing_settings) as p:
+        for _ in range(2):
+            await send_raw(p, topics.EVENTS_PAYMENTS, refund.to_json(), b"acme:alice")
+
+    async def refunded() -> dict[str, Any] | None:
+        body: dict[str, Any] = await st.api.get(f"/v1/invoices/{invoice['invoice_id']}")
+        return body if body["amount_refunded"] else None
+
+    await wait_for(refunded, timeout_s=20)
+    await wait_committed_to_end(
+        billing_settings, "billstream.invoicing.payments", topics.EVENTS_PAYMENTS
+    )
+    after = await st.api.get(f"/v1/invoices/{invoice['invoice_id']}")
+    assert (after["status"], after["amount_paid"], after["amount_refunded"]) == ("paid", 5390, 1000)
+    assert [(p["payment_id"], p["amount"], p["method"]) for p in after["payments"]][-1] == (
+        "re-1", -1000, "refund",
+    )  # fmt: skip
+    assert len(after["payments"]) == 3
 
 
 async def test_bad_commands_fail_clearly_and_write_nothing(

@@ -11,7 +11,7 @@ from pydantic import TypeAdapter
 from schemas import topics
 from schemas.envelope import WIRE
 from schemas.invoicing import InvoicingCommand
-from schemas.payments import DunningExhausted, PaymentEvent, PaymentSucceeded
+from schemas.payments import DunningExhausted, PaymentEvent, PaymentRefunded, PaymentSucceeded
 from storage.invoicing import InvoicingRepository
 from workers.invoicing import payments
 from workers.invoicing.billing import Billing, Work
@@ -63,6 +63,9 @@ def register(runtime: Runtime, settings: Settings) -> None:
             event = message.event
             if isinstance(event, DunningExhausted):
                 await payments.uncollectible(tx.session, work, event)
+                continue
+            if isinstance(event, PaymentRefunded):
+                await payments.refunded(tx.session, work, event)
                 continue
             if not isinstance(event, PaymentSucceeded):
                 continue

@@ -3,8 +3,13 @@ An invoice whose dunning is exhausted becomes uncollectible."""
 
 from __future__ import annotations
 
-from schemas.invoicing import InvoiceMarkedUncollectible, InvoicePaid, InvoicePaymentRecorded
-from schemas.payments import DunningExhausted, PaymentSucceeded
+from schemas.invoicing import (
+    InvoiceMarkedUncollectible,
+    InvoicePaid,
+    InvoicePaymentRecorded,
+    InvoiceRefunded,
+)
+from schemas.payments import DunningExhausted, PaymentRefunded, PaymentSucceeded
 from storage.db import AsyncSession
 from storage.invoicing import InvoicePayment, InvoicingRepository
 from workers.invoicing import service
@@ -62,5 +67,34 @@ async def uncollectible(session: AsyncSession, work: Work, event: DunningExhaust
     view = service.invoice_data(values(invoice), customer.external_id, lines)
     work.emit(
         InvoiceMarkedUncollectible(source=SOURCE, subject=invoice.id, data=view, **event.caused()),
+        customer_key(tenant, customer.external_id),
+    )
+
+
+async def refunded(session: AsyncSession, work: Work, event: PaymentRefunded) -> None:
+    """``payment.refunded``: listed with the invoice's payments (a negative amount, method
+    ``refund``) and added to ``amount_refunded``, once per refund id. The status stays: a
+    paid invoice that was refunded was still paid."""
+    repo = InvoicingRepository(session)
+    r, tenant = event.data, event.tenantid
+    invoice = await repo.invoice(tenant, r.invoice_id, lock=True)
+    if invoice is None:
+        return
+    row = InvoicePayment(
+        tenant_id=tenant,
+        payment_id=r.refund_id,
+        invoice_id=invoice.id,
+        amount=-r.amount,
+        currency=r.currency,
+        method="refund",
+    )
+    if not await repo.add_payment(row):
+        return
+    invoice.amount_refunded += r.amount
+    customer = (await repo.customers([invoice.customer_id]))[invoice.customer_id]
+    lines = line_models((await repo.lines([invoice.id]))[invoice.id])
+    view = service.invoice_data(values(invoice), customer.external_id, lines)
+    work.emit(
+        InvoiceRefunded(source=SOURCE, subject=invoice.id, data=view, **event.caused()),
         customer_key(tenant, customer.external_id),
     )

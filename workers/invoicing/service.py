@@ -309,6 +309,7 @@ def invoice_data(
         total=row["total"],
         amount_paid=row["amount_paid"],
         amount_due=max(row["total"] - row["amount_paid"], 0),
+        amount_refunded=row.get("amount_refunded") or 0,
         tax_rate=row["tax_rate"],
         due_at=row.get("due_at"),
         lines=list(lines),
