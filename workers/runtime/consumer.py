@@ -279,7 +279,7 @@ class Runtime:
                 fetch_max_wait_ms=self.fetch_max_wait_ms,
                 ack_policy=AckPolicy.MANUAL,
                 decoder=noop_decoder,
-                title=f"{group}:{topic}",
+                title=f"{group}--{topic}",  # AsyncAPI ids allow [A-Za-z0-9._-] only
                 description=handler.__doc__,
             )
             async def subscriber(message: KafkaMessage) -> None:
