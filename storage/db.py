@@ -6,6 +6,7 @@ import asyncio
 from pathlib import Path
 
 from sqlalchemy import MetaData, text
+from sqlalchemy.exc import SQLAlchemyError as DatabaseError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -17,6 +18,7 @@ from sqlalchemy.orm import DeclarativeBase
 __all__ = [
     "AsyncSession",  # re-exported: code outside storage/ types its sessions with it
     "Base",
+    "DatabaseError",  # re-exported: what code outside storage/ catches when PostgreSQL fails
     "Sessions",
     "async_url",
     "create_engine",

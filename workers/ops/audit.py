@@ -6,11 +6,9 @@ from __future__ import annotations
 import getpass
 import socket
 
-from sqlalchemy.exc import SQLAlchemyError
-
 from schemas import topics
 from schemas.ops import OpsRedriven, OpsReplayed
-from storage.db import create_engine, session_factory
+from storage.db import DatabaseError, create_engine, session_factory
 from storage.ops import OpsRepository
 from workers.ops import kafka
 from workers.ops.errors import OpsError
@@ -44,7 +42,7 @@ async def record(settings: Settings, event: OpsReplayed | OpsRedriven) -> None:
                 event.data.reason,
                 event.model_dump(mode="json", exclude_none=True),
             )
-    except (SQLAlchemyError, OSError) as e:
+    except (DatabaseError, OSError) as e:
         raise OpsError(
             f"could not write the audit record to PostgreSQL ({type(e).__name__}: {e}); "
             "nothing was done",

@@ -20,11 +20,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy.exc import SQLAlchemyError
-
 from schemas import topics
 from schemas.ops import ALL_TENANTS, OpsRedriven, RedrivenData, RedrivenRecord
-from storage.db import create_engine, session_factory
+from storage.db import DatabaseError, create_engine, session_factory
 from storage.ops import OpsRepository
 from workers.ops import audit, kafka
 from workers.ops.errors import OpsError, UsageError
@@ -255,7 +253,7 @@ async def _redriven(settings: Settings, dlq_topic: str) -> dict[tuple[int, int],
     try:
         async with session_factory(engine)() as session:
             done = await OpsRepository(session).redrives(dlq_topic)
-    except (SQLAlchemyError, OSError) as e:
+    except (DatabaseError, OSError) as e:
         raise OpsError(
             f"cannot read redrive records from PostgreSQL ({type(e).__name__})",
             option="BILLSTREAM_DATABASE_URL",

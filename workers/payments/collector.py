@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import structlog
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from schemas import topics
 from schemas.envelope import new_id
@@ -29,6 +28,7 @@ from schemas.payments import (
     PaymentFailureData,
     PaymentSucceeded,
 )
+from storage.db import Sessions
 from storage.outbox import OutgoingMessage, add
 from storage.payments import Collection, Payment, PaymentsRepository
 from workers.payments import secrets, service
@@ -68,7 +68,7 @@ class Job:
 class Collector:
     def __init__(
         self,
-        sessions: async_sessionmaker[AsyncSession],
+        sessions: Sessions,
         settings: Settings,
         *,
         clock: Clock = utcnow,

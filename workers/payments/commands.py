@@ -6,8 +6,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncSession
-
 from schemas import topics
 from schemas.payments import (
     ConfigureStripe,
@@ -15,6 +13,7 @@ from schemas.payments import (
     PaymentSucceeded,
     RecordOfflinePayment,
 )
+from storage.db import AsyncSession
 from storage.payments import Payment, PaymentsRepository
 from workers.payments import service
 from workers.payments.collector import customer_key

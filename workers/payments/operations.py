@@ -19,7 +19,6 @@ from typing import Any
 
 import structlog
 from pydantic import TypeAdapter
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from schemas import topics
 from schemas.payments import (
@@ -31,6 +30,7 @@ from schemas.payments import (
     SyncCustomer,
 )
 from storage.commands import CommandOutcome, CommandRepository
+from storage.db import Sessions
 from storage.outbox import OutgoingMessage, add
 from storage.payments import PaymentsRepository, Refund
 from workers.payments import secrets, service
@@ -66,7 +66,7 @@ class Done:
 class Operations:
     def __init__(
         self,
-        sessions: async_sessionmaker[AsyncSession],
+        sessions: Sessions,
         settings: Settings,
         gateway: Callable[[str], Gateway],
     ) -> None:
