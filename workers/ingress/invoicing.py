@@ -44,7 +44,7 @@ from schemas.pricing import PlanSpec
 from storage.invoicing import Customer, Invoice, InvoicingRepository, Subscription
 from workers.ingress.deps import Session, State, Tenant
 from workers.ingress.problems import Problem
-from workers.ingress.routes import INGRESS_SOURCE, CommandAccepted, submit
+from workers.ingress.routes import CommandAccepted, envelope, submit
 from workers.invoicing import service
 from workers.invoicing.billing import customer_key, line_models, subscription_data, values
 
@@ -68,13 +68,7 @@ async def _send(
     subject: str,
     extra: dict[str, Any] | None = None,
 ) -> Response:
-    event = command(  # type: ignore[call-arg]  # each command class fixes its own "type"
-        source=INGRESS_SOURCE,
-        tenantid=tenant_id,
-        subject=subject,
-        data=data,
-        correlationid=request.headers.get("x-request-id"),
-    )
+    event = command(data=data, **envelope(request, tenant_id, subject))
     return await submit(
         request,
         st,

@@ -41,7 +41,7 @@ from storage.invoicing import InvoicingRepository
 from storage.payments import PaymentsRepository
 from workers.ingress.deps import Session, State, Tenant, read_body
 from workers.ingress.problems import Problem
-from workers.ingress.routes import INGRESS_SOURCE, CommandAccepted, submit
+from workers.ingress.routes import CommandAccepted, envelope, submit
 from workers.payments import secrets
 from workers.payments.errors import SecretsKeyMissing
 from workers.payments.signature import SignatureError, verify
@@ -151,15 +151,6 @@ async def _send(
     )
 
 
-def _envelope(request: Request, tenant_id: str, subject: str) -> dict[str, Any]:
-    return {
-        "source": INGRESS_SOURCE,
-        "tenantid": tenant_id,
-        "subject": subject,
-        "correlationid": request.headers.get("x-request-id"),
-    }
-
-
 # --- Stripe settings -------------------------------------------------------------------
 
 
@@ -182,7 +173,7 @@ async def configure_stripe(
         )
     except SecretsKeyMissing:
         raise _no_key() from None
-    command = ConfigureStripe(data=data, **_envelope(request, tenant_id, "stripe"))
+    command = ConfigureStripe(data=data, **envelope(request, tenant_id, "stripe"))
     body = json.dumps(spec.model_dump(), sort_keys=True).encode()
     extra = {"webhook_path": f"/v1/integrations/stripe/{token}"}
     return await _send(request, st, tenant_id, command, tenant_id, body, extra)
@@ -210,7 +201,7 @@ async def sync_customer(
     request: Request, customer: CustomerPath, spec: CustomerSyncIn, st: State, tenant_id: Tenant
 ) -> Response:
     data = CustomerSyncData(customer=customer, email=spec.email, name=spec.name)
-    command = SyncCustomer(data=data, **_envelope(request, tenant_id, customer))
+    command = SyncCustomer(data=data, **envelope(request, tenant_id, customer))
     key = f"{tenant_id}:{customer}"
     return await _send(request, st, tenant_id, command, key, data.model_dump_json().encode())
 
@@ -224,7 +215,7 @@ async def attach_payment_method(
     request: Request, customer: CustomerPath, spec: PaymentMethodIn, st: State, tenant_id: Tenant
 ) -> Response:
     data = PaymentMethodData(customer=customer, payment_method=spec.payment_method)
-    command = AttachPaymentMethod(data=data, **_envelope(request, tenant_id, customer))
+    command = AttachPaymentMethod(data=data, **envelope(request, tenant_id, customer))
     key = f"{tenant_id}:{customer}"
     return await _send(request, st, tenant_id, command, key, data.model_dump_json().encode())
 
@@ -265,7 +256,7 @@ async def refund_payment(
     data = RefundSpec(
         refund_id=refund_id, payment_id=payment_id, amount=spec.amount, reason=spec.reason
     )
-    command = RefundPayment(data=data, **_envelope(request, tenant_id, payment.invoice_id))
+    command = RefundPayment(data=data, **envelope(request, tenant_id, payment.invoice_id))
     key = f"{tenant_id}:{payment.customer}"
     body = spec.model_dump_json().encode() + payment_id.encode()
     return await _send(request, st, tenant_id, command, key, body, {"refund_id": refund_id})
@@ -299,7 +290,7 @@ async def record_offline_payment(
         method=spec.method,
         reference=spec.reference,
     )
-    command = RecordOfflinePayment(data=data, **_envelope(request, tenant_id, invoice_id))
+    command = RecordOfflinePayment(data=data, **envelope(request, tenant_id, invoice_id))
     key = f"{tenant_id}:{customer.external_id}"
     body = spec.model_dump_json().encode() + invoice_id.encode()
     return await _send(request, st, tenant_id, command, key, body, {"payment_id": payment_id})

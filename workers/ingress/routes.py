@@ -164,6 +164,16 @@ async def ingest_events(request: Request, st: State, tenant_id: Tenant) -> Respo
 # --- commands --------------------------------------------------------------------------
 
 
+def envelope(request: Request, tenant_id: str, subject: str) -> dict[str, Any]:
+    """The envelope attributes of a command the ingress sends for ``tenant_id``."""
+    return {
+        "source": INGRESS_SOURCE,
+        "tenantid": tenant_id,
+        "subject": subject,
+        "correlationid": request.headers.get("x-request-id"),
+    }
+
+
 async def submit(
     request: Request,
     st: State,

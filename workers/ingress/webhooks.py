@@ -38,16 +38,15 @@ from schemas.webhooks import (
     UpdateEndpointData,
     new_endpoint_id,
 )
-from storage.commands import CommandRepository
 from storage.webhooks import AttemptView, EndpointDef, MessageView, WebhookRepository
-from workers.ingress.deps import Session, State, Tenant, idempotent
+from workers.ingress.deps import Session, State, Tenant
 from workers.ingress.problems import Problem, invalid
+from workers.ingress.routes import envelope, submit
 from workers.webhooks import ssrf
 from workers.webhooks.errors import UnsafeUrl
 
 router = APIRouter(prefix="/v1", tags=["webhooks"])
 
-INGRESS_SOURCE = "billstream/ingress"
 
 EndpointIdPath = Annotated[str, Path(pattern=ENDPOINT_ID_PATTERN)]
 MessageIdPath = Annotated[str, Path(pattern=MESSAGE_ID_PATTERN)]
@@ -152,32 +151,16 @@ async def _submit(
     command: CloudEvent,
     body: bytes,
 ) -> Response:
-    async def produce() -> tuple[int, dict[str, Any]]:
-        async with st.sessions() as db, db.begin():
-            await CommandRepository(db).accept(tenant_id, command.id, command.type)
-            await st.publisher.publish(
-                topics.COMMANDS_WEBHOOKS,
-                [(f"{tenant_id}:{endpoint_id}".encode(), command.to_json())],
-            )
-        return 202, WebhookCommandAccepted(
-            command_id=command.id,
-            status="pending",
-            status_url=f"/v1/commands/{command.id}",
-            endpoint_id=endpoint_id,
-        ).model_dump()
-
-    response = await idempotent(request, st, tenant_id, body, produce)
-    response.headers["Location"] = f"/v1/commands/{command.id}"
-    return response
-
-
-def _envelope(request: Request, tenant_id: str, endpoint_id: str) -> dict[str, Any]:
-    return {
-        "source": INGRESS_SOURCE,
-        "tenantid": tenant_id,
-        "subject": endpoint_id,
-        "correlationid": request.headers.get("x-request-id"),
-    }
+    return await submit(
+        request,
+        st,
+        tenant_id,
+        command,
+        topic=topics.COMMANDS_WEBHOOKS,
+        key=f"{tenant_id}:{endpoint_id}",
+        body=body,
+        extra={"endpoint_id": endpoint_id},
+    )
 
 
 # --- writes --------------------------------------------------------------------------
@@ -201,7 +184,7 @@ async def create_endpoint(
     endpoint_id = new_endpoint_id()
     command = CreateEndpoint(
         data=CreateEndpointData(**spec.model_dump(), endpoint_id=endpoint_id),
-        **_envelope(request, tenant_id, endpoint_id),
+        **envelope(request, tenant_id, endpoint_id),
     )
     return await _submit(request, st, tenant_id, endpoint_id, command, body)
 
@@ -213,7 +196,7 @@ async def _update(
         await _check_url(st, patch.url)
     command = UpdateEndpoint(
         data=UpdateEndpointData(**patch.model_dump(exclude_none=True), endpoint_id=endpoint_id),
-        **_envelope(request, tenant_id, endpoint_id),
+        **envelope(request, tenant_id, endpoint_id),
     )
     return await _submit(
         request, st, tenant_id, endpoint_id, command, patch.model_dump_json().encode()
@@ -267,7 +250,7 @@ async def delete_endpoint(
     request: Request, endpoint_id: EndpointIdPath, st: State, tenant_id: Tenant
 ) -> Response:
     command = DeleteEndpoint(
-        data=EndpointRef(endpoint_id=endpoint_id), **_envelope(request, tenant_id, endpoint_id)
+        data=EndpointRef(endpoint_id=endpoint_id), **envelope(request, tenant_id, endpoint_id)
     )
     return await _submit(request, st, tenant_id, endpoint_id, command, b"")
 
@@ -289,7 +272,7 @@ async def rotate_secret(
     options = options or RotateIn()
     command = RotateSecret(
         data=RotateSecretData(endpoint_id=endpoint_id, overlap_s=options.overlap_s),
-        **_envelope(request, tenant_id, endpoint_id),
+        **envelope(request, tenant_id, endpoint_id),
     )
     return await _submit(
         request, st, tenant_id, endpoint_id, command, options.model_dump_json().encode()
@@ -310,7 +293,7 @@ async def resend_message(
 ) -> Response:
     command = ResendMessage(
         data=MessageRef(endpoint_id=endpoint_id, message_id=message_id),
-        **_envelope(request, tenant_id, endpoint_id),
+        **envelope(request, tenant_id, endpoint_id),
     )
     return await _submit(request, st, tenant_id, endpoint_id, command, b"")
 
@@ -329,7 +312,7 @@ async def recover_messages(
 ) -> Response:
     command = RecoverMessages(
         data=RecoverData(endpoint_id=endpoint_id, since=options.since),
-        **_envelope(request, tenant_id, endpoint_id),
+        **envelope(request, tenant_id, endpoint_id),
     )
     return await _submit(
         request, st, tenant_id, endpoint_id, command, options.model_dump_json().encode()
