@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from schemas import invoicing, metering, ops, payments, pos, topics, webhooks
+from schemas import alerts, invoicing, metering, ops, payments, pos, topics, webhooks
 from schemas.usage import UsageEvent
 
 
@@ -47,6 +47,8 @@ CATALOG: tuple[MessageSpec, ...] = (
     *(MessageSpec(topics.EVENTS_OPS, "event", _type_of(m), m) for m in ops.EVENTS),
     *(MessageSpec(topics.COMMANDS_WEBHOOKS, "command", _type_of(m), m) for m in webhooks.COMMANDS),
     *(MessageSpec(topics.EVENTS_WEBHOOKS, "event", _type_of(m), m) for m in webhooks.EVENTS),
+    *(MessageSpec(topics.COMMANDS_ALERTS, "command", _type_of(m), m) for m in alerts.COMMANDS),
+    *(MessageSpec(topics.EVENTS_ALERTS, "event", _type_of(m), m) for m in alerts.EVENTS),
 )
 
 

@@ -14,9 +14,10 @@ from typing import Annotated, Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from schemas.currency import CurrencyCode
+from schemas.decimals import DecimalStr
 from schemas.envelope import CloudEvent
 from schemas.metering import METER_KEY_PATTERN
-from schemas.pricing import DecimalStr, NonNegDecimal, PlanSpec
+from schemas.pricing import NonNegDecimal, PlanSpec
 
 EXTERNAL_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@\-]{0,255}$"
 PLAN_KEY_PATTERN = METER_KEY_PATTERN

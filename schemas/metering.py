@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from schemas.decimals import DecimalStr
 from schemas.envelope import CloudEvent
 from schemas.jsonpath import JsonPathError, compile_path
 from schemas.usage import EVENT_TYPE_PATTERN
@@ -102,7 +103,35 @@ class MeterCreated(CloudEvent):
     data: MeterCreatedData
 
 
-MeteringEvent = MeterCreated
+class UsageTotalsData(BaseModel):
+    """A subject's new total on one meter over one period (an event-time hour)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    meter_id: str
+    meter: str = Field(pattern=METER_KEY_PATTERN, description="The meter's key.")
+    aggregation: Aggregation
+    subject: str = Field(min_length=1, max_length=256)
+    period_start: AwareDatetime = Field(description="The hour bucket's start (UTC).")
+    period_end: AwareDatetime = Field(description="period_start + 1 hour.")
+    total: DecimalStr | None = Field(
+        description="The meter's value for the subject over the period, every group "
+        "combined, after this batch (exact decimal string; null for min/max/latest of "
+        "events without a value)."
+    )
+    events: int = Field(ge=1, description="How many events of this batch changed it.")
+
+
+class UsageTotalsChanged(CloudEvent):
+    """Emitted once per batch for each (subject, meter, hour) the batch touched, never once
+    per raw event; several batches touching the same hour emit one each, in order."""
+
+    type: Literal["usage.totals_changed"] = "usage.totals_changed"
+    subject: str = Field(min_length=1, max_length=256)
+    data: UsageTotalsData
+
+
+MeteringEvent = Annotated[MeterCreated | UsageTotalsChanged, Field(discriminator="type")]
 
 COMMANDS: tuple[type[CloudEvent], ...] = (CreateMeter,)
-EVENTS: tuple[type[CloudEvent], ...] = (MeterCreated,)
+EVENTS: tuple[type[CloudEvent], ...] = (MeterCreated, UsageTotalsChanged)

@@ -28,6 +28,7 @@ from pydantic import (
 )
 
 from schemas.currency import CurrencyCode
+from schemas.decimals import dump_decimal
 from schemas.metering import METER_KEY_PATTERN
 
 MAX_DECIMAL_PLACES = 12
@@ -85,14 +86,6 @@ def _parse_nonneg_decimal(value: Any) -> Decimal:
     return number.copy_abs()  # -0 -> 0
 
 
-def _dump_decimal(value: Decimal) -> str:
-    return format(value, "f")  # never an exponent: 1E+3 -> "1000"
-
-
-DecimalStr = Annotated[Decimal, PlainSerializer(_dump_decimal, return_type=str, when_used="json")]
-"""A computed decimal (may be negative) in messages and views: JSON as a plain string."""
-
-
 _DECIMAL_JSON_SCHEMA: dict[str, Any] = {
     "anyOf": [
         {"type": "string", "pattern": r"^[0-9]+(\.[0-9]+)?$"},
@@ -107,7 +100,7 @@ _DECIMAL_JSON_SCHEMA: dict[str, Any] = {
 NonNegDecimal = Annotated[
     Decimal,
     PlainValidator(_parse_nonneg_decimal, json_schema_input_type=str | int),
-    PlainSerializer(_dump_decimal, return_type=str, when_used="json"),
+    PlainSerializer(dump_decimal, return_type=str, when_used="json"),
     WithJsonSchema(_DECIMAL_JSON_SCHEMA, mode="validation"),
 ]
 """A non-negative exact decimal (money in major units, or a quantity)."""

@@ -17,6 +17,8 @@ EVENTS_WEBHOOKS = "billstream.events.webhooks.v1"
 INTEGRATIONS_POS = "billstream.integrations.pos.v1"
 COMMANDS_POS = "billstream.commands.pos.v1"
 EVENTS_OPS = "billstream.events.ops.v1"
+COMMANDS_ALERTS = "billstream.commands.alerts.v1"
+EVENTS_ALERTS = "billstream.events.alerts.v1"
 
 DLQ_SUFFIX = ".dlq"
 
@@ -49,6 +51,8 @@ TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec(INTEGRATIONS_POS, "tenant_id:location", "ingress (POS receipts)", "metering (POS)"),
     TopicSpec(COMMANDS_POS, "tenant_id", "ingress, CLI", "metering (POS mappings)"),
     TopicSpec(EVENTS_OPS, "tenantid or *", "CLI (replay, redrive audit)", "auditors, anyone"),
+    TopicSpec(COMMANDS_ALERTS, "tenant_id", "ingress, CLI", "alerts"),
+    TopicSpec(EVENTS_ALERTS, "tenant_id", "alerts (outbox)", "webhooks, anyone downstream"),
 )
 
 

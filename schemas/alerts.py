@@ -1,0 +1,275 @@
+"""Alert commands (``billstream.commands.alerts.v1``) and events
+(``billstream.events.alerts.v1``).
+
+A rule belongs to a tenant and says when to raise an alert: a usage or spend threshold
+crossed in the current period, an hour of anomalous usage, or an operational failure.
+An alert is raised at most once per (rule, subject, period, threshold) and lives
+``firing -> acknowledged -> resolved``.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Annotated, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from schemas.currency import CurrencyCode
+from schemas.decimals import DecimalStr
+from schemas.envelope import CloudEvent
+from schemas.metering import METER_KEY_PATTERN
+from schemas.pricing import NonNegDecimal
+
+RULE_KEY_PATTERN = METER_KEY_PATTERN  # slugs, like meter and plan keys
+ALERT_ID_PATTERN = r"^al_[0-9a-f]{32}$"
+MAX_THRESHOLDS = 20
+
+MeterKey = Annotated[str, Field(pattern=METER_KEY_PATTERN, description="A meter's key.")]
+Subject = Annotated[
+    str | None,
+    Field(
+        default=None,
+        min_length=1,
+        max_length=256,
+        description="One subject (a customer's external id); absent: every subject.",
+    ),
+]
+AlertId = Annotated[str, Field(pattern=ALERT_ID_PATTERN)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def _ascending_unique(values: list[Decimal]) -> list[Decimal]:
+    if any(v <= 0 for v in values):
+        raise ValueError("thresholds must be greater than 0")
+    if len(set(values)) != len(values):
+        raise ValueError("thresholds must be distinct")
+    return sorted(values)
+
+
+class UsageThreshold(_Model):
+    """The subject's value of ``meter`` over its current billing period (the subscription's
+    period; the UTC calendar month for subjects without one) reaching a threshold."""
+
+    kind: Literal["usage_threshold"] = "usage_threshold"
+    meter: MeterKey
+    subject: Subject = None
+    unit: Literal["quantity", "percent_of_included"] = Field(
+        default="quantity",
+        description="quantity: thresholds in the meter's units; percent_of_included: in "
+        "percent of the included quantity of the subject's plan price on this meter.",
+    )
+    thresholds: list[NonNegDecimal] = Field(default_factory=list, max_length=MAX_THRESHOLDS)
+    recurring_every: NonNegDecimal | None = Field(
+        default=None,
+        description="Also alert at every multiple of this (in the rule's unit) above the "
+        "highest threshold.",
+    )
+
+    @field_validator("thresholds")
+    @classmethod
+    def _thresholds(cls, v: list[Decimal]) -> list[Decimal]:
+        return _ascending_unique(v)
+
+    @field_validator("recurring_every")
+    @classmethod
+    def _positive(cls, v: Decimal | None) -> Decimal | None:
+        if v is not None and v <= 0:
+            raise ValueError("must be greater than 0")
+        return v
+
+    @model_validator(mode="after")
+    def _something_to_cross(self) -> UsageThreshold:
+        if not self.thresholds and self.recurring_every is None:
+            raise ValueError("give thresholds, recurring_every, or both")
+        return self
+
+
+class SpendThreshold(_Model):
+    """The running total of the subject's invoice-to-be for its current billing period
+    (flat fees, metered prices, minimums and tax, as invoicing would compute it now)
+    reaching an amount, in minor units of ``currency``."""
+
+    kind: Literal["spend_threshold"] = "spend_threshold"
+    currency: CurrencyCode
+    subject: Subject = None
+    thresholds: list[Annotated[int, Field(gt=0)]] = Field(
+        default_factory=list, max_length=MAX_THRESHOLDS
+    )
+    recurring_every: int | None = Field(default=None, gt=0)
+
+    @field_validator("thresholds")
+    @classmethod
+    def _thresholds(cls, v: list[int]) -> list[int]:
+        if len(set(v)) != len(v):
+            raise ValueError("thresholds must be distinct")
+        return sorted(v)
+
+    @model_validator(mode="after")
+    def _something_to_cross(self) -> SpendThreshold:
+        if not self.thresholds and self.recurring_every is None:
+            raise ValueError("give thresholds, recurring_every, or both")
+        return self
+
+
+class Anomaly(_Model):
+    """An hour's usage above ``factor`` times the mean of the same hour on the 7 days
+    before (hours without usage count as 0; no alert without any usage in those days)."""
+
+    kind: Literal["anomaly"] = "anomaly"
+    meter: MeterKey
+    subject: Subject = None
+    factor: NonNegDecimal = Field(default=Decimal(3), description="k in: value > k * mean.")
+    min_value: NonNegDecimal = Field(
+        default=Decimal(0), description="Hours with a value below this never alert."
+    )
+
+    @field_validator("factor")
+    @classmethod
+    def _factor(cls, v: Decimal) -> Decimal:
+        if v < 1:
+            raise ValueError("factor must be at least 1")
+        return v
+
+
+Condition = Literal[
+    "payment_failed",
+    "dunning_exhausted",
+    "invoice_overdue",
+    "webhook_endpoint_disabled",
+    "dead_letter",
+]
+
+
+class Operational(_Model):
+    """An operational failure: a failed payment attempt, dunning exhausted, an invoice past
+    its due date and unpaid, a webhook endpoint disabled, a message in a dead-letter topic."""
+
+    kind: Literal["operational"] = "operational"
+    condition: Condition
+
+
+RuleCondition = Annotated[
+    UsageThreshold | SpendThreshold | Anomaly | Operational, Field(discriminator="kind")
+]
+
+
+class RuleSpec(_Model):
+    """An alert rule as a tenant defines it (``POST /v1/alert-rules``)."""
+
+    key: str = Field(pattern=RULE_KEY_PATTERN, description="Unique per tenant, e.g. 'tokens-80'.")
+    name: str | None = Field(default=None, max_length=256)
+    rule: RuleCondition
+
+
+# --- commands --------------------------------------------------------------------
+
+
+class RuleRef(_Model):
+    key: str = Field(pattern=RULE_KEY_PATTERN)
+
+
+class AlertRef(_Model):
+    alert_id: AlertId
+    note: str | None = Field(default=None, max_length=1024)
+
+
+class CreateAlertRule(CloudEvent):
+    """Define a rule. Re-sending the identical definition succeeds; a different one fails."""
+
+    type: Literal["CreateAlertRule"] = "CreateAlertRule"
+    data: RuleSpec
+
+
+class DeleteAlertRule(CloudEvent):
+    """Delete a rule; its open alerts are resolved."""
+
+    type: Literal["DeleteAlertRule"] = "DeleteAlertRule"
+    data: RuleRef
+
+
+class AcknowledgeAlert(CloudEvent):
+    """Someone is on it: firing -> acknowledged (already acknowledged: no change)."""
+
+    type: Literal["AcknowledgeAlert"] = "AcknowledgeAlert"
+    data: AlertRef
+
+
+class ResolveAlert(CloudEvent):
+    """Close an alert by hand (e.g. a dead letter that was dealt with)."""
+
+    type: Literal["ResolveAlert"] = "ResolveAlert"
+    data: AlertRef
+
+
+AlertsCommand = Annotated[
+    CreateAlertRule | DeleteAlertRule | AcknowledgeAlert | ResolveAlert,
+    Field(discriminator="type"),
+]
+
+# --- events ----------------------------------------------------------------------
+
+AlertState = Literal["firing", "acknowledged", "resolved"]
+AlertKind = Literal["usage_threshold", "spend_threshold", "anomaly", "operational"]
+
+
+class About(_Model):
+    """What an alert is about, with where to look."""
+
+    type: Literal["meter_usage", "customer", "invoice", "webhook_endpoint", "dead_letter"]
+    id: str = Field(
+        description="Meter key, customer, invoice id, endpoint id, or topic/partition:offset."
+    )
+    href: str = Field(description="The API path (or CLI command) that shows it.")
+
+
+class AlertData(_Model):
+    alert_id: AlertId
+    rule: str = Field(description="The rule's key.")
+    kind: AlertKind
+    condition: str = Field(description="The meter key, or the operational condition.")
+    subject: str | None = None
+    state: AlertState
+    period_start: AwareDatetime | None = None
+    period_end: AwareDatetime | None = None
+    threshold: DecimalStr | None = Field(default=None, description="What was crossed, in ``unit``.")
+    value: DecimalStr | None = Field(default=None, description="The value that crossed it.")
+    unit: str | None = Field(
+        default=None, description="'quantity', 'percent_of_included', a currency (minor units)."
+    )
+    about: About
+    message: str = Field(description="One line for humans.")
+    raised_at: AwareDatetime
+    acknowledged_at: AwareDatetime | None = None
+    resolved_at: AwareDatetime | None = None
+    resolution: str | None = Field(default=None, description="Why it was resolved.")
+
+
+class AlertRaised(CloudEvent):
+    type: Literal["alert.raised"] = "alert.raised"
+    data: AlertData
+
+
+class AlertAcknowledged(CloudEvent):
+    type: Literal["alert.acknowledged"] = "alert.acknowledged"
+    data: AlertData
+
+
+class AlertResolved(CloudEvent):
+    type: Literal["alert.resolved"] = "alert.resolved"
+    data: AlertData
+
+
+AlertsEvent = Annotated[
+    AlertRaised | AlertAcknowledged | AlertResolved, Field(discriminator="type")
+]
+
+COMMANDS: tuple[type[CloudEvent], ...] = (
+    CreateAlertRule,
+    DeleteAlertRule,
+    AcknowledgeAlert,
+    ResolveAlert,
+)
+EVENTS: tuple[type[CloudEvent], ...] = (AlertRaised, AlertAcknowledged, AlertResolved)
