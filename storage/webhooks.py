@@ -55,6 +55,8 @@ class WebhookEndpoint(Base):
     event_types: Mapped[list[str]] = mapped_column(ARRAY(Text))
     rate_limit_per_s: Mapped[int | None] = mapped_column(Integer)
     ordered: Mapped[bool] = mapped_column(Boolean, default=False)
+    # the body sent: "standard" (the CloudEvent) | "slack" (a rendered Slack message)
+    format: Mapped[str] = mapped_column(String(16), default="standard", server_default="standard")
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     disabled_reason: Mapped[str | None] = mapped_column(String(16))
     secret: Mapped[str] = mapped_column(Text)
@@ -146,6 +148,7 @@ class EndpointDef:
     event_types: list[str]
     rate_limit_per_s: int | None
     ordered: bool
+    format: str
     enabled: bool
     disabled_reason: str | None
     failing_since: datetime | None
@@ -172,6 +175,7 @@ class EndpointFilter:
     tenant_id: str
     id: str
     event_types: list[str]
+    format: str = "standard"  # which body its messages carry
 
 
 @dataclass(frozen=True)
@@ -383,6 +387,7 @@ class WebhookRepository:
                     event_types=endpoint.event_types,
                     rate_limit_per_s=endpoint.rate_limit_per_s,
                     ordered=endpoint.ordered,
+                    format=endpoint.format,
                     enabled=endpoint.enabled,
                     disabled_reason=None if endpoint.enabled else "manual",
                     secret=secret,
@@ -466,15 +471,21 @@ class WebhookRepository:
         return result.scalar_one_or_none() is not None
 
     async def enabled_filters(self, tenant_ids: set[str]) -> list[EndpointFilter]:
-        """Every enabled endpoint of these tenants with its event-type filter (one query)."""
+        """Every enabled endpoint of these tenants with its event-type filter and body
+        format (one query)."""
         if not tenant_ids:
             return []
         rows = await self.session.execute(
-            select(WebhookEndpoint.tenant_id, WebhookEndpoint.id, WebhookEndpoint.event_types)
+            select(
+                WebhookEndpoint.tenant_id,
+                WebhookEndpoint.id,
+                WebhookEndpoint.event_types,
+                WebhookEndpoint.format,
+            )
             .where(WebhookEndpoint.tenant_id.in_(tenant_ids), WebhookEndpoint.enabled)
             .order_by(WebhookEndpoint.tenant_id, WebhookEndpoint.id)
         )
-        return [EndpointFilter(t, i, list(ts)) for t, i, ts in rows]
+        return [EndpointFilter(t, i, list(ts), f) for t, i, ts, f in rows]
 
     async def disable(
         self, endpoints: list[tuple[str, str]], reason: str, now: datetime

@@ -25,6 +25,7 @@ from schemas.webhooks import (
     CreateEndpoint,
     CreateEndpointData,
     DeleteEndpoint,
+    EndpointFormat,
     EndpointPatch,
     EndpointRef,
     EndpointSpec,
@@ -66,6 +67,9 @@ class EndpointView(BaseModel):
     event_types: list[str]
     rate_limit_per_s: int | None
     ordered: bool
+    format: EndpointFormat = Field(
+        description="standard: the signed CloudEvent JSON; slack: a Slack message."
+    )
     enabled: bool
     disabled_reason: str | None
     failing_since: datetime | None

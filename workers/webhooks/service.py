@@ -24,6 +24,7 @@ from schemas.webhooks import (
     EndpointDisabledData,
     EndpointEnabled,
     EndpointEnabledData,
+    EndpointFormat,
     EndpointUpdated,
     MessageFailed,
     MessageFailedData,
@@ -39,6 +40,7 @@ from storage.webhooks import (
     MessageUpdate,
     NewMessage,
 )
+from workers.webhooks import slack
 from workers.webhooks.errors import EndpointConflict
 
 SOURCE = "billstream/webhooks"
@@ -91,22 +93,35 @@ def is_about_webhooks(event_type: str) -> bool:
     return event_type.startswith("webhook.")
 
 
+def body(endpoint_format: str, payload: bytes) -> bytes:
+    """What a message to an endpoint of ``endpoint_format`` carries: the event's bytes
+    unchanged (``standard``, and any format this version does not know), or a Slack
+    message rendered from them (``slack``)."""
+    if endpoint_format == "slack":
+        return slack.render(payload)
+    return payload
+
+
 def fan_out(
     events: Sequence[EventRef], endpoints: Sequence[EndpointFilter], now: datetime
 ) -> list[NewMessage]:
     """One message per (event, enabled endpoint of its tenant whose filter matches), due
-    ``now``, in event order. Loop guard: an endpoint never receives the webhook events
-    about itself (``webhook.*`` with its id as subject)."""
+    ``now``, in event order, carrying the body of the endpoint's format (rendered once per
+    event and format). Loop guard: an endpoint never receives the webhook events about
+    itself (``webhook.*`` with its id as subject)."""
     by_tenant: dict[str, list[EndpointFilter]] = {}
     for ep in endpoints:
         by_tenant.setdefault(ep.tenant_id, []).append(ep)
     out: list[NewMessage] = []
     for event in events:
+        bodies: dict[str, bytes] = {}
         for ep in by_tenant.get(event.tenant_id, ()):
             if not matches(ep.event_types, event.type):
                 continue
             if is_about_webhooks(event.type) and event.subject == ep.id:
                 continue
+            if ep.format not in bodies:
+                bodies[ep.format] = body(ep.format, event.payload)
             out.append(
                 NewMessage(
                     tenant_id=event.tenant_id,
@@ -114,7 +129,7 @@ def fan_out(
                     endpoint_id=ep.id,
                     event_id=event.id,
                     event_type=event.type,
-                    payload=event.payload,
+                    payload=bodies[ep.format],
                     next_attempt_at=now,
                 )
             )
@@ -346,6 +361,7 @@ def new_endpoint(command: CreateEndpoint) -> EndpointDef:
         event_types=list(d.event_types),
         rate_limit_per_s=d.rate_limit_per_s,
         ordered=d.ordered,
+        format=d.format,
         enabled=d.enabled,
         disabled_reason=None if d.enabled else "manual",
         failing_since=None,
@@ -355,7 +371,7 @@ def new_endpoint(command: CreateEndpoint) -> EndpointDef:
 
 
 def _definition(e: EndpointDef) -> tuple[Any, ...]:
-    return (e.url, e.description, e.event_types, e.rate_limit_per_s, e.ordered)
+    return (e.url, e.description, e.event_types, e.rate_limit_per_s, e.ordered, e.format)
 
 
 def ensure_same_definition(existing: EndpointDef, wanted: EndpointDef) -> None:
@@ -373,7 +389,7 @@ def changes(patch: UpdateEndpointData) -> dict[str, Any]:
     """Column -> new value for the fields a PATCH sets (``rate_limit_per_s: 0`` removes the
     limit; enabling clears the disabled reason and the failure streak)."""
     out: dict[str, Any] = {}
-    for name in ("url", "description", "event_types", "ordered"):
+    for name in ("url", "description", "event_types", "ordered", "format"):
         value = getattr(patch, name)
         if value is not None:
             out[name] = list(value) if isinstance(value, list) else value
@@ -395,7 +411,12 @@ def endpoint_data(e: EndpointDef) -> EndpointData:
         rate_limit_per_s=e.rate_limit_per_s,
         enabled=e.enabled,
         ordered=e.ordered,
+        format=_format(e.format),
     )
+
+
+def _format(value: str) -> EndpointFormat:
+    return "slack" if value == "slack" else "standard"
 
 
 def endpoint_created(command: CloudEvent, e: EndpointDef) -> EndpointCreated:
