@@ -58,7 +58,9 @@ async def document(name: str, settings: Settings) -> dict[str, Any]:
             schema_version="3.0.0",
         ).to_specification()
         doc: dict[str, Any] = json.loads(spec.to_json())
-        consumed = [(p.consumer.group, p.consumer.topic) for p in worker.runtime.processors]
+        consumed = [
+            (p.consumer.group, t) for p in worker.runtime.processors for t in p.consumer.topics
+        ]
     finally:
         await worker.engine.dispose()
 
@@ -67,7 +69,7 @@ async def document(name: str, settings: Settings) -> dict[str, Any]:
     if any(t.name == own_events for t in topics.TOPICS):
         sends.append(own_events)
     sends += EXTRA_SENDS.get(name, ())
-    sends += [topics.dlq(topic) for _, topic in consumed]
+    sends += [topics.dlq(t) for _, t in consumed if not t.endswith(topics.DLQ_SUFFIX)]
     sends = list(dict.fromkeys(sends))
 
     models = {m for _, topic in consumed for m in _models(topic)}

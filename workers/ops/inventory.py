@@ -34,7 +34,7 @@ async def consumers(settings: Settings, names: Sequence[str]) -> list[ConsumerIn
         try:
             for processor in worker.runtime.processors:
                 c = processor.consumer
-                out.append(ConsumerInfo(name, c.group, c.topic, c.handler.__doc__))
+                out += [ConsumerInfo(name, c.group, t, c.handler.__doc__) for t in c.topics]
         finally:
             await worker.engine.dispose()
     return out

@@ -138,7 +138,7 @@ def worker_loop(
 ) -> Callable[[], Awaitable[None]]:
     """A loop for ``runtime.background(...)``: the worker's own groups' lag gauges on its
     ``/metrics`` (call after the worker's consumers are registered)."""
-    pairs = [(p.consumer.group, p.consumer.topic) for p in runtime.processors]
+    pairs = [(p.consumer.group, t) for p in runtime.processors for t in p.consumer.topics]
 
     async def consumer_lag() -> None:
         await monitor(settings, pairs, interval_s)

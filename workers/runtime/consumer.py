@@ -45,11 +45,16 @@ class ShuttingDown(Exception):
 
 @dataclass(frozen=True)
 class Consumer(Generic[E]):
-    topic: str
+    topic: str  # the topic, or a label for several (metrics, logs)
     group: str
     decode: Decoder[E]
     handler: Handler[E]
     commands: bool = False  # a command topic: dead-lettered commands are marked failed
+    subscribed: tuple[str, ...] = ()  # every topic read; () means just ``topic``
+
+    @property
+    def topics(self) -> tuple[str, ...]:
+        return self.subscribed or (self.topic,)
 
 
 class BatchProcessor(Generic[E]):
@@ -250,13 +255,24 @@ class Runtime:
         return loop
 
     def consumer(
-        self, topic: str, *, group: str, decode: Decoder[E], commands: bool = False
+        self,
+        topic: str | Sequence[str],
+        *,
+        group: str,
+        decode: Decoder[E],
+        commands: bool = False,
+        label: str | None = None,
     ) -> Callable[[Handler[E]], Handler[E]]:
-        """Register ``handler`` for batches of ``topic`` in consumer group ``group``."""
+        """Register ``handler`` for batches of ``topic`` in consumer group ``group``.
+
+        Several topics (with a ``label`` naming them in metrics and logs) share one group
+        and one handler; a batch may then mix them (``message.record.topic`` tells)."""
+        names = (topic,) if isinstance(topic, str) else tuple(topic)
+        name = names[0] if len(names) == 1 else (label or ",".join(names))
 
         def register(handler: Handler[E]) -> Handler[E]:
             processor = BatchProcessor(
-                Consumer(topic, group, decode, handler, commands),
+                Consumer(name, group, decode, handler, commands, names if len(names) > 1 else ()),
                 self.sessions,
                 retry_initial_s=self.retry_initial_s,
                 retry_max_s=self.retry_max_s,
@@ -268,7 +284,7 @@ class Runtime:
                 return None
 
             @self.broker.subscriber(
-                topic,
+                *names,
                 group_id=group,
                 batch=True,
                 max_records=self.batch_max_records,
@@ -279,7 +295,7 @@ class Runtime:
                 fetch_max_wait_ms=self.fetch_max_wait_ms,
                 ack_policy=AckPolicy.MANUAL,
                 decoder=noop_decoder,
-                title=f"{group}--{topic}",  # AsyncAPI ids allow [A-Za-z0-9._-] only
+                title=f"{group}--{name}",  # AsyncAPI ids allow [A-Za-z0-9._-] only
                 description=handler.__doc__,
             )
             async def subscriber(message: KafkaMessage) -> None:
