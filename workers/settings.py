@@ -165,6 +165,14 @@ class Settings(BaseSettings):
         description="A record redriven this many times is not redriven again without --force.",
     )
 
+    # --- alerts --------------------------------------------------------------------
+    alerts_tick_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="How often the alerts worker raises overdue-invoice alerts and resolves "
+        "alerts whose period ended or whose invoice was settled.",
+    )
+
     # --- payments ------------------------------------------------------------------
     secrets_key: SecretStr | None = Field(
         default=None,

@@ -1,0 +1,1 @@
+"""Alerts: rules evaluated against usage totals, spend and operational events."""

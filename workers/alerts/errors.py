@@ -1,0 +1,19 @@
+from __future__ import annotations
+
+from workers.runtime.errors import BillstreamError, PermanentError
+
+
+class AlertsError(BillstreamError):
+    code = "alerts_error"
+
+
+class RuleConflict(AlertsError, PermanentError):
+    code = "rule_conflict"
+
+
+class RuleNotFound(AlertsError, PermanentError):
+    code = "rule_not_found"
+
+
+class AlertNotFound(AlertsError, PermanentError):
+    code = "alert_not_found"
