@@ -24,7 +24,7 @@ app.add_typer(tenant_app, name="tenant")
 app.add_typer(topics_app, name="topics")
 app.add_typer(schemas_app, name="schemas")
 
-WORKERS = ("metering", "invoicing", "payments", "webhooks")
+WORKERS = ("metering", "invoicing", "payments", "webhooks", "alerts")
 
 
 def _settings() -> Settings:

@@ -22,7 +22,14 @@ from workers.devstack import EmbeddedKafka, EmbeddedPostgres, free_port
 from workers.settings import Settings
 
 DEV_TENANT = "dev"
-SERVICES = ("ingress", "worker metering", "worker invoicing", "worker payments", "worker webhooks")
+SERVICES = (
+    "ingress",
+    "worker metering",
+    "worker invoicing",
+    "worker payments",
+    "worker webhooks",
+    "worker alerts",
+)
 
 
 def _say(message: str) -> None:

@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from schemas.envelope import new_id
 from storage.commands import IdempotencyRepository
 from storage.db import create_engine, ping, session_factory
+from workers.ingress import alerts as alert_routes
 from workers.ingress import invoicing
 from workers.ingress import payments as payment_routes
 from workers.ingress import pos as pos_routes
@@ -111,6 +112,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(payment_routes.router)
     app.include_router(webhook_routes.router)
     app.include_router(pos_routes.router)
+    app.include_router(alert_routes.router)
 
     app.add_middleware(RequestContext)
 
