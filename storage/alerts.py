@@ -135,6 +135,7 @@ class Period:
     subject: str
     start: datetime
     end: datetime
+    plan_id: str
     plan_spec: dict[str, Any]
     currency: str
     tax_rate: Decimal | None
@@ -406,7 +407,8 @@ class AlertsRepository:
             text(
                 """
                 SELECT s.tenant_id, c.external_id AS subject, s.current_period_start AS start,
-                       s.current_period_end AS "end", p.spec AS plan_spec, p.currency,
+                       s.current_period_end AS "end", p.id AS plan_id, p.spec AS plan_spec,
+                       p.currency,
                        CASE WHEN c.tax_exempt THEN NULL ELSE c.tax_rate END AS tax_rate,
                        cfg.rounding
                 FROM unnest(CAST(:tenants AS text[]), CAST(:subjects AS text[])) AS w(t, s)

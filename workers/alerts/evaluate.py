@@ -21,7 +21,17 @@ from workers.alerts import service
 from workers.invoicing import service as invoicing
 from workers.invoicing.billing import DEFAULT_CONFIG, InvoiceMaker, Plans
 
-_PLANS = Plans()  # parsed plan specs by id: plans never change
+_PLANS = Plans()  # for InvoiceMaker (which reads the plan from each context)
+_SPECS: dict[str, PlanSpec] = {}  # parsed plan specs by plan id: plans never change
+
+
+def plan_of(p: Period) -> PlanSpec:
+    spec = _SPECS.get(p.plan_id)
+    if spec is None:
+        if len(_SPECS) > 10_000:
+            _SPECS.clear()
+        spec = _SPECS[p.plan_id] = PlanSpec.model_validate(p.plan_spec)
+    return spec
 
 
 @dataclass(frozen=True)
@@ -125,7 +135,7 @@ class UsageRules:
         out: list[Alert] = []
         for (c, period), total in zip(items, totals, strict=True):
             p = periods.get((c.tenant_id, c.subject))
-            included = service.included_quantity(p.plan_spec, c.meter) if p is not None else None
+            included = service.included_quantity(plan_of(p), c.meter) if p is not None else None
             for r in by_meter[(c.tenant_id, c.meter)]:
                 if r.kind == "usage_threshold" and service.applies(r, c.subject):
                     out += service.usage_alerts(r, c.subject, period, total, included, now)
@@ -191,7 +201,7 @@ class UsageRules:
             (
                 p.tenant_id,
                 invoicing.InvoiceContext(
-                    plan=PlanSpec.model_validate(p.plan_spec),
+                    plan=plan_of(p),
                     subject=p.subject,
                     currency=p.currency,
                     period_start=p.start,

@@ -149,9 +149,8 @@ def crossed(
     return out
 
 
-def included_quantity(plan_spec: dict[str, Any], meter: str) -> Decimal | None:
+def included_quantity(plan: PlanSpec, meter: str) -> Decimal | None:
     """The included quantity of the plan's price on ``meter`` (None: no such price)."""
-    plan = PlanSpec.model_validate(plan_spec)
     for price in plan.prices:
         if not isinstance(price, FlatPrice) and price.meter == meter:
             return price.included_quantity
