@@ -220,3 +220,24 @@ def test_patch_changes() -> None:
         "enabled": False,
         "disabled_reason": "manual",
     }
+
+
+def test_only_events_some_endpoint_wants_are_kept() -> None:
+    endpoints = [
+        EndpointFilter("acme", "ep_a", ["invoice.*"]),
+        EndpointFilter("acme", "ep_b", ["alert.raised"]),
+        EndpointFilter("other", "ep_c", ["*"]),
+    ]
+    items = [
+        ("acme", "invoice.paid"),
+        ("acme", "usage.totals_changed"),
+        ("acme", "alert.raised"),
+        ("acme", "alert.resolved"),
+        ("other", "usage.totals_changed"),
+        ("nobody", "invoice.paid"),
+    ]
+    assert service.wanted(items, endpoints, lambda i: i) == [
+        ("acme", "invoice.paid"),
+        ("acme", "alert.raised"),
+        ("other", "usage.totals_changed"),
+    ]

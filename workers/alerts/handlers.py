@@ -146,9 +146,12 @@ def _emitter(tx: Tx) -> Callable[[CloudEvent], None]:
 def register(runtime: Runtime, clock: Clock) -> None:
     @runtime.consumer(topics.EVENTS_METERING, group=USAGE_GROUP, decode=decode_event)
     async def on_usage(batch: Batch[CloudEvent], tx: Tx) -> None:
-        """Compares changed usage totals against usage, spend and anomaly rules."""
-        fresh = await tx.claim(batch)
-        changes = touched([m.event for m in fresh if isinstance(m.event, UsageTotalsChanged)])
+        """Compares changed usage totals against usage, spend and anomaly rules.
+
+        No inbox here: these are one event per touched (subject, meter, hour) and batch, and
+        evaluating one again raises nothing new (alerts are unique), so an inbox row each
+        would only cost. Totals are read from the read model, never added up."""
+        changes = touched([m.event for m in batch if isinstance(m.event, UsageTotalsChanged)])
         found = await UsageRules(tx.session, clock).evaluate(changes)
         raised = await tx.repo(AlertsRepository).raise_alerts(found)
         emit_all(_emitter(tx), raised, tx.after_commit)

@@ -78,12 +78,17 @@ def register(runtime: Runtime, ctx: Context) -> None:
         # events of no tenant (or of one that does not exist) have no endpoints: skipped
         # here rather than dead-lettered, the DLQ of another context's topic is not ours
         tenants = await tx.repo(TenantRepository).existing({m.event.tenantid for m in batch})
-        fresh = await tx.claim([m for m in batch if m.event.tenantid in tenants])
-        if not fresh:
-            return
         repo = tx.repo(WebhookRepository)
-        endpoints = await repo.enabled_filters({m.event.tenantid for m in fresh})
-        if not endpoints:
+        endpoints = await repo.enabled_filters(tenants)
+        # only events some endpoint wants are claimed: high-volume types nobody subscribed
+        # to (usage.totals_changed) cost no inbox row (message ids are idempotent anyway)
+        wanted = service.wanted(
+            [m for m in batch if m.event.tenantid in tenants],
+            endpoints,
+            lambda m: (m.event.tenantid, m.event.type),
+        )
+        fresh = await tx.claim(wanted)
+        if not fresh:
             return
         refs = [
             service.EventRef(

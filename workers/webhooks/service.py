@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from schemas.envelope import CloudEvent
 from schemas.webhooks import (
@@ -100,6 +100,27 @@ def body(endpoint_format: str, payload: bytes) -> bytes:
     if endpoint_format == "slack":
         return slack.render(payload)
     return payload
+
+
+T = TypeVar("T")
+
+
+def wanted(
+    items: Sequence[T], endpoints: Sequence[EndpointFilter], key: Callable[[T], tuple[str, str]]
+) -> list[T]:
+    """The items whose (tenant, event type) some enabled endpoint's filter matches."""
+    filters: dict[str, list[list[str]]] = {}
+    for ep in endpoints:
+        filters.setdefault(ep.tenant_id, []).append(ep.event_types)
+    memo: dict[tuple[str, str], bool] = {}
+    out: list[T] = []
+    for item in items:
+        k = key(item)
+        if k not in memo:
+            memo[k] = any(matches(f, k[1]) for f in filters.get(k[0], ()))
+        if memo[k]:
+            out.append(item)
+    return out
 
 
 def fan_out(
