@@ -66,3 +66,15 @@ async def published(settings: Settings, types: Sequence[str] | None = None) -> l
     records, _ = await read_all(settings, topics.EVENTS_ALERTS)
     events = [json.loads(r.value) for r in records]
     return [e for e in events if types is None or e["type"] in types]
+
+
+async def dead_letters_settled(settings: Settings, sessions: Sessions) -> None:
+    """Wait until the alerts dead-letter consumer has applied every record of every
+    dead-letter topic, and every outbox row is published (metering's dead letters too)."""
+    from workers.alerts.handlers import DEAD_LETTERS_GROUP
+
+    await wait_outbox_drained(sessions)
+    for topic in topics.all_topic_names():
+        if topic.endswith(topics.DLQ_SUFFIX):
+            await wait_committed_to_end(settings, DEAD_LETTERS_GROUP, topic)
+    await wait_outbox_drained(sessions)

@@ -255,3 +255,38 @@ async def test_a_graceful_stop_finishes_and_commits_the_batch_in_progress(
         await wait_committed_to_end(settings, GROUP, IN)
     assert sorted(first + handled) == sorted(e.id for e in events)
     assert await inbox_count(sessions, GROUP) == 10
+
+
+async def test_a_consumer_of_a_dead_letter_topic_never_dead_letters(
+    settings: Settings, sessions: Sessions, tenant: TenantKey, topics: None
+) -> None:
+    """A record a dead-letter consumer cannot decode or apply stays in its dead-letter
+    topic: no ``.dlq.dlq`` outbox row (there is no such topic; the row would block the relay
+    forever), and the consumer moves on."""
+    group = "test.dead-letters"
+    seen: list[str] = []
+
+    async def handler(batch: Batch[UsageEvent], tx: Tx) -> None:
+        for m in batch:
+            if m.event.id == "m-1":
+                raise ValueError("cannot handle it")
+        seen.extend(m.event.id for m in batch)
+
+    def register(runtime: Runtime) -> None:
+        runtime.consumer([dlq(IN)], group=group, decode=UsageEvent.from_json)(handler)
+
+    async with producer(settings) as p:
+        await p.send_and_wait(dlq(IN), b"not json", key=b"k")
+        for e in items(3):
+            await p.send_and_wait(dlq(IN), e.to_json(), key=b"k")
+    async with running(build_worker("test", settings, register)):
+        await wait_committed_to_end(settings, group, dlq(IN))
+        await wait_outbox_drained(sessions)
+    assert sorted(seen) == ["m-0", "m-2"]
+    assert await topic_size(settings, dlq(IN)) == 4  # all still there, nothing added
+    client = await admin_client(settings.kafka_bootstrap)
+    try:
+        names = await client.list_topics()
+    finally:
+        await client.close()
+    assert dlq(dlq(IN)) not in names or await topic_size(settings, dlq(dlq(IN))) == 0

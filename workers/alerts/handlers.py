@@ -90,7 +90,7 @@ class DeadLetter(OtherEvent):
 def decode_dead_letter(raw: bytes) -> DeadLetter:
     try:
         obj = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested too deep
         obj = None
     fields = obj if isinstance(obj, dict) else {}
     tenant = fields.get("tenantid")
@@ -100,7 +100,8 @@ def decode_dead_letter(raw: bytes) -> DeadLetter:
         source=str(fields.get("source", "")),
         type=str(fields.get("type", "")),
         tenantid=tenant if isinstance(tenant, str) else "",
-        subject=subject if isinstance(subject, str) else None,
+        # a subject no event may have (maybe why it was dead-lettered) is left out
+        subject=subject if isinstance(subject, str) and 0 < len(subject) <= 256 else None,
         data=None,
     )
 

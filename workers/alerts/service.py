@@ -91,6 +91,12 @@ def applies(rule: RuleDef, subject: str | None) -> bool:
 # --- periods -------------------------------------------------------------------------
 
 
+def utc_text(t: datetime) -> str:
+    """``t`` in UTC to the minute, whatever offset it came with (naive: taken as UTC)."""
+    t = t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
+    return f"{t:%Y-%m-%d %H:%M} UTC"
+
+
 def hour_of(t: datetime) -> datetime:
     return t.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
 
@@ -255,7 +261,7 @@ def usage_alerts(
                 subject=subject,
                 dedupe=f"usage:{subject}:{period[0].isoformat()}:{text_of(t)}",
                 about=about,
-                message=message + f" in the period from {period[0]:%Y-%m-%d %H:%M} UTC",
+                message=message + f" in the period from {utc_text(period[0])}",
                 now=now,
                 period=period,
                 threshold=t,
@@ -295,7 +301,7 @@ def spend_alerts(
             message=(
                 f"the invoice-to-be of {subject} reached {money(int(t), spec.currency)}: "
                 f"{money(amount, spec.currency)} for the period from "
-                f"{period[0]:%Y-%m-%d %H:%M} UTC"
+                f"{utc_text(period[0])}"
             ),
             now=now,
             period=period,
@@ -343,7 +349,7 @@ def anomaly_alert(
             href=usage_href(spec.meter, subject, start, hour + HOUR, "hour"),
         ),
         message=(
-            f"{spec.meter} usage of {subject} in the hour from {hour:%Y-%m-%d %H:%M} UTC is "
+            f"{spec.meter} usage of {subject} in the hour from {utc_text(hour)} is "
             f"{text_of(value)}, above {text_of(spec.factor)} x the mean of the same hour on the "
             f"{len(past)} days before ({text_of(mean.quantize(Decimal('0.000001')))})"
         ),
@@ -446,7 +452,7 @@ def invoice_about(invoice_id: str) -> About:
 def payment_failed(rule: RuleDef, e: PaymentFailed, now: datetime) -> Alert:
     d = e.data
     why = d.failure_message or d.failure_code or "no reason given"
-    retry = f"; retried at {d.next_attempt_at:%Y-%m-%d %H:%M} UTC" if d.next_attempt_at else ""
+    retry = f"; retried at {utc_text(d.next_attempt_at)}" if d.next_attempt_at else ""
     return operational_alert(
         rule,
         subject=d.customer,
@@ -488,7 +494,7 @@ def invoice_overdue(rule: RuleDef, i: OverdueInvoice, now: datetime) -> Alert:
         about=invoice_about(i.invoice_id),
         message=(
             f"invoice {i.number or i.invoice_id} of {i.subject} is overdue: "
-            f"{money(i.amount_due, i.currency)} was due {i.due_at:%Y-%m-%d %H:%M} UTC"
+            f"{money(i.amount_due, i.currency)} was due {utc_text(i.due_at)}"
         ),
         now=now,
         value=Decimal(i.amount_due),
@@ -506,7 +512,7 @@ def endpoint_about(endpoint_id: str) -> About:
 
 def endpoint_disabled(rule: RuleDef, e: EndpointDisabled, now: datetime) -> Alert:
     d = e.data
-    since = f" (failing since {d.failing_since:%Y-%m-%d %H:%M} UTC)" if d.failing_since else ""
+    since = f" (failing since {utc_text(d.failing_since)})" if d.failing_since else ""
     return operational_alert(
         rule,
         subject=None,

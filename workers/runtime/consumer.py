@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from tenacity import AsyncRetrying, retry_if_exception, wait_exponential_jitter
 
 from schemas.envelope import CloudEvent
+from schemas.topics import DLQ_SUFFIX
 from storage import outbox
 from storage.commands import CommandOutcome
 from workers.runtime import metrics
@@ -96,7 +97,7 @@ class BatchProcessor(Generic[E]):
                 undecodable.append(
                     dead_letter(record, self.consumer.group, _describe(e), "undecodable")
                 )
-        if undecodable:
+        if undecodable and not self._reading_dead_letters(len(undecodable)):
             await self._retrying(lambda: self._write_dead_letters(undecodable))
             self._m_dlq.inc(len(undecodable))
             log.warning("dead-lettered undecodable records", count=len(undecodable))
@@ -148,6 +149,8 @@ class BatchProcessor(Generic[E]):
             error=_describe(error),
             exc_info=error,
         )
+        if self._reading_dead_letters(1):
+            return
         dlq_row = dead_letter(
             message.record, self.consumer.group, _describe(error), type(error).__name__
         )
@@ -173,6 +176,15 @@ class BatchProcessor(Generic[E]):
         await self._retrying(write)
         self._m_dlq.inc()
         self.on_committed()
+
+    def _reading_dead_letters(self, count: int) -> bool:
+        """A consumer of dead-letter topics never dead-letters: ``<topic>.dlq.dlq`` does not
+        exist, and an outbox row for it would hold up the relay. The record stays where it
+        is, in its dead-letter topic; it is skipped here, loudly."""
+        if not all(t.endswith(DLQ_SUFFIX) for t in self.consumer.topics):
+            return False
+        log.error("skipped dead letters this consumer cannot use", count=count)
+        return True
 
     async def _write_dead_letters(self, rows: list[outbox.OutgoingMessage]) -> None:
         async with self.sessions() as session, session.begin():
