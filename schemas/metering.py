@@ -115,6 +115,7 @@ class UsageTotalsData(BaseModel):
     period_start: AwareDatetime = Field(description="The hour bucket's start (UTC).")
     period_end: AwareDatetime = Field(description="period_start + 1 hour.")
     total: DecimalStr | None = Field(
+        default=None,
         description="The meter's value for the subject over the period, every group "
         "combined, after this batch (exact decimal string; null for min/max/latest of "
         "events without a value)."

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import TypeAdapter
 
 from schemas import topics
-from schemas.envelope import WIRE
+from schemas.envelope import WIRE, utcnow
 from schemas.metering import MeteringCommand
 from schemas.usage import UsageEvent
 from storage.metering import MeterRepository, UsageRepository
@@ -21,7 +21,8 @@ _commands: TypeAdapter[MeteringCommand] = TypeAdapter(MeteringCommand)
 def register(runtime: Runtime) -> None:
     @runtime.consumer(topics.USAGE, group=USAGE_GROUP, decode=service.decode_usage)
     async def on_usage(batch: Batch[UsageEvent], tx: Tx) -> None:
-        """Aggregates usage events into hourly buckets of every meter that reads them."""
+        """Aggregates usage events into hourly buckets of every meter that reads them, and
+        emits one usage.totals_changed per (subject, meter, hour) the batch changed."""
         fresh = await tx.claim(batch)
         meters = await tx.repo(MeterRepository).for_event_types(
             {(m.event.tenantid, m.event.type) for m in fresh}
@@ -29,7 +30,12 @@ def register(runtime: Runtime) -> None:
         result = service.aggregate([m.event for m in fresh], meters)
         for index, reason in result.rejected:
             tx.reject(fresh[index], reason, code="unusable_event")
-        await tx.repo(UsageRepository).apply(result.deltas, result.uniques)
+        usage = tx.repo(UsageRepository)
+        await usage.apply(result.deltas, result.uniques)
+        touched = service.touched_totals(result.deltas, meters)
+        totals = await usage.period_totals([t.key for t in touched])
+        for event in service.totals_changed(touched, totals, utcnow()):
+            tx.emit(event, topic=topics.EVENTS_METERING, key=event.tenantid)
 
     @runtime.consumer(
         topics.COMMANDS_METERING,

@@ -6,18 +6,27 @@ import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import MAX_EMAX, MIN_EMIN, Context, Decimal
 from typing import Any
 
 from schemas.envelope import new_id
 from schemas.jsonpath import MISSING, compile_path, evaluate
-from schemas.metering import Aggregation, CreateMeter, MeterCreated, MeterCreatedData, MeterSpec
+from schemas.metering import (
+    Aggregation,
+    CreateMeter,
+    MeterCreated,
+    MeterCreatedData,
+    MeterSpec,
+    UsageTotalsChanged,
+    UsageTotalsData,
+)
 from schemas.usage import UsageEvent
-from storage.metering import MeterDef, UniqueValue, UsageDelta, canonical_groups
+from storage.metering import MeterDef, PeriodKey, UniqueValue, UsageDelta, canonical_groups
 from workers.metering.errors import MeterConflict, UnusableEvent
 
 SOURCE = "billstream/metering"
+HOUR = timedelta(hours=1)
 
 # PostgreSQL numeric adds exactly (values up to 131072 digits before the point and 16383
 # after); the default 28-digit context would round in-batch sums, so totals would depend
@@ -199,6 +208,62 @@ def _fold(delta: UsageDelta, aggregation: str, value: Decimal | str | None, at: 
         )
     ):
         delta.latest_time, delta.latest_value = at, value
+
+
+# --- usage.totals_changed ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TouchedTotal:
+    """One (tenant, subject, meter, hour) a batch changed, and how many of its events did."""
+
+    key: PeriodKey  # the meter, the subject and the hour [start, start + 1 h)
+    events: int
+
+
+def touched_totals(deltas: Sequence[UsageDelta], meters: Sequence[MeterDef]) -> list[TouchedTotal]:
+    """The (subject, meter, hour) totals a batch's deltas changed: one per key, every group
+    value of that hour combined, sorted by (tenant, subject, meter key, hour).
+
+    Each event adds exactly 1 to the count of one delta per meter that reads it, so the
+    counts summed over a key's group values are the events of the batch behind it.
+    """
+    by_id = {m.id: m for m in meters}
+    events: dict[tuple[str, str, datetime], int] = {}
+    for d in deltas:
+        key = (d.meter_id, d.subject, d.bucket)
+        events[key] = events.get(key, 0) + d.count
+    touched = [
+        TouchedTotal(PeriodKey(by_id[meter_id], subject, bucket, bucket + HOUR), n)
+        for (meter_id, subject, bucket), n in events.items()
+    ]
+    touched.sort(key=lambda t: (t.key.meter.tenant_id, t.key.subject, t.key.meter.key, t.key.start))
+    return touched
+
+
+def totals_changed(
+    touched: Sequence[TouchedTotal], totals: Sequence[Decimal | None], at: datetime
+) -> list[UsageTotalsChanged]:
+    """One ``usage.totals_changed`` per touched key, carrying its new ``totals`` (in order)."""
+    return [
+        UsageTotalsChanged(
+            source=SOURCE,
+            tenantid=t.key.meter.tenant_id,
+            subject=t.key.subject,
+            time=at,
+            data=UsageTotalsData(
+                meter_id=t.key.meter.id,
+                meter=t.key.meter.key,
+                aggregation=Aggregation(t.key.meter.aggregation),
+                subject=t.key.subject,
+                period_start=t.key.start,
+                period_end=t.key.end,
+                total=total,
+                events=t.events,
+            ),
+        )
+        for t, total in zip(touched, totals, strict=True)
+    ]
 
 
 # --- meters ------------------------------------------------------------------------
