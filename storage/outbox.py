@@ -3,10 +3,11 @@ and the relay publishes them afterwards (at least once, in order per database)."
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import BigInteger, DateTime, LargeBinary, String, delete, func, select, text
+from sqlalchemy import BigInteger, DateTime, LargeBinary, String, func, select, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
@@ -36,9 +37,31 @@ class OutgoingMessage:
     headers: dict[str, str]
 
 
-def add(session: AsyncSession, messages: list[OutgoingMessage]) -> None:
-    session.add_all(
-        OutboxRow(topic=m.topic, key=m.key, value=m.value, headers=m.headers) for m in messages
+_INSERT = text(
+    """
+    INSERT INTO outbox (topic, key, value, headers)
+    SELECT t, k, v, CAST(h AS jsonb)
+    FROM unnest(CAST(:topic AS text[]), CAST(:key AS bytea[]), CAST(:value AS bytea[]),
+                CAST(:headers AS text[])) WITH ORDINALITY AS m(t, k, v, h, n)
+    ORDER BY n
+    """
+)
+
+
+async def add(session: AsyncSession, messages: list[OutgoingMessage]) -> None:
+    """Write ``messages`` now, in order, with one set-based statement (no ORM objects: a
+    few µs a row where ORM inserts cost tens). Inside a savepoint that rolls back, the rows
+    roll back with it."""
+    if not messages:
+        return
+    await session.execute(
+        _INSERT,
+        {
+            "topic": [m.topic for m in messages],
+            "key": [m.key for m in messages],
+            "value": [m.value for m in messages],
+            "headers": [json.dumps(m.headers, separators=(",", ":")) for m in messages],
+        },
     )
 
 
@@ -50,13 +73,30 @@ async def try_lock_relay(session: AsyncSession) -> bool:
     return bool(result.scalar_one())
 
 
-async def pending(session: AsyncSession, limit: int) -> list[OutboxRow]:
-    rows = await session.scalars(select(OutboxRow).order_by(OutboxRow.id).limit(limit))
-    return list(rows)
+@dataclass(frozen=True)
+class PendingMessage:
+    """An outbox row waiting to be published (plain data: no ORM identity to track)."""
+
+    id: int
+    topic: str
+    key: bytes | None
+    value: bytes
+    headers: dict[str, str]
+
+
+_PENDING = text("SELECT id, topic, key, value, headers FROM outbox ORDER BY id LIMIT :limit")
+_REMOVE = text("DELETE FROM outbox WHERE id = ANY(CAST(:ids AS bigint[]))")
+
+
+async def pending(session: AsyncSession, limit: int) -> list[PendingMessage]:
+    """The oldest ``limit`` rows, in commit order."""
+    result = await session.execute(_PENDING, {"limit": limit})
+    return [PendingMessage(*r) for r in result]
 
 
 async def remove(session: AsyncSession, ids: list[int]) -> None:
-    await session.execute(delete(OutboxRow).where(OutboxRow.id.in_(ids)))
+    """Delete published rows (one statement, one array parameter, whatever their number)."""
+    await session.execute(_REMOVE, {"ids": ids})
 
 
 async def backlog(session: AsyncSession) -> tuple[int, datetime | None]:

@@ -335,7 +335,7 @@ class Sweeper:
             now = self.clock()
             counts = await self._work(session, now, done)
             emit_all(emit, done, lambda callback: None)
-            outbox.add(session, events)
+            await outbox.add(session, events)
         if done:
             _log(done)
             self.runtime.on_committed()  # wake the relay

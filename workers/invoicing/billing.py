@@ -297,7 +297,7 @@ class Billing:
         async with self.sessions() as session, session.begin():
             work = Work(session)
             n: int = await step(work)
-            outbox.add(session, work.events)
+            await outbox.add(session, work.events)
         if work.events:
             self.on_emitted()
         return n

@@ -221,7 +221,7 @@ class Collector:
             payment.stripe_payment_intent = outcome.payment_intent or payment.stripe_payment_intent
             payment.stripe_charge = outcome.charge or payment.stripe_charge
             messages = settle(c, payment, outcome, now, self.settings.dunning_schedule_days)
-            add(session, messages)
+            await add(session, messages)
         if messages:
             self.on_emitted()
 

@@ -140,7 +140,7 @@ async def apply_stripe_event(
         payment.stripe_charge = payment.stripe_charge or outcome.charge
         if payment.attempt != collection.attempts:
             return  # an older attempt: its outcome was recorded when it was superseded
-        add(tx.session, settle(collection, payment, outcome, clock(), schedule))
+        await add(tx.session, settle(collection, payment, outcome, clock(), schedule))
     elif kind == "charge.refunded":
         payment = await repo.payment_by_stripe(
             tenant, charge=str(obj.get("id", "")), intent=obj.get("payment_intent")

@@ -113,7 +113,7 @@ class Operations:
             else:
                 outcome = CommandOutcome(job.tenant_id, job.id, "succeeded", result=result)
                 assert done is not None
-                add(session, done.messages)
+                await add(session, done.messages)
             await CommandRepository(session).complete([(job.type, outcome)])
             op.state, op.lease_until = "done", None
         return True

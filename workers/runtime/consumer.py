@@ -188,7 +188,7 @@ class BatchProcessor(Generic[E]):
 
     async def _write_dead_letters(self, rows: list[outbox.OutgoingMessage]) -> None:
         async with self.sessions() as session, session.begin():
-            outbox.add(session, rows)
+            await outbox.add(session, rows)
         self.on_committed()
 
     async def _retrying(self, attempt: Callable[[], Coroutine[Any, Any, None]]) -> None:

@@ -142,7 +142,7 @@ class Tx:
         """Write what the batch produced besides its effects (called by the runtime)."""
         if self._release:
             await inbox.release(self.session, self.group, self._release)
-        outbox.add(self.session, self.outgoing)
+        await outbox.add(self.session, self.outgoing)
         await CommandRepository(self.session).complete(self.outcomes)
 
     def __post_init__(self) -> None:

@@ -265,7 +265,7 @@ class Dispatcher:
                     failed = service.message_failed(o)
                     if failed is not None:
                         events.append(failed)
-            outbox.add(
+            await outbox.add(
                 session,
                 [
                     outbox.OutgoingMessage(
