@@ -19,6 +19,7 @@ from sqlalchemy import (
     BigInteger,
     DateTime,
     ForeignKey,
+    Index,
     Row,
     String,
     Text,
@@ -50,8 +51,15 @@ class Meter(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
+_PERIOD_COLUMNS = ("tenant_id", "meter_id", "subject", "bucket")
+
+
 class UsageHourly(Base):
     __tablename__ = "usage_hourly"
+    # a subject's hours on a meter, whatever the groups: period totals (invoices, alerts)
+    __table_args__ = (
+        Index("ix_usage_hourly_period", "tenant_id", "meter_id", "subject", "bucket"),
+    )
 
     tenant_id: Mapped[str] = mapped_column(String(63), primary_key=True)
     meter_id: Mapped[str] = mapped_column(
@@ -70,6 +78,9 @@ class UsageHourly(Base):
 
 class UsageUnique(Base):
     __tablename__ = "usage_unique"
+    __table_args__ = (
+        Index("ix_usage_unique_period", "tenant_id", "meter_id", "subject", "bucket"),
+    )
 
     tenant_id: Mapped[str] = mapped_column(String(63), primary_key=True)
     meter_id: Mapped[str] = mapped_column(
