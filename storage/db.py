@@ -64,8 +64,10 @@ Sessions = async_sessionmaker[AsyncSession]
 """What code outside storage/ holds to open sessions (it never builds SQL itself)."""
 
 
-def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    return async_sessionmaker(engine, expire_on_commit=False)
+def session_factory(engine: AsyncEngine, relay: str = "") -> async_sessionmaker[AsyncSession]:
+    """Sessions of one process; ``relay`` names the worker whose outbox relay publishes
+    the rows they write (``storage.outbox``)."""
+    return async_sessionmaker(engine, expire_on_commit=False, info={"relay": relay})
 
 
 async def ping(engine: AsyncEngine) -> None:

@@ -7,25 +7,32 @@ import json
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import BigInteger, DateTime, LargeBinary, String, func, select, text
+from sqlalchemy import BigInteger, DateTime, Index, LargeBinary, String, func, select, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
 from storage.db import Base
 
-# one relay at a time publishes (keeps per-key order); the others wait as standbys
-RELAY_LOCK_ID = 0x6269_6C6C_0001
+# Each worker (metering, alerts, …) publishes the rows its processes wrote: one relay per
+# worker name at a time (keeps per-key order: a topic's keys are written by one worker);
+# its other replicas wait as standbys, and other workers' relays publish in parallel.
+# Rows of no worker (relay '': the CLI's audit events) go to whichever relay sees them
+# first, row-locked so never twice.
 
 
 class OutboxRow(Base):
     __tablename__ = "outbox"
+    __table_args__ = (Index("ix_outbox_relay", "relay", "id"),)
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
     topic: Mapped[str] = mapped_column(String(249))
     key: Mapped[bytes | None] = mapped_column(LargeBinary)
     value: Mapped[bytes] = mapped_column(LargeBinary)
     headers: Mapped[dict[str, str]] = mapped_column(JSONB, default=dict)
+    relay: Mapped[str] = mapped_column(
+        String(64), server_default="", comment="the worker whose relay publishes it"
+    )
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
@@ -39,8 +46,8 @@ class OutgoingMessage:
 
 _INSERT = text(
     """
-    INSERT INTO outbox (topic, key, value, headers)
-    SELECT t, k, v, CAST(h AS jsonb)
+    INSERT INTO outbox (topic, key, value, headers, relay)
+    SELECT t, k, v, CAST(h AS jsonb), :relay
     FROM unnest(CAST(:topic AS text[]), CAST(:key AS bytea[]), CAST(:value AS bytea[]),
                 CAST(:headers AS text[])) WITH ORDINALITY AS m(t, k, v, h, n)
     ORDER BY n
@@ -61,14 +68,22 @@ async def add(session: AsyncSession, messages: list[OutgoingMessage]) -> None:
             "key": [m.key for m in messages],
             "value": [m.value for m in messages],
             "headers": [json.dumps(m.headers, separators=(",", ":")) for m in messages],
+            "relay": relay_of(session),
         },
     )
 
 
+def relay_of(session: AsyncSession) -> str:
+    """The worker whose relay publishes what ``session`` writes to the outbox (set by the
+    worker's session factory; '' outside workers)."""
+    return str(session.info.get("relay", ""))
+
+
 async def try_lock_relay(session: AsyncSession) -> bool:
-    """Transaction-scoped: True when this transaction is the active relay."""
+    """Transaction-scoped: True when this transaction is the active relay of its worker."""
     result = await session.execute(
-        text("SELECT pg_try_advisory_xact_lock(:id)"), {"id": RELAY_LOCK_ID}
+        text("SELECT pg_try_advisory_xact_lock(hashtextextended('billstream-relay:' || :r, 0))"),
+        {"r": relay_of(session)},
     )
     return bool(result.scalar_one())
 
@@ -84,13 +99,20 @@ class PendingMessage:
     headers: dict[str, str]
 
 
-_PENDING = text("SELECT id, topic, key, value, headers FROM outbox ORDER BY id LIMIT :limit")
+_PENDING = text(
+    """
+    SELECT id, topic, key, value, headers FROM outbox
+    WHERE relay = :relay OR relay = ''
+    ORDER BY id LIMIT :limit
+    FOR UPDATE SKIP LOCKED
+    """
+)
 _REMOVE = text("DELETE FROM outbox WHERE id = ANY(CAST(:ids AS bigint[]))")
 
 
 async def pending(session: AsyncSession, limit: int) -> list[PendingMessage]:
-    """The oldest ``limit`` rows, in commit order."""
-    result = await session.execute(_PENDING, {"limit": limit})
+    """The oldest ``limit`` rows of this session's worker (and of none), in commit order."""
+    result = await session.execute(_PENDING, {"limit": limit, "relay": relay_of(session)})
     return [PendingMessage(*r) for r in result]
 
 

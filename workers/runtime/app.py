@@ -152,7 +152,7 @@ class Worker:
 def build_worker(name: str, settings: Settings, register: Callable[[Runtime], None]) -> Worker:
     broker = make_broker(settings, client_id=f"billstream-{name}")
     engine = create_engine(settings.database_url, pool_size=settings.database_pool_size)
-    sessions = session_factory(engine)
+    sessions = session_factory(engine, relay=name)
     relay = OutboxRelay(
         broker,
         sessions,
