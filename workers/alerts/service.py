@@ -449,56 +449,62 @@ def invoice_about(invoice_id: str) -> About:
     return About(type="invoice", id=invoice_id, href=f"/v1/invoices/{quote(invoice_id)}")
 
 
+def _invoice_alert(
+    rule: RuleDef,
+    subject: str,
+    invoice_id: str,
+    dedupe: str,
+    message: str,
+    money_: tuple[int, str],
+    now: datetime,
+) -> Alert:
+    """An operational alert about an invoice; its value is the amount at stake."""
+    amount, currency = money_
+    return operational_alert(
+        rule,
+        subject=subject,
+        dedupe=dedupe,
+        about=invoice_about(invoice_id),
+        message=message,
+        now=now,
+        value=Decimal(amount),
+        unit=currency,
+    )
+
+
 def payment_failed(rule: RuleDef, e: PaymentFailed, now: datetime) -> Alert:
     d = e.data
     why = d.failure_message or d.failure_code or "no reason given"
     retry = f"; retried at {utc_text(d.next_attempt_at)}" if d.next_attempt_at else ""
-    return operational_alert(
-        rule,
-        subject=d.customer,
-        dedupe=f"{d.invoice_id}:{d.attempt}",
-        about=invoice_about(d.invoice_id),
-        message=(
-            f"payment of {money(d.amount, d.currency)} by {d.customer} for invoice "
-            f"{d.invoice_id} failed (attempt {d.attempt}): {why}{retry}"
-        ),
-        now=now,
-        value=Decimal(d.amount),
-        unit=d.currency,
+    message = (
+        f"payment of {money(d.amount, d.currency)} by {d.customer} for invoice "
+        f"{d.invoice_id} failed (attempt {d.attempt}): {why}{retry}"
     )
+    return _invoice_alert(
+        rule, d.customer, d.invoice_id, f"{d.invoice_id}:{d.attempt}", message,
+        (d.amount, d.currency), now,
+    )  # fmt: skip
 
 
 def dunning_exhausted(rule: RuleDef, e: DunningExhausted, now: datetime) -> Alert:
     d = e.data
-    return operational_alert(
-        rule,
-        subject=d.customer,
-        dedupe=d.invoice_id,
-        about=invoice_about(d.invoice_id),
-        message=(
-            f"dunning exhausted for invoice {d.invoice_id} of {d.customer}: "
-            f"{money(d.amount, d.currency)} unpaid after {d.attempts} attempts; the invoice "
-            "is uncollectible"
-        ),
-        now=now,
-        value=Decimal(d.amount),
-        unit=d.currency,
+    message = (
+        f"dunning exhausted for invoice {d.invoice_id} of {d.customer}: "
+        f"{money(d.amount, d.currency)} unpaid after {d.attempts} attempts; the invoice "
+        "is uncollectible"
+    )
+    return _invoice_alert(
+        rule, d.customer, d.invoice_id, d.invoice_id, message, (d.amount, d.currency), now
     )
 
 
 def invoice_overdue(rule: RuleDef, i: OverdueInvoice, now: datetime) -> Alert:
-    return operational_alert(
-        rule,
-        subject=i.subject,
-        dedupe=i.invoice_id,
-        about=invoice_about(i.invoice_id),
-        message=(
-            f"invoice {i.number or i.invoice_id} of {i.subject} is overdue: "
-            f"{money(i.amount_due, i.currency)} was due {utc_text(i.due_at)}"
-        ),
-        now=now,
-        value=Decimal(i.amount_due),
-        unit=i.currency,
+    message = (
+        f"invoice {i.number or i.invoice_id} of {i.subject} is overdue: "
+        f"{money(i.amount_due, i.currency)} was due {utc_text(i.due_at)}"
+    )
+    return _invoice_alert(
+        rule, i.subject, i.invoice_id, i.invoice_id, message, (i.amount_due, i.currency), now
     )
 
 
