@@ -54,7 +54,7 @@ if str(ROOT) not in sys.path:  # `python bench/ingress.py` from anywhere
     sys.path.insert(0, str(ROOT))
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
-RESULT_DATE = "2026-11-22"
+RESULT_DATE = datetime.now(UTC).date().isoformat()
 
 TENANT = "bench-ingress"
 METER_KEY = "bench-tokens"

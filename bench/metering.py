@@ -62,7 +62,7 @@ warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 BASELINE_SCRIPT = Path(__file__).resolve().parent / "_baseline.py"
-RESULT_DATE = "2026-11-22"
+RESULT_DATE = datetime.now(UTC).date().isoformat()
 
 TENANT = "bench"
 SOURCE = "bench"
