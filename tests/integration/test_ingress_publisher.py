@@ -9,7 +9,8 @@ from aiokafka.partitioner import DefaultPartitioner
 
 from schemas import topics
 from tests.conftest import KafkaServer
-from workers.ingress.publisher import MAX_BATCH_SIZE, Publisher
+from workers.ingress.publisher import Publisher
+from workers.runtime.publisher import MAX_BATCH_SIZE
 from workers.settings import Settings
 
 

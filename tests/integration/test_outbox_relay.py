@@ -9,7 +9,7 @@ import json
 from storage import outbox
 from storage.db import create_engine, session_factory
 from tests.integration.support import Sessions, read_topic
-from workers.runtime.app import make_broker
+from workers.runtime.publisher import RecordPublisher
 from workers.runtime.relay import OutboxRelay
 from workers.runtime.topics import ensure_topics
 from workers.settings import Settings
@@ -25,15 +25,14 @@ async def test_each_worker_relays_its_own_rows_and_rows_of_no_worker(settings: S
     await ensure_topics(settings.kafka_bootstrap, partitions=1, replication=1, names=[TOPIC])
     engine = create_engine(settings.database_url)
     metering, alerts, cli = (session_factory(engine, relay=r) for r in ("metering", "alerts", ""))
-    broker = make_broker(settings, client_id="test-relay")
-    await broker.connect()
+    publisher = RecordPublisher(settings, client_id="test-relay")
     try:
         for sessions, ns in ((metering, [1, 2]), (alerts, [3]), (cli, [4])):
             async with sessions() as session, session.begin():
                 await outbox.add(session, [row(n) for n in ns])
 
         def relay(sessions: Sessions) -> OutboxRelay:
-            return OutboxRelay(broker, sessions, poll_interval_s=1, batch=100)
+            return OutboxRelay(publisher, sessions, poll_interval_s=1, batch=100)
 
         # while the metering relay holds its lock (its transaction is open), the alerts
         # relay still publishes: its own row and the row of no worker, not metering's
@@ -48,5 +47,5 @@ async def test_each_worker_relays_its_own_rows_and_rows_of_no_worker(settings: S
         assert published[2:] == [1, 2]  # one partition: metering's rows in id order
         assert await relay(alerts).publish_once() == 0
     finally:
-        await broker.stop()
+        await publisher.stop()
         await engine.dispose()

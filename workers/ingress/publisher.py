@@ -3,28 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 
 import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
-from aiokafka.partitioner import murmur2
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from workers.ingress.problems import Problem
+from workers.runtime.publisher import MAX_BATCH_SIZE, partition_hash
 from workers.settings import Settings
 
 log = structlog.get_logger("billstream.ingress")
 
 RETRY_AFTER_S = 5
 MAX_REQUEST_SIZE = 1_048_576  # aiokafka's default; Kafka's default message.max.bytes is ~1 MiB
-MAX_BATCH_SIZE = 262_144  # per partition per produce request (aiokafka's default: 16 KiB)
-
-
-@functools.lru_cache(maxsize=65_536)
-def _murmur2(key: bytes) -> int:
-    """aiokafka's murmur2 (pure Python), memoised: the same customers' keys recur."""
-    return int(murmur2(key))
 
 
 def unavailable(detail: str) -> Problem:
@@ -87,7 +79,7 @@ class Publisher:
                 for key, value in messages:
                     if len(key) + len(value) > self._max_message // 2:
                         self._check_size(key, value)
-                    p = partitions[(_murmur2(key) & 0x7FFFFFFF) % count]
+                    p = partitions[partition_hash(key) % count]
                     by_partition.setdefault(p, []).append((key, value))
                 for p, pairs in by_partition.items():
                     # One caller at a time hands batches to a partition: the producer keeps

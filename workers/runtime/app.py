@@ -20,6 +20,7 @@ from storage.db import create_engine, ping, session_factory
 from workers.runtime import metrics
 from workers.runtime.consumer import Runtime
 from workers.runtime.health import HealthServer
+from workers.runtime.publisher import RecordPublisher
 from workers.runtime.relay import OutboxRelay
 from workers.settings import Settings
 
@@ -154,7 +155,7 @@ def build_worker(name: str, settings: Settings, register: Callable[[Runtime], No
     engine = create_engine(settings.database_url, pool_size=settings.database_pool_size)
     sessions = session_factory(engine, relay=name)
     relay = OutboxRelay(
-        broker,
+        RecordPublisher(settings, client_id=f"billstream-{name}-relay"),
         sessions,
         poll_interval_s=settings.outbox_poll_interval_s,
         batch=settings.outbox_batch,

@@ -12,12 +12,12 @@ import asyncio
 import contextlib
 
 import structlog
-from faststream.kafka import KafkaBroker
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from tenacity import AsyncRetrying, retry_if_exception, wait_exponential_jitter
 
 from storage import outbox
 from workers.runtime import metrics
+from workers.runtime.publisher import Record, RecordPublisher
 from workers.runtime.transient import is_transient
 
 log = structlog.get_logger("billstream.relay")
@@ -26,14 +26,14 @@ log = structlog.get_logger("billstream.relay")
 class OutboxRelay:
     def __init__(
         self,
-        broker: KafkaBroker,
+        publisher: RecordPublisher,
         sessions: async_sessionmaker[AsyncSession],
         *,
         poll_interval_s: float,
         batch: int,
         retry_max_s: float = 30.0,
     ) -> None:
-        self.broker = broker
+        self.publisher = publisher
         self.sessions = sessions
         self.poll_interval_s = poll_interval_s
         self.batch = batch
@@ -54,6 +54,7 @@ class OutboxRelay:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        await self.publisher.stop()
 
     async def _run(self) -> None:
         while True:
@@ -85,13 +86,8 @@ class OutboxRelay:
             rows = await outbox.pending(session, self.batch)
             if not rows:
                 return 0
-            futures = [
-                await self.broker.publish(
-                    row.value, row.topic, key=row.key, headers=row.headers, no_confirm=True
-                )
-                for row in rows
-            ]
-            await asyncio.gather(*futures)  # every row acknowledged (acks=all) before delete
+            # every row acknowledged (acks=all) before the delete
+            await self.publisher.publish([Record(r.topic, r.key, r.value, r.headers) for r in rows])
             await outbox.remove(session, [row.id for row in rows])
         metrics.OUTBOX_PUBLISHED.inc(len(rows))
         return len(rows)
