@@ -167,7 +167,7 @@ def register(runtime: Runtime, clock: Clock) -> None:
             await operational(m.event, tx, clock())
 
     @runtime.consumer(
-        [topics.dlq(t) for t in topics.all_topic_names() if not t.endswith(topics.DLQ_SUFFIX)],
+        [t for t in topics.all_topic_names() if t.endswith(topics.DLQ_SUFFIX)],
         group=DEAD_LETTERS_GROUP,
         decode=decode_dead_letter,
         label="dead-letters",
