@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from itertools import count
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -241,6 +242,16 @@ def test_hour_bucket_boundaries() -> None:
     assert service.hour_bucket(T0 + timedelta(hours=1)) == T0 + timedelta(hours=1)
 
 
+@pytest.mark.parametrize("minutes", [0, 60, -300, 330, -570, 345])  # +05:30, -09:30, +05:45
+def test_hour_bucket_in_any_zone_is_the_utc_hour(minutes: int) -> None:
+    zone = timezone(timedelta(minutes=minutes))
+    for m in range(0, 24 * 60, 7):  # every 7 minutes of a day, twice (memoised the 2nd time)
+        local = datetime(2024, 5, 1, tzinfo=zone) + timedelta(minutes=m, seconds=13)
+        expected = local.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+        assert service.hour_bucket(local) == expected
+        assert service.hour_bucket(local) == expected
+
+
 def test_late_events_land_in_their_own_hour() -> None:
     m = meter("sum")
     events = [
@@ -447,3 +458,11 @@ def test_one_number_spelled_three_ways_is_one_unique_value_and_one_group() -> No
     out = service.aggregate(events, [meter])
     assert {u.value for u in out.uniques} == {"1"}
     assert [d.groups for d in out.deltas] == ['{"tier":"1"}']
+
+
+def test_hour_bucket_tells_the_two_hours_of_a_dst_fold_apart() -> None:
+    berlin = ZoneInfo("Europe/Berlin")
+    first = datetime(2024, 10, 27, 2, 30, tzinfo=berlin)  # 00:30 UTC (summer time)
+    second = first.replace(fold=1)  # 01:30 UTC (winter time), the same wall clock
+    assert service.hour_bucket(first) == datetime(2024, 10, 27, 0, tzinfo=UTC)
+    assert service.hour_bucket(second) == datetime(2024, 10, 27, 1, tzinfo=UTC)

@@ -8,12 +8,13 @@ from decimal import Decimal
 from itertools import count
 from typing import Any
 
+import pytest
 from pydantic import TypeAdapter
 
 from schemas.envelope import WIRE
 from schemas.metering import Aggregation, MeteringEvent, UsageTotalsChanged
 from schemas.usage import UsageEvent
-from storage.metering import MeterDef
+from storage.metering import MeterDef, PeriodKey
 from workers.metering import service
 
 H10 = datetime(2024, 5, 1, 10, 0, tzinfo=UTC)
@@ -135,14 +136,22 @@ def test_nothing_touched_emits_nothing() -> None:
     assert service.totals_changed([], [], H10) == []
 
 
+def decoded(raw: bytes) -> UsageTotalsChanged:
+    event = TypeAdapter(MeteringEvent).validate_json(raw, context=WIRE)
+    assert isinstance(event, UsageTotalsChanged)
+    return event
+
+
 def test_the_events_carry_the_new_totals_in_the_envelope_downstream_consumers_read() -> None:
     events = [call("cust-1", H10, "1.5", "eu"), call("cust-1", H10 + M, "2.25", "us")]
     touched = service.touched_totals(service.aggregate(events, [SPEND, USERS]).deltas, METERS)
-    now = datetime(2024, 5, 1, 12, 34, 56, tzinfo=UTC)
+    now = datetime(2024, 5, 1, 12, 34, 56, 789, tzinfo=UTC)
 
     built = service.totals_changed(touched, [Decimal("10.75"), Decimal(1)], now)
 
-    spend, users = built
+    (t1, raw_spend), (t2, raw_users) = built
+    assert (t1, t2) == ("acme", "acme")
+    spend, users = decoded(raw_spend), decoded(raw_users)
     assert spend.type == "usage.totals_changed"
     assert (spend.source, spend.tenantid, spend.subject, spend.time) == (
         service.SOURCE,
@@ -158,10 +167,26 @@ def test_the_events_carry_the_new_totals_in_the_envelope_downstream_consumers_re
     assert (users.data.meter, users.data.aggregation) == ("users", Aggregation.UNIQUE_COUNT)
     assert users.data.total == 1
     assert spend.id != users.id
+    assert b'"total":"10.75"' in raw_spend  # an exact decimal string on the wire
 
-    # on the wire: an exact decimal string, and it reads back as the same event
-    wire = spend.to_json()
-    assert b'"total":"10.75"' in wire
-    decoded = TypeAdapter(MeteringEvent).validate_json(wire, context=WIRE)
-    assert isinstance(decoded, UsageTotalsChanged)
-    assert decoded == spend
+    # byte for byte what the model would write for the same event
+    assert raw_spend == spend.to_json()
+
+
+@pytest.mark.parametrize(
+    ("subject", "total"),
+    [
+        ('quote " backslash \\ tab \t', Decimal("1E+3")),
+        ("unicode ünï 🧾", Decimal("-0.000001")),
+        ("no value", None),
+    ],
+)
+def test_any_subject_and_total_encode_as_the_schema_says(
+    subject: str, total: Decimal | None
+) -> None:
+    key = PeriodKey(SPEND, subject, H10, H11)
+    [(tenant, raw)] = service.totals_changed([service.TouchedTotal(key, 3)], [total], H11)
+    event = decoded(raw)
+    assert (tenant, event.subject, event.data.subject) == ("acme", subject, subject)
+    assert event.data.total == total and event.data.events == 3
+    assert raw == event.to_json()

@@ -34,8 +34,10 @@ def register(runtime: Runtime) -> None:
         await usage.apply(result.deltas, result.uniques)
         touched = service.touched_totals(result.deltas, meters)
         totals = await usage.period_totals([t.key for t in touched])
-        for event in service.totals_changed(touched, totals, utcnow()):
-            tx.emit(event, topic=topics.EVENTS_METERING, key=event.tenantid)
+        for tenant, value in service.totals_changed(touched, totals, utcnow()):
+            tx.emit_encoded(
+                value, type=service.TOTALS_CHANGED, topic=topics.EVENTS_METERING, key=tenant
+            )
 
     @runtime.consumer(
         topics.COMMANDS_METERING,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Sequence
@@ -18,8 +19,6 @@ from schemas.metering import (
     MeterCreated,
     MeterCreatedData,
     MeterSpec,
-    UsageTotalsChanged,
-    UsageTotalsData,
 )
 from schemas.usage import UsageEvent
 from storage.metering import MeterDef, PeriodKey, UniqueValue, UsageDelta, canonical_groups
@@ -39,8 +38,22 @@ def decode_usage(raw: bytes) -> UsageEvent:
     return UsageEvent.from_json(raw)
 
 
+_BUCKETS: dict[tuple[int, int, int, int, timedelta], datetime] = {}
+
+
 def hour_bucket(t: datetime) -> datetime:
-    return t.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    """The UTC hour ``t`` falls in. Memoised by local hour and zone when the zone's offset is
+    whole hours (then a local hour is one UTC hour): converting costs ~1 µs, a lookup ~0.2."""
+    offset = t.utcoffset()
+    if offset is None or offset.seconds % 3600:
+        return t.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    key = (t.year, t.month, t.day, t.hour, offset)  # the offset, not the zone: DST folds
+    bucket = _BUCKETS.get(key)
+    if bucket is None:
+        if len(_BUCKETS) > 100_000:
+            _BUCKETS.clear()
+        bucket = _BUCKETS[key] = t.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    return bucket
 
 
 # JSON-number spelling for numeric strings ("12.5", "-3e2"); no underscores, no "inf"
@@ -241,29 +254,57 @@ def touched_totals(deltas: Sequence[UsageDelta], meters: Sequence[MeterDef]) -> 
     return touched
 
 
+TOTALS_CHANGED = "usage.totals_changed"
+
+
+def _utc_text(t: datetime) -> str:
+    """A UTC time as pydantic writes it (``…Z``)."""
+    return t.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
 def totals_changed(
     touched: Sequence[TouchedTotal], totals: Sequence[Decimal | None], at: datetime
-) -> list[UsageTotalsChanged]:
-    """One ``usage.totals_changed`` per touched key, carrying its new ``totals`` (in order)."""
-    return [
-        UsageTotalsChanged(
-            source=SOURCE,
-            tenantid=t.key.meter.tenant_id,
-            subject=t.key.subject,
-            time=at,
-            data=UsageTotalsData(
-                meter_id=t.key.meter.id,
-                meter=t.key.meter.key,
-                aggregation=Aggregation(t.key.meter.aggregation),
-                subject=t.key.subject,
-                period_start=t.key.start,
-                period_end=t.key.end,
-                total=total,
-                events=t.events,
-            ),
+) -> list[tuple[str, bytes]]:
+    """One ``usage.totals_changed`` per touched key, carrying its new ``totals`` (in order),
+    as (tenant id, the event's JSON).
+
+    Written straight as JSON rather than through the pydantic model: a batch emits up to
+    one per event, and the model costs ~15 µs each where this costs a few. A unit test holds
+    the output to the ``UsageTotalsChanged`` schema.
+    """
+    time = _utc_text(at)
+    meters: dict[str, str] = {}
+    hours: dict[datetime, str] = {}
+    out: list[tuple[str, bytes]] = []
+    dumps = functools.partial(json.dumps, ensure_ascii=False)  # UTF-8, as pydantic writes
+    for t, total in zip(touched, totals, strict=True):
+        m = t.key.meter
+        head = meters.get(m.id)
+        if head is None:
+            head = meters[m.id] = (
+                f'"meter_id":{dumps(m.id)},"meter":{dumps(m.key)},'
+                f'"aggregation":{dumps(Aggregation(m.aggregation).value)}'
+            )
+        period = hours.get(t.key.start)
+        if period is None:
+            period = hours[t.key.start] = (
+                f'"period_start":"{_utc_text(t.key.start)}","period_end":"{_utc_text(t.key.end)}"'
+            )
+        subject = dumps(t.key.subject)
+        value = f',"total":"{format(total, "f")}"' if total is not None else ""
+        out.append(
+            (
+                m.tenant_id,
+                (
+                    f'{{"specversion":"1.0","id":"{new_id()}","source":"{SOURCE}",'
+                    f'"type":"{TOTALS_CHANGED}","time":"{time}","subject":{subject},'
+                    f'"datacontenttype":"application/json","data":{{{head},"subject":{subject},'
+                    f'{period}{value},"events":{t.events}}},"tenantid":{dumps(m.tenant_id)},'
+                    '"dataversion":"1"}'
+                ).encode(),
+            )
         )
-        for t, total in zip(touched, totals, strict=True)
-    ]
+    return out
 
 
 # --- meters ------------------------------------------------------------------------

@@ -103,6 +103,10 @@ class Tx:
         """Publish ``event`` after this transaction commits (through the outbox)."""
         self.outgoing.append(outgoing(event, topic=topic, key=key))
 
+    def emit_encoded(self, value: bytes, *, type: str, topic: str, key: str) -> None:
+        """``emit`` for an event already encoded as its CloudEvent JSON (hot paths)."""
+        self.outgoing.append(outbox.OutgoingMessage(topic, key.encode(), value, {"ce_type": type}))
+
     def after_commit(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` once this transaction has committed (not if it rolls back):
         e.g. wake an in-process loop that works on what the batch wrote."""
