@@ -42,7 +42,6 @@ import json
 import multiprocessing
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -89,6 +88,8 @@ def receive(port: int, out: Path, secret: str) -> None:
     (arrival time first, then the body is read and the signature verified)."""
     from standardwebhooks import Webhook
 
+    from bench._common import serve_until_sigterm
+
     verifier = Webhook(secret)
     sink = open(out, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 (lives with the process)
 
@@ -129,15 +130,7 @@ def receive(port: int, out: Path, secret: str) -> None:
         finally:
             writer.close()
 
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGTERM, stop.set)
-        server = await asyncio.start_server(handle, "127.0.0.1", port, backlog=1024)
-        async with server:
-            await stop.wait()
-
-    asyncio.run(main())
+    asyncio.run(serve_until_sigterm(handle, port))
     sink.close()
 
 
@@ -568,6 +561,7 @@ async def main(args: argparse.Namespace) -> int:
         postmaster_pid,
         server_stack,
         start_proc,
+        stop_all,
         wait_http,
     )
     from storage.db import migrate
@@ -730,20 +724,7 @@ async def main(args: argparse.Namespace) -> int:
         r["cadence"] = await batch_cadence(url, load_started)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-        for p in reversed(procs):
-            p.stop()
-        for p in procs:
-            lines = (
-                [
-                    ln
-                    for ln in p.log.read_text(errors="replace").splitlines()
-                    if "Traceback" in ln or '"level": "error"' in ln
-                ]
-                if p.log.exists()
-                else []
-            )
-            for ln in lines[:3]:
-                print(f"  {p.name} log: {ln[:300]}")
+        stop_all(procs)
         kafka.stop()
         pg.stop()
         if args.keep:

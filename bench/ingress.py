@@ -511,6 +511,24 @@ class Proc:
         return ""
 
 
+def stop_all(procs: list[Proc]) -> None:
+    """Stop ``procs`` (last started first) and show the first errors each one logged."""
+    for p in reversed(procs):
+        p.stop()
+    for p in procs:
+        errors = (
+            [
+                ln
+                for ln in p.log.read_text(errors="replace").splitlines()
+                if "Traceback" in ln or '"level": "error"' in ln
+            ]
+            if p.log.exists()
+            else []
+        )
+        for ln in errors[:3]:
+            print(f"  {p.name} log: {ln[:300]}")
+
+
 def start_proc(
     name: str, args: list[str], env: dict[str, str], log: Path, root: Path = ROOT
 ) -> Proc:
@@ -802,20 +820,7 @@ async def main(args: argparse.Namespace) -> int:
             print_open(results["latency"])
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-        for p in reversed(procs):
-            p.stop()
-        for p in procs:
-            warnings = (
-                [
-                    ln
-                    for ln in p.log.read_text(errors="replace").splitlines()
-                    if "Traceback" in ln or '"level": "error"' in ln
-                ]
-                if p.log.exists()
-                else []
-            )
-            for ln in warnings[:3]:
-                print(f"  {p.name} log: {ln[:300]}")
+        stop_all(procs)
         kafka.stop()
         pg.stop()
         if args.keep:

@@ -66,6 +66,8 @@ def receive(port: int, out: Path, secret: str) -> None:
     """Answer 204 to every POST; on SIGTERM write {webhook-id: [first arrival, count]}."""
     from standardwebhooks import Webhook
 
+    from bench._common import serve_until_sigterm
+
     verifier = Webhook(secret)
     seen: dict[str, list[float]] = {}
     state = {"verified": 0, "bad": 0, "requests": 0}
@@ -100,15 +102,7 @@ def receive(port: int, out: Path, secret: str) -> None:
         finally:
             writer.close()
 
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGTERM, stop.set)
-        server = await asyncio.start_server(handle, "127.0.0.1", port, backlog=1024)
-        async with server:
-            await stop.wait()
-
-    asyncio.run(main())
+    asyncio.run(serve_until_sigterm(handle, port))
     out.write_text(json.dumps({"seen": seen, **state}))
 
 
