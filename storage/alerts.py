@@ -252,14 +252,6 @@ class AlertsRepository:
         rows = await self.session.scalars(query.order_by(AlertRuleRow.tenant_id, AlertRuleRow.key))
         return [_rule(r) for r in rows]
 
-    async def tenants_with(self, kind: str, target: str) -> list[str]:
-        rows = await self.session.scalars(
-            select(AlertRuleRow.tenant_id)
-            .where(AlertRuleRow.kind == kind, AlertRuleRow.target == target)
-            .distinct()
-        )
-        return list(rows)
-
     # --- alerts -----------------------------------------------------------------------
 
     async def raise_alerts(self, alerts: Sequence[Alert]) -> list[Alert]:

@@ -4,6 +4,7 @@ identity (what makes "exactly once" possible), anomalies, and the events."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -170,7 +171,7 @@ def test_events_have_ids_derived_from_the_alert_and_its_state() -> None:
     assert body["data"]["value"] == "7" and body["data"]["threshold"] == "5"
     assert body["data"]["about"]["href"].startswith("/v1/meters/tokens/usage?")
     assert body["subject"] == "c" and body["tenantid"] == "acme"
-    resolved = service.event_for(service.resolved_copy(a, NOW, "period ended"))
+    resolved = service.event_for(replace(a, state="resolved", resolved_at=NOW))
     assert resolved.type == "alert.resolved" and resolved.id != raised.id
 
 

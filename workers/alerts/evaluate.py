@@ -102,7 +102,7 @@ class UsageRules:
         closed period raises nothing: it is billed as an adjustment later)."""
         p = periods.get((c.tenant_id, c.subject))
         start, end = (p.start, p.end) if p is not None else service.calendar_month(now)
-        return (start, end) if start < c.hour + service.HOUR and c.hour < end else None
+        return (start, end) if service.in_period(c.hour, start, end) else None
 
     async def _thresholds(
         self,
@@ -187,7 +187,7 @@ class UsageRules:
         subjects: dict[tuple[str, str], Period] = {}
         for c in changes:
             p = periods.get((c.tenant_id, c.subject))
-            if p is None or not (p.start < c.hour + service.HOUR and c.hour < p.end):
+            if p is None or not service.in_period(c.hour, p.start, p.end):
                 continue
             if any(
                 service.applies(r, c.subject) and r.target == p.currency

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_DOWN, Decimal
 from typing import Any
@@ -110,6 +109,11 @@ def calendar_month(t: datetime) -> tuple[datetime, datetime]:
         else start.replace(month=start.month + 1)
     )
     return start, end
+
+
+def in_period(hour: datetime, start: datetime, end: datetime) -> bool:
+    """Whether the hour starting at ``hour`` overlaps the period [start, end)."""
+    return start < hour + HOUR and hour < end
 
 
 def anomaly_hours(hour: datetime) -> list[datetime]:
@@ -390,10 +394,6 @@ def with_ids(alerts: Sequence[Alert]) -> list[Alert]:
     for a in alerts:
         seen.setdefault(a.id, a)
     return list(seen.values())
-
-
-def resolved_copy(a: Alert, at: datetime, why: str) -> Alert:
-    return replace(a, state="resolved", resolved_at=at, resolution=why)
 
 
 # --- events --------------------------------------------------------------------------

@@ -59,7 +59,12 @@ def dead_letter(
 
 def outgoing(event: CloudEvent, *, topic: str, key: str) -> outbox.OutgoingMessage:
     """The outbox row that publishes ``event`` on ``topic`` under ``key``."""
-    return outbox.OutgoingMessage(topic, key.encode(), event.to_json(), {"ce_type": event.type})
+    return encoded(event.to_json(), type=event.type, topic=topic, key=key)
+
+
+def encoded(value: bytes, *, type: str, topic: str, key: str) -> outbox.OutgoingMessage:
+    """The outbox row of an event already encoded as its CloudEvent JSON."""
+    return outbox.OutgoingMessage(topic, key.encode(), value, {"ce_type": type})
 
 
 @dataclass
@@ -105,7 +110,7 @@ class Tx:
 
     def emit_encoded(self, value: bytes, *, type: str, topic: str, key: str) -> None:
         """``emit`` for an event already encoded as its CloudEvent JSON (hot paths)."""
-        self.outgoing.append(outbox.OutgoingMessage(topic, key.encode(), value, {"ce_type": type}))
+        self.outgoing.append(encoded(value, type=type, topic=topic, key=key))
 
     def after_commit(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` once this transaction has committed (not if it rolls back):
