@@ -118,7 +118,7 @@ class UsageTotalsData(BaseModel):
         default=None,
         description="The meter's value for the subject over the period, every group "
         "combined, after this batch (exact decimal string; null for min/max/latest of "
-        "events without a value)."
+        "events without a value).",
     )
     events: int = Field(ge=1, description="How many events of this batch changed it.")
 

@@ -125,6 +125,7 @@ async def test_replay_into_the_group_by_time_then_by_offset_rereads_and_counts_n
             await replay(settings, request(group=USAGE_GROUP, start=parse_bound("0", "--from")))
     ends = await wait_committed_to_end(settings, USAGE_GROUP, topics.USAGE)
     await no_members(settings, USAGE_GROUP)
+    committed = await committed_offsets(settings, USAGE_GROUP, topics.USAGE)
 
     # by time: only batch B (stamped at TB) is read again
     dry = await replay(
@@ -132,7 +133,7 @@ async def test_replay_into_the_group_by_time_then_by_offset_rereads_and_counts_n
         request(group=USAGE_GROUP, start=parse_bound(TB.isoformat(), "--from"), dry_run=True),
     )
     assert dry.records == 4 and dry.audit_id is None
-    assert await committed_offsets(settings, USAGE_GROUP, topics.USAGE) == ends  # unchanged
+    assert await committed_offsets(settings, USAGE_GROUP, topics.USAGE) == committed  # unchanged
     by_time = await replay(
         settings, request(group=USAGE_GROUP, start=parse_bound(TB.isoformat(), "--from"))
     )
@@ -151,7 +152,8 @@ async def test_replay_into_the_group_by_time_then_by_offset_rereads_and_counts_n
     # by offset: everything, on every partition
     by_offset = await replay(settings, request(group=USAGE_GROUP, start=parse_bound("0", "--from")))
     assert by_offset.records == 10
-    assert set((await committed_offsets(settings, USAGE_GROUP, topics.USAGE)).values()) == {0}
+    rewound = await committed_offsets(settings, USAGE_GROUP, topics.USAGE)
+    assert {c or 0 for c in rewound.values()} == {0}  # None: an empty partition, never committed
     before = deduplicated()
     async with running(build(settings)):
         await wait_committed_to_end(settings, USAGE_GROUP, topics.USAGE)

@@ -257,6 +257,45 @@ async def test_a_graceful_stop_finishes_and_commits_the_batch_in_progress(
     assert await inbox_count(sessions, GROUP) == 10
 
 
+async def test_the_next_batch_is_decoded_while_one_applies_and_nothing_commits_early(
+    settings: Settings, sessions: Sessions, tenant: TenantKey, topics: None
+) -> None:
+    """ADR 0042: while one batch's transaction runs, the next is fetched and decoded; its
+    offsets (and the running batch's) are committed only after each batch applied."""
+    decoded: list[str] = []
+    entered, release = asyncio.Event(), asyncio.Event()
+    handled: Counter[str] = Counter()
+
+    def decode(raw: bytes) -> UsageEvent:
+        event = UsageEvent.from_json(raw)
+        decoded.append(event.id)
+        return event
+
+    async def handler(batch: Batch[UsageEvent], tx: Tx) -> None:
+        fresh = await tx.claim(batch)
+        entered.set()
+        await release.wait()  # the first batch holds its transaction open
+        handled.update(m.event.id for m in fresh)
+
+    def register(runtime: Runtime) -> None:
+        runtime.consumer(IN, group=GROUP, decode=decode)(handler)
+
+    first, later = items(10, subjects=3), items(20, subjects=3)[10:]
+    await send(settings, first)
+    async with running(build_worker("test", settings, register)):
+        await asyncio.wait_for(entered.wait(), timeout=15)
+        await send(settings, later)
+        await wait_for(lambda: {e.id for e in later} <= set(decoded))
+        # decoded, but neither batch applied nor committed while the first one runs
+        assert not handled
+        assert await inbox_count(sessions, GROUP) == 0
+        assert all(not c for c in (await committed_offsets(settings, GROUP, IN)).values())
+        release.set()
+        await wait_committed_to_end(settings, GROUP, IN)
+    assert handled == Counter(e.id for e in first + later)  # all of them, once
+    assert await inbox_count(sessions, GROUP) == 20
+
+
 async def test_a_consumer_of_a_dead_letter_topic_never_dead_letters(
     settings: Settings, sessions: Sessions, tenant: TenantKey, topics: None
 ) -> None:

@@ -33,3 +33,7 @@ class RetryableError(BillstreamError):
 
 class PermanentError(BillstreamError):
     code = "permanent"
+
+
+class ShuttingDown(Exception):
+    """Raised out of a retry loop when the worker stops; the batch is not committed."""
