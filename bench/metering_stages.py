@@ -43,6 +43,7 @@ from workers.devstack import EmbeddedPostgres
 from workers.metering import handlers, service
 from workers.runtime import consumer as runtime_consumer
 from workers.runtime import tx as runtime_tx
+from workers.settings import Settings
 
 WALL: dict[str, float] = defaultdict(float)
 CPU: dict[str, float] = defaultdict(float)
@@ -191,7 +192,7 @@ if __name__ == "__main__":
     p.add_argument("--events", type=int, default=100_000)
     p.add_argument("--subjects", type=int, default=1_000)
     p.add_argument("--dup-rate", type=float, default=0.02)
-    p.add_argument("--batch", type=int, default=5_000)
+    p.add_argument("--batch", type=int, default=Settings().batch_max_records)
     p.add_argument("--cprofile", metavar="FILE")
     p.add_argument(
         "--no-gc-freeze", action="store_true", help="leave the startup heap in the GC's scans"
