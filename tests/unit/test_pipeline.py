@@ -8,6 +8,7 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
+import pytest
 from aiokafka import ConsumerRecord, TopicPartition
 
 from workers.devstack import wait_for
@@ -160,6 +161,19 @@ async def test_while_stopping_no_batch_starts_and_its_records_are_held() -> None
     await pipe.drain()
     assert proc.applied == [] and consumer.commits == []
     assert consumer.seeks == [(tp(0), 4)]
+
+
+async def test_a_batch_whose_decoding_fails_is_read_again() -> None:
+    pipe, proc = pipeline()
+    consumer = FakeConsumer()
+
+    async def broken(batch: Sequence[ConsumerRecord[bytes, bytes]]) -> Any:
+        raise RuntimeError("a bug")
+
+    proc.decode = broken  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError):
+        await pipe.submit(records(0, 3, 4), consumer)
+    assert consumer.seeks == [(tp(0), 3)] and consumer.commits == []
 
 
 async def test_a_batch_given_up_for_the_stop_is_not_committed() -> None:

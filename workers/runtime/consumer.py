@@ -5,6 +5,7 @@ command outcomes, dead-letter rows) → commit → commit the Kafka offsets. Tra
 failures retry with exponential backoff and jitter, forever, never skipping a message.
 A batch that fails permanently is split in halves until the poison message is alone;
 it goes to ``<topic>.dlq`` (through the outbox, so it is never lost) and the rest proceed.
+The next batch is fetched and decoded while one is applied (pipeline.py, ADR 0042).
 """
 
 from __future__ import annotations

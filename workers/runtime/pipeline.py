@@ -67,8 +67,12 @@ class Pipeline(Generic[E]):
 
     async def submit(self, records: Records, consumer: AIOKafkaConsumer) -> None:
         """Decode ``records``, then start applying them once the batch before is done."""
-        batch = await self.processor.decode(records)
-        await self.drain()
+        try:
+            batch = await self.processor.decode(records)
+            await self.drain()
+        except BaseException:  # cancelled (stopping), or a bug: read them again
+            self._hold(consumer, records)
+            raise
         if self.processor.stopping.is_set():
             self._hold(consumer, records)
         elif self._admit(consumer, records):
