@@ -73,6 +73,24 @@ def pipeline() -> tuple[Pipeline[Any], FakeProcessor]:
     return Pipeline(processor), processor  # type: ignore[arg-type]
 
 
+async def feed(
+    pipe: Pipeline[Any], consumer: FakeConsumer, *batches: list[ConsumerRecord[bytes, bytes]]
+) -> None:
+    """Submit each batch in turn and wait until it is applied (or held)."""
+    for batch in batches:
+        await pipe.submit(batch, consumer)
+        await pipe.drain()
+
+
+async def failed_at_10() -> tuple[Pipeline[Any], FakeProcessor, FakeConsumer]:
+    """A pipeline whose batch of partition 0, offsets 10..12, failed with a bug."""
+    pipe, proc = pipeline()
+    consumer = FakeConsumer()
+    proc.fail = RuntimeError("a bug")
+    await feed(pipe, consumer, records(0, 10, 12))
+    return pipe, proc, consumer
+
+
 async def test_the_next_batch_decodes_while_one_applies_and_offsets_follow_the_applies() -> None:
     pipe, proc = pipeline()
     consumer = FakeConsumer()
@@ -97,58 +115,40 @@ async def test_a_partition_revoked_meanwhile_is_not_committed() -> None:
     pipe, _ = pipeline()
     consumer = FakeConsumer()
     consumer.assigned.discard(tp(1))
-    await pipe.submit(records(0, 0, 1) + records(1, 0, 1), consumer)
-    await pipe.drain()
+    await feed(pipe, consumer, records(0, 0, 1) + records(1, 0, 1))
     assert consumer.commits == [{tp(0): 2}]
 
 
 async def test_a_failed_batch_is_read_again_and_a_batch_fetched_before_the_seek_is_held() -> None:
-    pipe, proc = pipeline()
-    consumer = FakeConsumer()
-    proc.fail = RuntimeError("a bug")
-    await pipe.submit(records(0, 10, 12), consumer)
-    await pipe.drain()
+    pipe, proc, consumer = await failed_at_10()
     assert proc.applied == [] and consumer.commits == []
     assert consumer.seeks == [(tp(0), 10)]
 
     # fetched before the seek: partition 0 resumes after 12, partition 1 is new
-    await pipe.submit(records(0, 13, 14) + records(1, 5, 6), consumer)
-    await pipe.drain()
+    await feed(pipe, consumer, records(0, 13, 14) + records(1, 5, 6))
     assert proc.applied == [] and consumer.commits == []
     assert consumer.seeks[1:] == [(tp(0), 10), (tp(1), 5)]
 
     # the re-read, from where each partition was held
-    await pipe.submit(records(0, 10, 14) + records(1, 5, 6), consumer)
-    await pipe.drain()
+    await feed(pipe, consumer, records(0, 10, 14) + records(1, 5, 6))
     assert proc.applied == [[10, 11, 12, 13, 14, 5, 6]]
     assert consumer.commits == [{tp(0): 15, tp(1): 7}]
 
 
 async def test_after_a_failure_a_batch_of_other_partitions_still_applies() -> None:
-    pipe, proc = pipeline()
-    consumer = FakeConsumer()
-    proc.fail = RuntimeError("a bug")
-    await pipe.submit(records(0, 10, 12), consumer)
-    await pipe.drain()
-    await pipe.submit(records(1, 0, 1), consumer)
-    await pipe.drain()
+    pipe, proc, consumer = await failed_at_10()
+    await feed(pipe, consumer, records(1, 0, 1))
     assert proc.applied == [[0, 1]]
     assert consumer.commits == [{tp(1): 2}]
     # partition 0 is still held: its next batch must start at 10 to apply
-    await pipe.submit(records(0, 13, 13), consumer)
-    await pipe.drain()
+    await feed(pipe, consumer, records(0, 13, 13))
     assert proc.applied == [[0, 1]]
 
 
 async def test_a_redelivery_from_before_the_held_record_applies() -> None:
     """After a rebalance the partition restarts at its committed offset, before the held one."""
-    pipe, proc = pipeline()
-    consumer = FakeConsumer()
-    proc.fail = RuntimeError("a bug")
-    await pipe.submit(records(0, 10, 12), consumer)
-    await pipe.drain()
-    await pipe.submit(records(0, 7, 12), consumer)
-    await pipe.drain()
+    pipe, proc, consumer = await failed_at_10()
+    await feed(pipe, consumer, records(0, 7, 12))
     assert proc.applied == [[7, 8, 9, 10, 11, 12]]
     assert consumer.commits == [{tp(0): 13}]
 
@@ -157,8 +157,7 @@ async def test_while_stopping_no_batch_starts_and_its_records_are_held() -> None
     pipe, proc = pipeline()
     consumer = FakeConsumer()
     proc.stopping.set()
-    await pipe.submit(records(0, 4, 5), consumer)
-    await pipe.drain()
+    await feed(pipe, consumer, records(0, 4, 5))
     assert proc.applied == [] and consumer.commits == []
     assert consumer.seeks == [(tp(0), 4)]
 
@@ -180,7 +179,6 @@ async def test_a_batch_given_up_for_the_stop_is_not_committed() -> None:
     pipe, proc = pipeline()
     consumer = FakeConsumer()
     proc.fail = ShuttingDown()
-    await pipe.submit(records(1, 0, 3), consumer)
-    await pipe.drain()
+    await feed(pipe, consumer, records(1, 0, 3))
     assert consumer.commits == []
     assert consumer.seeks == [(tp(1), 0)]
