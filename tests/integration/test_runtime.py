@@ -296,6 +296,37 @@ async def test_the_next_batch_is_decoded_while_one_applies_and_nothing_commits_e
     assert await inbox_count(sessions, GROUP) == 20
 
 
+async def test_a_member_joining_mid_stream_takes_partitions_and_every_message_applies_once(
+    settings: Settings, sessions: Sessions, tenant: TenantKey, topics: None, kafka: KafkaServer
+) -> None:
+    """A rebalance while batches are in flight (one applying, the next decoded): partitions
+    move to the new member, a batch whose partition moved is read again from the committed
+    offset and dropped by the inbox, and every message takes effect exactly once."""
+    settings = quick_rejoin(settings, kafka).model_copy(update={"batch_max_records": 50})
+    applied_by: Counter[str] = Counter()
+
+    def member(name: str) -> Worker:
+        async def handler(batch: Batch[UsageEvent], tx: Tx) -> None:
+            for m in await tx.claim(batch):
+                tx.emit(m.event, topic=OUT, key=m.event.id)
+            await asyncio.sleep(0.02)  # a consumer slow enough for the join to land mid-stream
+            applied_by[name] += 1
+
+        return worker_with(settings, handler)
+
+    events = items(4_000, subjects=40)
+    await send(settings, events)
+    async with running(member("first")):
+        await wait_for(lambda: applied_by["first"] >= 5)
+        async with running(member("second")):
+            await wait_committed_to_end(settings, GROUP, IN, timeout_s=60)
+        await wait_outbox_drained(sessions)
+    assert applied_by["second"] > 0  # the partitions did move
+    assert await inbox_count(sessions, GROUP) == len(events)
+    out = await read_topic(settings, OUT, len(events))
+    assert sorted(ids(out)) == sorted(e.id for e in events)  # each exactly once
+
+
 async def test_a_consumer_of_a_dead_letter_topic_never_dead_letters(
     settings: Settings, sessions: Sessions, tenant: TenantKey, topics: None
 ) -> None:
