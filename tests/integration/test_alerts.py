@@ -9,6 +9,8 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
+import pytest
+
 from schemas import topics
 from schemas.alerts import AcknowledgeAlert, AlertRef, DeleteAlertRule, ResolveAlert, RuleRef
 from tests.conftest import KafkaServer, TenantKey
@@ -51,7 +53,11 @@ async def workers(settings: Settings) -> AsyncIterator[None]:
 
 
 async def test_thresholds_at_exactly_80_and_100_batched_and_one_by_one_and_never_twice(
-    settings: Settings, sessions: Sessions, tenant: TenantKey, kafka: KafkaServer
+    settings: Settings,
+    sessions: Sessions,
+    tenant: TenantKey,
+    kafka: KafkaServer,
+    capfd: pytest.CaptureFixture[str],
 ) -> None:
     settings = quick_rejoin(settings, kafka)
     t = tenant.tenant_id
@@ -116,6 +122,18 @@ async def test_thresholds_at_exactly_80_and_100_batched_and_one_by_one_and_never
             await settled(settings, sessions, usage=False)
         assert len(await stored(sessions, t)) == 4
         assert len(await published(settings, ["alert.raised"])) == 4
+
+    # the structured log is a channel too: one warning per alert raised, none for the replay
+    logged = [
+        line
+        for line in capfd.readouterr().err.splitlines()
+        if "alert firing" in line and f"tenantid={t}" in line
+    ]
+    assert len(logged) == 4
+    assert any(
+        "rule=tokens-80-100" in line and "subject=single" in line and "threshold=80 " in line
+        for line in logged
+    )
 
 
 async def test_percent_of_included_and_spend_follow_the_subscription(
