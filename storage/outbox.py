@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import BigInteger, DateTime, Index, LargeBinary, String, func, select, text
 from sqlalchemy.dialects.postgresql import JSONB
@@ -79,11 +79,12 @@ def relay_of(session: AsyncSession) -> str:
     return str(session.info.get("relay", ""))
 
 
-async def try_lock_relay(session: AsyncSession) -> bool:
-    """Transaction-scoped: True when this transaction is the active relay of its worker."""
+async def try_lock_relay(session: AsyncSession, relay: str | None = None) -> bool:
+    """Transaction-scoped: True when this transaction is the active relay of ``relay``
+    (default: the session's worker)."""
     result = await session.execute(
         text("SELECT pg_try_advisory_xact_lock(hashtextextended('billstream-relay:' || :r, 0))"),
-        {"r": relay_of(session)},
+        {"r": relay_of(session) if relay is None else relay},
     )
     return bool(result.scalar_one())
 
@@ -110,10 +111,33 @@ _PENDING = text(
 _REMOVE = text("DELETE FROM outbox WHERE id = ANY(CAST(:ids AS bigint[]))")
 
 
-async def pending(session: AsyncSession, limit: int) -> list[PendingMessage]:
-    """The oldest ``limit`` rows of this session's worker (and of none), in commit order."""
-    result = await session.execute(_PENDING, {"limit": limit, "relay": relay_of(session)})
+async def pending(
+    session: AsyncSession, limit: int, relay: str | None = None
+) -> list[PendingMessage]:
+    """The oldest ``limit`` rows of ``relay`` (default: the session's worker) and of no
+    worker, in commit order."""
+    result = await session.execute(
+        _PENDING, {"limit": limit, "relay": relay_of(session) if relay is None else relay}
+    )
     return [PendingMessage(*r) for r in result]
+
+
+_STALE = text(
+    """
+    SELECT relay FROM outbox
+    WHERE relay <> '' AND relay <> :relay
+    GROUP BY relay
+    HAVING min(created_at) < now() - CAST(:age AS interval)
+    ORDER BY relay
+    """
+)
+
+
+async def stale_relays(session: AsyncSession, older_than: timedelta) -> list[str]:
+    """Other workers whose oldest row waits longer than ``older_than``: a worker that stopped
+    (or one far behind), whose rows would otherwise wait for it to run again."""
+    result = await session.execute(_STALE, {"relay": relay_of(session), "age": older_than})
+    return [r[0] for r in result]
 
 
 async def remove(session: AsyncSession, ids: list[int]) -> None:

@@ -48,6 +48,8 @@ class Settings(BaseSettings):
     inbox_retention_days: int = Field(default=35, ge=32)
     outbox_poll_interval_s: float = 0.2
     outbox_batch: int = 2_000
+    # rows of another worker waiting longer than this (it stopped) are published by this one
+    outbox_adopt_after_s: float = Field(default=60.0, gt=0)
     graceful_timeout_s: float = 15.0
 
     # --- ingress -----------------------------------------------------------------

@@ -9,6 +9,7 @@ import json
 from storage import outbox
 from storage.db import create_engine, session_factory
 from tests.integration.support import Sessions, read_topic
+from workers.devstack import wait_for
 from workers.runtime.publisher import RecordPublisher
 from workers.runtime.relay import OutboxRelay
 from workers.runtime.topics import ensure_topics
@@ -46,6 +47,47 @@ async def test_each_worker_relays_its_own_rows_and_rows_of_no_worker(settings: S
         published = [json.loads(r.value)["n"] for r in await read_topic(settings, TOPIC, 4)]
         assert published[2:] == [1, 2]  # one partition: metering's rows in id order
         assert await relay(alerts).publish_once() == 0
+    finally:
+        await publisher.stop()
+        await engine.dispose()
+
+
+async def test_rows_of_a_stopped_worker_are_published_by_another_once_they_waited(
+    settings: Settings,
+) -> None:
+    await ensure_topics(settings.kafka_bootstrap, partitions=1, replication=1, names=[TOPIC])
+    engine = create_engine(settings.database_url)
+    stopped, alerts = (session_factory(engine, relay=r) for r in ("invoicing", "alerts"))
+    publisher = RecordPublisher(settings, client_id="test-relay")
+    try:
+        async with stopped() as session, session.begin():
+            await outbox.add(session, [row(n) for n in (1, 2, 3)])
+
+        def relay(adopt_after_s: float) -> OutboxRelay:
+            return OutboxRelay(
+                publisher, alerts, poll_interval_s=0.05, batch=2, adopt_after_s=adopt_after_s
+            )
+
+        assert await relay(3600).adopt_once() == 0  # not waited long enough
+        assert await relay(3600).publish_once() == 0  # never another worker's rows otherwise
+        # a worker in the middle of its own round (its lock held) keeps its rows
+        async with stopped() as held, held.begin():
+            assert await outbox.try_lock_relay(held)
+            assert await relay(0.001).adopt_once() == 0
+
+        # its worker is stopped: another worker's relay loop publishes them, in order
+        async def drained() -> bool:
+            async with alerts() as session:
+                return await outbox.backlog(session) == (0, None)
+
+        adopting = relay(0.001)
+        adopting.start()
+        try:
+            await wait_for(drained)
+        finally:
+            await adopting.stop()  # also stops the shared publisher
+        published = [json.loads(r.value)["n"] for r in await read_topic(settings, TOPIC, 3)]
+        assert published == [1, 2, 3]
     finally:
         await publisher.stop()
         await engine.dispose()

@@ -167,6 +167,7 @@ def build_worker(name: str, settings: Settings, register: Callable[[Runtime], No
         poll_interval_s=settings.outbox_poll_interval_s,
         batch=settings.outbox_batch,
         retry_max_s=settings.retry_max_s,
+        adopt_after_s=settings.outbox_adopt_after_s,
     )
     runtime = Runtime(
         broker,

@@ -1,7 +1,9 @@
 """The outbox relay: publishes committed outbox rows with acks=all, then deletes them.
 
-Every worker process runs one; a PostgreSQL advisory lock lets exactly one publish at a
-time (the others are hot standbys), which keeps rows in commit order per key.
+Every worker process runs one; a PostgreSQL advisory lock per worker name lets exactly one
+replica publish that worker's rows at a time (the others are hot standbys), which keeps
+rows in commit order per key. Rows of a worker that waited ``adopt_after_s`` (it stopped)
+are published by any other worker's relay, under the stopped worker's lock.
 At-least-once on the wire: a crash after publishing and before deleting republishes,
 and every consumer dedupes by message id.
 """
@@ -10,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
+from datetime import timedelta
 
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -32,12 +36,14 @@ class OutboxRelay:
         poll_interval_s: float,
         batch: int,
         retry_max_s: float = 30.0,
+        adopt_after_s: float | None = None,
     ) -> None:
         self.publisher = publisher
         self.sessions = sessions
         self.poll_interval_s = poll_interval_s
         self.batch = batch
         self.retry_max_s = retry_max_s
+        self.adopt_after_s = adopt_after_s  # None: never publish other workers' rows
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -57,6 +63,7 @@ class OutboxRelay:
         await self.publisher.stop()
 
     async def _run(self) -> None:
+        next_adoption = time.monotonic() + (self.adopt_after_s or 0)
         while True:
             try:
                 async for attempt in AsyncRetrying(
@@ -66,6 +73,9 @@ class OutboxRelay:
                 ):
                     with attempt:
                         published = await self.publish_once()
+                        if self.adopt_after_s is not None and time.monotonic() >= next_adoption:
+                            await self.adopt_once()
+                            next_adoption = time.monotonic() + self.adopt_after_s
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -78,12 +88,13 @@ class OutboxRelay:
                 await asyncio.wait_for(self._wake.wait(), self.poll_interval_s)
             self._wake.clear()
 
-    async def publish_once(self) -> int:
-        """Publish one batch of pending rows; return how many (0 when another relay is active)."""
+    async def publish_once(self, relay: str | None = None) -> int:
+        """Publish one batch of the pending rows of ``relay`` (default: this worker's); return
+        how many (0 when that worker's relay is active elsewhere)."""
         async with self.sessions() as session, session.begin():
-            if not await outbox.try_lock_relay(session):
+            if not await outbox.try_lock_relay(session, relay):
                 return 0
-            rows = await outbox.pending(session, self.batch)
+            rows = await outbox.pending(session, self.batch, relay)
             if not rows:
                 return 0
             # every row acknowledged (acks=all) before the delete
@@ -91,3 +102,26 @@ class OutboxRelay:
             await outbox.remove(session, [row.id for row in rows])
         metrics.OUTBOX_PUBLISHED.inc(len(rows))
         return len(rows)
+
+    async def adopt_once(self) -> int:
+        """Publish the rows of other workers whose oldest row waited ``adopt_after_s``: their
+        worker stopped (or is far behind). Each under that worker's relay lock, one batch at
+        a time in id order, so its rows keep their order whoever publishes them."""
+        assert self.adopt_after_s is not None
+        async with self.sessions() as session:
+            relays = await outbox.stale_relays(session, timedelta(seconds=self.adopt_after_s))
+        total = 0
+        for relay in relays:
+            published = 0
+            while n := await self.publish_once(relay):
+                published += n
+                if n < self.batch:
+                    break
+            if published:
+                log.warning(
+                    "published outbox rows of a worker that is not running or far behind",
+                    worker=relay,
+                    rows=published,
+                )
+            total += published
+        return total
