@@ -88,7 +88,7 @@ def receive(port: int, out: Path, secret: str) -> None:
     (arrival time first, then the body is read and the signature verified)."""
     from standardwebhooks import Webhook
 
-    from bench._common import serve_until_sigterm
+    from bench._common import read_request, serve_until_sigterm
 
     verifier = Webhook(secret)
     sink = open(out, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 (lives with the process)
@@ -96,14 +96,8 @@ def receive(port: int, out: Path, secret: str) -> None:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while True:
-                head = await reader.readuntil(b"\r\n\r\n")
+                headers, body = await read_request(reader)
                 now = time.time()
-                headers: dict[str, str] = {}
-                for line in head.split(b"\r\n")[1:]:
-                    if line:
-                        k, _, v = line.decode("latin-1").partition(":")
-                        headers[k.strip().lower()] = v.strip()
-                body = await reader.readexactly(int(headers.get("content-length", "0")))
                 writer.write(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n")
                 try:
                     verifier.verify(body, headers)
@@ -554,7 +548,7 @@ def spawn_receiver(port: int, out: Path, secret: str, log: Path) -> Proc:
 
 
 async def main(args: argparse.Namespace) -> int:
-    from bench._common import machine
+    from bench._common import machine, start_stack
     from bench.ingress import (
         CpuProbe,
         create_meter,
@@ -564,10 +558,7 @@ async def main(args: argparse.Namespace) -> int:
         stop_all,
         wait_http,
     )
-    from storage.db import migrate
-    from workers.admin import create_tenant
     from workers.devstack import EmbeddedKafka, EmbeddedPostgres, free_port
-    from workers.runtime.topics import ensure_topics
 
     m = machine()
     loadavg_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
@@ -588,14 +579,15 @@ async def main(args: argparse.Namespace) -> int:
     out = tmp / "received.jsonl"
     r: dict[str, Any] = {"probes_planned": n_probes}
     try:
-        t = time.perf_counter()
-        pg.start()
-        kafka.start()
-        url = await pg.create_database("bench_alerts")
-        await migrate(url)
-        await ensure_topics(kafka.bootstrap, partitions=args.partitions, replication=1)
-        _, key = await create_tenant(url, TENANT, "alerts bench")
-        print(f"stack up in {time.perf_counter() - t:.1f} s (temp dir {tmp})", flush=True)
+        print(f"temp dir {tmp}", flush=True)
+        url, key = await start_stack(
+            pg,
+            kafka,
+            database="bench_alerts",
+            partitions=args.partitions,
+            tenant=TENANT,
+            name="alerts bench",
+        )
 
         env = {k: v for k, v in os.environ.items() if not k.startswith("BILLSTREAM_")}
         env.update(

@@ -644,11 +644,8 @@ def start_profiler(pid: int, out: str, seconds: float, fmt: str) -> subprocess.P
 
 
 async def main(args: argparse.Namespace) -> int:
-    from bench._common import machine
-    from storage.db import migrate
-    from workers.admin import create_tenant
+    from bench._common import machine, start_stack
     from workers.devstack import EmbeddedKafka, EmbeddedPostgres, free_port
-    from workers.runtime.topics import ensure_topics
 
     m = machine()
     loadavg_before = f"{os.getloadavg()[0]:.2f}"
@@ -666,14 +663,15 @@ async def main(args: argparse.Namespace) -> int:
     ctx = multiprocessing.get_context("spawn")
     pool = concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=ctx)
     try:
-        t = time.perf_counter()
-        pg.start()
-        kafka.start()
-        url = await pg.create_database("bench_ingress")
-        await migrate(url)
-        await ensure_topics(kafka.bootstrap, partitions=args.partitions, replication=1)
-        _, key = await create_tenant(url, TENANT, "ingress bench")
-        print(f"stack up in {time.perf_counter() - t:.1f} s (temp dir {tmp})", flush=True)
+        print(f"temp dir {tmp}", flush=True)
+        url, key = await start_stack(
+            pg,
+            kafka,
+            database="bench_ingress",
+            partitions=args.partitions,
+            tenant=TENANT,
+            name="ingress bench",
+        )
 
         env = {
             **os.environ,

@@ -66,7 +66,7 @@ def receive(port: int, out: Path, secret: str) -> None:
     """Answer 204 to every POST; on SIGTERM write {webhook-id: [first arrival, count]}."""
     from standardwebhooks import Webhook
 
-    from bench._common import serve_until_sigterm
+    from bench._common import read_request, serve_until_sigterm
 
     verifier = Webhook(secret)
     seen: dict[str, list[float]] = {}
@@ -75,14 +75,8 @@ def receive(port: int, out: Path, secret: str) -> None:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while True:
-                head = await reader.readuntil(b"\r\n\r\n")
+                headers, body = await read_request(reader)
                 now = time.time()
-                headers: dict[str, str] = {}
-                for line in head.split(b"\r\n")[1:]:
-                    if line:
-                        k, _, v = line.decode("latin-1").partition(":")
-                        headers[k.strip().lower()] = v.strip()
-                body = await reader.readexactly(int(headers.get("content-length", "0")))
                 msg_id = headers.get("webhook-id", "")
                 state["requests"] += 1
                 hit = seen.get(msg_id)
