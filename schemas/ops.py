@@ -1,4 +1,5 @@
-"""Operations audit events (``billstream.events.ops.v1``): who replayed or redrove what, and why.
+"""Operations events (``billstream.events.ops.v1``): who replayed or redrove what, and why;
+and which job items the workers quarantined (ADR 0044).
 
 The CLI publishes them (``acks=all``) *before* doing the work, so no replay or redrive
 happens unaudited (docs/adr/0020-ops-audit-before-the-work.md). Operations may span every
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from schemas.envelope import TENANT_ID_PATTERN, CloudEvent
 
@@ -96,7 +97,28 @@ class OpsRedriven(CloudEvent):
     data: RedrivenData
 
 
-EVENTS: tuple[type[CloudEvent], ...] = (OpsReplayed, OpsRedriven)
+class QuarantinedData(_Model):
+    quarantine_id: str = Field(description="Show it: billstream quarantine show <id>")
+    job: str = Field(description="The job step that failed, e.g. 'invoicing.close_periods'")
+    kind: str = Field(
+        description="What was isolated: 'subscription', 'invoice', 'billing_run', "
+        "'webhook_message', …"
+    )
+    item_id: str = Field(description="Its id")
+    reason: str = Field(description="Why processing it failed")
+    error: str = Field(description="The error's type")
+    quarantined_at: AwareDatetime
+
+
+class OpsQuarantined(CloudEvent):
+    """A job step failed permanently on one item of a tenant's: the item is set aside (not
+    processed again until released) and the rest of the work carried on."""
+
+    type: Literal["ops.quarantined"] = "ops.quarantined"
+    data: QuarantinedData
+
+
+EVENTS: tuple[type[CloudEvent], ...] = (OpsReplayed, OpsRedriven, OpsQuarantined)
 
 __all__ = [
     "ALL_TENANTS",

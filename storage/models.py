@@ -10,6 +10,7 @@ from storage import (  # noqa: F401
     outbox,
     payments,
     pos,
+    quarantine,
     tenants,
     webhooks,
 )

@@ -21,18 +21,17 @@ from aiokafka import ConsumerRecord
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
-from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from tenacity import AsyncRetrying, retry_if_exception, wait_exponential_jitter
 
 from schemas.envelope import CloudEvent
 from schemas.topics import DLQ_SUFFIX
 from storage import outbox
 from storage.commands import CommandOutcome
 from workers.runtime import metrics
-from workers.runtime.errors import ShuttingDown
+from workers.runtime.errors import ShuttingDown, describe
+from workers.runtime.jobs import Jobs
 from workers.runtime.pipeline import Pipeline
-from workers.runtime.transient import is_transient
+from workers.runtime.transient import retrying
 from workers.runtime.tx import Message, Tx, dead_letter
 
 E = TypeVar("E", bound=CloudEvent)
@@ -112,7 +111,7 @@ class BatchProcessor(Generic[E]):
                 decoded.append(Message(record, self.consumer.decode(record.value)))
             except Exception as e:  # any decoding failure makes this record poison
                 undecodable.append(
-                    dead_letter(record, self.consumer.group, _describe(e), "undecodable")
+                    dead_letter(record, self.consumer.group, describe(e), "undecodable")
                 )
         return Decoded(decoded, undecodable, time.perf_counter() - started)
 
@@ -169,13 +168,13 @@ class BatchProcessor(Generic[E]):
             message_id=message.event.id,
             tenantid=message.event.tenantid,
             correlationid=message.event.correlationid or message.event.id,
-            error=_describe(error),
+            error=describe(error),
             exc_info=error,
         )
         if self._reading_dead_letters(1):
             return
         dlq_row = dead_letter(
-            message.record, self.consumer.group, _describe(error), type(error).__name__
+            message.record, self.consumer.group, describe(error), type(error).__name__
         )
 
         async def write() -> None:
@@ -190,7 +189,7 @@ class BatchProcessor(Generic[E]):
                                 message.event.tenantid,
                                 message.event.id,
                                 "failed",
-                                error={"code": "dead_lettered", "message": _describe(error)},
+                                error={"code": "dead_lettered", "message": describe(error)},
                             ),
                         )
                     )
@@ -216,37 +215,17 @@ class BatchProcessor(Generic[E]):
 
     async def _retrying(self, attempt: Callable[[], Coroutine[Any, Any, None]]) -> None:
         """Run ``attempt``; retry transient failures with backoff until it succeeds or we stop."""
-        retrying = AsyncRetrying(
-            retry=retry_if_exception(is_transient),
-            wait=wait_exponential_jitter(
-                multiplier=self.retry_initial_s, jitter=self.retry_initial_s, max=self.retry_max_s
-            ),
-            before_sleep=self._before_retry,
-            reraise=True,
+        await retrying(
+            attempt,
+            initial_s=self.retry_initial_s,
+            max_s=self.retry_max_s,
+            stopping=self.stopping,
+            on_retry=self._before_retry,
         )
-        async for state in retrying:
-            with state:
-                if self.stopping.is_set():
-                    raise ShuttingDown()
-                await attempt()
 
-    def _before_retry(self, state: Any) -> None:
+    def _before_retry(self, attempt: int, error: BaseException) -> None:
         self._m_retries.inc()
-        log.warning(
-            "transient failure, retrying",
-            attempt=state.attempt_number,
-            error=_describe(state.outcome.exception()),
-        )
-
-
-def _describe(e: BaseException) -> str:
-    if isinstance(e, ValidationError):  # its first line is only "N validation errors for X"
-        problems = "; ".join(
-            f"{'.'.join(map(str, err['loc'])) or '(root)'}: {err['msg']}" for err in e.errors()
-        )
-        return f"{type(e).__name__}: {e.title}: {problems}"[:2000]
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0] if text else ''}"[:2000]
+        log.warning("transient failure, retrying", attempt=attempt, error=describe(error))
 
 
 class Runtime:
@@ -279,6 +258,14 @@ class Runtime:
         self.processors: list[BatchProcessor[Any]] = []
         self.pipelines: list[Pipeline[Any]] = []
         self.loops: list[Callable[[], Coroutine[Any, Any, None]]] = []
+        self.stopping = asyncio.Event()
+        self.jobs = Jobs(
+            sessions,
+            retry_initial_s=retry_initial_s,
+            retry_max_s=retry_max_s,
+            on_committed=lambda: self.on_committed(),
+            stopping=self.stopping,
+        )
 
     def background(
         self, loop: Callable[[], Coroutine[Any, Any, None]]
@@ -346,6 +333,7 @@ class Runtime:
 
     def stop_processing(self) -> None:
         """No new transaction starts (a retrying one gives up); see ``drain``."""
+        self.stopping.set()
         for p in self.processors:
             p.stopping.set()
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import ValidationError
+
 
 class BillstreamError(Exception):
     code = "error"
@@ -37,3 +39,14 @@ class PermanentError(BillstreamError):
 
 class ShuttingDown(Exception):
     """Raised out of a retry loop when the worker stops; the batch is not committed."""
+
+
+def describe(e: BaseException) -> str:
+    """One line naming the error (pydantic errors with every field), for logs and headers."""
+    if isinstance(e, ValidationError):  # its first line is only "N validation errors for X"
+        problems = "; ".join(
+            f"{'.'.join(map(str, err['loc'])) or '(root)'}: {err['msg']}" for err in e.errors()
+        )
+        return f"{type(e).__name__}: {e.title}: {problems}"[:2000]
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}"[:2000]

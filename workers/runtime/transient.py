@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
 from sqlalchemy import exc as sa_exc
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential_jitter
 
-from workers.runtime.errors import RetryableError
+from workers.runtime.errors import RetryableError, ShuttingDown
+
+R = TypeVar("R")
 
 # SQLSTATE classes: 08 connection, 40 rollback (serialization, deadlock),
 # 53 insufficient resources, 57 operator intervention (shutdown), 58 system error
@@ -34,3 +39,34 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, sa_exc.TimeoutError | sa_exc.DisconnectionError):
         return True
     return isinstance(exc, OSError)
+
+
+async def retrying(
+    attempt: Callable[[], Awaitable[R]],
+    *,
+    initial_s: float,
+    max_s: float,
+    stopping: asyncio.Event | None = None,
+    on_retry: Callable[[int, BaseException], None] | None = None,
+) -> R:
+    """Run ``attempt``; retry transient failures with exponential backoff and jitter until it
+    succeeds (never giving up) or ``stopping`` is set (``ShuttingDown``). Permanent failures
+    propagate at once."""
+
+    def before_sleep(state: RetryCallState) -> None:
+        if on_retry is not None and state.outcome is not None:
+            error = state.outcome.exception()
+            if error is not None:
+                on_retry(state.attempt_number, error)
+
+    async for state in AsyncRetrying(
+        retry=retry_if_exception(is_transient),
+        wait=wait_exponential_jitter(multiplier=initial_s, jitter=initial_s, max=max_s),
+        before_sleep=before_sleep,
+        reraise=True,
+    ):
+        with state:
+            if stopping is not None and stopping.is_set():
+                raise ShuttingDown()
+            return await attempt()
+    raise AssertionError("unreachable")  # AsyncRetrying either returns or raises

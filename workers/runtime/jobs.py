@@ -1,0 +1,209 @@
+"""Jobs: periodic and background steps (billing runs, collection, sweeps, webhook dispatch
+and recording) on the same machinery as the consumers (ARCHITECTURE.md §4.6 and 4.7, ADR 0044).
+
+A step is one ``Tx``: its effects, the outbox rows of the events it emits and its
+after-commit wake-ups commit together; transient failures (database or broker unavailable)
+are retried with backoff and jitter, never dropped.
+
+Bulkheads: a step that fails *permanently* on a set of items is not retried as a whole
+forever. Like a consumer batch with a poison message, it is split in halves, each half in a
+transaction of its own, until the one item that fails is alone; that item is quarantined
+(``storage.quarantine``: a row with its reason, an ``ops.quarantined`` event that the alerts
+worker turns into an operational alert for its tenant, an error log line and a metric) and
+every other item is processed. Claim queries leave quarantined items out until an operator
+releases them (``billstream quarantine release``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TypeVar
+
+import structlog
+from prometheus_client import Counter
+
+from schemas import topics
+from schemas.envelope import new_id
+from schemas.ops import OpsQuarantined, QuarantinedData
+from storage.db import Sessions
+from storage.quarantine import Entry, QuarantineRepository
+from workers.runtime.errors import ShuttingDown, describe
+from workers.runtime.transient import retrying
+from workers.runtime.tx import Tx
+
+log = structlog.get_logger("billstream.jobs")
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+QUARANTINED = Counter(
+    "billstream_job_items_quarantined_total",
+    "Job items isolated after a permanent failure",
+    ["job"],
+)
+JOB_RETRIES = Counter(
+    "billstream_job_transient_retries_total", "Job steps retried after a transient error", ["job"]
+)
+
+
+@dataclass(frozen=True)
+class Item:
+    """What a job works on, as far as quarantine is concerned."""
+
+    tenant_id: str
+    kind: str  # subscription, invoice, billing_run, webhook_message, webhook_endpoint, …
+    id: str
+
+
+Apply = Callable[[Tx, Sequence[T]], Awaitable[int]]
+Claim = Callable[[Tx, Sequence[Item] | None], Awaitable[Sequence[T]]]
+
+
+class Jobs:
+    """Runs job steps for one worker. ``stopping`` set: a retrying step gives up
+    (``ShuttingDown``) and its transaction rolls back; it is done again after a restart."""
+
+    def __init__(
+        self,
+        sessions: Sessions,
+        *,
+        retry_initial_s: float,
+        retry_max_s: float,
+        on_committed: Callable[[], None] = lambda: None,
+        stopping: asyncio.Event | None = None,
+    ) -> None:
+        self.sessions = sessions
+        self.retry_initial_s = retry_initial_s
+        self.retry_max_s = retry_max_s
+        self.on_committed = on_committed
+        self.stopping = stopping or asyncio.Event()
+
+    async def run(self, job: str, step: Callable[[Tx], Awaitable[R]]) -> R:
+        """``step`` in one transaction (with its outbox rows); transient failures retried."""
+
+        async def attempt() -> R:
+            async with self.sessions() as session, session.begin():
+                tx = Tx(session, job)
+                result = await step(tx)
+                await tx.flush()
+            if tx.outgoing:
+                self.on_committed()
+            return result
+
+        def on_retry(attempt: int, error: BaseException) -> None:
+            JOB_RETRIES.labels(job=job).inc()
+            log.warning(
+                "transient failure, retrying", job=job, attempt=attempt, error=describe(error)
+            )
+
+        return await retrying(
+            attempt,
+            initial_s=self.retry_initial_s,
+            max_s=self.retry_max_s,
+            stopping=self.stopping,
+            on_retry=on_retry,
+        )
+
+    async def isolated(
+        self, job: str, items: Sequence[T], item_of: Callable[[T], Item], apply: Apply[T]
+    ) -> int:
+        """``apply(tx, items)`` in one transaction; if it fails permanently, in halves until
+        the failing item is alone and quarantined. Returns the sum of what ``apply`` returned
+        for the parts that committed."""
+        if not items:
+            return 0
+        try:
+            return await self.run(job, lambda tx: apply(tx, items))
+        except ShuttingDown:
+            raise
+        except Exception as e:
+            return await self._split(job, items, item_of, apply, e)
+
+    async def claimed(
+        self, job: str, claim: Claim[T], item_of: Callable[[T], Item], apply: Apply[T]
+    ) -> int:
+        """One chunk of claimed work: ``claim(tx, None)`` locks the next items (leaving out
+        quarantined ones) and ``apply`` processes them, in one transaction. On a permanent
+        failure the same items are claimed again by id (``claim(tx, items)``: those still
+        due) in halves until the one that fails is quarantined. Returns what ``apply``
+        returned (0: nothing was due)."""
+        claimed: list[Item] = []
+
+        async def step(tx: Tx) -> int:
+            found = await claim(tx, None)
+            claimed[:] = [item_of(x) for x in found]
+            return await apply(tx, found) if found else 0
+
+        async def again(tx: Tx, only: Sequence[Item]) -> int:
+            found = await claim(tx, only)
+            return await apply(tx, found) if found else 0
+
+        try:
+            return await self.run(job, step)
+        except ShuttingDown:
+            raise
+        except Exception as e:
+            if not claimed:  # the claim itself failed: no item to blame
+                raise
+            log.warning("job step failed; isolating the item", job=job, error=describe(e))
+            return await self._split(job, list(claimed), lambda i: i, again, e)
+
+    async def _split(
+        self,
+        job: str,
+        items: Sequence[T],
+        item_of: Callable[[T], Item],
+        apply: Apply[T],
+        error: Exception,
+    ) -> int:
+        if len(items) == 1:
+            await self.quarantine(job, item_of(items[0]), error)
+            return 0
+        mid = len(items) // 2
+        first = await self.isolated(job, items[:mid], item_of, apply)
+        return first + await self.isolated(job, items[mid:], item_of, apply)
+
+    async def quarantine(self, job: str, item: Item, error: BaseException) -> None:
+        """Set ``item`` aside with the reason ``error`` gives, and tell its tenant."""
+        now = datetime.now(UTC)
+        entry = Entry(
+            new_id(), item.tenant_id, job, item.kind, item.id, describe(error),
+            type(error).__name__, now,
+        )  # fmt: skip
+
+        async def record(tx: Tx) -> bool:
+            if not await QuarantineRepository(tx.session).add(entry):
+                return False
+            data = QuarantinedData(
+                quarantine_id=entry.id,
+                job=job,
+                kind=item.kind,
+                item_id=item.id,
+                reason=entry.reason,
+                error=entry.error,
+                quarantined_at=now,
+            )
+            event = OpsQuarantined(
+                source=f"billstream/{job.split('.')[0]}",
+                tenantid=item.tenant_id,
+                subject=f"{item.kind}/{item.id}"[:256],
+                data=data,
+            )
+            tx.emit(event, topic=topics.EVENTS_OPS, key=item.tenant_id)
+            return True
+
+        if await self.run(job, record):
+            QUARANTINED.labels(job=job).inc()
+            log.error(
+                "job item quarantined",
+                job=job,
+                tenantid=item.tenant_id,
+                kind=item.kind,
+                item_id=item.id,
+                quarantine_id=entry.id,
+                reason=entry.reason,
+                exc_info=error,
+            )
