@@ -9,7 +9,6 @@ leave quarantined items out (``not_quarantined``) until an operator releases the
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -29,6 +28,7 @@ class QuarantineRow(Base):
             "uq_quarantine_active",
             "job",
             "kind",
+            "tenant_id",
             "item_id",
             unique=True,
             postgresql_where=text("released_at IS NULL"),
@@ -62,11 +62,16 @@ class Entry:
     released_by: str | None = None
 
 
-def not_quarantined(job: str, kind: str, item_id: Any) -> Any:
-    """A WHERE clause for claim queries: ``item_id`` (a column) is not quarantined by ``job``."""
+def not_quarantined(job: str, kind: str, tenant_id: Any, item_id: Any) -> Any:
+    """A WHERE clause for claim queries: the item of ``tenant_id`` and ``item_id`` (columns)
+    is not quarantined by ``job``."""
     q = QuarantineRow
     return ~exists().where(
-        q.job == job, q.kind == kind, q.item_id == item_id, q.released_at.is_(None)
+        q.job == job,
+        q.kind == kind,
+        q.tenant_id == tenant_id,
+        q.item_id == item_id,
+        q.released_at.is_(None),
     )
 
 
@@ -96,22 +101,12 @@ class QuarantineRepository:
             insert(QuarantineRow)
             .values(**values)
             .on_conflict_do_nothing(
-                index_elements=["job", "kind", "item_id"],
+                index_elements=["job", "kind", "tenant_id", "item_id"],
                 index_where=text("released_at IS NULL"),
             )
             .returning(QuarantineRow.id)
         )
         return result.scalar() is not None
-
-    async def active(self, job: str, kind: str, item_ids: Sequence[str]) -> set[str]:
-        """Which of ``item_ids`` ``job`` has quarantined."""
-        q = QuarantineRow
-        rows = await self.session.scalars(
-            select(q.item_id).where(
-                q.job == job, q.kind == kind, q.item_id.in_(item_ids), q.released_at.is_(None)
-            )
-        )
-        return set(rows)
 
     async def list(
         self, tenant_id: str | None = None, *, released: bool = False, limit: int = 100

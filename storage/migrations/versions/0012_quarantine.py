@@ -1,4 +1,5 @@
-"""quarantine: items a job could not process, isolated with their reason (ADR 0044)
+"""quarantine: items a job could not process, isolated with their reason (ADR 0044);
+billing runs say why they failed
 
 Revision ID: 0012
 Revises: 0011
@@ -36,14 +37,19 @@ def upgrade() -> None:
     op.create_index(
         "uq_quarantine_active",
         "quarantine",
-        ["job", "kind", "item_id"],
+        ["job", "kind", "tenant_id", "item_id"],
         unique=True,
         postgresql_where=sa.text("released_at IS NULL"),
     )
     op.create_index("ix_quarantine_tenant", "quarantine", ["tenant_id", "quarantined_at"])
+    op.add_column(
+        "billing_runs",
+        sa.Column("error", sa.Text(), nullable=True, comment="why a failed run failed"),
+    )
 
 
 def downgrade() -> None:
+    op.drop_column("billing_runs", "error")
     op.drop_index("ix_quarantine_tenant", table_name="quarantine")
     op.drop_index("uq_quarantine_active", table_name="quarantine")
     op.drop_table("quarantine")
