@@ -1,14 +1,30 @@
 """The inbox: which messages each consumer has already applied.
 
-Key: ``(consumer, message_key)`` where ``message_key`` is a 16-byte BLAKE2b digest of
-``tenantid / source / id`` (the CloudEvents identity). Rows are kept for the dedupe
-window (``inbox_retention_days``, at least 32 days), then purged.
+Key: ``(consumer, message_key)`` where ``message_key`` is a 16-byte BLAKE2b digest of the
+CloudEvents identity ``(tenantid, source, id)``. Rows are kept for the dedupe window
+(``inbox_retention_days``, at least 32 days), then purged.
+
+The digest is of an unambiguous encoding of the three parts (docs: "Dedupe keys"):
+
+- no part contains U+001F (every real message): ``BLAKE2b(tenantid␟source␟id)``, the
+  key every billstream version has written, so rows written before 0011 stay valid;
+- a part contains U+001F: ``BLAKE2b`` with its own personalisation over each part's UTF-8
+  length (4 bytes, big-endian) and bytes. Joining such parts with ``␟`` was ambiguous:
+  (source ``a␟b``, id ``c``) and (source ``a``, id ``b␟c``) were one message.
+
+The two forms cannot meet: a separator-free triple joins to exactly three fields, and the
+framed form is a different hash function. While rows written by a version before 0011 may
+exist, a message whose parts contain U+001F is also looked up under its old joined key
+(:func:`claim`), so a message applied before the upgrade stays a duplicate; that lookup
+costs nothing for any other message, and finds nothing once the old rows are purged.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
+from typing import Protocol
 
 from sqlalchemy import DateTime, LargeBinary, String, delete, func, text
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -16,21 +32,78 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from storage.db import Base
 
+SEPARATOR = "\x1f"
+_FRAMED = b"billstream-inbox"  # BLAKE2b personalisation of the framed form (16 bytes)
+
+KEY_COMMENT = (
+    "BLAKE2b-128 of tenantid, source, id: joined by U+001F when no part contains it, "
+    "else length-prefixed parts (person billstream-inbox)"
+)
+
 
 class InboxEntry(Base):
     __tablename__ = "inbox"
 
     consumer: Mapped[str] = mapped_column(String(128), primary_key=True)
-    message_key: Mapped[bytes] = mapped_column(LargeBinary(16), primary_key=True)
+    message_key: Mapped[bytes] = mapped_column(
+        LargeBinary(16), primary_key=True, comment=KEY_COMMENT
+    )
     processed_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), index=True
     )
 
 
+def framed_digest(parts: Sequence[str], person: bytes) -> bytes:
+    """A 16-byte BLAKE2b digest of ``parts``, each length-prefixed (no separator to forge)."""
+    h = hashlib.blake2b(digest_size=16, person=person)
+    for part in parts:
+        raw = part.encode()
+        h.update(len(raw).to_bytes(4, "big"))
+        h.update(raw)
+    return h.digest()
+
+
+class Identity(Protocol):
+    """A message's CloudEvents identity (a ``CloudEvent`` is one)."""
+
+    @property
+    def tenantid(self) -> str: ...
+    @property
+    def source(self) -> str: ...
+    @property
+    def id(self) -> str: ...
+
+
+def message_keys(tenant_id: str, source: str, message_id: str) -> tuple[bytes, bytes | None]:
+    """The inbox key of a message, and the key a version before 0011 gave it when that one
+    differs (a part contains U+001F), else None."""
+    joined = f"{tenant_id}{SEPARATOR}{source}{SEPARATOR}{message_id}"
+    digest = hashlib.blake2b(joined.encode(), digest_size=16).digest()
+    if joined.count(SEPARATOR) == 2:
+        return digest, None
+    return framed_digest((tenant_id, source, message_id), _FRAMED), digest
+
+
 def message_key(tenant_id: str, source: str, message_id: str) -> bytes:
-    return hashlib.blake2b(
-        f"{tenant_id}\x1f{source}\x1f{message_id}".encode(), digest_size=16
-    ).digest()
+    return message_keys(tenant_id, source, message_id)[0]
+
+
+def keys_of(messages: Iterable[Identity]) -> tuple[list[bytes], dict[bytes, bytes]]:
+    """The inbox keys of ``messages`` in order, and {key: legacy key} for the (rare) ones
+    whose key changed in 0011: what :func:`claim` takes. One pass, hot path."""
+    keys: list[bytes] = []
+    legacy: dict[bytes, bytes] = {}
+    blake2b, sep = hashlib.blake2b, SEPARATOR
+    for m in messages:
+        joined = f"{m.tenantid}{sep}{m.source}{sep}{m.id}"
+        digest = blake2b(joined.encode(), digest_size=16).digest()
+        if joined.count(sep) == 2:
+            keys.append(digest)
+        else:
+            key = framed_digest((m.tenantid, m.source, m.id), _FRAMED)
+            keys.append(key)
+            legacy[key] = digest
+    return keys, legacy
 
 
 _CLAIM = text(
@@ -42,14 +115,41 @@ _CLAIM = text(
     """
 )
 
+# the same, for a batch where some message also has a legacy key: it is fresh only if that
+# key is not in the inbox either (rows written before 0011, purged after the dedupe window)
+_CLAIM_WITH_LEGACY = text(
+    """
+    INSERT INTO inbox (consumer, message_key)
+    SELECT :consumer, u.k
+    FROM unnest(CAST(:keys AS bytea[]), CAST(:legacy AS bytea[])) AS u(k, l)
+    WHERE u.l IS NULL
+       OR NOT EXISTS (SELECT 1 FROM inbox o WHERE o.consumer = :consumer AND o.message_key = u.l)
+    ON CONFLICT DO NOTHING
+    RETURNING message_key
+    """
+)
 
-async def claim(session: AsyncSession, consumer: str, keys: list[bytes]) -> set[bytes]:
+
+async def claim(
+    session: AsyncSession,
+    consumer: str,
+    keys: list[bytes],
+    legacy: Mapping[bytes, bytes] | None = None,
+) -> set[bytes]:
     """Record ``keys`` as processed by ``consumer``; return those not seen before.
 
-    One statement for the whole batch."""
+    ``legacy`` maps a key to the one a version before 0011 gave that message (see
+    :func:`keys_of`); a message found under either is a duplicate. One statement for the
+    whole batch."""
     if not keys:
         return set()
-    result = await session.execute(_CLAIM, {"consumer": consumer, "keys": keys})
+    if not legacy:
+        result = await session.execute(_CLAIM, {"consumer": consumer, "keys": keys})
+    else:
+        olds = [legacy.get(k) for k in keys]
+        result = await session.execute(
+            _CLAIM_WITH_LEGACY, {"consumer": consumer, "keys": keys, "legacy": olds}
+        )
     return {row[0] for row in result}
 
 

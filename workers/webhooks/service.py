@@ -70,10 +70,22 @@ def matches(filters: Sequence[str], event_type: str) -> bool:
 
 def message_id(endpoint_id: str, source: str, event_id: str) -> str:
     """The stable ``webhook-id`` of one event delivered to one endpoint: redelivering the
-    event can never create a second, different message."""
-    digest = hashlib.blake2b(
-        f"{endpoint_id}\x1f{source}\x1f{event_id}".encode(), digest_size=16
-    ).digest()
+    event can never create a second, different message, and two events never share one.
+
+    Parts without U+001F (every real event) are joined by it, the id every version has
+    given, so a message keeps its id across an upgrade; a part containing it is
+    length-prefixed under another BLAKE2b personalisation instead (joining was ambiguous:
+    source ``a␟b`` + id ``c`` and source ``a`` + id ``b␟c`` were one message)."""
+    joined = f"{endpoint_id}\x1f{source}\x1f{event_id}"
+    if joined.count("\x1f") == 2:
+        digest = hashlib.blake2b(joined.encode(), digest_size=16).digest()
+    else:
+        h = hashlib.blake2b(digest_size=16, person=b"billstream-webhk")
+        for part in (endpoint_id, source, event_id):
+            raw = part.encode()
+            h.update(len(raw).to_bytes(4, "big"))
+            h.update(raw)
+        digest = h.digest()
     return "msg_" + base64.b32encode(digest).decode().rstrip("=").lower()
 
 
