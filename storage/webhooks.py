@@ -282,17 +282,33 @@ def _columns(rows: list[Any], names: list[str] | None = None) -> dict[str, list[
     return {name: [getattr(r, name) for r in rows] for name in names}
 
 
+# Deleting an endpoint may happen at any moment, between the fan-out reading the endpoints
+# and inserting their messages, or while a message is being delivered: every statement
+# that writes a row referring to an endpoint or a message writes it only while that row
+# still exists, under a ``FOR KEY SHARE`` lock (a concurrent delete waits for this
+# transaction; one that committed first makes the row disappear from the join). An insert
+# that trusts a snapshot would violate the foreign key and fail its whole batch: the event
+# would be dead-lettered, the outcomes of every tenant never recorded (decision: 0013).
 _INSERT_MESSAGES = text(
     """
+    WITH d AS (
+        SELECT * FROM unnest(
+            CAST(:tenant_id AS text[]), CAST(:id AS text[]), CAST(:endpoint_id AS text[]),
+            CAST(:event_id AS text[]), CAST(:event_type AS text[]),
+            CAST(:payload AS bytea[]), CAST(:next_attempt_at AS timestamptz[]))
+          WITH ORDINALITY AS d(t, i, e, ev, ty, p, n, o)
+    ), live AS MATERIALIZED (  -- in key order, the lock order of every writer
+        SELECT ep.tenant_id, ep.id FROM webhook_endpoints ep
+        WHERE (ep.tenant_id, ep.id) IN (SELECT t, e FROM d)
+        ORDER BY ep.tenant_id, ep.id
+        FOR KEY SHARE
+    )
     INSERT INTO webhook_messages
         (tenant_id, id, endpoint_id, event_id, event_type, payload, status, attempts,
          cycle_attempts, next_attempt_at, created_at)
-    SELECT t, i, e, ev, ty, p, 'pending', 0, 0, n, n
-    FROM unnest(CAST(:tenant_id AS text[]), CAST(:id AS text[]), CAST(:endpoint_id AS text[]),
-                CAST(:event_id AS text[]), CAST(:event_type AS text[]),
-                CAST(:payload AS bytea[]), CAST(:next_attempt_at AS timestamptz[]))
-         WITH ORDINALITY AS d(t, i, e, ev, ty, p, n, o)
-    ORDER BY o
+    SELECT d.t, d.i, d.e, d.ev, d.ty, d.p, 'pending', 0, 0, d.n, d.n
+    FROM d JOIN live ON live.tenant_id = d.t AND live.id = d.e
+    ORDER BY d.o
     ON CONFLICT (tenant_id, id) DO NOTHING
     """
 )
@@ -352,16 +368,36 @@ _UPDATE_MESSAGES = text(
     """
 )
 
+# the endpoints of a batch of outcomes, locked first and in key order: a delete of one of
+# them waits for the recorder (or has happened), so the recorder never holds a message its
+# delete wants while waiting for the endpoint row the delete holds (no deadlock)
+_LOCK_ENDPOINTS = text(
+    """
+    SELECT e.tenant_id, e.id
+    FROM webhook_endpoints e
+    JOIN unnest(CAST(:tenant_id AS text[]), CAST(:endpoint_id AS text[])) AS k(t, i)
+      ON e.tenant_id = k.t AND e.id = k.i
+    ORDER BY e.tenant_id, e.id
+    FOR KEY SHARE OF e
+    """
+)
+
+# attempts only of messages that still exist (one of a deleted endpoint is dropped)
 _INSERT_ATTEMPTS = text(
     """
     INSERT INTO webhook_attempts
         (tenant_id, endpoint_id, message_id, attempted_at, status, response_status,
          response_body, latency_ms, error)
-    SELECT * FROM unnest(CAST(:tenant_id AS text[]), CAST(:endpoint_id AS text[]),
-                         CAST(:message_id AS text[]), CAST(:attempted_at AS timestamptz[]),
-                         CAST(:status AS text[]), CAST(:response_status AS integer[]),
-                         CAST(:response_body AS text[]), CAST(:latency_ms AS integer[]),
-                         CAST(:error AS text[]))
+    SELECT a.* FROM unnest(CAST(:tenant_id AS text[]), CAST(:endpoint_id AS text[]),
+                           CAST(:message_id AS text[]), CAST(:attempted_at AS timestamptz[]),
+                           CAST(:status AS text[]), CAST(:response_status AS integer[]),
+                           CAST(:response_body AS text[]), CAST(:latency_ms AS integer[]),
+                           CAST(:error AS text[]))
+             AS a(tenant_id, endpoint_id, message_id, attempted_at, status, response_status,
+                  response_body, latency_ms, error)
+    JOIN webhook_messages m
+      ON m.tenant_id = a.tenant_id AND m.id = a.message_id AND m.endpoint_id = a.endpoint_id
+    FOR KEY SHARE OF m
     """
 )
 
@@ -571,17 +607,30 @@ class WebhookRepository:
         ]
 
     async def record(
-        self, updates: list[MessageUpdate], attempts: list[AttemptRow]
+        self,
+        updates: list[MessageUpdate],
+        attempts: list[AttemptRow],
+        endpoints: set[tuple[str, str]],
     ) -> set[tuple[str, str]]:
-        """Write outcomes: the attempts, and the messages still under the lease that sent
-        them. Returns the (tenant, message id) pairs whose update applied."""
+        """Write outcomes: the attempts of messages that still exist, and the messages
+        still under the lease that sent them. ``endpoints`` are the (tenant, endpoint id)
+        pairs of the batch; locked first, so a concurrent delete waits or has happened.
+        Outcomes of a deleted endpoint or message are dropped, never an error. Returns the
+        (tenant, message id) pairs whose update applied."""
+        if endpoints:
+            keys = sorted(endpoints)
+            await self.session.execute(
+                _LOCK_ENDPOINTS,
+                {"tenant_id": [t for t, _ in keys], "endpoint_id": [e for _, e in keys]},
+            )
+        applied: set[tuple[str, str]] = set()
+        if updates:
+            ordered = sorted(updates, key=lambda u: (u.tenant_id, u.id))  # fixed lock order
+            result = await self.session.execute(_UPDATE_MESSAGES, _columns(ordered))
+            applied = {(r[0], r[1]) for r in result}
         if attempts:
             await self.session.execute(_INSERT_ATTEMPTS, _columns(attempts))
-        if not updates:
-            return set()
-        ordered = sorted(updates, key=lambda u: (u.tenant_id, u.id))  # fixed lock order
-        result = await self.session.execute(_UPDATE_MESSAGES, _columns(ordered))
-        return {(r[0], r[1]) for r in result}
+        return applied
 
     async def message(
         self, tenant_id: str, endpoint_id: str, message_id: str

@@ -65,6 +65,7 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes = b"ok"
     hang: bool = False  # never answer (the client times out)
+    gate: asyncio.Event | None = None  # answer only once this is set
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,8 @@ class Receiver:
                 reply = queue.pop(0) if queue else self.default.get(path, Reply())
                 if reply.hang:
                     await asyncio.Event().wait()
+                if reply.gate is not None:
+                    await reply.gate.wait()
                 head = [f"HTTP/1.1 {reply.status} X", f"Content-Length: {len(reply.body)}"]
                 head += [f"{k}: {v}" for k, v in reply.headers.items()]
                 writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + reply.body)

@@ -240,7 +240,11 @@ class Dispatcher:
         events: list[CloudEvent] = []
         async with self.sessions() as session, session.begin():
             repo = WebhookRepository(session)
-            applied = await repo.record(updates, [o.attempt for o in outcomes])
+            applied = await repo.record(
+                updates,
+                [o.attempt for o in outcomes],
+                {(d.claimed.tenant_id, d.claimed.endpoint_id) for d in batch},
+            )
             await repo.health(health.recovered, health.failing)
             for reason, keys in (("gone", health.gone), ("failing", health.to_disable)):
                 for tenant_id, endpoint_id, since in await repo.disable(keys, reason, now):

@@ -1,0 +1,179 @@
+"""Webhook bulkheads: what one tenant does to its endpoints (deleting them while a delivery
+is in flight, resending, recovering) never stops another tenant's deliveries from being
+sent and recorded; trailing-dot hostnames deliver. Real broker, real PostgreSQL, real HTTP
+receivers on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+
+from aiokafka import AIOKafkaProducer
+from sqlalchemy import text
+
+from schemas import topics
+from schemas.webhooks import DeleteEndpoint, EndpointRef, ResendMessage
+from storage.webhooks import NewMessage, WebhookRepository
+from tests.conftest import TenantKey, make_tenant
+from tests.integration.support import Sessions, command_outcome, producer, running, send_raw
+from tests.integration.test_webhooks import (
+    FakeClock,
+    Receiver,
+    Reply,
+    add_endpoint,
+    billing_event,
+    clock,  # noqa: F401  (the fixture)
+    messages,
+    publish,
+    receiver,  # noqa: F401  (the fixture)
+    worker,
+    wsettings,  # noqa: F401  (the fixture)
+)
+from workers.devstack import wait_for
+from workers.settings import Settings
+from workers.webhooks import service
+from workers.webhooks.app import WebhookWorker
+from workers.webhooks.service import AttemptResult, RetryPolicy
+
+
+async def _command(
+    p: AIOKafkaProducer, sessions: Sessions, command: DeleteEndpoint | ResendMessage
+) -> None:
+    key = f"{command.tenantid}:{command.data.endpoint_id}".encode()
+    await send_raw(p, topics.COMMANDS_WEBHOOKS, command.to_json(), key)
+    outcome = await command_outcome(sessions, command.tenantid, command.id, timeout_s=20)
+    assert outcome.status == "succeeded", outcome
+
+
+async def _count(sessions: Sessions, sql: str, **params: str) -> int:
+    async with sessions() as session:
+        return int(await session.scalar(text(sql), params) or 0)
+
+
+def _idle(w: WebhookWorker) -> bool:
+    return w.dispatcher is not None and w.dispatcher.in_flight == 0
+
+
+def _all_succeeded(
+    sessions: Sessions, tenant: str, endpoint_id: str, n: int
+) -> Callable[[], Awaitable[bool]]:
+    """A check: the endpoint has ``n`` messages, each recorded as succeeded."""
+
+    async def check() -> bool:
+        ms = await messages(sessions, tenant, endpoint_id)
+        return len(ms) == n and all(m.status == "succeeded" for m in ms)
+
+    return check
+
+
+async def test_deleting_endpoints_during_their_deliveries_never_stops_another_tenants(
+    wsettings: Settings,  # noqa: F811
+    sessions: Sessions,
+    tenant: TenantKey,
+    receiver: Receiver,  # noqa: F811
+    clock: FakeClock,  # noqa: F811
+) -> None:
+    a = tenant.tenant_id
+    b = (await make_tenant(sessions, "globex")).tenant_id
+    release = asyncio.Event()
+    # tenant A: three endpoints whose receivers hold the request until A deleted them all
+    doomed = []
+    for i in range(3):
+        path = f"/a{i}"
+        receiver.script[path] = [Reply(gate=release)]
+        doomed.append(await add_endpoint(sessions, a, receiver.url(path)))
+    # ... and one that stays, told about each deletion (its fan-out races the deletes)
+    survivor = await add_endpoint(sessions, a, receiver.url("/a-kept"))
+    kept = await add_endpoint(sessions, b, receiver.url("/b"))
+    async with running(worker(wsettings, clock)) as w, producer(wsettings) as p:
+        await publish(p, billing_event(a))
+        await wait_for(lambda: all(receiver.to(f"/a{i}") for i in range(3)), timeout_s=20)
+        for ep in doomed:  # several in a row, each while its delivery is in flight
+            await _command(
+                p,
+                sessions,
+                DeleteEndpoint(source="tests", tenantid=a, data=EndpointRef(endpoint_id=ep)),
+            )
+        release.set()  # the three attempts finish now: their outcomes have nowhere to go
+
+        for _ in range(3):
+            await publish(p, billing_event(b))
+        await wait_for(lambda: len(receiver.to("/b")) == 3, timeout_s=20)
+
+        await wait_for(_all_succeeded(sessions, b, kept, 3), timeout_s=20)
+        await wait_for(lambda: _idle(w), timeout_s=10)  # every in-flight slot is free again
+        # and delivery keeps going: one more for B is sent and recorded
+        await publish(p, billing_event(b))
+        await wait_for(_all_succeeded(sessions, b, kept, 4), timeout_s=20)
+        # A's remaining endpoint got the invoice and the news of each deletion
+        await wait_for(_all_succeeded(sessions, a, survivor, 4), timeout_s=20)
+        await wait_for(lambda: _idle(w), timeout_s=10)
+    assert sorted(r.event["type"] for r in receiver.to("/a-kept")) == [
+        "invoice.finalized",
+        *["webhook.endpoint_deleted"] * 3,
+    ]
+    # nothing of A's deleted endpoints is left behind, not even the attempts in flight
+    for table in ("webhook_messages", "webhook_attempts"):
+        sql = f"SELECT count(*) FROM {table} WHERE tenant_id = :t AND endpoint_id <> :e"
+        assert await _count(sessions, sql, t=a, e=survivor) == 0
+    assert (
+        await _count(sessions, "SELECT count(*) FROM webhook_attempts WHERE tenant_id = :t", t=b)
+        == 4
+    )
+    assert [r.path for r in receiver.requests].count("/b") == 4  # each once: none re-sent
+
+
+async def test_rows_of_a_deleted_endpoint_are_dropped_not_failing_the_batch(
+    sessions: Sessions, tenant: TenantKey
+) -> None:
+    """The races above, made deterministic: a fan-out batch and a batch of outcomes that
+    name an endpoint deleted since (by another transaction) write the rest and drop its
+    rows; the delete, had it come first, is not blocked either."""
+    t = tenant.tenant_id
+    other = (await make_tenant(sessions, "globex")).tenant_id
+    gone = await add_endpoint(sessions, t, "http://127.0.0.1:9/gone")
+    stays = await add_endpoint(sessions, other, "http://127.0.0.1:9/stays")
+    now = datetime.now(UTC)
+
+    def new(tenant_id: str, endpoint_id: str, n: int) -> NewMessage:
+        return NewMessage(
+            tenant_id, f"msg_{endpoint_id}_{n}", endpoint_id, f"ev{n}", "x.y", b"{}", now
+        )
+
+    async with sessions() as session, session.begin():
+        repo = WebhookRepository(session)
+        await repo.add_messages([new(t, gone, 0), new(other, stays, 0)])
+        claimed = await repo.claim_due(now, 10, now + timedelta(minutes=1))
+    assert len(claimed) == 2
+    async with sessions() as session, session.begin():
+        assert await WebhookRepository(session).delete(t, gone)
+
+    async with sessions() as session, session.begin():
+        # a fan-out that read the endpoints before the delete: only the live one is written
+        assert (
+            await WebhookRepository(session).add_messages([new(t, gone, 1), new(other, stays, 1)])
+            == 1
+        )
+    async with sessions() as session, session.begin():
+        # the outcomes of both deliveries in flight: the deleted one's is dropped
+        rng = random.Random(1)
+        policy = RetryPolicy(schedule=(5,), jitter=0.0)
+        result = AttemptResult(attempted_at=now, latency_ms=3, status_code=200, body="ok")
+        outcomes = [service.outcome(c, result, policy, rng) for c in claimed]
+        applied = await WebhookRepository(session).record(
+            [o.update for o in outcomes],
+            [o.attempt for o in outcomes],
+            {(c.tenant_id, c.endpoint_id) for c in claimed},
+        )
+    assert applied == {(other, f"msg_{stays}_0")}
+    assert [m.status for m in await messages(sessions, other, stays)] == ["succeeded", "pending"]
+    assert (
+        await _count(sessions, "SELECT count(*) FROM webhook_attempts WHERE tenant_id = :t", t=t)
+        == 0
+    )
+    assert (
+        await _count(sessions, "SELECT count(*) FROM webhook_messages WHERE tenant_id = :t", t=t)
+        == 0
+    )
