@@ -14,6 +14,7 @@ from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from schemas.bounds import Line, PositiveMinorUnits, Text
 from schemas.currency import CurrencyCode
 from schemas.decimals import DecimalStr
 from schemas.envelope import CloudEvent
@@ -26,7 +27,7 @@ MAX_THRESHOLDS = 20
 
 MeterKey = Annotated[str, Field(pattern=METER_KEY_PATTERN, description="A meter's key.")]
 Subject = Annotated[
-    str | None,
+    Line | None,
     Field(
         default=None,
         min_length=1,
@@ -95,10 +96,8 @@ class SpendThreshold(_Model):
     kind: Literal["spend_threshold"] = "spend_threshold"
     currency: CurrencyCode
     subject: Subject = None
-    thresholds: list[Annotated[int, Field(gt=0)]] = Field(
-        default_factory=list, max_length=MAX_THRESHOLDS
-    )
-    recurring_every: int | None = Field(default=None, gt=0)
+    thresholds: list[PositiveMinorUnits] = Field(default_factory=list, max_length=MAX_THRESHOLDS)
+    recurring_every: PositiveMinorUnits | None = None
 
     @field_validator("thresholds")
     @classmethod
@@ -160,7 +159,7 @@ class RuleSpec(_Model):
     """An alert rule as a tenant defines it (``POST /v1/alert-rules``)."""
 
     key: str = Field(pattern=RULE_KEY_PATTERN, description="Unique per tenant, e.g. 'tokens-80'.")
-    name: str | None = Field(default=None, max_length=256)
+    name: Line | None = Field(default=None, max_length=256)
     rule: RuleCondition
 
 
@@ -173,7 +172,7 @@ class RuleRef(_Model):
 
 class AlertRef(_Model):
     alert_id: AlertId
-    note: str | None = Field(default=None, max_length=1024)
+    note: Text | None = Field(default=None, max_length=1024)
 
 
 class CreateAlertRule(CloudEvent):

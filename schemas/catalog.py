@@ -9,6 +9,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from schemas import alerts, invoicing, metering, ops, payments, pos, topics, webhooks
+from schemas.bounds import PublishedJsonSchema
 from schemas.usage import UsageEvent
 
 
@@ -61,7 +62,10 @@ def export(directory: Path) -> list[Path]:
     """Write one JSON Schema (draft 2020-12) per message; return the files written."""
     written: list[Path] = []
     for spec in CATALOG:
-        schema = spec.model.model_json_schema(mode="validation")
+        # bounds added since a message was published are enforced, not shown (ADR 0043)
+        schema = spec.model.model_json_schema(
+            mode="validation", schema_generator=PublishedJsonSchema
+        )
         schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
         schema["x-billstream"] = {
             "topic": spec.topic,

@@ -12,6 +12,8 @@ from typing import Any, Literal
 import uuid6
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationInfo, model_validator
 
+from schemas.bounds import LineValue, TextValue
+
 TENANT_ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
 
 TenantId = str
@@ -35,16 +37,17 @@ class CloudEvent(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     specversion: Literal["1.0"] = "1.0"
-    id: str = Field(default_factory=new_id, min_length=1, max_length=256)
-    source: str = Field(min_length=1, max_length=512)
-    type: str = Field(min_length=1, max_length=256)
+    # no control characters in what is stored (docs/adr/0043); validated, not in the schema
+    id: LineValue = Field(default_factory=new_id, min_length=1, max_length=256)
+    source: LineValue = Field(min_length=1, max_length=512)
+    type: LineValue = Field(min_length=1, max_length=256)
     time: AwareDatetime = Field(default_factory=utcnow)
-    subject: str | None = Field(default=None, min_length=1, max_length=256)
+    subject: LineValue | None = Field(default=None, min_length=1, max_length=256)
     datacontenttype: Literal["application/json"] = "application/json"
     data: Any
     tenantid: str = Field(pattern=TENANT_ID_PATTERN)
-    correlationid: str | None = Field(default=None, max_length=256)
-    causationid: str | None = Field(default=None, max_length=256)
+    correlationid: TextValue | None = Field(default=None, max_length=256)
+    causationid: TextValue | None = Field(default=None, max_length=256)
     dataversion: str = "1"
 
     @model_validator(mode="before")

@@ -11,8 +11,9 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from schemas.bounds import EventTime, Line, Text, optional_line
 from schemas.currency import CurrencyCode
 from schemas.decimals import DecimalStr
 from schemas.envelope import CloudEvent
@@ -39,11 +40,11 @@ class _Model(BaseModel):
 
 
 class Address(_Model):
-    line1: str = Field(max_length=256)
-    line2: str | None = Field(default=None, max_length=256)
-    city: str | None = Field(default=None, max_length=128)
-    postal_code: str | None = Field(default=None, max_length=32)
-    state: str | None = Field(default=None, max_length=128)
+    line1: Line = Field(max_length=256)
+    line2: Line | None = Field(default=None, max_length=256)
+    city: Line | None = Field(default=None, max_length=128)
+    postal_code: Line | None = Field(default=None, max_length=32)
+    state: Line | None = Field(default=None, max_length=128)
     country: str = Field(pattern=r"^[A-Z]{2}$", description="ISO 3166-1 alpha-2")
 
 
@@ -51,7 +52,7 @@ class CustomerSpec(_Model):
     """A customer; ``external_id`` is the subject its usage events carry."""
 
     external_id: str = Field(pattern=EXTERNAL_ID_PATTERN)
-    name: str = Field(min_length=1, max_length=256)
+    name: Line = Field(min_length=1, max_length=256)
     email: str | None = Field(default=None, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$", max_length=320)
     currency: CurrencyCode
     tax_rate: NonNegDecimal | None = Field(
@@ -60,6 +61,8 @@ class CustomerSpec(_Model):
     tax_exempt: bool = False
     net_terms_days: int = Field(default=30, ge=0, le=365)
     billing_address: Address | None = None
+
+    _email = field_validator("email")(optional_line)
 
     @field_validator("tax_rate")
     @classmethod
@@ -100,7 +103,7 @@ class SubscriptionSpec(_Model):
     id: str = Field(pattern=ID_PATTERN, description="Chosen by the caller (or the ingress).")
     customer: str = Field(pattern=EXTERNAL_ID_PATTERN, description="The customer's external_id")
     plan: str = Field(pattern=PLAN_KEY_PATTERN, description="The plan's key")
-    start: AwareDatetime = Field(description="The billing anchor: periods start here (UTC hour)")
+    start: EventTime = Field(description="The billing anchor: periods start here (UTC hour)")
 
     _start = field_validator("start")(hour_aligned)
 
@@ -113,7 +116,7 @@ class CreateSubscription(CloudEvent):
 class CancelSpec(_Model):
     subscription_id: str = Field(pattern=ID_PATTERN)
     mode: Literal["at_period_end", "immediately"]
-    at: AwareDatetime | None = Field(
+    at: EventTime | None = Field(
         default=None,
         description="For 'immediately': when it ends (default: when the command is handled). "
         "Flat fees are prorated to the second; usage is billed up to the end of that hour.",
@@ -148,7 +151,7 @@ class ChangeSubscriptionPlan(CloudEvent):
 
 class BillingRunSpec(_Model):
     id: str = Field(pattern=ID_PATTERN)
-    as_of: AwareDatetime = Field(
+    as_of: EventTime = Field(
         description="Bill every period that ended by this time and finalize the drafts due"
     )
 
@@ -160,7 +163,7 @@ class RunBilling(CloudEvent):
 
 class InvoiceActionSpec(_Model):
     invoice_id: str = Field(pattern=ID_PATTERN)
-    reason: str | None = Field(default=None, max_length=1024)
+    reason: Text | None = Field(default=None, max_length=1024)
 
 
 class VoidInvoice(CloudEvent):

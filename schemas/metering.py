@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from schemas.bounds import Line, Text
 from schemas.decimals import DecimalStr
 from schemas.envelope import CloudEvent
 from schemas.jsonpath import JsonPathError, compile_path
@@ -34,16 +35,16 @@ class MeterSpec(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     key: str = Field(pattern=METER_KEY_PATTERN, description="Unique per tenant, e.g. 'tokens'.")
-    name: str | None = Field(default=None, max_length=256)
-    description: str | None = Field(default=None, max_length=2048)
+    name: Line | None = Field(default=None, max_length=256)
+    description: Text | None = Field(default=None, max_length=2048)
     event_type: str = Field(pattern=EVENT_TYPE_PATTERN, description="CloudEvents type it reads.")
     aggregation: Aggregation
-    value_property: str | None = Field(
+    value_property: Line | None = Field(
         default=None,
         validate_default=True,  # so a missing one is reported against this field
         description="JSONPath into the event data; every aggregation but count.",
     )
-    group_by: dict[str, str] = Field(
+    group_by: dict[str, Line] = Field(
         default_factory=dict, description="Group name to JSONPath into the event data."
     )
 

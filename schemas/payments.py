@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from schemas.bounds import Line, PositiveMinorUnits, Text
 from schemas.currency import CurrencyCode
 from schemas.envelope import CloudEvent
 
@@ -66,8 +67,8 @@ class ConfigureStripe(CloudEvent):
 
 class CustomerSyncData(_Model):
     customer: str = Field(pattern=CUSTOMER_PATTERN, description="The customer's external_id")
-    email: str | None = Field(default=None, max_length=320)
-    name: str | None = Field(default=None, max_length=256)
+    email: Line | None = Field(default=None, max_length=320)
+    name: Line | None = Field(default=None, max_length=256)
 
 
 class SyncCustomer(CloudEvent):
@@ -86,10 +87,12 @@ class AttachPaymentMethod(CloudEvent):
 
 
 class RefundSpec(_Model):
-    refund_id: str = Field(min_length=1, max_length=64, description="Chosen by the ingress")
-    payment_id: str = Field(min_length=1, max_length=128)
-    amount: int | None = Field(default=None, gt=0, description="Minor units; none = the rest")
-    reason: str | None = Field(default=None, max_length=500)
+    refund_id: Line = Field(min_length=1, max_length=64, description="Chosen by the ingress")
+    payment_id: Line = Field(min_length=1, max_length=128)
+    amount: PositiveMinorUnits | None = Field(
+        default=None, description="Minor units; none = the rest"
+    )
+    reason: Text | None = Field(default=None, max_length=500)
 
 
 class RefundPayment(CloudEvent):
@@ -98,13 +101,13 @@ class RefundPayment(CloudEvent):
 
 
 class OfflinePaymentSpec(_Model):
-    payment_id: str = Field(min_length=1, max_length=128, description="Chosen by the ingress")
-    invoice_id: str = Field(min_length=1, max_length=64)
+    payment_id: Line = Field(min_length=1, max_length=128, description="Chosen by the ingress")
+    invoice_id: Line = Field(min_length=1, max_length=64)
     customer: str = Field(pattern=CUSTOMER_PATTERN)
-    amount: int = Field(gt=0, description="Minor units of currency")
+    amount: PositiveMinorUnits = Field(description="Minor units of currency")
     currency: CurrencyCode
     method: Literal["bank_transfer", "cash", "check", "pos", "other"]
-    reference: str | None = Field(default=None, max_length=256)
+    reference: Line | None = Field(default=None, max_length=256)
 
 
 class RecordOfflinePayment(CloudEvent):

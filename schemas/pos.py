@@ -11,8 +11,10 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Literal, Self
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from schemas import bounds
+from schemas.bounds import EventTime, Line, MinorUnits, Text
 from schemas.currency import CurrencyCode
 from schemas.envelope import CloudEvent
 from schemas.usage import EVENT_TYPE_PATTERN
@@ -28,14 +30,14 @@ class _Model(BaseModel):
 
 
 class PosLine(_Model):
-    sku: str = Field(min_length=1, max_length=128)
-    description: str | None = Field(default=None, max_length=512)
+    sku: Line = Field(min_length=1, max_length=128)
+    description: Text | None = Field(default=None, max_length=512)
     quantity: Decimal = Field(gt=0, max_digits=18, decimal_places=6, description="Units sold")
     unit_price: Decimal = Field(
         max_digits=24, decimal_places=12, description="Exact, in major units, before tax"
     )
-    tax: int = Field(description="Minor units")
-    total: int = Field(description="Minor units, tax included; negative for a discount line")
+    tax: MinorUnits = Field(description="Minor units")
+    total: MinorUnits = Field(description="Minor units, tax included; negative for a discount line")
 
 
 class PosReceipt(_Model):
@@ -47,13 +49,13 @@ class PosReceipt(_Model):
     refund_of: str | None = Field(
         default=None, pattern=RECEIPT_ID_PATTERN, description="The sale a refund reverses"
     )
-    location: str = Field(min_length=1, max_length=128, description="Store, till or site id")
-    time: AwareDatetime = Field(description="When the sale happened (usage lands in that hour)")
+    location: Line = Field(min_length=1, max_length=128, description="Store, till or site id")
+    time: EventTime = Field(description="When the sale happened (usage lands in that hour)")
     currency: CurrencyCode
-    payment_method: str = Field(min_length=1, max_length=64, description="card, cash, ...")
+    payment_method: Line = Field(min_length=1, max_length=64, description="card, cash, ...")
     lines: list[PosLine] = Field(min_length=1, max_length=MAX_LINES)
-    tax: int = Field(description="Minor units: the sum of the lines' tax")
-    total: int = Field(description="Minor units, tax included: the sum of the lines' totals")
+    tax: MinorUnits = Field(description="Minor units: the sum of the lines' tax")
+    total: MinorUnits = Field(description="Minor units, tax included: the sum of the lines' totals")
 
     @model_validator(mode="after")
     def _sums(self) -> Self:
@@ -65,6 +67,11 @@ class PosReceipt(_Model):
         lines_tax = sum(line.tax for line in self.lines)
         if self.tax != lines_tax:
             raise ValueError(f"tax {self.tax} is not the sum of the lines' tax {lines_tax}")
+        if abs(self.total - self.tax) > bounds.MAX_MINOR_UNITS:
+            raise ValueError(
+                f"the net amount (total - tax) {self.total - self.tax} is out of range: at "
+                f"most {bounds.MAX_MINOR_UNITS} minor units in magnitude"
+            )
         if self.kind == "sale" and self.refund_of is not None:
             raise ValueError("refund_of is only for refunds")
         return self
@@ -79,7 +86,7 @@ class PosReceiptRecorded(CloudEvent):
     ``source`` is ``billstream/pos/<source>``: the same receipt sent twice is applied once."""
 
     type: Literal["pos.receipt.recorded"] = "pos.receipt.recorded"
-    subject: str = Field(min_length=1, max_length=128, description="The receipt's location")
+    subject: Line = Field(min_length=1, max_length=128, description="The receipt's location")
     data: PosReceiptData
 
 
@@ -98,13 +105,13 @@ class PosMappingSpec(_Model):
     ``currency``; ``count`` of transactions).
     """
 
-    default_subject: str | None = Field(
+    default_subject: Line | None = Field(
         default=None,
         min_length=1,
         max_length=256,
         description="The customer usage is attributed to when its location is not listed",
     )
-    subjects_by_location: dict[str, str] = Field(
+    subjects_by_location: dict[Line, Line] = Field(
         default_factory=dict,
         max_length=MAX_LOCATIONS,
         description="Location id to customer (subject)",

@@ -7,6 +7,13 @@ accepted too. A JSON float (``0.1``) is refused: it has already been rounded to 
 the time it is parsed, so write it as a string. (A ``Decimal``, e.g. from
 ``schemas.jsonexact.loads``, is exact and accepted.)
 
+Money amounts of a plan (flat amounts, unit prices, tier prices and fees, package prices,
+minimum spends) must also stay below 10**15 minor units of the plan's currency
+(``"9999999999999.99"`` USD, ``"999999999999999"`` JPY, ``"99999999999.9999"`` CLF), and a
+plan's fixed charges (flat amounts, every tier's flat fee, minimum spends) at most 10**17
+minor units summed, so an invoice's fixed part always fits a 64-bit integer
+(docs/adr/0043-bounded-values.md).
+
 The invoice line rounds once to integer minor units (``workers/invoicing/pricing.py``).
 """
 
@@ -23,34 +30,25 @@ from pydantic import (
     Field,
     PlainSerializer,
     PlainValidator,
+    ValidationInfo,
     WithJsonSchema,
     field_validator,
 )
 
-from schemas.currency import CurrencyCode
+from schemas import bounds
+from schemas.bounds import Line, ShowBounds, Text, decimal_places
+from schemas.currency import CurrencyCode, exponent
 from schemas.decimals import dump_decimal
 from schemas.metering import METER_KEY_PATTERN
 
-MAX_DECIMAL_PLACES = 12
-MAX_INTEGER_DIGITS = 15  # amounts and quantities in definitions stay below 10**15
+MAX_DECIMAL_PLACES = bounds.MAX_FRACTION_DIGITS
+MAX_INTEGER_DIGITS = bounds.MAX_INTEGER_DIGITS  # amounts and quantities stay below 10**15
 MAX_TIERS = 100
 MAX_PRICES = 100
 
 KEY_PATTERN = METER_KEY_PATTERN  # plan and price keys are slugs, like meter keys
 
 _PLAIN_DECIMAL = re.compile(r"-?[0-9]+(\.[0-9]+)?")
-
-
-def decimal_places(value: Decimal) -> int:
-    """Decimal places that carry a digit (``1.2500`` has 2); trailing zeros don't count."""
-    _, digits, exp = value.as_tuple()
-    assert isinstance(exp, int)  # finite
-    places = -exp
-    i = len(digits) - 1
-    while places > 0 and i >= 0 and digits[i] == 0:
-        places -= 1
-        i -= 1
-    return max(places, 0)
 
 
 def _parse_nonneg_decimal(value: Any) -> Decimal:
@@ -102,8 +100,16 @@ NonNegDecimal = Annotated[
     PlainValidator(_parse_nonneg_decimal, json_schema_input_type=str | int),
     PlainSerializer(dump_decimal, return_type=str, when_used="json"),
     WithJsonSchema(_DECIMAL_JSON_SCHEMA, mode="validation"),
+    ShowBounds(
+        {  # beside the anyOf: ``pattern`` bounds the string form, ``maximum`` the integer
+            "pattern": rf"^0*[0-9]{{1,{MAX_INTEGER_DIGITS}}}"
+            rf"(\.[0-9]{{1,{MAX_DECIMAL_PLACES}}}0*)?$",
+            "maximum": 10**MAX_INTEGER_DIGITS - 1,
+        }
+    ),
 ]
-"""A non-negative exact decimal (money in major units, or a quantity)."""
+"""A non-negative exact decimal (money in major units, or a quantity): below 10**15, at most
+12 decimal places."""
 
 Amount = NonNegDecimal  # money in the currency's major unit
 Quantity = NonNegDecimal  # a meter's quantity
@@ -113,7 +119,7 @@ PriceKey = Annotated[
 ]
 MeterKey = Annotated[str, Field(pattern=METER_KEY_PATTERN, description="A meter's key.")]
 LineName = Annotated[
-    str, Field(min_length=1, max_length=256, description="Text of the invoice line.")
+    Line, Field(min_length=1, max_length=256, description="Text of the invoice line.")
 ]
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
@@ -241,17 +247,35 @@ Price = Annotated[
 MeteredPrice = PerUnitPrice | GraduatedPrice | VolumePrice | PackagePrice
 
 
+def _money_of(price: Price) -> list[tuple[str, Decimal, bool]]:
+    """(where, amount, whether it is a fixed charge) of every money amount of ``price``."""
+    if isinstance(price, FlatPrice):
+        return [("amount", price.amount, True)]
+    out: list[tuple[str, Decimal, bool]] = []
+    if isinstance(price, PerUnitPrice):
+        out.append(("unit_price", price.unit_price, False))
+    elif isinstance(price, PackagePrice):
+        out.append(("package_price", price.package_price, False))
+    else:
+        for j, tier in enumerate(price.tiers):
+            out.append((f"tiers[{j}].unit_price", tier.unit_price, False))
+            out.append((f"tiers[{j}].flat_fee", tier.flat_fee, True))
+    if price.minimum_spend is not None:
+        out.append(("minimum_spend", price.minimum_spend, True))
+    return out
+
+
 class PlanSpec(BaseModel):
     """A plan: the prices a subscriber pays, in one currency, each billing interval."""
 
     model_config = _FROZEN
 
     key: str = Field(pattern=KEY_PATTERN, description="Unique per tenant, e.g. 'pro'.")
-    name: str = Field(min_length=1, max_length=256)
+    name: Line = Field(min_length=1, max_length=256)
     currency: CurrencyCode
     interval: Literal["month", "year"]
     prices: list[Price] = Field(min_length=1, max_length=MAX_PRICES)
-    description: str | None = Field(default=None, max_length=2048)
+    description: Text | None = Field(default=None, max_length=2048)
 
     @field_validator("prices")
     @classmethod
@@ -263,6 +287,34 @@ class PlanSpec(BaseModel):
                     f"duplicate price key {price.key!r} (prices {first[price.key]} and {i})"
                 )
             first[price.key] = i
+        return prices
+
+    @field_validator("prices")
+    @classmethod
+    def _money_fits(cls, prices: list[Price], info: ValidationInfo) -> list[Price]:
+        """Every money amount below 10**15 minor units of the plan's currency, and the fixed
+        charges at most 10**17 summed: an invoice's fixed part always fits bigint."""
+        currency = info.data.get("currency")  # absent when it was itself invalid
+        if currency is None:
+            return prices
+        scale = Decimal(10) ** exponent(currency)
+        fixed = Decimal(0)
+        for i, price in enumerate(prices):
+            for where, amount, is_fixed in _money_of(price):
+                minor = amount * scale
+                if minor > bounds.MAX_MINOR_UNITS:
+                    raise ValueError(
+                        f"prices[{i}].{where}: {format(amount, 'f')} {currency} is "
+                        f"{format(minor, 'f')} minor units; at most {bounds.MAX_MINOR_UNITS}"
+                    )
+                if is_fixed:
+                    fixed += minor
+        if fixed > bounds.MAX_PLAN_FIXED_MINOR_UNITS:
+            raise ValueError(
+                f"the fixed charges (flat amounts, tier flat fees, minimum spends) add up to "
+                f"{format(fixed, 'f')} minor units of {currency}; at most "
+                f"{bounds.MAX_PLAN_FIXED_MINOR_UNITS}"
+            )
         return prices
 
     def price(self, key: str) -> Price:

@@ -10,14 +10,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter
 
 from schemas import jsonexact
+from schemas.bounds import EventTime, Line, check_usage_data
 from schemas.envelope import CloudEvent
 
 EVENT_TYPE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/\-]{0,254}$"
+
+UsageData = Annotated[dict[str, Any], AfterValidator(check_usage_data)]
+"""Event data: every number in it (and every string that spells one: meters read those as
+numbers) finite, at most 10**15 in magnitude, with at most 12 decimal places; no control
+character but tab, newline and carriage return in its strings (docs/adr/0043)."""
 
 
 class UsageEventIn(BaseModel):
@@ -26,13 +32,20 @@ class UsageEventIn(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     specversion: str = Field(default="1.0", pattern=r"^1\.0$")
-    id: str = Field(min_length=1, max_length=256)
-    source: str = Field(min_length=1, max_length=512)
+    id: Line = Field(min_length=1, max_length=256)
+    source: Line = Field(min_length=1, max_length=512)
     type: str = Field(pattern=EVENT_TYPE_PATTERN)
-    subject: str = Field(min_length=1, max_length=256)
-    time: AwareDatetime
+    subject: Line = Field(min_length=1, max_length=256)
+    time: EventTime = Field(
+        description="With an offset; its UTC form from 1970-01-01T00:00:00Z up to (not "
+        "including) 2100-01-01T00:00:00Z."
+    )
     datacontenttype: str = Field(default="application/json", pattern=r"^application/json$")
-    data: dict[str, Any] = Field(default_factory=dict)
+    data: UsageData = Field(
+        default_factory=dict,
+        description="Numbers (and strings that spell numbers) finite, at most 10**15 in "
+        "magnitude, at most 12 decimal places.",
+    )
 
 
 class UsageEvent(CloudEvent):
@@ -40,11 +53,11 @@ class UsageEvent(CloudEvent):
 
     # Required, never generated: (tenantid, source, id) deduplicates redeliveries, and an id
     # invented while decoding a record would differ on every delivery.
-    id: str = Field(min_length=1, max_length=256)
+    id: Line = Field(min_length=1, max_length=256)
     type: str = Field(pattern=EVENT_TYPE_PATTERN)
-    subject: str = Field(min_length=1, max_length=256)
-    time: AwareDatetime
-    data: dict[str, Any] = Field(default_factory=dict)
+    subject: Line = Field(min_length=1, max_length=256)
+    time: EventTime
+    data: UsageData = Field(default_factory=dict)
 
     @classmethod
     def from_client(cls, event: UsageEventIn, tenant_id: str) -> UsageEvent:

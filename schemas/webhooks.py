@@ -15,6 +15,7 @@ from typing import Annotated, Literal
 import uuid6
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
+from schemas.bounds import EventTime, Line, Text
 from schemas.envelope import CloudEvent
 
 ENDPOINT_ID_PATTERN = r"^ep_[a-z2-7]{26}$"
@@ -64,12 +65,12 @@ class EndpointSpec(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    url: str = Field(
+    url: Line = Field(
         min_length=1,
         max_length=MAX_URL_LENGTH,
         description="http(s) URL of the receiver; must not resolve to a private address.",
     )
-    description: str = Field(default="", max_length=1024)
+    description: Text = Field(default="", max_length=1024)
     event_types: list[str] = Field(
         default_factory=lambda: ["*"],
         min_length=1,
@@ -98,8 +99,8 @@ class EndpointPatch(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    url: str | None = Field(default=None, min_length=1, max_length=MAX_URL_LENGTH)
-    description: str | None = Field(default=None, max_length=1024)
+    url: Line | None = Field(default=None, min_length=1, max_length=MAX_URL_LENGTH)
+    description: Text | None = Field(default=None, max_length=1024)
     event_types: list[str] | None = Field(default=None, min_length=1, max_length=MAX_EVENT_FILTERS)
     rate_limit_per_s: int | None = Field(
         default=None, ge=0, le=100_000, description="0 removes the rate limit."
@@ -145,7 +146,7 @@ class MessageRef(EndpointRef):
 
 
 class RecoverData(EndpointRef):
-    since: AwareDatetime
+    since: EventTime
 
 
 class CreateEndpoint(CloudEvent):
