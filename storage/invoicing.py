@@ -41,6 +41,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, aliased, mapped_column
 
 from storage.db import Base
+from storage.quarantine import not_quarantined
 
 
 class InvoicingConfigRow(Base):
@@ -119,7 +120,7 @@ class BillingRun(Base):
     )
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     as_of: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    status: Mapped[str] = mapped_column(String(16), comment="pending | completed")
+    status: Mapped[str] = mapped_column(String(16), comment="pending | completed | failed")
     invoices_created: Mapped[int] = mapped_column(Integer, default=0)
     invoices_finalized: Mapped[int] = mapped_column(Integer, default=0)
     drafts_waiting: Mapped[int] = mapped_column(Integer, default=0)
@@ -127,6 +128,7 @@ class BillingRun(Base):
         DateTime(timezone=True), server_default=func.now()
     )
     completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    error: Mapped[str | None] = mapped_column(Text, comment="why a failed run failed")
 
 
 class Invoice(Base):
@@ -345,15 +347,26 @@ class InvoicingRepository:
         return list(await self.session.scalars(q.order_by(Subscription.id).limit(limit)))
 
     async def claim_due(
-        self, as_of: datetime, tenant_id: str | None, limit: int
+        self,
+        as_of: datetime,
+        tenant_id: str | None,
+        limit: int,
+        *,
+        job: str,
+        only: Sequence[tuple[str, str]] | None = None,
     ) -> list[Subscription]:
         """Active subscriptions whose current period ended by ``as_of``, locked; rows another
-        transaction holds are skipped (that replica bills them)."""
+        transaction holds are skipped (that replica bills them), and so are the ones ``job``
+        quarantined. ``only``: just these (tenant, id) pairs, if still due."""
         q = select(Subscription).where(
-            Subscription.status == "active", Subscription.current_period_end <= as_of
+            Subscription.status == "active",
+            Subscription.current_period_end <= as_of,
+            not_quarantined(job, "subscription", Subscription.tenant_id, Subscription.id),
         )
         if tenant_id is not None:
             q = q.where(Subscription.tenant_id == tenant_id)
+        if only is not None:
+            q = q.where(tuple_(Subscription.tenant_id, Subscription.id).in_(only))
         q = q.order_by(Subscription.current_period_end).limit(limit)
         return list(await self.session.scalars(q.with_for_update(skip_locked=True)))
 
@@ -405,13 +418,21 @@ class InvoicingRepository:
         return int(result.rowcount)  # type: ignore[attr-defined]
 
     async def claim_finalizable(
-        self, as_of: datetime, tenant_id: str | None, committed: dict[int, int], limit: int
+        self,
+        as_of: datetime,
+        tenant_id: str | None,
+        committed: dict[int, int],
+        limit: int,
+        *,
+        job: str,
+        only: Sequence[str] | None = None,
     ) -> list[Invoice]:
         """Drafts past their grace period whose usage metering has applied (``committed``,
         its offsets, reached the draft's snapshot on every partition), oldest first, locked
         (skipping other replicas'), and only the earliest draft of each subscription: a
         subscription's invoices finalize in period order, so late-usage adjustments see
-        every earlier invoice."""
+        every earlier invoice. Drafts ``job`` quarantined are left out; ``only``: just these
+        invoice ids, if still finalizable."""
         earlier = aliased(Invoice)
         caught_up = text(
             "NOT EXISTS (SELECT 1 FROM jsonb_each_text(invoices.usage_offsets) AS e(p, o)"
@@ -431,9 +452,12 @@ class InvoicingRepository:
                     earlier.period_start < Invoice.period_start,
                 )
             ),
+            not_quarantined(job, "invoice", Invoice.tenant_id, Invoice.id),
         )
         if tenant_id is not None:
             q = q.where(Invoice.tenant_id == tenant_id)
+        if only is not None:
+            q = q.where(Invoice.id.in_(only))
         q = q.order_by(Invoice.finalize_after, Invoice.id).limit(limit)
         return list(await self.session.scalars(q.with_for_update(skip_locked=True)))
 
@@ -542,13 +566,26 @@ class InvoicingRepository:
             select(BillingRun).where(BillingRun.tenant_id == tenant_id, BillingRun.id == id)
         )
 
-    async def claim_pending_run(self) -> BillingRun | None:
+    async def claim_pending_run(
+        self, *, job: str, only: Sequence[tuple[str, str]] | None = None
+    ) -> BillingRun | None:
+        """The oldest pending run (``only``: one of these (tenant, id) pairs), locked; runs
+        ``job`` quarantined are left out."""
+        q = select(BillingRun).where(
+            BillingRun.status == "pending",
+            not_quarantined(job, "billing_run", BillingRun.tenant_id, BillingRun.id),
+        )
+        if only is not None:
+            q = q.where(tuple_(BillingRun.tenant_id, BillingRun.id).in_(only))
         return await self.session.scalar(
-            select(BillingRun)
-            .where(BillingRun.status == "pending")
-            .order_by(BillingRun.requested_at)
-            .limit(1)
-            .with_for_update(skip_locked=True)
+            q.order_by(BillingRun.requested_at).limit(1).with_for_update(skip_locked=True)
+        )
+
+    async def fail_run(self, tenant_id: str, id: str, error: str) -> None:
+        await self.session.execute(
+            update(BillingRun)
+            .where(BillingRun.tenant_id == tenant_id, BillingRun.id == id)
+            .values(status="failed", error=error, completed_at=func.now())
         )
 
     async def drafts_waiting(self, tenant_id: str | None, as_of: datetime) -> int:

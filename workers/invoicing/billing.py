@@ -9,7 +9,7 @@ row lock). Invoice events go to the outbox in the same transaction.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -32,7 +32,7 @@ from schemas.invoicing import (
 )
 from schemas.pricing import FlatPrice, PlanSpec
 from storage import outbox
-from storage.db import AsyncSession, Sessions
+from storage.db import AsyncSession
 from storage.invoicing import (
     INVOICE_COLUMNS,
     Customer,
@@ -45,7 +45,8 @@ from storage.invoicing import (
 )
 from storage.metering import MeterRepository, PeriodKey, UsageRepository
 from workers.invoicing import service
-from workers.runtime.tx import outgoing
+from workers.runtime.jobs import Item, Jobs
+from workers.runtime.tx import Tx, outgoing
 
 log = structlog.get_logger("billstream.invoicing")
 
@@ -251,19 +252,23 @@ class RunResult:
     drafts_waiting: int = 0
 
 
+CLOSE_PERIODS = "invoicing.close_periods"
+FINALIZE = "invoicing.finalize"
+
+
+def _subscription(sub: Subscription) -> Item:
+    return Item(sub.tenant_id, "subscription", sub.id)
+
+
+def _invoice(invoice: Invoice) -> Item:
+    return Item(invoice.tenant_id, "invoice", invoice.id)
+
+
 class Billing:
-    def __init__(
-        self,
-        sessions: Sessions,
-        *,
-        chunk: int,
-        lookback: timedelta,
-        on_emitted: Callable[[], None] = lambda: None,
-    ) -> None:
-        self.sessions = sessions
+    def __init__(self, jobs: Jobs, *, chunk: int, lookback: timedelta) -> None:
+        self.jobs = jobs
         self.chunk = chunk
         self.lookback = lookback
-        self.on_emitted = on_emitted
         self.plans = Plans()
 
     async def run(
@@ -275,45 +280,63 @@ class Billing:
     ) -> RunResult:
         """Close every period ended by ``as_of`` and finalize the drafts that are due and
         whose period's usage metering has applied (its committed offsets reached the usage
-        topic's end offsets as they were when the period was closed)."""
+        topic's end offsets as they were when the period was closed).
+
+        A subscription or draft that fails (its data cannot be billed) is quarantined and
+        the others are billed (bulkheads, ADR 0044)."""
         result = RunResult()
-        while (n := await self._in_tx(lambda w: self.close_chunk(w, as_of, tenant_id))) > 0:
-            result.invoices_created += n
-        await self._in_tx(lambda w: self._snapshot(w, usage_ends))
-        while True:
-            n = await self._in_tx(
-                lambda w: self.finalize_chunk(w, as_of, tenant_id, metering_committed)
+
+        async def claim_due(tx: Tx, only: Sequence[Item] | None) -> list[Subscription]:
+            return await InvoicingRepository(tx.session).claim_due(
+                as_of,
+                tenant_id,
+                self.chunk,
+                job=CLOSE_PERIODS,
+                only=None if only is None else [(i.tenant_id, i.id) for i in only],
             )
-            if n == 0:
-                break
-            result.invoices_finalized += n
-        async with self.sessions() as session:
-            result.drafts_waiting = await InvoicingRepository(session).drafts_waiting(
-                tenant_id, as_of
+
+        async def close(tx: Tx, subs: Sequence[Subscription]) -> int:
+            return await self.close(Work(tx.session, tx.outgoing), subs, as_of)
+
+        while (
+            step := await self.jobs.claimed(CLOSE_PERIODS, claim_due, _subscription, close)
+        ).claimed:
+            result.invoices_created += step.applied
+
+        await self.jobs.run(
+            "invoicing.snapshot",
+            lambda tx: InvoicingRepository(tx.session).snapshot_offsets(usage_ends),
+        )
+
+        async def claim_finalizable(tx: Tx, only: Sequence[Item] | None) -> list[Invoice]:
+            return await InvoicingRepository(tx.session).claim_finalizable(
+                as_of,
+                tenant_id,
+                metering_committed,
+                self.chunk,
+                job=FINALIZE,
+                only=None if only is None else [i.id for i in only],
             )
+
+        async def finalize(tx: Tx, drafts: Sequence[Invoice]) -> int:
+            return await self.finalize(Work(tx.session, tx.outgoing), drafts, as_of)
+
+        while (
+            step := await self.jobs.claimed(FINALIZE, claim_finalizable, _invoice, finalize)
+        ).claimed:
+            result.invoices_finalized += step.applied
+        result.drafts_waiting = await self.jobs.run(
+            "invoicing.drafts_waiting",
+            lambda tx: InvoicingRepository(tx.session).drafts_waiting(tenant_id, as_of),
+        )
         return result
-
-    async def _in_tx(self, step: Callable[[Work], Any]) -> int:
-        async with self.sessions() as session, session.begin():
-            work = Work(session)
-            n: int = await step(work)
-            await outbox.add(session, work.events)
-        if work.events:
-            self.on_emitted()
-        return n
-
-    async def _snapshot(self, work: Work, usage_ends: dict[int, int]) -> int:
-        return await InvoicingRepository(work.session).snapshot_offsets(usage_ends)
 
     # --- closing periods ---------------------------------------------------------------
 
-    async def close_chunk(self, work: Work, as_of: datetime, tenant_id: str | None) -> int:
-        """Draft invoices for the ended periods of up to ``chunk`` subscriptions; returns
-        how many subscriptions were claimed (0: nothing is due)."""
+    async def close(self, work: Work, subs: Sequence[Subscription], as_of: datetime) -> int:
+        """Draft invoices for the ended periods of ``subs`` (claimed, locked); returns how
+        many subscriptions were closed."""
         repo = InvoicingRepository(work.session)
-        subs = await repo.claim_due(as_of, tenant_id, self.chunk)
-        if not subs:
-            return 0
         plans = await repo.plans(
             {s.plan_id for s in subs} | {s.next_plan_id for s in subs if s.next_plan_id}
         )
@@ -452,17 +475,10 @@ class Billing:
 
     # --- finalizing drafts -----------------------------------------------------------
 
-    async def finalize_chunk(
-        self,
-        work: Work,
-        as_of: datetime,
-        tenant_id: str | None,
-        metering_committed: dict[int, int],
-    ) -> int:
+    async def finalize(self, work: Work, drafts: Sequence[Invoice], as_of: datetime) -> int:
+        """Finalize ``drafts`` (claimed, locked): number them, recompute their lines with
+        late-usage adjustments; returns how many."""
         repo = InvoicingRepository(work.session)
-        drafts = await repo.claim_finalizable(as_of, tenant_id, metering_committed, self.chunk)
-        if not drafts:
-            return 0
         work.session.expunge_all()  # changed below, written back in one statement
         plans = await repo.plans({d.plan_id for d in drafts})
         customers = await repo.customers({d.customer_id for d in drafts})

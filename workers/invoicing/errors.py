@@ -24,3 +24,10 @@ class Conflict(InvoicingError, PermanentError):
 
 class InvalidTransition(InvoicingError, PermanentError):
     code = "invalid_transition"
+
+
+class AmountOutOfRange(InvoicingError, PermanentError):
+    """An invoice amount too large to store (beyond a signed 64-bit count of minor units):
+    the subscription or draft is quarantined, never half-billed."""
+
+    code = "amount_out_of_range"

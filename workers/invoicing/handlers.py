@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import structlog
@@ -12,16 +13,17 @@ from schemas import topics
 from schemas.envelope import WIRE
 from schemas.invoicing import InvoicingCommand
 from schemas.payments import DunningExhausted, PaymentEvent, PaymentRefunded, PaymentSucceeded
-from storage.invoicing import InvoicingRepository
+from storage.invoicing import BillingRun, InvoicingRepository
 from workers.invoicing import payments
 from workers.invoicing.billing import Billing, Work
 from workers.invoicing.commands import Commands
 from workers.metering.handlers import USAGE_GROUP as METERING_GROUP
-from workers.runtime import Batch, Runtime, Tx
+from workers.runtime import Batch, Item, Runtime, Tx
 from workers.runtime.offsets import OffsetReader
 from workers.settings import Settings
 
 COMMANDS_GROUP = "billstream.invoicing.commands"
+REQUESTED_RUNS = "invoicing.requested_runs"
 PAYMENTS_GROUP = "billstream.invoicing.payments"
 
 log = structlog.get_logger("billstream.invoicing")
@@ -31,10 +33,7 @@ _payments: TypeAdapter[PaymentEvent] = TypeAdapter(PaymentEvent)
 
 def register(runtime: Runtime, settings: Settings) -> None:
     billing = Billing(
-        runtime.sessions,
-        chunk=settings.invoicing_chunk,
-        lookback=settings.late_usage_lookback,
-        on_emitted=runtime.on_committed,
+        runtime.jobs, chunk=settings.invoicing_chunk, lookback=settings.late_usage_lookback
     )
 
     @runtime.consumer(
@@ -123,16 +122,34 @@ class Scheduler:
     async def requested_run(self) -> bool:
         """Carry out one pending ``RunBilling``; False when none is pending. The run's row
         stays locked while it runs, so no other replica takes it; a crash leaves it pending
-        and it is run again (periods are never invoiced twice)."""
-        async with self.runtime.sessions() as session, session.begin():
-            repo = InvoicingRepository(session)
-            run = await repo.claim_pending_run()
-            if run is None:
-                return False
+        and it is run again (periods are never invoiced twice). A run that fails for good
+        is quarantined and marked failed with the reason, and the next one goes on."""
+        step = await self.runtime.jobs.claimed(
+            REQUESTED_RUNS, self._claim_run, _run_item, self._carry_out, mark=self._failed
+        )
+        return step.claimed > 0
+
+    @staticmethod
+    async def _claim_run(tx: Tx, only: Sequence[Item] | None) -> list[BillingRun]:
+        run = await tx.repo(InvoicingRepository).claim_pending_run(
+            job=REQUESTED_RUNS, only=None if only is None else [(i.tenant_id, i.id) for i in only]
+        )
+        return [] if run is None else [run]
+
+    async def _carry_out(self, tx: Tx, runs: Sequence[BillingRun]) -> int:
+        for run in runs:
             created, finalized, waiting = await self.run(run.as_of, run.tenant_id)
             run.invoices_created += created
             run.invoices_finalized += finalized
             run.drafts_waiting = waiting
             run.status = "completed"
             run.completed_at = datetime.now(UTC)
-        return True
+        return len(runs)
+
+    @staticmethod
+    async def _failed(tx: Tx, item: Item, reason: str) -> None:
+        await tx.repo(InvoicingRepository).fail_run(item.tenant_id, item.id, reason)
+
+
+def _run_item(run: BillingRun) -> Item:
+    return Item(run.tenant_id, "billing_run", run.id)

@@ -22,7 +22,7 @@ from typing import Any
 from schemas.invoicing import CustomerSpec, InvoiceData, InvoiceLine, TierLine
 from schemas.pricing import FlatPrice, MeteredPrice, PlanSpec, Price
 from workers.invoicing import pricing
-from workers.invoicing.errors import InvalidTransition
+from workers.invoicing.errors import AmountOutOfRange, InvalidTransition
 
 ROUNDING = {
     "half_even": ROUND_HALF_EVEN,
@@ -250,10 +250,21 @@ class Totals:
     total: int
 
 
+MAX_AMOUNT = 2**63 - 1  # minor units: what a BIGINT column holds
+
+
 def totals(lines: Sequence[Line], tax_rate: Decimal | None, currency: str, rounding: str) -> Totals:
+    """The invoice's totals; ``AmountOutOfRange`` if a line or total cannot be stored."""
     subtotal, tax, total = pricing.invoice_totals(
         [ln.amount for ln in lines], tax_rate, currency, ROUNDING[rounding]
     )
+    named = [(f"line {ln.price_key}", ln.amount) for ln in lines]
+    named += [("subtotal", subtotal), ("tax", tax), ("total", total)]
+    for what, amount in named:
+        if abs(amount) > MAX_AMOUNT:
+            raise AmountOutOfRange(
+                f"{what} is {amount} minor units of {currency}; at most {MAX_AMOUNT} can be stored"
+            )
     return Totals(subtotal, tax, total)
 
 

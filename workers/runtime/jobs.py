@@ -58,8 +58,20 @@ class Item:
     id: str
 
 
+@dataclass(frozen=True)
+class Step:
+    """What one claimed chunk did: how many items it claimed (0: nothing was due) and the
+    sum of what ``apply`` returned for the parts that committed."""
+
+    claimed: int
+    applied: int
+
+
 Apply = Callable[[Tx, Sequence[T]], Awaitable[int]]
 Claim = Callable[[Tx, Sequence[Item] | None], Awaitable[Sequence[T]]]
+# Called in the quarantining transaction: the job records the item's own state (a billing
+# run marked failed with the reason, …).
+Mark = Callable[[Tx, Item, str], Awaitable[None]]
 
 
 class Jobs:
@@ -108,7 +120,13 @@ class Jobs:
         )
 
     async def isolated(
-        self, job: str, items: Sequence[T], item_of: Callable[[T], Item], apply: Apply[T]
+        self,
+        job: str,
+        items: Sequence[T],
+        item_of: Callable[[T], Item],
+        apply: Apply[T],
+        *,
+        mark: Mark | None = None,
     ) -> int:
         """``apply(tx, items)`` in one transaction; if it fails permanently, in halves until
         the failing item is alone and quarantined. Returns the sum of what ``apply`` returned
@@ -120,16 +138,22 @@ class Jobs:
         except ShuttingDown:
             raise
         except Exception as e:
-            return await self._split(job, items, item_of, apply, e)
+            return await self._split(job, items, item_of, apply, e, mark)
 
     async def claimed(
-        self, job: str, claim: Claim[T], item_of: Callable[[T], Item], apply: Apply[T]
-    ) -> int:
+        self,
+        job: str,
+        claim: Claim[T],
+        item_of: Callable[[T], Item],
+        apply: Apply[T],
+        *,
+        mark: Mark | None = None,
+    ) -> Step:
         """One chunk of claimed work: ``claim(tx, None)`` locks the next items (leaving out
         quarantined ones) and ``apply`` processes them, in one transaction. On a permanent
         failure the same items are claimed again by id (``claim(tx, items)``: those still
-        due) in halves until the one that fails is quarantined. Returns what ``apply``
-        returned (0: nothing was due)."""
+        due) in halves until the one that fails is quarantined. Call it until it claims
+        nothing."""
         claimed: list[Item] = []
 
         async def step(tx: Tx) -> int:
@@ -142,14 +166,15 @@ class Jobs:
             return await apply(tx, found) if found else 0
 
         try:
-            return await self.run(job, step)
+            applied = await self.run(job, step)
         except ShuttingDown:
             raise
         except Exception as e:
             if not claimed:  # the claim itself failed: no item to blame
                 raise
             log.warning("job step failed; isolating the item", job=job, error=describe(e))
-            return await self._split(job, list(claimed), lambda i: i, again, e)
+            applied = await self._split(job, list(claimed), lambda i: i, again, e, mark)
+        return Step(len(claimed), applied)
 
     async def _split(
         self,
@@ -158,15 +183,18 @@ class Jobs:
         item_of: Callable[[T], Item],
         apply: Apply[T],
         error: Exception,
+        mark: Mark | None,
     ) -> int:
         if len(items) == 1:
-            await self.quarantine(job, item_of(items[0]), error)
+            await self.quarantine(job, item_of(items[0]), error, mark)
             return 0
         mid = len(items) // 2
-        first = await self.isolated(job, items[:mid], item_of, apply)
-        return first + await self.isolated(job, items[mid:], item_of, apply)
+        first = await self.isolated(job, items[:mid], item_of, apply, mark=mark)
+        return first + await self.isolated(job, items[mid:], item_of, apply, mark=mark)
 
-    async def quarantine(self, job: str, item: Item, error: BaseException) -> None:
+    async def quarantine(
+        self, job: str, item: Item, error: BaseException, mark: Mark | None = None
+    ) -> None:
         """Set ``item`` aside with the reason ``error`` gives, and tell its tenant."""
         now = datetime.now(UTC)
         entry = Entry(
@@ -177,6 +205,8 @@ class Jobs:
         async def record(tx: Tx) -> bool:
             if not await QuarantineRepository(tx.session).add(entry):
                 return False
+            if mark is not None:
+                await mark(tx, item, entry.reason)
             data = QuarantinedData(
                 quarantine_id=entry.id,
                 job=job,
