@@ -120,10 +120,12 @@ _CLAIM = text(
 _CLAIM_WITH_LEGACY = text(
     """
     INSERT INTO inbox (consumer, message_key)
-    SELECT :consumer, u.k
-    FROM unnest(CAST(:keys AS bytea[]), CAST(:legacy AS bytea[])) AS u(k, l)
-    WHERE u.l IS NULL
-       OR NOT EXISTS (SELECT 1 FROM inbox o WHERE o.consumer = :consumer AND o.message_key = u.l)
+    SELECT c.consumer, u.k
+    FROM (SELECT CAST(:consumer AS varchar) AS consumer) AS c,
+         unnest(CAST(:keys AS bytea[]), CAST(:legacy AS bytea[])) AS u(k, l)
+    WHERE u.l IS NULL OR NOT EXISTS (
+        SELECT 1 FROM inbox o WHERE o.consumer = c.consumer AND o.message_key = u.l
+    )
     ON CONFLICT DO NOTHING
     RETURNING message_key
     """
