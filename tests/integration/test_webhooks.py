@@ -873,3 +873,29 @@ async def test_the_api_registers_signs_rotates_observes_and_resends(
     for s in (secret, keys["key"]):
         assert s not in everything and s.removeprefix("whsec_") not in everything
         assert s.removeprefix("whsec_") not in logs.out + logs.err
+
+
+async def test_a_url_whose_host_ends_with_a_dot_registers_and_delivers(
+    wsettings: Settings, sessions: Sessions, tenant: TenantKey, receiver: Receiver
+) -> None:
+    """``http://localhost.:PORT/`` is the fully qualified spelling of ``localhost``: it is
+    kept as registered, and delivered to ``localhost`` (lookup, connection, Host header)."""
+    t = tenant.tenant_id
+    s = wsettings.model_copy(update={"webhook_allowed_networks": ["127.0.0.0/8", "::1/128"]})
+    urls = [f"http://localhost.:{receiver.port}/dot", f"http://127.0.0.1.:{receiver.port}/ip"]
+    async with running(build(s)), ingress(s) as c, producer(s) as p:
+        eps = []
+        for url in urls:
+            spec = {"url": url, "event_types": ["invoice.*"]}
+            r = await c.post("/v1/webhooks/endpoints", json=spec, headers=auth(tenant))
+            await succeeded(c, tenant, r)
+            eps.append(r.json()["endpoint_id"])
+            view = (await c.get(f"/v1/webhooks/endpoints/{eps[-1]}", headers=auth(tenant))).json()
+            assert view["url"] == url
+        await publish(p, billing_event(t))
+        for ep in eps:
+            await wait_message(sessions, t, ep, lambda m: m.status == "succeeded")
+    [dot] = receiver.to("/dot")
+    assert dot.headers["host"] == f"localhost:{receiver.port}"
+    [ip] = receiver.to("/ip")
+    assert ip.headers["host"] == f"127.0.0.1:{receiver.port}"

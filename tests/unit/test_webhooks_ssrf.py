@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
 import pytest
 
-from workers.webhooks.delivery import make_session
+from storage.webhooks import Claimed, EndpointSecrets
+from workers.webhooks.delivery import Deliverer, make_session
 from workers.webhooks.errors import UnsafeUrl
+from workers.webhooks.service import AttemptResult
 from workers.webhooks.ssrf import Policy, RefusedDestination, check_literal, check_url
 
 PUBLIC_V4 = "93.184.215.14"
@@ -84,6 +87,22 @@ REFUSED = [
     ("http://0x7f000001/", "unusual notation"),
     ("http://017700000001/", "unusual notation"),
     ("http://127.000.000.001/", "unusual notation"),
+    # a trailing dot (the DNS root) changes nothing: the same address, the same refusal
+    ("http://127.0.0.1.:80/", "loopback"),
+    ("http://127.0.0.1./", "loopback"),
+    ("http://localhost.", "loopback"),
+    ("http://LOCALHOST.:8080/hook", "loopback"),
+    ("http://10.0.0.1./", "private"),
+    ("http://169.254.169.254./latest/meta-data/", "link-local"),
+    ("http://metadata.internal.example.com./", "link-local"),
+    ("http://mapped.example.com./", "IPv4-mapped"),
+    ("http://0x7f.0.0.1./", "unusual notation"),
+    ("http://2130706433./", "unusual notation"),
+    ("http://127.1./", "unusual notation"),
+    # ... but only one dot: an empty label is no hostname
+    ("http://localhost../", "empty label"),
+    ("http://hooks..example.com/", "empty label"),
+    ("http://./", "empty label"),
     # one bad address among good ones is enough
     ("http://mixed.example.com/", "10.0.0.7, a private address"),
 ]
@@ -115,12 +134,21 @@ async def test_allowed_at_registration(url: str) -> None:
 
 async def test_listed_networks_are_allowed_for_development() -> None:
     dev = Policy.of(["127.0.0.0/8", "::1/128"], fake_dns)
-    for url in ("http://127.0.0.1:9000/", "http://localhost/", "http://[::1]/"):
+    for url in (
+        "http://127.0.0.1:9000/",
+        "http://localhost/",
+        "http://[::1]/",
+        "http://localhost.:9000/",
+        "http://127.0.0.1.:9000/",
+    ):
         await check_url(url, dev)
     with pytest.raises(UnsafeUrl):
         await check_url("http://10.0.0.1/", dev)
-    with pytest.raises(UnsafeUrl):  # encodings stay refused even when the network is allowed
-        await check_url("http://2130706433/", dev)
+    with pytest.raises(UnsafeUrl):
+        await check_url("http://10.0.0.1./", dev)
+    for url in ("http://2130706433/", "http://2130706433./"):
+        with pytest.raises(UnsafeUrl):  # encodings stay refused even when the network is allowed
+            await check_url(url, dev)
 
 
 # --- connect time --------------------------------------------------------------------
@@ -192,4 +220,69 @@ async def test_without_the_allowance_loopback_is_refused_at_connect_time(
     for url in (f"http://127.0.0.1:{port}/", f"http://localhost:{port}/", f"http://[::1]:{port}/"):
         with pytest.raises(RefusedDestination):
             await _post(Policy.of([], fake_dns), url)
+    assert seen == []
+
+
+def _claimed(url: str) -> Claimed:
+    return Claimed(
+        tenant_id="acme",
+        id="msg_1",
+        endpoint_id="ep_1",
+        event_id="ev_1",
+        event_type="invoice.finalized",
+        payload=b"{}",
+        attempts=0,
+        cycle_attempts=0,
+        lease_token="t",
+        url=url,
+        secrets=EndpointSecrets("whsec_" + "A" * 43, None, None),
+        rate_limit_per_s=None,
+        failing_since=None,
+    )
+
+
+async def _deliver(policy: Policy, url: str) -> AttemptResult:
+    deliverer = Deliverer(policy, timeout_s=5, clock=lambda: datetime.now(UTC), concurrency=2)
+    try:
+        return await deliverer.deliver(_claimed(url))
+    finally:
+        await deliverer.close()
+
+
+async def test_a_trailing_dot_is_stripped_for_the_lookup_the_connection_and_the_host_header(
+    server: tuple[int, list[bytes]],
+) -> None:
+    port, seen = server
+    lookups: list[str] = []
+
+    async def dns(host: str, p: int) -> list[str]:
+        lookups.append(host)
+        return ["127.0.0.1"]
+
+    dev = Policy.of(["127.0.0.0/8"], dns)
+    for url in (f"http://localhost.:{port}/hook", f"http://127.0.0.1.:{port}/hook"):
+        result = await _deliver(dev, url)
+        assert (result.status_code, result.error) == (200, None), url
+    assert lookups == ["localhost"]  # the IP literal needs no lookup
+    hosts = [
+        line.split(b":", 1)[1].strip()
+        for head in seen
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"host:")
+    ]
+    assert hosts == [f"localhost:{port}".encode(), f"127.0.0.1:{port}".encode()]
+
+
+async def test_without_the_allowance_trailing_dot_loopback_is_refused_at_connect_time(
+    server: tuple[int, list[bytes]],
+) -> None:
+    port, seen = server
+    for url in (
+        f"http://127.0.0.1.:{port}/",
+        f"http://localhost.:{port}/",
+        f"http://LocalHost.:{port}/",
+    ):
+        result = await _deliver(Policy.of([], fake_dns), url)
+        assert result.status_code is None and result.error is not None, url
+        assert result.error.startswith("refused destination: ") and "loopback" in result.error
     assert seen == []

@@ -14,12 +14,17 @@ import ssl
 import time
 
 import aiohttp
-from yarl import URL
 
 from storage.webhooks import Claimed
 from workers.webhooks import signing
 from workers.webhooks.service import MAX_RESPONSE_BODY, AttemptResult, Clock
-from workers.webhooks.ssrf import GuardedResolver, Policy, RefusedDestination, check_literal
+from workers.webhooks.ssrf import (
+    GuardedResolver,
+    Policy,
+    RefusedDestination,
+    check_literal,
+    connect_url,
+)
 
 
 def make_session(
@@ -85,7 +90,7 @@ class Deliverer:
         retry_after: str | None = None
         error: str | None = None
         try:
-            url = URL(message.url)
+            url = connect_url(message.url)  # without a trailing dot: what was checked
             check_literal(url.raw_host or "", self.policy)
             async with asyncio.timeout(self.timeout_s):
                 async with self._client().post(

@@ -9,6 +9,13 @@ benchmarking ranges, and IPv6 forms that embed an IPv4 address (IPv4-mapped, 6to
 NAT64) unless the embedded address is itself public — except that IPv4-mapped addresses
 are refused outright.
 
+A hostname may end with one dot (``hooks.example.com.``, the fully qualified spelling of
+the same name): it is stripped once, consistently, for the check at registration, the
+lookup and check at connect time, the connection and the ``Host`` header; so
+``http://localhost.:8080/`` delivers to ``localhost`` and ``http://127.0.0.1.:80/`` is the
+loopback address it spells (refused unless allowed). Two dots, or an empty label, are not
+a hostname.
+
 At connect time a hostname is resolved once, every address is checked, and the socket is
 connected to a checked address (``GuardedResolver``): there is no second lookup for a DNS
 rebinding attack to slip into. ``BILLSTREAM_WEBHOOK_ALLOWED_NETWORKS`` lists networks that
@@ -26,6 +33,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from aiohttp.abc import AbstractResolver, ResolveResult
+from yarl import URL
 
 from workers.webhooks.errors import UnsafeUrl
 
@@ -118,6 +126,23 @@ class Target:
     address: IPAddress | None  # when the host is an IP literal
 
 
+def normal_host(host: str) -> str:
+    """``host`` without its one trailing dot (the DNS root): ``localhost.`` is
+    ``localhost``, ``127.0.0.1.`` is ``127.0.0.1``."""
+    return host[:-1] if host.endswith(".") else host
+
+
+def connect_url(url: str) -> URL:
+    """The URL to connect to: the registered one with its host's trailing dot removed, so
+    the lookup, the connection, TLS (SNI and certificate) and the ``Host`` header all use
+    the name that was checked."""
+    parsed = URL(url)
+    host = parsed.raw_host
+    if host is not None and host.endswith(".") and not host.endswith(".."):
+        return parsed.with_host(host[:-1])
+    return parsed
+
+
 def _ip_literal(host: str) -> IPAddress | None:
     """The address ``host`` spells in standard notation, None for a hostname; refuses
     the numeric spellings browsers and libc accept but nobody means (decimal, octal, hex,
@@ -129,9 +154,7 @@ def _ip_literal(host: str) -> IPAddress | None:
             return ipaddress.IPv6Address(host)
         except ValueError:
             raise UnsafeUrl(f"{host!r} is not a valid IPv6 address") from None
-    labels = host.split(".")
-    if labels and labels[-1] == "":
-        labels = labels[:-1]  # a trailing dot ("1.2.3.4.") still means an address
+    labels = normal_host(host).split(".")  # a trailing dot ("1.2.3.4.") is an address
     if labels and all(_NUMERIC_LABEL.fullmatch(label) for label in labels):
         if len(labels) == 4 and all(
             _DECIMAL_OCTET.fullmatch(label) and int(label) <= 255 for label in labels
@@ -172,10 +195,13 @@ def parse(url: str) -> Target:
             host = host.encode("idna").decode("ascii")
         except UnicodeError:
             raise UnsafeUrl(f"{host!r} is not a valid hostname") from None
+    host = normal_host(host)
+    if "" in host.split("."):
+        raise UnsafeUrl(f"{parts.hostname!r} is not a valid hostname (an empty label)")
     address = _ip_literal(host)
     return Target(
         scheme,
-        str(address) if address is not None else host.rstrip("."),
+        str(address) if address is not None else host,
         port or (443 if scheme == "https" else 80),
         address,
     )
@@ -183,6 +209,7 @@ def parse(url: str) -> Target:
 
 async def resolve_checked(host: str, port: int, policy: Policy) -> list[IPAddress]:
     """Resolve ``host`` and check every address; all must be allowed."""
+    host = normal_host(host)
     address = _ip_literal(host)
     if address is not None:
         addresses: list[IPAddress] = [address]
@@ -259,7 +286,7 @@ class GuardedResolver(AbstractResolver):
 def check_literal(host: str, policy: Policy) -> None:
     """Refuse ``host`` (as the HTTP client parsed it) when it is a disallowed IP literal."""
     try:
-        address = ipaddress.ip_address(host.strip("[]").split("%", 1)[0])
+        address = ipaddress.ip_address(normal_host(host.strip("[]").split("%", 1)[0]))
     except ValueError:
         return  # a hostname: GuardedResolver checks it
     if "%" in host:
