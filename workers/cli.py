@@ -151,10 +151,12 @@ def dev(
 
 # --- operations (workers/ops/commands.py) ---------------------------------------------------
 from workers.ops import commands as ops  # noqa: E402  (after WORKERS, which it reads)
+from workers.ops.quarantine import quarantine_app  # noqa: E402
 
 app.command("replay")(ops.replay)
 app.command("lag")(ops.lag)
 app.add_typer(ops.dlq_app, name="dlq")
+app.add_typer(quarantine_app, name="quarantine")
 schemas_app.command("check")(ops.schemas_check)
 schemas_app.command("publish")(ops.schemas_publish)
 schemas_app.command("docs")(ops.schemas_docs)

@@ -28,6 +28,7 @@ from tests.integration.test_invoicing import (
     Stack,
     usage_event,
 )
+from tests.integration.test_ops_cli import billstream
 from workers.invoicing.billing import Billing
 from workers.runtime import Item, Jobs, Tx
 from workers.settings import Settings
@@ -166,3 +167,30 @@ async def test_jobs_isolate_the_one_failing_item_and_apply_the_rest(
     assert marked == [("7", "ValueError: item 7 is poison")]
     [q] = await _quarantined(sessions)
     assert (q.job, q.kind, q.item_id, q.error) == ("tests.things", "thing", "7", "ValueError")
+
+
+async def test_operators_list_show_and_release_quarantined_items(
+    settings: Settings, sessions: Sessions, tenant: TenantKey
+) -> None:
+    jobs = Jobs(sessions, retry_initial_s=0.01, retry_max_s=0.1)
+    for kind in ("subscription", "invoice"):
+        await jobs.quarantine("tests.job", Item("acme", kind, "x1"), ValueError(f"bad {kind}"))
+
+    code, out, err = await billstream(settings, "quarantine", "list", "--json")
+    assert code == 0, err
+    listed = json.loads(out)
+    assert {(e["kind"], e["reason"]) for e in listed} == {
+        ("subscription", "ValueError: bad subscription"),
+        ("invoice", "ValueError: bad invoice"),
+    }
+    entry = next(e for e in listed if e["kind"] == "invoice")
+    code, out, _ = await billstream(settings, "quarantine", "show", entry["id"])
+    assert (code, json.loads(out)["item_id"]) == (0, "x1")
+
+    release = ("quarantine", "release", entry["id"])
+    code, out, _ = await billstream(settings, *release, "--actor", "ops")
+    assert (code, json.loads(out)["released_by"]) == (0, "ops")
+    code, _, err = await billstream(settings, *release)
+    assert (code, err.strip()) == (1, f"error: no active quarantine entry {entry['id']!r}")
+    code, out, _ = await billstream(settings, "quarantine", "list", "--json")
+    assert [e["kind"] for e in json.loads(out)] == ["subscription"]
