@@ -7,11 +7,11 @@ accepted and failed later. The bounds are chosen so that every value fits its st
 and every JSON client reads it exactly:
 
 * metered values (every number in usage ``data``, and every string there that spells a
-  number, since meters read those as numbers) and quantities: finite, ``|v| < 10**15``, at
-  most 12 decimal places — they fit ``numeric(27, 12)``;
+  number, since meters read those as numbers): finite, ``|v| <= 10**15``, at most 12
+  decimal places; quantities and amounts in plans: ``0 <= q < 10**15``, 12 places;
 * money in minor units (payments, refunds, POS amounts, spend thresholds):
-  ``|amount| <= 999_999_999_999_999`` (< 10**15, below 2**53: exact in every JSON client);
-  sums of up to 10,000 of them fit PostgreSQL ``bigint``;
+  ``|amount| <= 10**15`` (below 2**53: exact in every JSON client); sums of up to 9,000 of
+  them fit PostgreSQL ``bigint``;
 * times a client gives (event times, subscription starts, billing-run ``as_of``, …): their
   UTC form in ``[1970-01-01T00:00:00Z, 2100-01-01T00:00:00Z)``;
 * text: no control characters where it is stored (``Line``: no C0 control, no DEL;
@@ -39,13 +39,13 @@ from pydantic_core import core_schema as cs
 
 MAX_FRACTION_DIGITS = 12
 MAX_INTEGER_DIGITS = 15
-MAX_MAGNITUDE = Decimal(10) ** MAX_INTEGER_DIGITS  # metered values, quantities: |v| < this
+MAX_MAGNITUDE = Decimal(10) ** MAX_INTEGER_DIGITS  # metered values: |v| <= this
 MAX_MINOR_UNITS = 10**MAX_INTEGER_DIGITS  # money in minor units: |amount| <= this
 MAX_PLAN_FIXED_MINOR_UNITS = 10**17  # a plan's fixed charges (flat fees, minimums) summed
 TIME_MIN = datetime(1970, 1, 1, tzinfo=UTC)  # inclusive
 TIME_MAX = datetime(2100, 1, 1, tzinfo=UTC)  # exclusive
 
-_MAX_INT = 10**MAX_INTEGER_DIGITS  # |int| < this
+_MAX_INT = 10**MAX_INTEGER_DIGITS  # |int| <= this
 
 
 # --- JSON Schema: shown in OpenAPI and AsyncAPI, not in the published snapshots ------------------
@@ -169,13 +169,13 @@ def decimal_places(value: Decimal) -> int:
 def metered_problem(value: Decimal | int) -> str | None:
     """Why ``value`` cannot be a metered value or quantity, or None."""
     if isinstance(value, int):
-        if -_MAX_INT < value < _MAX_INT:
+        if -_MAX_INT <= value <= _MAX_INT:
             return None
-        return f"must be below 10**{MAX_INTEGER_DIGITS} in magnitude"
+        return f"must be at most 10**{MAX_INTEGER_DIGITS} in magnitude"
     if not value.is_finite():
         return "must be a finite number"
-    if not -MAX_MAGNITUDE < value < MAX_MAGNITUDE:
-        return f"must be below 10**{MAX_INTEGER_DIGITS} in magnitude"
+    if not -MAX_MAGNITUDE <= value <= MAX_MAGNITUDE:
+        return f"must be at most 10**{MAX_INTEGER_DIGITS} in magnitude"
     if decimal_places(value) > MAX_FRACTION_DIGITS:
         return f"at most {MAX_FRACTION_DIGITS} decimal places"
     return None
@@ -285,9 +285,9 @@ PositiveMinorUnits = Annotated[
 MeteredValue = Annotated[
     Decimal,
     AfterValidator(check_metered),
-    ShowBounds({"exclusiveMaximum": _MAX_INT, "exclusiveMinimum": -_MAX_INT}),
+    ShowBounds({"maximum": _MAX_INT, "minimum": -_MAX_INT}),
 ]
-"""A metered value or quantity: finite, ``|v| < 10**15``, at most 12 decimal places."""
+"""A metered value: finite, ``|v| <= 10**15``, at most 12 decimal places."""
 
 
 # --- times ---------------------------------------------------------------------------------

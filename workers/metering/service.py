@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import functools
 import json
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import MAX_EMAX, MIN_EMIN, Context, Decimal
 from typing import Any
 
+from schemas import bounds
 from schemas.envelope import new_id
 from schemas.jsonpath import MISSING, compile_path, evaluate
 from schemas.metering import (
@@ -56,9 +56,9 @@ def hour_bucket(t: datetime) -> datetime:
     return bucket
 
 
-# JSON-number spelling for numeric strings ("12.5", "-3e2"); no underscores, no "inf"
-_NUMERIC_TEXT = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
-MAX_EXPONENT = 1000  # far inside PostgreSQL numeric's range
+# JSON-number spelling for numeric strings ("12.5", "-3e2"); no underscores, no "inf". The
+# same grammar the door checks (schemas/bounds.py), so what a meter reads was checked there.
+_NUMERIC_TEXT = bounds.NUMERIC_TEXT
 
 
 def _number(value: Any, where: str) -> Decimal:
@@ -74,11 +74,13 @@ def _number(value: Any, where: str) -> Decimal:
         raise UnusableEvent(f"{where} is a {type(value).__name__}, not a number", field=where)
     if not number.is_finite():
         raise UnusableEvent(f"{where} is {value!r}, not a finite number", field=where)
-    if number and not -MAX_EXPONENT <= number.adjusted() <= MAX_EXPONENT:
+    # events read off the topic were checked when decoded (UsageEvent.data); this holds for
+    # events built in-process too: nothing out of range is ever stored (ADR 0043)
+    reason = bounds.metered_problem(number)
+    if reason:
+        shown = repr(value) if len(repr(value)) <= 40 else f"{repr(value)[:37]}..."
         raise UnusableEvent(
-            f"{where} is {value!r}, outside the supported range (1e-{MAX_EXPONENT} to "
-            f"1e{MAX_EXPONENT})",
-            field=where,
+            f"{where} is {shown}, out of range: metered values {reason}", field=where
         )
     return number
 
