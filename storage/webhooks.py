@@ -31,16 +31,23 @@ from sqlalchemy import (
     Text,
     delete,
     func,
+    literal_column,
     select,
     text,
     update,
 )
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import ARRAY, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
 from storage.db import Base
+from storage.quarantine import not_quarantined
+
+# the webhooks jobs (``workers.runtime.jobs``) whose quarantined messages are not claimed
+DELIVER_JOB = "webhooks.deliver"  # claiming and sending
+RECORD_JOB = "webhooks.record"  # recording outcomes
 
 
 class WebhookEndpoint(Base):
@@ -313,8 +320,25 @@ _INSERT_MESSAGES = text(
     """
 )
 
+
+def _sql(clause: Any) -> str:
+    """A SQLAlchemy clause as PostgreSQL text, its (constant) values inlined."""
+    dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
+    return str(clause.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
+
+
+# a message quarantined by either webhooks job is left out until an operator releases it
+_NOT_QUARANTINED = " AND ".join(
+    _sql(
+        not_quarantined(
+            job, "webhook_message", literal_column("m.tenant_id"), literal_column("m.id")
+        )
+    )
+    for job in (DELIVER_JOB, RECORD_JOB)
+)
+
 _CLAIM = text(
-    """
+    f"""
     WITH due AS (
         SELECT m.tenant_id, m.id
         FROM webhook_messages m
@@ -323,6 +347,7 @@ _CLAIM = text(
           AND m.next_attempt_at <= :now
           AND (m.leased_until IS NULL OR m.leased_until <= :now)
           AND e.enabled
+          AND {_NOT_QUARANTINED}
           AND (NOT e.ordered OR m.seq = (
                 SELECT min(h.seq) FROM webhook_messages h
                 WHERE h.tenant_id = m.tenant_id AND h.endpoint_id = m.endpoint_id

@@ -69,7 +69,7 @@ def build(
         verify=verify,
     )
     dispatcher = Dispatcher(
-        base.sessions,
+        base.runtime.jobs,
         deliverer,
         retry,
         clock=clock,
@@ -78,8 +78,6 @@ def build(
         claim_batch=settings.webhook_claim_batch,
         poll_interval_s=settings.webhook_poll_interval_s,
         lease=timedelta(seconds=settings.webhook_timeout_s + 60),
-        on_outbox=base.relay.wake,
-        retry_max_s=settings.retry_max_s,
     )
     wake.append(dispatcher)
     worker = WebhookWorker(

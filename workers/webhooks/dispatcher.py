@@ -12,30 +12,38 @@ Three cooperating parts inside the webhooks worker process:
 
 A crash anywhere loses nothing: a leased message whose outcome was never recorded is due
 again when its lease expires, and is sent again with the same ``webhook-id``.
+
+Bulkheads (ARCHITECTURE.md §4.7): claiming and recording are steps of the runtime's jobs
+(``workers.runtime.jobs``: one ``Tx`` each, transient failures retried forever, never
+dropping an outcome). A batch of outcomes that fails permanently is split down to the one
+message whose outcome cannot be recorded; that message is quarantined (job
+``webhooks.record``) with an operational alert for its tenant, and every other outcome is
+recorded. A message whose delivery crashes the worker is quarantined too (job
+``webhooks.deliver``). The claim leaves quarantined messages out, so such a message is
+neither sent again nor holding a delivery slot until an operator releases it. Outcomes of
+an endpoint or message deleted meanwhile are not failures: storage drops them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
 import structlog
 from prometheus_client import Counter, Gauge, Histogram
-from tenacity import AsyncRetrying, retry_if_exception, wait_exponential_jitter
 
 from schemas import topics
 from schemas.envelope import CloudEvent
-from storage import outbox
-from storage.db import Sessions
-from storage.webhooks import Claimed, MessageUpdate, WebhookRepository
+from storage.webhooks import DELIVER_JOB, RECORD_JOB, Claimed, MessageUpdate, WebhookRepository
 from workers.runtime import metrics
-from workers.runtime.transient import is_transient
+from workers.runtime.errors import ShuttingDown
+from workers.runtime.jobs import Item, Jobs
+from workers.runtime.tx import Tx
 from workers.webhooks import service
 from workers.webhooks.delivery import Deliverer
 from workers.webhooks.service import AttemptResult, Clock, Outcome, RetryPolicy
@@ -65,10 +73,15 @@ class Done:
     until_s: float = 0.0
 
 
+def message_item(claimed: Claimed) -> Item:
+    """What is quarantined when one message cannot be delivered or recorded."""
+    return Item(claimed.tenant_id, "webhook_message", claimed.id)
+
+
 class Dispatcher:
     def __init__(
         self,
-        sessions: Sessions,
+        jobs: Jobs,
         deliverer: Deliverer,
         policy: RetryPolicy,
         *,
@@ -78,10 +91,8 @@ class Dispatcher:
         claim_batch: int,
         poll_interval_s: float,
         lease: timedelta,
-        on_outbox: Callable[[], None] = lambda: None,
-        retry_max_s: float = 30.0,
     ) -> None:
-        self.sessions = sessions
+        self.jobs = jobs
         self.deliverer = deliverer
         self.policy = policy
         self.clock = clock
@@ -90,8 +101,6 @@ class Dispatcher:
         self.claim_batch = claim_batch
         self.poll_interval_s = poll_interval_s
         self.lease = lease
-        self.on_outbox = on_outbox
-        self.retry_max_s = retry_max_s
         self.limiter = service.RateLimiter()
         self.in_flight = 0
         self.passes = 0  # claim passes made (tests wait on it instead of sleeping)
@@ -144,11 +153,12 @@ class Dispatcher:
             free = self.concurrency - self.in_flight
             if free > 0:
                 try:
-                    limit = min(free, self.claim_batch)
-                    claimed = await self._retrying(functools.partial(self.claim_once, limit))
+                    claimed = await self.claim_once(min(free, self.claim_batch))
+                except ShuttingDown:
+                    return
                 except asyncio.CancelledError:
                     raise
-                except Exception:
+                except Exception:  # one statement for everyone: no item to blame
                     log.exception("claiming webhook messages failed; retrying")
             if claimed and claimed == min(free, self.claim_batch):
                 continue  # probably more due: go again at once
@@ -156,10 +166,14 @@ class Dispatcher:
                 await asyncio.wait_for(self._wake.wait(), self.poll_interval_s)
 
     async def claim_once(self, limit: int) -> int:
-        """Lease up to ``limit`` due messages and start delivering them; return how many."""
+        """Lease up to ``limit`` due messages (none that is quarantined) and start
+        delivering them; return how many."""
         now = self.clock()
-        async with self.sessions() as session, session.begin():
-            batch = await WebhookRepository(session).claim_due(now, limit, now + self.lease)
+
+        async def claim(tx: Tx) -> list[Claimed]:
+            return await tx.repo(WebhookRepository).claim_due(now, limit, now + self.lease)
+
+        batch = await self.jobs.run(DELIVER_JOB, claim)
         for message in batch:
             self.in_flight += 1
             task = asyncio.create_task(self._deliver(message))
@@ -183,9 +197,14 @@ class Dispatcher:
         except asyncio.CancelledError:
             self._finish(None)  # stopping: the lease expires and it is sent again
             raise
-        except Exception:
+        except Exception as e:  # a bug met by this message's data: set it aside
             log.exception("webhook delivery crashed", message_id=message.id)
-            self._finish(None)
+            try:
+                await self.jobs.quarantine(DELIVER_JOB, message_item(message), e)
+            except Exception:  # not even that: its lease expires and it is tried again
+                log.exception("quarantining a webhook message failed", message_id=message.id)
+            finally:
+                self._finish(None)
             return
         LATENCY.observe(result.latency_ms / 1000)
         self._finish(Done(message, result))
@@ -207,6 +226,8 @@ class Dispatcher:
             self._recorded.clear()
             try:
                 await self._flush_all()
+            except ShuttingDown:
+                return
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -217,15 +238,22 @@ class Dispatcher:
     async def _flush_all(self) -> None:
         while self._done:
             batch = self._done[:RECORD_BATCH]
-            await self._retrying(functools.partial(self.record, batch))
+            await self.record(batch)
             del self._done[: len(batch)]
             self.in_flight -= len(batch)
             IN_FLIGHT.set(self.in_flight)
             if not self._stopping:
                 self._wake.set()  # slots are free, ordered endpoints may have a next message
 
-    async def record(self, batch: list[Done]) -> int:
-        """Write one batch of outcomes in one transaction; return the messages updated."""
+    async def record(self, batch: Sequence[Done]) -> int:
+        """Record a batch of outcomes in one transaction (transient failures retried); an
+        outcome that fails permanently is isolated and quarantined, the others recorded.
+        Returns the messages updated."""
+        return await self.jobs.isolated(
+            RECORD_JOB, batch, lambda d: message_item(d.claimed), self._record
+        )
+
+    async def _record(self, tx: Tx, batch: Sequence[Done]) -> int:
         now = self.clock()
         outcomes: list[Outcome] = []
         updates: list[MessageUpdate] = []
@@ -238,63 +266,48 @@ class Dispatcher:
                 updates.append(o.update)
         health = service.health(outcomes, self.policy, now)
         events: list[CloudEvent] = []
-        async with self.sessions() as session, session.begin():
-            repo = WebhookRepository(session)
-            applied = await repo.record(
-                updates,
-                [o.attempt for o in outcomes],
-                {(d.claimed.tenant_id, d.claimed.endpoint_id) for d in batch},
-            )
-            await repo.health(health.recovered, health.failing)
-            for reason, keys in (("gone", health.gone), ("failing", health.to_disable)):
-                for tenant_id, endpoint_id, since in await repo.disable(keys, reason, now):
-                    ENDPOINTS_DISABLED.labels(reason=reason).inc()
-                    log.warning(
-                        "webhook endpoint disabled",
-                        tenantid=tenant_id,
-                        endpoint_id=endpoint_id,
-                        reason=reason,
+        repo = tx.repo(WebhookRepository)
+        applied = await repo.record(
+            updates,
+            [o.attempt for o in outcomes],
+            {(d.claimed.tenant_id, d.claimed.endpoint_id) for d in batch},
+        )
+        await repo.health(health.recovered, health.failing)
+        disabled: list[tuple[str, str, str]] = []
+        for reason, keys in (("gone", health.gone), ("failing", health.to_disable)):
+            for tenant_id, endpoint_id, since in await repo.disable(keys, reason, now):
+                disabled.append((tenant_id, endpoint_id, reason))
+                events.append(
+                    service.endpoint_disabled(
+                        tenant_id, endpoint_id, "gone" if reason == "gone" else "failing", since
                     )
-                    events.append(
-                        service.endpoint_disabled(
-                            tenant_id,
-                            endpoint_id,
-                            "gone" if reason == "gone" else "failing",
-                            since,
-                        )
-                    )
-            for o in outcomes:
-                if o.finally_failed and (o.claimed.tenant_id, o.claimed.id) in applied:
-                    MESSAGES_FAILED.inc()
-                    failed = service.message_failed(o)
-                    if failed is not None:
-                        events.append(failed)
-            await outbox.add(
-                session,
-                [
-                    outbox.OutgoingMessage(
-                        topics.EVENTS_WEBHOOKS,
-                        service.event_key(e.tenantid, e.subject or "").encode(),
-                        e.to_json(),
-                        {"ce_type": e.type},
-                    )
-                    for e in events
-                ],
-            )
+                )
+        failed = 0
         for o in outcomes:
-            metrics.WEBHOOK_DELIVERIES.labels(
-                outcome="succeeded" if o.result.succeeded else "failed"
-            ).inc()
-        if events:
-            self.on_outbox()
-        return len(applied)
+            if o.finally_failed and (o.claimed.tenant_id, o.claimed.id) in applied:
+                failed += 1
+                event = service.message_failed(o)
+                if event is not None:
+                    events.append(event)
+        for e in events:
+            tx.emit(
+                e, topic=topics.EVENTS_WEBHOOKS, key=service.event_key(e.tenantid, e.subject or "")
+            )
 
-    async def _retrying(self, attempt: Callable[[], Awaitable[int]]) -> int:
-        async for state in AsyncRetrying(
-            retry=retry_if_exception(is_transient),
-            wait=wait_exponential_jitter(multiplier=0.1, jitter=0.1, max=self.retry_max_s),
-            reraise=True,
-        ):
-            with state:
-                return await attempt()
-        raise AssertionError("unreachable")
+        def committed() -> None:  # counted once, not per attempt of a retried transaction
+            for tenant_id, endpoint_id, reason in disabled:
+                ENDPOINTS_DISABLED.labels(reason=reason).inc()
+                log.warning(
+                    "webhook endpoint disabled",
+                    tenantid=tenant_id,
+                    endpoint_id=endpoint_id,
+                    reason=reason,
+                )
+            MESSAGES_FAILED.inc(failed)
+            for o in outcomes:
+                metrics.WEBHOOK_DELIVERIES.labels(
+                    outcome="succeeded" if o.result.succeeded else "failed"
+                ).inc()
+
+        tx.after_commit(committed)
+        return len(applied)
