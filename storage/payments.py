@@ -27,12 +27,14 @@ from sqlalchemy import (
     func,
     or_,
     select,
+    tuple_,
 )
 from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
 from storage.db import Base
+from storage.quarantine import not_quarantined
 
 # A payment's states move forward only: creating → processing → succeeded | failed.
 PAYMENT_RANK = {"creating": 0, "processing": 1, "failed": 2, "succeeded": 3}
@@ -277,18 +279,25 @@ class PaymentsRepository:
         if c is not None and c.status == "due":
             c.status, c.next_attempt_at = "cancelled", None
 
-    async def claim_collections(self, now: datetime, limit: int) -> Sequence[Collection]:
-        """Due collections, and in-flight ones whose lease ran out (their worker died)."""
-        q = (
-            select(Collection)
-            .where(
-                Collection.status.in_(("due", "in_flight")),
-                Collection.next_attempt_at <= now,
-            )
-            .order_by(Collection.next_attempt_at)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
+    async def claim_collections(
+        self,
+        now: datetime,
+        limit: int,
+        *,
+        job: str,
+        only: Sequence[tuple[str, str]] | None = None,
+    ) -> Sequence[Collection]:
+        """Due collections, and in-flight ones whose lease ran out (their worker died),
+        leaving out the invoices ``job`` quarantined; ``only``: just these (tenant, invoice)
+        pairs, if they are still due."""
+        q = select(Collection).where(
+            Collection.status.in_(("due", "in_flight")),
+            Collection.next_attempt_at <= now,
+            not_quarantined(job, "invoice", Collection.tenant_id, Collection.invoice_id),
         )
+        if only is not None:
+            q = q.where(tuple_(Collection.tenant_id, Collection.invoice_id).in_(list(only)))
+        q = q.order_by(Collection.next_attempt_at).limit(limit).with_for_update(skip_locked=True)
         return list(await self.session.scalars(q))
 
     async def payment(
@@ -375,19 +384,26 @@ class PaymentsRepository:
         )
         await self.session.execute(stmt.on_conflict_do_nothing())
 
-    async def claim_operations(self, now: datetime, limit: int) -> Sequence[Operation]:
-        q = (
-            select(Operation)
-            .where(
-                or_(
-                    Operation.state == "pending",
-                    (Operation.state == "in_flight") & (Operation.lease_until <= now),
-                )
-            )
-            .order_by(Operation.created_at)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
+    async def claim_operations(
+        self,
+        now: datetime,
+        limit: int,
+        *,
+        job: str,
+        only: Sequence[tuple[str, str]] | None = None,
+    ) -> Sequence[Operation]:
+        """Pending operations, and in-flight ones whose lease ran out, leaving out those
+        ``job`` quarantined; ``only``: just these (tenant, id) pairs, if still open."""
+        q = select(Operation).where(
+            or_(
+                Operation.state == "pending",
+                (Operation.state == "in_flight") & (Operation.lease_until <= now),
+            ),
+            not_quarantined(job, "payment_operation", Operation.tenant_id, Operation.id),
         )
+        if only is not None:
+            q = q.where(tuple_(Operation.tenant_id, Operation.id).in_(list(only)))
+        q = q.order_by(Operation.created_at).limit(limit).with_for_update(skip_locked=True)
         return list(await self.session.scalars(q))
 
     async def refund_in_flight(self, tenant_id: str, payment_id: str) -> bool:

@@ -33,3 +33,8 @@ class StripeUnavailable(RetryableError):
 
 class SecretsKeyMissing(RuntimeError):
     """BILLSTREAM_SECRETS_KEY is not set: Stripe secrets cannot be stored or read."""
+
+
+class SecretUnreadable(SecretsKeyMissing):
+    """One tenant's stored Stripe secret cannot be decrypted with any configured key (it
+    was saved under a key that was dropped): that tenant's data, not the worker's."""

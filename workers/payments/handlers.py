@@ -52,7 +52,13 @@ def decode_invoice_event(raw: bytes) -> CloudEvent:
 
 
 def register(runtime: Runtime, settings: Settings, clock: Clock = utcnow) -> None:
-    collector = Collector(runtime.sessions, settings, clock=clock, on_emitted=runtime.on_committed)
+    collector = Collector(
+        runtime.sessions,
+        settings,
+        clock=clock,
+        on_emitted=runtime.on_committed,
+        jobs=runtime.jobs,
+    )
 
     @runtime.consumer(topics.EVENTS_INVOICING, group=INVOICES_GROUP, decode=decode_invoice_event)
     async def on_invoice(batch: Batch[CloudEvent], tx: Tx) -> None:

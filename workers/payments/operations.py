@@ -12,7 +12,8 @@ in Stripe (the customer, the refund) before doing it again.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -29,21 +30,34 @@ from schemas.payments import (
     RefundPayment,
     SyncCustomer,
 )
-from storage.commands import CommandOutcome, CommandRepository
+from storage.commands import CommandOutcome
 from storage.db import Sessions
-from storage.outbox import OutgoingMessage, add
-from storage.payments import PaymentsRepository, Refund
+from storage.outbox import OutgoingMessage
+from storage.payments import Operation, PaymentsRepository, Refund
 from workers.payments import secrets, service
-from workers.payments.errors import Conflict, NotConfigured, NotFound
+from workers.payments.errors import (
+    Conflict,
+    NotConfigured,
+    NotFound,
+    SecretsKeyMissing,
+    SecretUnreadable,
+)
 from workers.payments.gateway import Gateway
-from workers.runtime.errors import PermanentError
-from workers.runtime.tx import outgoing
+from workers.runtime.errors import PermanentError, ShuttingDown
+from workers.runtime.jobs import Item, Jobs
+from workers.runtime.transient import is_transient
+from workers.runtime.tx import Tx, outgoing
 from workers.settings import Settings
 
 log = structlog.get_logger("billstream.payments")
 _commands: TypeAdapter[PaymentsCommand] = TypeAdapter(PaymentsCommand)
 
 DEFERRED = (SyncCustomer, AttachPaymentMethod, RefundPayment)
+OPERATIONS = "payments.operations"  # the job (quarantine kind "payment_operation")
+
+
+def _operation_item(op: Operation) -> Item:
+    return Item(op.tenant_id, "payment_operation", op.id)
 
 
 @dataclass(frozen=True)
@@ -69,54 +83,89 @@ class Operations:
         sessions: Sessions,
         settings: Settings,
         gateway: Callable[[str], Gateway],
+        jobs: Jobs,
     ) -> None:
         self.sessions = sessions
         self.settings = settings
         self.gateway_for = gateway
+        self.jobs = jobs
 
     async def claim(self, now: datetime) -> list[OpJob]:
+        """One job step: claim open operations (not quarantined) and lease them."""
         lease = timedelta(seconds=self.settings.payments_attempt_lease_s)
-        async with self.sessions() as session, session.begin():
-            repo = PaymentsRepository(session)
-            jobs = []
-            for op in await repo.claim_operations(now, self.settings.payments_claim_batch):
-                jobs.append(OpJob(op.tenant_id, op.id, op.type, op.command, op.state != "pending"))
+        claimed: list[OpJob] = []
+
+        async def claim(tx: Tx, only: Sequence[Item] | None) -> Sequence[Operation]:
+            pairs = [(i.tenant_id, i.id) for i in only] if only is not None else None
+            return await PaymentsRepository(tx.session).claim_operations(
+                now, self.settings.payments_claim_batch, job=OPERATIONS, only=pairs
+            )
+
+        async def start(tx: Tx, ops: Sequence[Operation]) -> int:
+            started = []
+            for op in ops:
+                started.append(
+                    OpJob(op.tenant_id, op.id, op.type, op.command, op.state != "pending")
+                )
                 op.state, op.lease_until = "in_flight", now + lease
-            return jobs
+            tx.after_commit(lambda: claimed.extend(started))
+            return len(started)
+
+        await self.jobs.claimed(OPERATIONS, claim, _operation_item, start)
+        return claimed
 
     async def run(self, job: OpJob) -> bool:
-        """Carry ``job`` out; True when its outcome is recorded (events may be emitted)."""
-        cmd = _commands.validate_python(job.command)
+        """Carry ``job`` out; True when its outcome is recorded (events may be emitted). An
+        operation that fails for a reason of its own (a command row that does not parse, a
+        bug) is quarantined; Stripe or the database unavailable: resumed after the lease."""
         try:
-            done = await self._perform(cmd, job.resumed)
-        except PermanentError as e:
-            return await self._finish(job, None, e)
-        except Exception as e:  # Stripe or the database unavailable: resumed after the lease
-            log.warning("payments operation failed; resumed after its lease", error=repr(e))
+            cmd = _commands.validate_python(job.command)
+            try:
+                done = await self._perform(cmd, job.resumed)
+            except PermanentError as e:
+                return await self._finish(job, None, e)
+            return await self._finish(job, done, None)
+        except (asyncio.CancelledError, ShuttingDown):
+            raise
+        except Exception as e:
+            if is_transient(e):
+                log.warning("payments operation failed; resumed after its lease", error=repr(e))
+            elif isinstance(e, SecretsKeyMissing) and not isinstance(e, SecretUnreadable):
+                log.error("payments operation failed; resumed after its lease", error=str(e))
+            else:
+                item = Item(job.tenant_id, "payment_operation", job.id)
+                await self.jobs.quarantine(OPERATIONS, item, e)
             return False
-        return await self._finish(job, done, None)
 
     async def _finish(self, job: OpJob, done: Done | None, error: PermanentError | None) -> bool:
-        async with self.sessions() as session, session.begin():
-            repo = PaymentsRepository(session)
+        async def finish(tx: Tx) -> bool:
+            repo = PaymentsRepository(tx.session)
             op = await repo.operation(job.tenant_id, job.id)
             if op is None or op.state == "done":
                 return False
+            failure = error
+            result: dict[str, Any] = {}
+            messages: list[OutgoingMessage] = []
             if done is not None:
+                done.messages.clear()  # a transaction retried after a transient failure
                 try:
-                    async with session.begin_nested():
+                    async with tx.session.begin_nested():
                         result = await done.apply(repo)
+                        messages = done.messages
                 except PermanentError as e:
-                    error = e
-            if error is not None:
-                outcome = CommandOutcome(job.tenant_id, job.id, "failed", error=error.to_problem())
+                    failure = e
+            if failure is not None:
+                outcome = CommandOutcome(
+                    job.tenant_id, job.id, "failed", error=failure.to_problem()
+                )
             else:
                 outcome = CommandOutcome(job.tenant_id, job.id, "succeeded", result=result)
-                assert done is not None
-                await add(session, done.messages)
-            await CommandRepository(session).complete([(job.type, outcome)])
+                tx.outgoing += messages
+            tx.outcomes.append((job.type, outcome))
             op.state, op.lease_until = "done", None
-        return True
+            return True
+
+        return await self.jobs.run(OPERATIONS, finish)
 
     async def _gateway(self, tenant: str) -> Gateway:
         async with self.sessions() as session:

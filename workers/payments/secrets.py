@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
-from workers.payments.errors import SecretsKeyMissing
+from workers.payments.errors import SecretsKeyMissing, SecretUnreadable
 from workers.settings import Settings
 
 PREFIX = "enc:"
@@ -41,6 +41,6 @@ def decrypt(settings: Settings, ciphertext: str) -> str:
     try:
         return _fernet(settings).decrypt(ciphertext[len(PREFIX) :].encode()).decode()
     except InvalidToken:
-        raise SecretsKeyMissing(
+        raise SecretUnreadable(
             "a Stripe secret cannot be decrypted with any configured key"
         ) from None
