@@ -6,26 +6,38 @@ receivers on loopback."""
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from aiokafka import AIOKafkaProducer
 from sqlalchemy import text
 
 from schemas import topics
 from schemas.webhooks import DeleteEndpoint, EndpointRef, ResendMessage
-from storage.webhooks import NewMessage, WebhookRepository
+from storage.quarantine import Entry, QuarantineRepository
+from storage.webhooks import AttemptRow, Claimed, MessageUpdate, NewMessage, WebhookRepository
 from tests.conftest import TenantKey, make_tenant
-from tests.integration.support import Sessions, command_outcome, producer, running, send_raw
+from tests.integration.support import (
+    Sessions,
+    command_outcome,
+    producer,
+    read_topic,
+    running,
+    send_raw,
+)
 from tests.integration.test_webhooks import (
     FakeClock,
     Receiver,
     Reply,
     add_endpoint,
+    advance,
     billing_event,
     clock,  # noqa: F401  (the fixture)
     messages,
+    passes,
     publish,
     receiver,  # noqa: F401  (the fixture)
     worker,
@@ -35,6 +47,7 @@ from workers.devstack import wait_for
 from workers.settings import Settings
 from workers.webhooks import service
 from workers.webhooks.app import WebhookWorker
+from workers.webhooks.delivery import Deliverer
 from workers.webhooks.service import AttemptResult, RetryPolicy
 
 
@@ -177,3 +190,120 @@ async def test_rows_of_a_deleted_endpoint_are_dropped_not_failing_the_batch(
         await _count(sessions, "SELECT count(*) FROM webhook_messages WHERE tenant_id = :t", t=t)
         == 0
     )
+
+
+async def test_an_outcome_that_cannot_be_recorded_is_quarantined_and_the_others_are_recorded(
+    wsettings: Settings,  # noqa: F811
+    sessions: Sessions,
+    tenant: TenantKey,
+    receiver: Receiver,  # noqa: F811
+    clock: FakeClock,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    a = tenant.tenant_id
+    b = (await make_tenant(sessions, "globex")).tenant_id
+    poison = await add_endpoint(sessions, a, receiver.url("/poison"), event_types=["invoice.*"])
+    fine = await add_endpoint(sessions, a, receiver.url("/fine"), event_types=["invoice.*"])
+    other = await add_endpoint(sessions, b, receiver.url("/other"), event_types=["invoice.*"])
+    real_record = WebhookRepository.record
+    hiccups = [ConnectionError("database connection lost")]  # once, on B's outcome
+
+    async def record(
+        self: WebhookRepository,
+        updates: list[MessageUpdate],
+        attempts: list[AttemptRow],
+        endpoints: set[tuple[str, str]],
+    ) -> set[tuple[str, str]]:
+        if any(r.endpoint_id == poison for r in attempts):
+            raise ValueError("a bug met by this endpoint's data")
+        if hiccups and any(r.endpoint_id == other for r in attempts):
+            raise hiccups.pop()
+        return await real_record(self, updates, attempts, endpoints)
+
+    monkeypatch.setattr(WebhookRepository, "record", record)
+    async with running(worker(wsettings, clock)) as w, producer(wsettings) as p:
+        await publish(p, billing_event(a))
+        await publish(p, billing_event(b))
+        await wait_for(_all_succeeded(sessions, a, fine, 1), timeout_s=20)
+        await wait_for(_all_succeeded(sessions, b, other, 1), timeout_s=20)
+        await wait_for(lambda: _idle(w), timeout_s=10)
+        assert not hiccups  # the transient failure happened, and was retried
+        async with sessions() as session:
+            [q] = await QuarantineRepository(session).list()
+        [sent] = receiver.to("/poison")
+        assert (q.tenant_id, q.job, q.kind, q.item_id) == (
+            a,
+            "webhooks.record",
+            "webhook_message",
+            sent.msg_id,
+        )
+        assert "a bug met by this endpoint's data" in q.reason
+        [record_] = await read_topic(wsettings, topics.EVENTS_OPS, 1)
+        alert = json.loads(record_.value)
+        assert (alert["type"], alert["tenantid"]) == ("ops.quarantined", a)
+        assert alert["data"]["item_id"] == sent.msg_id
+
+        # its lease expires: a quarantined message is not sent again (nor holds a slot)
+        await advance(w, clock, seconds=wsettings.webhook_timeout_s + 61)
+        await passes(w, 3)
+        assert len(receiver.to("/poison")) == 1 and _idle(w)
+        # B's endpoint keeps delivering meanwhile
+        await publish(p, billing_event(b))
+        await wait_for(_all_succeeded(sessions, b, other, 2), timeout_s=20)
+
+        # the bug fixed, an operator releases it: sent again (same webhook-id) and recorded
+        monkeypatch.setattr(WebhookRepository, "record", real_record)
+        async with sessions() as session, session.begin():
+            assert await QuarantineRepository(session).release(q.id, "tests") is not None
+        await advance(w, clock, seconds=1)
+        await wait_for(_all_succeeded(sessions, a, poison, 1), timeout_s=20)
+    assert [r.msg_id for r in receiver.to("/poison")] == [sent.msg_id] * 2
+    assert len(receiver.to("/fine")) == 1 and len(receiver.to("/other")) == 2
+
+
+async def test_a_message_whose_delivery_crashes_is_quarantined_and_not_claimed_again(
+    wsettings: Settings,  # noqa: F811
+    sessions: Sessions,
+    tenant: TenantKey,
+    receiver: Receiver,  # noqa: F811
+    clock: FakeClock,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    a = tenant.tenant_id
+    b = (await make_tenant(sessions, "globex")).tenant_id
+    poison = await add_endpoint(sessions, a, receiver.url("/poison"), event_types=["invoice.*"])
+    other = await add_endpoint(sessions, b, receiver.url("/other"), event_types=["invoice.*"])
+    real_deliver = Deliverer.deliver
+    crashes: list[str] = []
+
+    async def deliver(self: Deliverer, message: Claimed) -> AttemptResult:
+        if message.endpoint_id == poison:
+            crashes.append(message.id)
+            raise KeyError("a bug met by this message's data")
+        return await real_deliver(self, message)
+
+    monkeypatch.setattr(Deliverer, "deliver", deliver)
+    async with running(worker(wsettings, clock)) as w, producer(wsettings) as p:
+        await publish(p, billing_event(a))
+        await publish(p, billing_event(b))
+        await wait_for(_all_succeeded(sessions, b, other, 1), timeout_s=20)
+        await wait_for(lambda: bool(crashes) and _idle(w), timeout_s=10)
+
+        async def quarantined() -> list[Entry]:
+            async with sessions() as session:
+                return await QuarantineRepository(session).list()
+
+        [q] = await wait_for(quarantined, timeout_s=10)
+        assert (q.tenant_id, q.job, q.kind, q.item_id) == (
+            a,
+            "webhooks.deliver",
+            "webhook_message",
+            crashes[0],
+        )
+        await advance(w, clock, seconds=wsettings.webhook_timeout_s + 61)  # lease expired
+        await passes(w, 3)
+        await publish(p, billing_event(b))
+        await wait_for(_all_succeeded(sessions, b, other, 2), timeout_s=20)
+    assert len(crashes) == 1  # not tried again
+    [m] = await messages(sessions, a, poison)
+    assert m.status == "pending" and m.attempts == 0
