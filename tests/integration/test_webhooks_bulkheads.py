@@ -16,7 +16,7 @@ from aiokafka import AIOKafkaProducer
 from sqlalchemy import text
 
 from schemas import topics
-from schemas.webhooks import DeleteEndpoint, EndpointRef, ResendMessage
+from schemas.webhooks import DeleteEndpoint, EndpointRef, MessageRef, ResendMessage
 from storage.quarantine import Entry, QuarantineRepository
 from storage.webhooks import AttemptRow, Claimed, MessageUpdate, NewMessage, WebhookRepository
 from tests.conftest import TenantKey, make_tenant
@@ -103,6 +103,11 @@ async def test_deleting_endpoints_during_their_deliveries_never_stops_another_te
     async with running(worker(wsettings, clock)) as w, producer(wsettings) as p:
         await publish(p, billing_event(a))
         await wait_for(lambda: all(receiver.to(f"/a{i}") for i in range(3)), timeout_s=20)
+        # a resend of a message still in flight: sent again now, the first outcome is stale
+        held = receiver.to("/a0")[0].msg_id
+        ref = MessageRef(endpoint_id=doomed[0], message_id=held)
+        await _command(p, sessions, ResendMessage(source="tests", tenantid=a, data=ref))
+        await wait_for(lambda: len(receiver.to("/a0")) == 2, timeout_s=20)
         for ep in doomed:  # several in a row, each while its delivery is in flight
             await _command(
                 p,
