@@ -55,7 +55,18 @@ class Settings(BaseSettings):
     # --- ingress -----------------------------------------------------------------
     ingress_host: str = "127.0.0.1"
     ingress_port: int = 8080
-    max_request_bytes: int = 1_048_576
+    max_request_bytes: int = Field(
+        default=1_048_576,
+        ge=1,
+        description="Largest request body on every endpoint (413 past it, before parsing).",
+    )
+    max_json_depth: int = Field(
+        default=64,
+        ge=2,
+        le=500,
+        description="Deepest nesting of JSON arrays and objects in a request body (400 past "
+        "it, before parsing).",
+    )
     max_batch_events: int = 1_000
     idempotency_retention_hours: int = Field(
         default=24, ge=1, description="How long an Idempotency-Key is remembered."

@@ -275,6 +275,22 @@ async def test_usage_query_validation(api: Api, tenant: TenantKey) -> None:
     assert r.status_code == 404
 
 
+async def test_usage_bounds_outside_the_calendar_are_422_not_500(
+    api: Api, tenant: TenantKey
+) -> None:
+    await api.create_meter(tenant)
+    for name, value in [
+        ("from", "9999-12-31T23:00:00-05:00"),  # its UTC form is past year 9999
+        ("to", "0001-01-01T00:00:00+01:00"),
+    ]:
+        r = await api.client.get(
+            "/v1/meters/tokens/usage", params={name: value}, headers=api.auth(tenant)
+        )
+        assert r.status_code == 422, r.text
+        assert r.headers["content-type"] == "application/problem+json"
+        assert [e["field"] for e in r.json()["errors"]] == [name]
+
+
 async def test_tenants_cannot_see_each_other(
     api: Api, tenant: TenantKey, sessions: async_sessionmaker[AsyncSession]
 ) -> None:

@@ -39,6 +39,7 @@ from schemas.envelope import CloudEvent
 from storage.alerts import AlertsRepository, RuleDef
 from workers.alerts.service import alert_data, spec_of
 from workers.ingress.deps import Session, State, Tenant
+from workers.ingress.fields import Text
 from workers.ingress.problems import Problem, invalid
 from workers.ingress.routes import CommandAccepted, envelope, submit
 
@@ -190,7 +191,7 @@ async def get_alert(alert_id: AlertIdPath, db: Session, tenant_id: Tenant) -> Al
 class NoteIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    note: str | None = Field(
+    note: Text | None = Field(
         default=None, max_length=1024, description="Kept with the command, for the record."
     )
 

@@ -11,6 +11,7 @@ from datetime import timedelta
 import structlog
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -24,6 +25,8 @@ from workers.ingress import payments as payment_routes
 from workers.ingress import pos as pos_routes
 from workers.ingress import webhooks as webhook_routes
 from workers.ingress.deps import IngressState, KeyCache
+from workers.ingress.door import Door
+from workers.ingress.openapi import truthful_openapi
 from workers.ingress.problems import HANDLERS
 from workers.ingress.publisher import Publisher
 from workers.ingress.ratelimit import RateLimiter
@@ -107,14 +110,23 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
         exception_handlers=HANDLERS,  # type: ignore[arg-type]
     )
-    app.include_router(router)
-    app.include_router(invoicing.router)
-    app.include_router(payment_routes.router)
-    app.include_router(webhook_routes.router)
-    app.include_router(pos_routes.router)
-    app.include_router(alert_routes.router)
+    routers = [
+        router,
+        invoicing.router,
+        payment_routes.router,
+        webhook_routes.router,
+        pos_routes.router,
+        alert_routes.router,
+    ]
+    for r in routers:
+        app.include_router(r)
+    # every API route, with its full path (FastAPI keeps included routers unflattened)
+    api_routes = [route for r in routers for route in r.routes if isinstance(route, APIRoute)]
 
+    # the last added runs first: the request id is bound before the door answers anything
+    app.add_middleware(Door, routes=api_routes)
     app.add_middleware(RequestContext)
+    app.openapi = truthful_openapi(app, api_routes, settings.max_batch_events)  # type: ignore[method-assign]
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:

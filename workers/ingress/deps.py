@@ -20,6 +20,8 @@ from workers.ingress.publisher import Publisher
 from workers.ingress.ratelimit import RateLimiter
 from workers.settings import Settings
 
+log = structlog.get_logger("billstream.ingress")
+
 
 class KeyCache:
     """The tenants of API keys this process verified in the last ``ttl_s`` seconds.
@@ -71,8 +73,21 @@ State = Annotated[IngressState, Depends(state)]
 
 
 async def session(st: State) -> AsyncIterator[AsyncSession]:
-    async with st.sessions() as s:
+    s = st.sessions()
+    try:
         yield s
+    finally:
+        try:
+            await s.close()
+        except Exception as e:
+            # the connection is gone (PostgreSQL down): the request already failed with the
+            # real cause, or was answered before the teardown (FastAPI may tear down after
+            # the response); either way, closing it has nothing left to do
+            from workers.ingress.door import dependency_down
+
+            if not dependency_down(e):
+                raise
+            log.warning("closing a database session failed", error=repr(e))
 
 
 Session = Annotated[AsyncSession, Depends(session)]
@@ -88,9 +103,9 @@ def _unauthorized(detail: str) -> Problem:
     )
 
 
-async def tenant(request: Request, st: State) -> str:
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
+async def authenticate(st: IngressState, authorization: str) -> str:
+    """The tenant of the ``Authorization: Bearer <api key>`` header, or 401."""
+    scheme, _, token = authorization.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise _unauthorized("send 'Authorization: Bearer <api key>'")
     secret = token.strip()
@@ -103,6 +118,15 @@ async def tenant(request: Request, st: State) -> str:
         st.keys.put(secret, tenant_id)
     structlog.contextvars.bind_contextvars(tenantid=tenant_id)
     return tenant_id
+
+
+async def tenant(request: Request, st: State) -> str:
+    """The caller's tenant. The door (workers/ingress/door.py) authenticates every route
+    that depends on this before its body is read, and leaves the tenant in the scope."""
+    found = request.scope.get("state", {}).get("tenant_id")
+    if isinstance(found, str):
+        return found
+    return await authenticate(st, request.headers.get("authorization", ""))
 
 
 Tenant = Annotated[str, Depends(tenant)]

@@ -7,11 +7,11 @@ Writes become commands on ``billstream.commands.invoicing.v1`` (202 + command id
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import Response
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from schemas import topics
 from schemas.envelope import CloudEvent, new_id
@@ -43,6 +43,7 @@ from schemas.invoicing import (
 from schemas.pricing import PlanSpec
 from storage.invoicing import Customer, Invoice, InvoicingRepository, Subscription
 from workers.ingress.deps import Session, State, Tenant
+from workers.ingress.fields import Instant, Text
 from workers.ingress.problems import Problem
 from workers.ingress.routes import CommandAccepted, envelope, submit
 from workers.invoicing import service
@@ -54,6 +55,9 @@ router = APIRouter(prefix="/v1", tags=["invoicing"])
 def _not_found(what: str, id: str, hint: str = "") -> Problem:
     return Problem(404, "not_found", f"No such {what}", f"no {what} {id!r}{hint}")
 
+
+SubscriptionIdPath = Annotated[str, Path(pattern=ID_PATTERN)]
+InvoiceIdPath = Annotated[str, Path(pattern=ID_PATTERN)]
 
 _PENDING_HINT = " (if its create command is still pending, retry when it has succeeded)"
 
@@ -169,7 +173,7 @@ class SubscriptionIn(BaseModel):
     id: str | None = Field(default=None, pattern=ID_PATTERN, description="Default: generated")
     customer: str = Field(pattern=EXTERNAL_ID_PATTERN, description="The customer's external_id")
     plan: str = Field(pattern=PLAN_KEY_PATTERN)
-    start: AwareDatetime | None = Field(
+    start: Instant | None = Field(
         default=None, description="Billing anchor, a whole UTC hour (default: this hour)"
     )
 
@@ -215,7 +219,7 @@ class CancelIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     mode: Literal["at_period_end", "immediately"]
-    at: AwareDatetime | None = None
+    at: Instant | None = None
 
 
 @router.post(
@@ -225,7 +229,7 @@ class CancelIn(BaseModel):
 )
 async def cancel_subscription(
     request: Request,
-    subscription_id: str,
+    subscription_id: SubscriptionIdPath,
     body: CancelIn,
     st: State,
     db: Session,
@@ -252,7 +256,7 @@ class ChangePlanIn(BaseModel):
 )
 async def change_plan(
     request: Request,
-    subscription_id: str,
+    subscription_id: SubscriptionIdPath,
     body: ChangePlanIn,
     st: State,
     db: Session,
@@ -301,13 +305,17 @@ class BillingRunIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     id: str | None = Field(default=None, pattern=ID_PATTERN)
-    as_of: AwareDatetime | None = Field(default=None, description="Default: now")
+    as_of: Instant | None = Field(default=None, description="Default: now")
 
 
 class BillingRunView(BaseModel):
     id: str
     as_of: datetime
-    status: Literal["pending", "completed"]
+    status: Literal["pending", "completed", "failed"]
+    error: str | None = Field(
+        default=None,
+        description="Why a failed run failed (it is quarantined: docs/operations.md)",
+    )
     invoices_created: int
     invoices_finalized: int
     drafts_waiting: int = Field(
@@ -418,7 +426,7 @@ async def get_invoice(invoice_id: str, db: Session, tenant_id: Tenant) -> Invoic
 class InvoiceActionIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    reason: str | None = Field(default=None, max_length=1024)
+    reason: Text | None = Field(default=None, max_length=1024)
 
 
 async def _invoice_action(
@@ -440,7 +448,7 @@ async def _invoice_action(
 @router.post("/invoices/{invoice_id}/void", summary="Void an invoice (command)", **_ACCEPTED)
 async def void_invoice(
     request: Request,
-    invoice_id: str,
+    invoice_id: InvoiceIdPath,
     body: InvoiceActionIn,
     st: State,
     db: Session,
@@ -456,7 +464,7 @@ async def void_invoice(
 )
 async def mark_uncollectible(
     request: Request,
-    invoice_id: str,
+    invoice_id: InvoiceIdPath,
     body: InvoiceActionIn,
     st: State,
     db: Session,

@@ -18,10 +18,11 @@ from typing import Annotated, Any, Literal
 import structlog
 from fastapi import APIRouter, Path, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
 from schemas import topics
 from schemas.envelope import new_id
+from schemas.invoicing import ID_PATTERN
 from schemas.payments import (
     CUSTOMER_PATTERN,
     AttachPaymentMethod,
@@ -40,6 +41,7 @@ from schemas.payments import (
 from storage.invoicing import InvoicingRepository
 from storage.payments import PaymentsRepository
 from workers.ingress.deps import Session, State, Tenant, read_body
+from workers.ingress.fields import Text
 from workers.ingress.problems import Problem
 from workers.ingress.routes import CommandAccepted, envelope, submit
 from workers.payments import secrets
@@ -51,6 +53,8 @@ log = structlog.get_logger("billstream.ingress.payments")
 
 _ACCEPTED: dict[str, Any] = {"status_code": 202, "response_model": CommandAccepted}
 CustomerPath = Annotated[str, Path(pattern=CUSTOMER_PATTERN)]
+InvoiceIdPath = Annotated[str, Path(pattern=ID_PATTERN)]
+PaymentIdPath = Annotated[str, Path(min_length=1, max_length=128)]
 STRIPE_SOURCE = "billstream/ingress/stripe"
 
 
@@ -73,8 +77,8 @@ class StripeSettingsView(BaseModel):
 
 
 class CustomerSyncIn(_In):
-    email: str | None = Field(default=None, max_length=320)
-    name: str | None = Field(default=None, max_length=256)
+    email: Text | None = Field(default=None, max_length=320)
+    name: Text | None = Field(default=None, max_length=256)
 
 
 class PaymentMethodIn(_In):
@@ -82,14 +86,16 @@ class PaymentMethodIn(_In):
 
 
 class RefundIn(_In):
-    amount: int | None = Field(default=None, gt=0, description="Minor units; omit for the rest")
-    reason: str | None = Field(default=None, max_length=500)
+    amount: StrictInt | None = Field(
+        default=None, gt=0, le=10**15, description="Minor units; omit for the rest"
+    )
+    reason: Text | None = Field(default=None, max_length=500)
 
 
 class OfflinePaymentIn(_In):
-    amount: int = Field(gt=0, description="Minor units of the invoice's currency")
+    amount: StrictInt = Field(gt=0, le=10**15, description="Minor units of the invoice's currency")
     method: Literal["bank_transfer", "cash", "check", "pos", "other"]
-    reference: str | None = Field(default=None, max_length=256)
+    reference: Text | None = Field(default=None, max_length=256)
 
 
 class PaymentView(BaseModel):
@@ -228,7 +234,12 @@ async def attach_payment_method(
     response_model=InvoicePaymentsView,
     summary="An invoice's collection and payments",
 )
-async def invoice_payments(invoice_id: str, db: Session, tenant_id: Tenant) -> InvoicePaymentsView:
+async def invoice_payments(
+    invoice_id: InvoiceIdPath, db: Session, tenant_id: Tenant
+) -> InvoicePaymentsView:
+    """404 for an invoice that does not exist (yet), like every other invoice route."""
+    if await InvoicingRepository(db).invoice(tenant_id, invoice_id) is None:
+        raise Problem(404, "not_found", "No such invoice", f"no invoice {invoice_id!r}")
     repo = PaymentsRepository(db)
     collection = await repo.collection(tenant_id, invoice_id)
     payments = await repo.payments_of_invoice(tenant_id, invoice_id)
@@ -247,7 +258,12 @@ async def invoice_payments(invoice_id: str, db: Session, tenant_id: Tenant) -> I
     **_ACCEPTED,
 )
 async def refund_payment(
-    request: Request, payment_id: str, spec: RefundIn, st: State, db: Session, tenant_id: Tenant
+    request: Request,
+    payment_id: PaymentIdPath,
+    spec: RefundIn,
+    st: State,
+    db: Session,
+    tenant_id: Tenant,
 ) -> Response:
     payment = await PaymentsRepository(db).payment(tenant_id, payment_id)
     if payment is None:
@@ -269,7 +285,7 @@ async def refund_payment(
 )
 async def record_offline_payment(
     request: Request,
-    invoice_id: str,
+    invoice_id: InvoiceIdPath,
     spec: OfflinePaymentIn,
     st: State,
     db: Session,
@@ -299,6 +315,11 @@ async def record_offline_payment(
 # --- inbound Stripe webhooks ---------------------------------------------------------------
 
 
+class StripeReceived(BaseModel):
+    received: bool
+    duplicate: bool
+
+
 def _bad_signature(detail: str) -> Problem:
     return Problem(400, "invalid_signature", "Invalid Stripe signature", detail)
 
@@ -306,7 +327,15 @@ def _bad_signature(detail: str) -> Problem:
 @router.post(
     "/integrations/stripe/{token}",
     summary="Inbound Stripe webhook (signed by Stripe; no API key)",
-    include_in_schema=True,
+    response_model=StripeReceived,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "description": "A Stripe event, exactly as Stripe sends it (verified on the raw "
+            "bytes with Stripe-Signature).",
+            "content": {"application/json": {"schema": {"type": "object"}}},
+        }
+    },
 )
 async def stripe_webhook(
     request: Request, token: Annotated[str, Path(pattern=r"^[A-Za-z0-9_\-]{16,64}$")], st: State

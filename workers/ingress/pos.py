@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Path, Request
 from fastapi.responses import Response
 from pydantic import BaseModel
 
 from schemas import topics
 from schemas.pos import (
+    POS_SOURCE_PATTERN,
     PosMappingData,
     PosMappingSpec,
     PosReceiptData,
@@ -25,6 +26,8 @@ from workers.pos import adapters, service
 from workers.pos.errors import AdapterError
 
 router = APIRouter(prefix="/v1/integrations/pos", tags=["POS integration"])
+
+SourcePath = Annotated[str, Path(pattern=POS_SOURCE_PATTERN, description="A POS format.")]
 
 
 class ReceiptsAccepted(BaseModel):
@@ -59,8 +62,18 @@ async def list_sources(tenant_id: Tenant) -> list[SourceView]:
     status_code=202,
     response_model=ReceiptsAccepted,
     summary="Ingest a batch of point-of-sale receipts",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "description": "Receipts in the source's format; for ``generic``: "
+            '``{"receipts": [...]}`` or a JSON array of receipts.',
+            "content": {"application/json": {"schema": {"type": ["object", "array"]}}},
+        }
+    },
 )
-async def ingest_receipts(source: str, request: Request, st: State, tenant_id: Tenant) -> Response:
+async def ingest_receipts(
+    source: SourcePath, request: Request, st: State, tenant_id: Tenant
+) -> Response:
     """Receipts in the source's format (``generic``: see ``GET /v1/integrations/pos``);
     up to ``BILLSTREAM_MAX_BATCH_EVENTS`` per request. Any invalid receipt refuses the
     batch (422 naming the field). 202 once the broker acknowledged every receipt. A receipt
@@ -117,7 +130,7 @@ async def ingest_receipts(source: str, request: Request, st: State, tenant_id: T
     summary="Set how a POS source's receipts become usage (asynchronous command)",
 )
 async def set_mapping(
-    source: str, spec: PosMappingSpec, request: Request, st: State, tenant_id: Tenant
+    source: SourcePath, spec: PosMappingSpec, request: Request, st: State, tenant_id: Tenant
 ) -> Response:
     """Publishes a ``SetPosMapping`` command (create or replace). Receipts processed after
     it succeeds use it; a receipt that arrived before any mapping is dead-lettered
@@ -137,7 +150,7 @@ async def set_mapping(
 
 
 @router.get("/{source}/mapping", response_model=PosMappingSpec, summary="A POS source's mapping")
-async def get_mapping(source: str, db: Session, tenant_id: Tenant) -> PosMappingSpec:
+async def get_mapping(source: SourcePath, db: Session, tenant_id: Tenant) -> PosMappingSpec:
     _adapter(source)
     raw = await PosMappingRepository(db).get(tenant_id, source)
     if raw is None:

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
-from pydantic import AwareDatetime, BaseModel, TypeAdapter, ValidationError
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from schemas import jsonexact, topics
 from schemas.envelope import CloudEvent
@@ -16,6 +16,7 @@ from schemas.usage import UsageEvent, UsageEventIn
 from storage.commands import CommandRepository
 from storage.metering import MeterDef, MeterRepository, UsageRepository
 from workers.ingress.deps import Session, State, Tenant, idempotent, parse_json, read_body
+from workers.ingress.fields import Instant
 from workers.ingress.problems import Problem, invalid, validation_errors
 from workers.ingress.ratelimit import retry_after
 
@@ -50,6 +51,23 @@ class CommandView(BaseModel):
 
 class MeterView(MeterSpec):
     id: str
+
+
+class UsageRow(BaseModel):
+    window_start: datetime | None
+    window_end: datetime | None
+    subject: str | None
+    group_by: dict[str, Any]
+    value: float | None = Field(description="Written exactly (a JSON number, no rounding).")
+
+
+class UsageView(BaseModel):
+    meter: str
+    aggregation: str
+    from_: datetime | None = Field(alias="from")
+    to: datetime | None
+    window_size: Literal["hour", "day", "none"]
+    data: list[UsageRow]
 
 
 # --- usage ---------------------------------------------------------------------------
@@ -267,16 +285,20 @@ def _hour_aligned(name: str, t: datetime | None) -> None:
         )
 
 
-@router.get("/meters/{key}/usage", summary="Aggregated usage of a meter")
+@router.get(
+    "/meters/{key}/usage",
+    summary="Aggregated usage of a meter",
+    responses={200: {"model": UsageView, "description": "The usage, by window and group"}},
+)
 async def query_usage(
     key: str,
     db: Session,
     tenant_id: Tenant,
     subject: Annotated[list[str] | None, Query(description="Only these subjects.")] = None,
     from_: Annotated[
-        AwareDatetime | None, Query(alias="from", description="Inclusive, whole hour.")
+        Instant | None, Query(alias="from", description="Inclusive, whole hour.")
     ] = None,
-    to: Annotated[AwareDatetime | None, Query(description="Exclusive, whole hour.")] = None,
+    to: Annotated[Instant | None, Query(description="Exclusive, whole hour.")] = None,
     window_size: Annotated[Literal["hour", "day", "none"], Query()] = "none",
     group_by: Annotated[list[str] | None, Query(description="Group names, or 'subject'.")] = None,
 ) -> Response:

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import AwareDatetime, BaseModel, Field
+from pydantic import BaseModel, Field, StrictInt
 
 from schemas import topics
 from schemas.envelope import CloudEvent
@@ -41,6 +41,7 @@ from schemas.webhooks import (
 )
 from storage.webhooks import AttemptView, EndpointDef, MessageView, WebhookRepository
 from workers.ingress.deps import Session, State, Tenant
+from workers.ingress.fields import Instant
 from workers.ingress.problems import Problem, invalid
 from workers.ingress.routes import envelope, submit
 from workers.webhooks import ssrf
@@ -121,7 +122,7 @@ class AttemptOut(BaseModel):
 class RotateIn(BaseModel):
     model_config = {"extra": "forbid"}
 
-    overlap_s: int | None = Field(
+    overlap_s: StrictInt | None = Field(
         default=None,
         ge=0,
         le=30 * 86400,
@@ -132,7 +133,7 @@ class RotateIn(BaseModel):
 class RecoverIn(BaseModel):
     model_config = {"extra": "forbid"}
 
-    since: AwareDatetime = Field(description="Every failed message created since then.")
+    since: Instant = Field(description="Every failed message created since then.")
 
 
 @functools.lru_cache(maxsize=8)
