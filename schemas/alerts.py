@@ -139,12 +139,14 @@ Condition = Literal[
     "invoice_overdue",
     "webhook_endpoint_disabled",
     "dead_letter",
+    "job_quarantined",
 ]
 
 
 class Operational(_Model):
     """An operational failure: a failed payment attempt, dunning exhausted, an invoice past
-    its due date and unpaid, a webhook endpoint disabled, a message in a dead-letter topic."""
+    its due date and unpaid, a webhook endpoint disabled, a message in a dead-letter topic,
+    an item a job quarantined."""
 
     kind: Literal["operational"] = "operational"
     condition: Condition
@@ -217,9 +219,12 @@ AlertKind = Literal["usage_threshold", "spend_threshold", "anomaly", "operationa
 class About(_Model):
     """What an alert is about, with where to look."""
 
-    type: Literal["meter_usage", "customer", "invoice", "webhook_endpoint", "dead_letter"]
+    type: Literal[
+        "meter_usage", "customer", "invoice", "webhook_endpoint", "dead_letter", "quarantine"
+    ]
     id: str = Field(
-        description="Meter key, customer, invoice id, endpoint id, or topic/partition:offset."
+        description="Meter key, customer, invoice id, endpoint id, topic/partition:offset, "
+        "or quarantine id."
     )
     href: str = Field(description="The API path (or CLI command) that shows it.")
 

@@ -21,15 +21,21 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    column,
     func,
+    literal_column,
     select,
+    table,
     text,
+    tuple_,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.sql.expression import ColumnClause
 
 from storage.db import Base
+from storage.quarantine import not_quarantined
 
 
 class AlertRuleRow(Base):
@@ -345,29 +351,58 @@ class AlertsRepository:
             },
         )
 
-    async def resolve_ended_periods(self, now: datetime, limit: int) -> list[Alert]:
-        """Resolve open period-scoped alerts whose period is over (oldest first)."""
-        return await self._transition(
-            "state = 'resolved', resolved_at = :now, resolution = 'period ended'",
-            """id IN (SELECT id FROM alerts WHERE state <> 'resolved' AND period_end <= :now
-                      ORDER BY period_end LIMIT :limit FOR UPDATE SKIP LOCKED)""",
-            {"now": now, "limit": limit},
+    async def ended_periods(
+        self, now: datetime, limit: int, *, job: str, only: Sequence[str] | None = None
+    ) -> list[tuple[str, str]]:
+        """Lock open period-scoped alerts whose period is over (oldest first), leaving out
+        those ``job`` quarantined; ``only``: just these alert ids. (tenant, alert id) pairs;
+        resolve them with ``resolve_claimed``."""
+        a = AlertRow
+        q = select(a.tenant_id, a.id).where(
+            a.state != "resolved",
+            a.period_end <= now,
+            not_quarantined(job, "alert", a.tenant_id, a.id),
         )
+        if only is not None:
+            q = q.where(a.id.in_(list(only)))
+        q = q.order_by(a.period_end).limit(limit).with_for_update(skip_locked=True)
+        return [(r.tenant_id, r.id) for r in await self.session.execute(q)]
 
-    async def resolve_settled_invoices(self, now: datetime, limit: int) -> list[Alert]:
-        """Resolve open invoice alerts whose invoice is paid, void or uncollectible."""
+    async def settled_invoices(
+        self, limit: int, *, job: str, only: Sequence[str] | None = None
+    ) -> list[tuple[str, str, str]]:
+        """Lock open invoice alerts whose invoice is paid, void or uncollectible (a dunning
+        alert stays open on an uncollectible invoice), leaving out those ``job``
+        quarantined; ``only``: just these alert ids. (tenant, alert id, invoice status)."""
+        a = AlertRow
+        i = table("invoices", column("tenant_id"), column("id"), column("status"))
+        q = (
+            select(a.tenant_id, a.id, i.c.status)
+            .join(i, (i.c.tenant_id == a.tenant_id) & (i.c.id == a.about_id))
+            .where(
+                a.state != "resolved",
+                a.about_type == "invoice",
+                i.c.status.in_(("paid", "void", "uncollectible")),
+                ~((a.condition == "dunning_exhausted") & (i.c.status == "uncollectible")),
+                not_quarantined(job, "alert", a.tenant_id, a.id),
+            )
+        )
+        if only is not None:
+            q = q.where(a.id.in_(list(only)))
+        q = q.limit(limit).with_for_update(of=a, skip_locked=True)
+        return [(r.tenant_id, r.id, r.status) for r in await self.session.execute(q)]
+
+    async def resolve_claimed(
+        self, ids: Sequence[str], resolutions: Sequence[str], at: datetime
+    ) -> list[Alert]:
+        """Resolve the open alerts ``ids`` (locked by a claim), each with its resolution."""
+        if not ids:
+            return []
         return await self._transition(
-            "state = 'resolved', resolved_at = :now, resolution = 'invoice ' || i.status",
-            """a.id IN (SELECT a2.id FROM alerts a2 JOIN invoices i2
-                          ON i2.tenant_id = a2.tenant_id AND i2.id = a2.about_id
-                        WHERE a2.state <> 'resolved' AND a2.about_type = 'invoice'
-                          AND i2.status IN ('paid', 'void', 'uncollectible')
-                          AND NOT (a2.condition = 'dunning_exhausted'
-                                   AND i2.status = 'uncollectible')
-                        LIMIT :limit FOR UPDATE OF a2 SKIP LOCKED)
-               AND i.tenant_id = a.tenant_id AND i.id = a.about_id""",
-            {"now": now, "limit": limit},
-            extra_from="invoices i",
+            "state = 'resolved', resolved_at = :at, resolution = w.why",
+            "a.id = w.id AND a.state <> 'resolved'",
+            {"at": at, "ids": list(ids), "whys": list(resolutions)},
+            extra_from="unnest(CAST(:ids AS text[]), CAST(:whys AS text[])) AS w(id, why)",
         )
 
     async def _one(self, assignments: str, where: str, params: dict[str, Any]) -> Alert | None:
@@ -421,17 +456,33 @@ class AlertsRepository:
             out[(period.tenant_id, period.subject)] = period
         return out
 
-    async def overdue_invoices(self, now: datetime, limit: int) -> list[OverdueInvoice]:
+    async def overdue_invoices(
+        self,
+        now: datetime,
+        limit: int,
+        *,
+        job: str,
+        only: Sequence[tuple[str, str]] | None = None,
+    ) -> list[OverdueInvoice]:
         """Finalized invoices past their due date, unpaid, of tenants with an
-        ``invoice_overdue`` rule that has not alerted about them yet."""
-        rows = await self.session.execute(
-            text(
-                """
-                SELECT i.tenant_id, i.id AS invoice_id, i.number, c.external_id AS subject,
-                       i.due_at, i.total - i.amount_paid AS amount_due, i.currency
-                FROM invoices i
-                JOIN customers c ON c.id = i.customer_id
-                WHERE i.status = 'finalized' AND i.due_at < :now
+        ``invoice_overdue`` rule that has not alerted about them yet, leaving out those
+        ``job`` quarantined; ``only``: just these (tenant, invoice) pairs."""
+        tenant_id: ColumnClause[Any] = literal_column("i.tenant_id")
+        invoice_id: ColumnClause[Any] = literal_column("i.id")
+        q = (
+            select(
+                tenant_id.label("tenant_id"),
+                invoice_id.label("invoice_id"),
+                literal_column("i.number").label("number"),
+                literal_column("c.external_id").label("subject"),
+                literal_column("i.due_at").label("due_at"),
+                literal_column("i.total - i.amount_paid").label("amount_due"),
+                literal_column("i.currency").label("currency"),
+            )
+            .select_from(text("invoices i JOIN customers c ON c.id = i.customer_id"))
+            .where(
+                text(
+                    """i.status = 'finalized' AND i.due_at < :now
                   AND i.total > i.amount_paid
                   AND EXISTS (
                       SELECT 1 FROM alert_rules r
@@ -440,11 +491,14 @@ class AlertsRepository:
                         AND NOT EXISTS (
                             SELECT 1 FROM alerts a
                             WHERE a.tenant_id = r.tenant_id AND a.rule_id = r.id
-                              AND a.dedupe = 'invoice_overdue:' || i.id))
-                ORDER BY i.due_at
-                LIMIT :limit
-                """
-            ),
-            {"now": now, "limit": limit},
+                              AND a.dedupe = 'invoice_overdue:' || i.id))"""
+                ).bindparams(now=now),
+                not_quarantined(job, "invoice", tenant_id, invoice_id),
+            )
+            .order_by(literal_column("i.due_at"))
+            .limit(limit)
         )
+        if only is not None:
+            q = q.where(tuple_(tenant_id, invoice_id).in_(list(only)))
+        rows = await self.session.execute(q)
         return [OverdueInvoice(**r._mapping) for r in rows]

@@ -22,17 +22,17 @@ from schemas.alerts import (
 )
 from schemas.envelope import WIRE, CloudEvent
 from schemas.metering import UsageTotalsChanged
+from schemas.ops import OpsQuarantined
 from schemas.payments import DunningExhausted, PaymentFailed, PaymentSucceeded
 from schemas.webhooks import EndpointDeleted, EndpointDisabled, EndpointEnabled
-from storage import outbox
-from storage.alerts import Alert, AlertsRepository
-from storage.db import AsyncSession
+from storage.alerts import Alert, AlertsRepository, OverdueInvoice
 from storage.tenants import TenantRepository
 from workers.alerts import service
 from workers.alerts.errors import AlertNotFound, RuleNotFound
 from workers.alerts.evaluate import UsageRules, touched
-from workers.runtime import Batch, Message, Runtime, Tx
-from workers.runtime.tx import DLQ_HEADER_PREFIX, outgoing
+from workers.runtime import Batch, Item, Message, Runtime, Tx
+from workers.runtime.errors import ShuttingDown
+from workers.runtime.tx import DLQ_HEADER_PREFIX
 from workers.settings import Settings
 
 log = structlog.get_logger("billstream.alerts")
@@ -41,7 +41,7 @@ USAGE_GROUP = "billstream.alerts.usage"
 OPERATIONS_GROUP = "billstream.alerts.operations"
 DEAD_LETTERS_GROUP = "billstream.alerts.dead-letters"
 COMMANDS_GROUP = "billstream.alerts.commands"
-OPERATIONS_TOPICS = (topics.EVENTS_PAYMENTS, topics.EVENTS_WEBHOOKS)
+OPERATIONS_TOPICS = (topics.EVENTS_PAYMENTS, topics.EVENTS_WEBHOOKS, topics.EVENTS_OPS)
 SWEEP_LIMIT = 500
 
 Clock = Callable[[], datetime]
@@ -68,6 +68,7 @@ _KNOWN: dict[str, type[CloudEvent]] = {
         EndpointDisabled,
         EndpointEnabled,
         EndpointDeleted,
+        OpsQuarantined,  # ops.replayed and ops.redriven (tenant "*" possibly) are not read
     )
 }
 
@@ -161,7 +162,8 @@ def register(runtime: Runtime, clock: Clock) -> None:
         OPERATIONS_TOPICS, group=OPERATIONS_GROUP, decode=decode_event, label="operations"
     )
     async def on_operations(batch: Batch[CloudEvent], tx: Tx) -> None:
-        """Raises payment and webhook-endpoint alerts; resolves them when they are fixed."""
+        """Raises payment, webhook-endpoint and quarantine alerts; resolves them when they
+        are fixed."""
         fresh = await tx.claim([m for m in batch if not isinstance(m.event, OtherEvent)])
         for m in fresh:
             await operational(m.event, tx, clock())
@@ -192,11 +194,12 @@ def register(runtime: Runtime, clock: Clock) -> None:
 async def operational(event: CloudEvent, tx: Tx, now: datetime) -> None:
     repo = tx.repo(AlertsRepository)
     resolved: list[Alert] = []
-    if isinstance(event, PaymentFailed | DunningExhausted | EndpointDisabled):
+    if isinstance(event, PaymentFailed | DunningExhausted | EndpointDisabled | OpsQuarantined):
         condition = {
             PaymentFailed: "payment_failed",
             DunningExhausted: "dunning_exhausted",
             EndpointDisabled: "webhook_endpoint_disabled",
+            OpsQuarantined: "job_quarantined",
         }[type(event)]
         rules = await repo.rules_for([event.tenantid], ["operational"], [condition])
         found = [
@@ -204,6 +207,8 @@ async def operational(event: CloudEvent, tx: Tx, now: datetime) -> None:
             if isinstance(event, PaymentFailed)
             else service.dunning_exhausted(r, event, now)
             if isinstance(event, DunningExhausted)
+            else service.job_quarantined(r, event, now)
+            if isinstance(event, OpsQuarantined)
             else service.endpoint_disabled(r, event, now)
             for r in rules
         ]
@@ -302,13 +307,20 @@ async def apply(
     emit_all(_emitter(tx), changed, tx.after_commit, command)
 
 
+RESOLVE_ENDED = "alerts.resolve_ended_periods"  # quarantine kind "alert"
+RESOLVE_SETTLED = "alerts.resolve_settled_invoices"  # quarantine kind "alert"
+OVERDUE = "alerts.invoice_overdue"  # quarantine kind "invoice"
+
+
 class Sweeper:
-    """Every ``alerts_tick_s``: raise overdue-invoice alerts, resolve alerts whose period
-    ended or whose invoice was settled. Each step is one transaction; replicas share the
-    work through row locks (``SKIP LOCKED``) and the alerts' uniqueness."""
+    """Every ``alerts_tick_s``: resolve alerts whose period ended or whose invoice was
+    settled, raise overdue-invoice alerts. Each part is a job step (``runtime.jobs``: one
+    transaction, transient failures retried); an alert or invoice it fails on permanently
+    (one tenant's poison row) is quarantined and the sweep carries on for everyone else.
+    Replicas share the work through row locks (``SKIP LOCKED``) and the alerts' uniqueness."""
 
     def __init__(self, runtime: Runtime, settings: Settings, clock: Clock) -> None:
-        self.runtime = runtime
+        self.jobs = runtime.jobs
         self.interval_s = settings.alerts_tick_s
         self.clock = clock
 
@@ -317,48 +329,100 @@ class Sweeper:
             try:
                 while await self.step() >= SWEEP_LIMIT:
                     pass
-            except asyncio.CancelledError:
+            except (asyncio.CancelledError, ShuttingDown):
                 raise
-            except Exception as e:  # database down: the next tick retries
+            except Exception as e:  # a claim query itself failed: the next tick retries
                 log.warning("alerts sweep failed; will retry", error=repr(e), exc_info=True)
             await asyncio.sleep(self.interval_s)
 
     async def step(self) -> int:
-        """One transaction; returns the most rows any part of it handled."""
-        events: list[outbox.OutgoingMessage] = []
-        done: list[Alert] = []
-
-        def emit(e: CloudEvent) -> None:
-            events.append(outgoing(e, topic=topics.EVENTS_ALERTS, key=e.tenantid))
-
-        async with self.runtime.sessions() as session, session.begin():
-            now = self.clock()
-            counts = await self._work(session, now, done)
-            emit_all(emit, done, lambda callback: None)
-            await outbox.add(session, events)
-        if done:
-            _log(done)
-            self.runtime.on_committed()  # wake the relay
-        return max(counts)
-
-    async def _work(self, session: AsyncSession, now: datetime, done: list[Alert]) -> list[int]:
-        repo = AlertsRepository(session)
-        ended = await repo.resolve_ended_periods(now, SWEEP_LIMIT)
-        settled = await repo.resolve_settled_invoices(now, SWEEP_LIMIT)
-        overdue = await repo.overdue_invoices(now, SWEEP_LIMIT)
-        rules = await repo.rules_for(
-            {i.tenant_id for i in overdue}, ["operational"], ["invoice_overdue"]
+        """One chunk of each part; returns the most rows any part claimed."""
+        now = self.clock()
+        return max(
+            await self._resolve_ended(now),
+            await self._resolve_settled(now),
+            await self._raise_overdue(now),
         )
-        raised = await repo.raise_alerts(
-            [
-                service.invoice_overdue(r, i, now)
-                for i in overdue
-                for r in rules
-                if r.tenant_id == i.tenant_id
-            ]
+
+    async def _resolve_ended(self, now: datetime) -> int:
+        claimed = 0
+
+        async def claim(tx: Tx, only: Sequence[Item] | None) -> list[tuple[str, str]]:
+            nonlocal claimed
+            ids = [i.id for i in only] if only is not None else None
+            found = await tx.repo(AlertsRepository).ended_periods(
+                now, SWEEP_LIMIT, job=RESOLVE_ENDED, only=ids
+            )
+            claimed = max(claimed, len(found)) if only is None else claimed
+            return found
+
+        async def resolve(tx: Tx, alerts: Sequence[tuple[str, str]]) -> int:
+            ids = [id for _, id in alerts]
+            done = await tx.repo(AlertsRepository).resolve_claimed(
+                ids, ["period ended"] * len(ids), now
+            )
+            emit_all(_emitter(tx), done, tx.after_commit)
+            return len(done)
+
+        await self.jobs.claimed(RESOLVE_ENDED, claim, lambda a: Item(a[0], "alert", a[1]), resolve)
+        return claimed
+
+    async def _resolve_settled(self, now: datetime) -> int:
+        claimed = 0
+
+        async def claim(tx: Tx, only: Sequence[Item] | None) -> list[tuple[str, str, str]]:
+            nonlocal claimed
+            ids = [i.id for i in only] if only is not None else None
+            found = await tx.repo(AlertsRepository).settled_invoices(
+                SWEEP_LIMIT, job=RESOLVE_SETTLED, only=ids
+            )
+            claimed = max(claimed, len(found)) if only is None else claimed
+            return found
+
+        async def resolve(tx: Tx, alerts: Sequence[tuple[str, str, str]]) -> int:
+            done = await tx.repo(AlertsRepository).resolve_claimed(
+                [id for _, id, _ in alerts], [f"invoice {status}" for _, _, status in alerts], now
+            )
+            emit_all(_emitter(tx), done, tx.after_commit)
+            return len(done)
+
+        await self.jobs.claimed(
+            RESOLVE_SETTLED, claim, lambda a: Item(a[0], "alert", a[1]), resolve
         )
-        done += [*ended, *settled, *raised]
-        return [len(ended), len(settled), len(overdue)]
+        return claimed
+
+    async def _raise_overdue(self, now: datetime) -> int:
+        claimed = 0
+
+        async def claim(tx: Tx, only: Sequence[Item] | None) -> list[OverdueInvoice]:
+            nonlocal claimed
+            pairs = [(i.tenant_id, i.id) for i in only] if only is not None else None
+            found = await tx.repo(AlertsRepository).overdue_invoices(
+                now, SWEEP_LIMIT, job=OVERDUE, only=pairs
+            )
+            claimed = max(claimed, len(found)) if only is None else claimed
+            return found
+
+        async def raise_(tx: Tx, overdue: Sequence[OverdueInvoice]) -> int:
+            repo = tx.repo(AlertsRepository)
+            rules = await repo.rules_for(
+                {i.tenant_id for i in overdue}, ["operational"], ["invoice_overdue"]
+            )
+            raised = await repo.raise_alerts(
+                [
+                    service.invoice_overdue(r, i, now)
+                    for i in overdue
+                    for r in rules
+                    if r.tenant_id == i.tenant_id
+                ]
+            )
+            emit_all(_emitter(tx), raised, tx.after_commit)
+            return len(raised)
+
+        await self.jobs.claimed(
+            OVERDUE, claim, lambda i: Item(i.tenant_id, "invoice", i.invoice_id), raise_
+        )
+        return claimed
 
 
 def utc_now() -> datetime:

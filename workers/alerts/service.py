@@ -23,6 +23,7 @@ from schemas.alerts import (
 )
 from schemas.currency import exponent
 from schemas.envelope import CloudEvent, new_id
+from schemas.ops import OpsQuarantined
 from schemas.payments import DunningExhausted, PaymentFailed
 from schemas.pricing import FlatPrice, PlanSpec
 from schemas.webhooks import EndpointDisabled
@@ -549,5 +550,25 @@ def dead_letter(
             type="dead_letter", id=f"{topic}/{ref}", href=f"billstream dlq show {topic} {ref}"
         ),
         message=f"a message from {origin} was dead-lettered to {topic} at {ref}: {reason}",
+        now=now,
+    )
+
+
+def job_quarantined(rule: RuleDef, e: OpsQuarantined, now: datetime) -> Alert:
+    """A job set one of the tenant's items aside (``ops.quarantined``): once per quarantine."""
+    d = e.data
+    return operational_alert(
+        rule,
+        subject=None,
+        dedupe=d.quarantine_id,
+        about=About(
+            type="quarantine",
+            id=d.quarantine_id,
+            href=f"billstream quarantine show {d.quarantine_id}",
+        ),
+        message=(
+            f"job {d.job} quarantined {d.kind} {d.item_id}: {d.reason}; it is not processed "
+            "again until it is released"
+        ),
         now=now,
     )
