@@ -22,7 +22,7 @@ costs nothing for any other message, and finds nothing once the old rows are pur
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Protocol
 
@@ -88,21 +88,20 @@ def message_key(tenant_id: str, source: str, message_id: str) -> bytes:
     return message_keys(tenant_id, source, message_id)[0]
 
 
-def keys_of(messages: Iterable[Identity]) -> tuple[list[bytes], dict[bytes, bytes]]:
+def keys_of(messages: Sequence[Identity]) -> tuple[list[bytes], dict[bytes, bytes]]:
     """The inbox keys of ``messages`` in order, and {key: legacy key} for the (rare) ones
-    whose key changed in 0011: what :func:`claim` takes. One pass, hot path."""
-    keys: list[bytes] = []
+    whose key changed in 0011: what :func:`claim` takes. Hot path: what it costs is what
+    the joined keys always cost, plus one C-level count over the batch."""
+    sep, blake2b = SEPARATOR, hashlib.blake2b
+    joined = [f"{m.tenantid}{sep}{m.source}{sep}{m.id}" for m in messages]
+    keys = [blake2b(j.encode(), digest_size=16).digest() for j in joined]
     legacy: dict[bytes, bytes] = {}
-    blake2b, sep = hashlib.blake2b, SEPARATOR
-    for m in messages:
-        joined = f"{m.tenantid}{sep}{m.source}{sep}{m.id}"
-        digest = blake2b(joined.encode(), digest_size=16).digest()
-        if joined.count(sep) == 2:
-            keys.append(digest)
-        else:
-            key = framed_digest((m.tenantid, m.source, m.id), _FRAMED)
-            keys.append(key)
-            legacy[key] = digest
+    if "".join(joined).count(sep) != 2 * len(joined):  # some part holds the separator
+        for n, m in enumerate(messages):
+            if joined[n].count(sep) != 2:
+                key = framed_digest((m.tenantid, m.source, m.id), _FRAMED)
+                legacy[key] = keys[n]
+                keys[n] = key
     return keys, legacy
 
 

@@ -94,7 +94,7 @@ class Tx:
                 known.append(m)
             else:
                 self.reject(m, f"unknown tenant {m.event.tenantid!r}", code="unknown_tenant")
-        keys, legacy = inbox.keys_of(m.event for m in known)  # a hash each, once per message
+        keys, legacy = inbox.keys_of([m.event for m in known])  # a hash each, once per message
         fresh_keys = await inbox.claim(self.session, self.group, keys, legacy)
         fresh: list[Message[E]] = []
         for m, key in zip(known, keys, strict=True):
