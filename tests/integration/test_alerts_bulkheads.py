@@ -4,7 +4,9 @@ poison row does not stop the sweep (overdue invoices, ended periods) for everyon
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import text
@@ -16,18 +18,24 @@ from storage.alerts import Alert, AlertsRepository
 from storage.quarantine import Entry, QuarantineRepository
 from tests.conftest import TenantKey, make_tenant
 from tests.integration.alerts_support import create_rule, published, settled, stored
+from tests.integration.billing_seed import CALLS, seed
 from tests.integration.support import (
     Sessions,
+    headers,
+    insert_meters,
     producer,
     read_all,
     running,
     send_raw,
+    send_usage,
+    usage,
     wait_committed_to_end,
 )
 from tests.integration.test_alerts_operational import overdue
 from workers.alerts.app import build as build_alerts
 from workers.alerts.handlers import OPERATIONS_GROUP
 from workers.devstack import wait_for
+from workers.metering.app import build as build_metering
 from workers.settings import Settings
 
 A_ALERT, B_ALERT = "al_" + "a" * 32, "al_" + "b" * 32
@@ -188,3 +196,52 @@ async def test_one_tenants_poison_rows_do_not_stop_the_sweep_for_the_others(
 async def _two(entries: Any) -> list[Entry] | None:
     found: list[Entry] = await entries
     return found if len(found) == 2 else None
+
+
+async def test_a_tenants_spend_rule_on_a_broken_plan_is_dead_lettered_and_others_alerted(
+    settings: Settings, sessions: Sessions, tenant: TenantKey
+) -> None:
+    """The usage consumer is a consumer: the runtime splits a batch that fails permanently
+    and dead-letters the one message it fails on. Tenant A's plan cannot be read, so its
+    spend rule cannot be computed: A's totals event goes to the dead-letter topic with the
+    reason, and B's threshold alert from the same batch is raised."""
+    a = tenant.tenant_id
+    b = (await make_tenant(sessions, "umbrella")).tenant_id
+    now = datetime.now(UTC)
+    month = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    calls = (await insert_meters(sessions, a, [CALLS]))["calls"]
+    await insert_meters(sessions, b, [CALLS])
+    await seed(sessions, a, 1, month, calls.id, 1)
+    async with sessions() as db, db.begin():
+        await db.execute(
+            text(
+                """UPDATE plans SET spec = '{"key": "std", "prices": "?"}' WHERE tenant_id = :t"""
+            ),
+            {"t": a},
+        )
+    async with producer(settings) as p:
+        async with running(build_alerts(settings)):
+            await create_rule(
+                p, sessions, a, "spend", {"kind": "spend_threshold", "currency": "USD",
+                                          "thresholds": [1]},
+            )  # fmt: skip
+            await create_rule(
+                p, sessions, b, "calls", {"kind": "usage_threshold", "meter": "calls",
+                                          "thresholds": ["3"]},
+            )  # fmt: skip
+        # both tenants' usage on the topic before the workers run: one batch of totals
+        await send_usage(p, [usage(a, f"a{i}", subject="c0", time=now) for i in range(3)])
+        await send_usage(p, [usage(b, f"b{i}", subject="x", time=now) for i in range(3)])
+        async with running(build_metering(settings)), running(build_alerts(settings)):
+            await settled(settings, sessions)
+            [alert] = await stored(sessions, b)
+            assert (alert.rule_key, alert.subject, alert.threshold) == ("calls", "x", Decimal(3))
+            assert await stored(sessions, a) == []
+
+            async def dead_lettered() -> list[Any] | None:
+                records = (await read_all(settings, topics.dlq(topics.EVENTS_METERING)))[0]
+                return records or None
+
+            [record] = await wait_for(dead_lettered, timeout_s=20)
+            assert json.loads(record.value)["tenantid"] == a
+            assert "ValidationError" in headers(record)["billstream-dlq-reason"]
