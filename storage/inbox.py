@@ -115,16 +115,20 @@ _CLAIM = text(
 )
 
 # the same, for a batch where some message also has a legacy key: it is fresh only if that
-# key is not in the inbox either (rows written before 0011, purged after the dedupe window)
+# key is not in the inbox either (rows written before 0011, purged after the dedupe window).
+# The old keys are looked up by primary key (= ANY): never a scan of the consumer's inbox,
+# however many such messages a tenant sends.
 _CLAIM_WITH_LEGACY = text(
     """
-    INSERT INTO inbox (consumer, message_key)
-    SELECT c.consumer, u.k
-    FROM (SELECT CAST(:consumer AS varchar) AS consumer) AS c,
-         unnest(CAST(:keys AS bytea[]), CAST(:legacy AS bytea[])) AS u(k, l)
-    WHERE u.l IS NULL OR NOT EXISTS (
-        SELECT 1 FROM inbox o WHERE o.consumer = c.consumer AND o.message_key = u.l
+    WITH seen AS (
+        SELECT message_key FROM inbox
+        WHERE consumer = CAST(:consumer AS varchar)
+          AND message_key = ANY(CAST(:olds AS bytea[]))
     )
+    INSERT INTO inbox (consumer, message_key)
+    SELECT CAST(:consumer AS varchar), u.k
+    FROM unnest(CAST(:keys AS bytea[]), CAST(:legacy AS bytea[])) AS u(k, l)
+    WHERE u.l IS NULL OR u.l NOT IN (SELECT message_key FROM seen)
     ON CONFLICT DO NOTHING
     RETURNING message_key
     """
@@ -147,9 +151,15 @@ async def claim(
     if not legacy:
         result = await session.execute(_CLAIM, {"consumer": consumer, "keys": keys})
     else:
-        olds = [legacy.get(k) for k in keys]
+        aligned = [legacy.get(k) for k in keys]
         result = await session.execute(
-            _CLAIM_WITH_LEGACY, {"consumer": consumer, "keys": keys, "legacy": olds}
+            _CLAIM_WITH_LEGACY,
+            {
+                "consumer": consumer,
+                "keys": keys,
+                "legacy": aligned,
+                "olds": [old for old in aligned if old is not None],
+            },
         )
     return {row[0] for row in result}
 
