@@ -134,10 +134,14 @@ async def test_a_message_applied_before_0011_is_still_a_duplicate_after_it(
         assert await inbox_count(old_sessions, USAGE_GROUP) == 2
 
         # the key of the separator message changed in 0011: its old one is looked up too
-        keys, legacy = inbox.keys_of([Ident("acme", *COLLIDING[0])])
-        assert legacy == {keys[0]: legacy_key("acme", *COLLIDING[0])}
+        # (in one statement with one never seen, which is applied)
+        keys, legacy = inbox.keys_of([Ident("acme", *COLLIDING[0]), Ident("acme", f"x{US}y", "z")])
+        assert legacy == {
+            keys[0]: legacy_key("acme", *COLLIDING[0]),
+            keys[1]: legacy_key("acme", f"x{US}y", "z"),
+        }
         async with old_sessions() as session, session.begin():
-            assert await inbox.claim(session, "g", keys, legacy) == set()
+            assert await inbox.claim(session, "g", keys, legacy) == {keys[1]}
     finally:
         await engine.dispose()
 
