@@ -1,34 +1,22 @@
-"""Field types of the ingress's own request models and parameters: bounded at the door."""
+"""Field types of the ingress's own request models and parameters: the same bounds as the
+commands they become (schemas/bounds.py), so what the door accepts always builds one."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Annotated
 
-from pydantic import AfterValidator, AwareDatetime, Field, StringConstraints
+from pydantic import Strict
 
-#: no C0 control character and no DEL (PostgreSQL cannot store NUL; none belongs in text)
-NO_CONTROL_CHARACTERS = r"^[^\x00-\x1f\x7f]*$"
+from schemas.bounds import LINE_PATTERN, EventTime, Line, PositiveMinorUnits
 
-EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
-LATEST = datetime(9999, 1, 1, tzinfo=UTC)
+#: no C0 control character and no DEL (path and query parameters, single-line text)
+NO_CONTROL_CHARACTERS = LINE_PATTERN
 
-Text = Annotated[str, StringConstraints(pattern=NO_CONTROL_CHARACTERS)]
+#: one line of text: no control characters (PostgreSQL cannot store NUL)
+Text = Line
 
+#: an aware date-time whose UTC form is in [1970-01-01T00:00:00Z, 2100-01-01T00:00:00Z)
+Instant = EventTime
 
-def _utc(value: datetime) -> datetime:
-    try:
-        utc = value.astimezone(UTC)
-    except OverflowError:
-        raise ValueError("must be between 1970-01-01T00:00:00Z and 9999-01-01T00:00:00Z") from None
-    if not EARLIEST <= utc < LATEST:
-        raise ValueError("must be between 1970-01-01T00:00:00Z and 9999-01-01T00:00:00Z")
-    return value
-
-
-#: an aware date-time from 1970 to 9998 (UTC): converting it to UTC cannot overflow
-Instant = Annotated[
-    AwareDatetime,
-    AfterValidator(_utc),
-    Field(description="RFC 3339 with an offset, from 1970-01-01 to 9998-12-31 (UTC)."),
-]
+#: a positive amount in minor units, at most 10**15; a JSON integer (not a bool or a string)
+Amount = Annotated[PositiveMinorUnits, Strict()]

@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 import structlog
 from fastapi import APIRouter, Path, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from schemas import topics
 from schemas.envelope import new_id
@@ -41,7 +41,7 @@ from schemas.payments import (
 from storage.invoicing import InvoicingRepository
 from storage.payments import PaymentsRepository
 from workers.ingress.deps import Session, State, Tenant, read_body
-from workers.ingress.fields import Text
+from workers.ingress.fields import Amount, Text
 from workers.ingress.problems import Problem
 from workers.ingress.routes import CommandAccepted, envelope, submit
 from workers.payments import secrets
@@ -86,14 +86,12 @@ class PaymentMethodIn(_In):
 
 
 class RefundIn(_In):
-    amount: StrictInt | None = Field(
-        default=None, gt=0, le=10**15, description="Minor units; omit for the rest"
-    )
+    amount: Amount | None = Field(default=None, description="Minor units; omit for the rest")
     reason: Text | None = Field(default=None, max_length=500)
 
 
 class OfflinePaymentIn(_In):
-    amount: StrictInt = Field(gt=0, le=10**15, description="Minor units of the invoice's currency")
+    amount: Amount = Field(description="Minor units of the invoice's currency")
     method: Literal["bank_transfer", "cash", "check", "pos", "other"]
     reference: Text | None = Field(default=None, max_length=256)
 

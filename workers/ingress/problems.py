@@ -9,6 +9,7 @@ import structlog
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 PROBLEM_JSON = "application/problem+json"
@@ -96,13 +97,26 @@ async def _on_validation(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def _on_model_validation(request: Request, exc: Exception) -> JSONResponse:
+    """A command built from a request that passed the route's own validation still refused
+    by the command's model (stricter bounds): 422 naming the field, nothing published."""
+    assert isinstance(exc, ValidationError)
+    errors = validation_errors(exc.errors())
+    detail = "; ".join(f"{e['field']}: {e['reason']}" for e in errors[:5])
+    return problem_response(
+        Problem(422, "validation", "The request is not valid", detail, errors=errors), request
+    )
+
+
 async def _on_http(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    titles = {404: "Not found", 405: "Method not allowed"}
+    titles = {400: "Malformed JSON", 404: "Not found", 405: "Method not allowed"}
+    # FastAPI raises 400 only when a body does not parse
+    code = "malformed_json" if exc.status_code == 400 else "http"
     return problem_response(
         Problem(
             exc.status_code,
-            "http",
+            code,
             titles.get(exc.status_code, "HTTP error"),
             str(exc.detail),
             headers=dict(exc.headers or {}),
@@ -123,5 +137,6 @@ HANDLERS = {
     Exception: _on_unexpected,
     Problem: _on_problem,
     RequestValidationError: _on_validation,
+    ValidationError: _on_model_validation,
     StarletteHTTPException: _on_http,
 }
