@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
+import schemathesis
 from hypothesis import HealthCheck, Phase, given
 from hypothesis import settings as hypothesis_settings
 from pydantic import SecretStr
@@ -25,8 +26,6 @@ from tests.conftest import TenantKey
 from tests.integration.http import ingress
 from workers.payments import secrets
 from workers.settings import Settings
-
-schemathesis = pytest.importorskip("schemathesis")
 
 EXAMPLES_PER_OPERATION = 12
 

@@ -3,9 +3,9 @@ commands they become (schemas/bounds.py), so what the door accepts always builds
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import Strict
+from pydantic import BeforeValidator
 
 from schemas.bounds import LINE_PATTERN, EventTime, Line, PositiveMinorUnits
 
@@ -18,5 +18,16 @@ Text = Line
 #: an aware date-time whose UTC form is in [1970-01-01T00:00:00Z, 2100-01-01T00:00:00Z)
 Instant = EventTime
 
-#: a positive amount in minor units, at most 10**15; a JSON integer (not a bool or a string)
-Amount = Annotated[PositiveMinorUnits, Strict()]
+
+def _json_integer(value: Any) -> Any:
+    """A JSON number, never ``true``/``false`` or a string (pydantic's lax mode takes both)."""
+    if isinstance(value, bool | str):
+        raise ValueError("must be a JSON integer")
+    return value
+
+
+#: an integer as JSON Schema means it: a number with no fraction (2 or 2.0), not a bool
+JsonInt = Annotated[int, BeforeValidator(_json_integer)]
+
+#: a positive amount in minor units, at most 10**15, a JSON integer
+Amount = Annotated[PositiveMinorUnits, BeforeValidator(_json_integer)]

@@ -170,6 +170,16 @@ def _statuses(route: APIRoute, method: str, op: dict[str, Any], auth: bool) -> s
     return statuses
 
 
+def _no_control_characters(schema: dict[str, Any]) -> None:
+    """Say what the door refuses: a string parameter holds no control character."""
+    if schema.get("type") == "string" and not {"pattern", "enum", "format"} & set(schema):
+        schema["pattern"] = NO_CONTROL_CHARACTERS
+    for alt in schema.get("anyOf", []):
+        _no_control_characters(alt)
+    if isinstance(schema.get("items"), dict):
+        _no_control_characters(schema["items"])
+
+
 def truthful_openapi(
     app: FastAPI, routes: list[APIRoute], max_batch_events: int
 ) -> Callable[[], dict[str, Any]]:
@@ -210,12 +220,7 @@ def truthful_openapi(
                     op["requestBody"] = _events_body(schemas, max_batch_events)
                 params = op.setdefault("parameters", [])
                 for p in params:
-                    s = p.get("schema", {})
-                    for alt in [s, *s.get("anyOf", []), s.get("items", {})]:
-                        if alt.get("type") == "string" and not {"pattern", "enum", "format"} & set(
-                            alt
-                        ):
-                            alt["pattern"] = NO_CONTROL_CHARACTERS
+                    _no_control_characters(p.get("schema", {}))
                 if auth:
                     op["security"] = [{"bearerAuth": []}]
                     if method in WRITE_METHODS:

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, Field, StrictInt
+from pydantic import BaseModel, Field
 
 from schemas import topics
 from schemas.envelope import CloudEvent
@@ -41,7 +41,7 @@ from schemas.webhooks import (
 )
 from storage.webhooks import AttemptView, EndpointDef, MessageView, WebhookRepository
 from workers.ingress.deps import Session, State, Tenant
-from workers.ingress.fields import Instant
+from workers.ingress.fields import Instant, JsonInt
 from workers.ingress.problems import Problem, invalid
 from workers.ingress.routes import envelope, submit
 from workers.webhooks import ssrf
@@ -122,7 +122,7 @@ class AttemptOut(BaseModel):
 class RotateIn(BaseModel):
     model_config = {"extra": "forbid"}
 
-    overlap_s: StrictInt | None = Field(
+    overlap_s: JsonInt | None = Field(
         default=None,
         ge=0,
         le=30 * 86400,
