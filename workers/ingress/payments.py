@@ -235,12 +235,16 @@ async def attach_payment_method(
 async def invoice_payments(
     invoice_id: InvoiceIdPath, db: Session, tenant_id: Tenant
 ) -> InvoicePaymentsView:
-    """404 for an invoice that does not exist (yet), like every other invoice route."""
-    if await InvoicingRepository(db).invoice(tenant_id, invoice_id) is None:
-        raise Problem(404, "not_found", "No such invoice", f"no invoice {invoice_id!r}")
+    """404 for an invoice this tenant does not have (yet), like every other invoice route."""
     repo = PaymentsRepository(db)
     collection = await repo.collection(tenant_id, invoice_id)
     payments = await repo.payments_of_invoice(tenant_id, invoice_id)
+    if (
+        collection is None
+        and not payments
+        and await InvoicingRepository(db).invoice(tenant_id, invoice_id) is None
+    ):
+        raise Problem(404, "not_found", "No such invoice", f"no invoice {invoice_id!r}")
     return InvoicePaymentsView(
         invoice_id=invoice_id,
         collection=CollectionView.model_validate(collection, from_attributes=True)
