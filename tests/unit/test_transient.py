@@ -133,3 +133,11 @@ def test_without_sqlstate_a_dropped_connection_is_transient() -> None:
 def test_pool_timeouts_and_disconnects_are_transient() -> None:
     assert is_transient(sa_exc.TimeoutError("QueuePool limit reached")) is True
     assert is_transient(sa_exc.DisconnectionError("gone")) is True
+
+
+def test_a_connection_that_no_longer_exists_is_transient_wrapped_or_not() -> None:
+    """asyncpg raises it when PostgreSQL went away mid-session (e.g. a failed rollback
+    after a restart); SQLAlchemy's adapted error carries no SQLSTATE of its own."""
+    gone = asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed")
+    assert is_transient(gone)
+    assert is_transient(db_error(gone))

@@ -106,7 +106,7 @@ def dependency_down(exc: BaseException) -> bool:
         if e is None or id(e) in seen:
             continue
         seen.add(id(e))
-        if is_transient(e) or type(e).__name__ == "ConnectionDoesNotExistError":
+        if is_transient(e):
             return True
         todo += [e.__cause__, e.__context__]
     return False

@@ -29,15 +29,24 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, sa_exc.DBAPIError):
         if exc.connection_invalidated:
             return True
-        sqlstate = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+        cause = exc.orig.__cause__ if exc.orig is not None else None
+        # asyncpg's own error (the cause of SQLAlchemy's adapted one) carries the SQLSTATE
+        # when the adapted one does not: 08003 for a connection that no longer exists
+        sqlstate = (
+            getattr(exc.orig, "sqlstate", None)
+            or getattr(exc.orig, "pgcode", None)
+            or getattr(cause, "sqlstate", None)
+        )
         if isinstance(sqlstate, str):
             return sqlstate[:2] in _TRANSIENT_SQLSTATE_CLASSES
-        cause = exc.orig.__cause__ if exc.orig is not None else None
         return isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError) or isinstance(
             cause, OSError | ConnectionError
         )
     if isinstance(exc, sa_exc.TimeoutError | sa_exc.DisconnectionError):
         return True
+    sqlstate = getattr(exc, "sqlstate", None)  # the driver's own error, unwrapped
+    if isinstance(sqlstate, str):
+        return sqlstate[:2] in _TRANSIENT_SQLSTATE_CLASSES
     return isinstance(exc, OSError)
 
 
