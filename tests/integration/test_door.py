@@ -250,6 +250,21 @@ async def test_payments_of_an_unknown_invoice_are_404(
     assert r.headers["content-type"] == PROBLEM
 
 
+async def test_a_request_id_that_cannot_be_a_correlation_id_is_replaced_not_a_500(
+    door: tuple[httpx.AsyncClient, dict[str, Any]], tenant: TenantKey
+) -> None:
+    """An ``X-Request-Id`` over 256 characters used to fail building the command (500)."""
+    client, _ = door
+    auth = {"Authorization": f"Bearer {tenant.api_key}"}
+    meter = {"key": "calls", "event_type": "api.call", "aggregation": "count"}
+    long_id = "r" * 300
+    r = await client.post("/v1/meters", json=meter, headers={**auth, "X-Request-Id": long_id})
+    assert r.status_code == 202, r.text
+    assert r.headers["x-request-id"] not in ("", long_id)
+    r = await client.post("/v1/meters", json=meter, headers={**auth, "X-Request-Id": "req-42"})
+    assert (r.status_code, r.headers["x-request-id"]) == (202, "req-42")
+
+
 async def test_a_bool_is_not_an_integer(
     door: tuple[httpx.AsyncClient, dict[str, Any]], tenant: TenantKey
 ) -> None:

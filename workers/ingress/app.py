@@ -24,7 +24,7 @@ from workers.ingress import invoicing
 from workers.ingress import payments as payment_routes
 from workers.ingress import pos as pos_routes
 from workers.ingress import webhooks as webhook_routes
-from workers.ingress.deps import IngressState, KeyCache
+from workers.ingress.deps import IngressState, KeyCache, correlation_id
 from workers.ingress.door import Door
 from workers.ingress.openapi import truthful_openapi
 from workers.ingress.problems import HANDLERS
@@ -62,7 +62,7 @@ class RequestContext:
             await self.app(scope, receive, send)
             return
         request = Request(scope)
-        request_id = request.headers.get("x-request-id") or new_id()
+        request_id = correlation_id(request) or new_id()
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(requestid=request_id, path=request.url.path)
 

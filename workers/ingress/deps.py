@@ -12,6 +12,7 @@ import structlog
 from fastapi import Depends, Request
 from fastapi.responses import JSONResponse
 
+from schemas.bounds import text_problem
 from storage.commands import IdempotencyRepository
 from storage.db import AsyncSession, Sessions
 from storage.tenants import TenantRepository
@@ -205,3 +206,13 @@ def parse_json(body: bytes) -> Any:
         return jsonexact.loads(body)
     except (ValueError, UnicodeDecodeError) as e:
         raise Problem(400, "malformed_json", "Malformed JSON", str(e)) from None
+
+
+def correlation_id(request: Request) -> str | None:
+    """The client's ``X-Request-Id``, the correlation id of what the request publishes, when
+    it can be one (1 to 256 characters, one line); else None, and the request is known by an
+    id of its own (an invalid header is never a reason to refuse a request)."""
+    value = request.headers.get("x-request-id")
+    if not value or len(value) > 256 or text_problem(value, line=True) is not None:
+        return None
+    return value

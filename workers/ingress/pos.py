@@ -18,7 +18,15 @@ from schemas.pos import (
     SetPosMapping,
 )
 from storage.pos import PosMappingRepository
-from workers.ingress.deps import Session, State, Tenant, idempotent, parse_json, read_body
+from workers.ingress.deps import (
+    Session,
+    State,
+    Tenant,
+    correlation_id,
+    idempotent,
+    parse_json,
+    read_body,
+)
 from workers.ingress.problems import Problem
 from workers.ingress.ratelimit import retry_after
 from workers.ingress.routes import INGRESS_SOURCE, CommandAccepted, submit
@@ -101,7 +109,7 @@ async def ingest_receipts(
             429, "rate_limited", "Too many requests", "the tenant's ingest rate limit is exceeded",
             headers={"Retry-After": retry_after(wait)},
         )  # fmt: skip
-    correlation = request.headers.get("x-request-id")
+    correlation = correlation_id(request)
     events = [
         PosReceiptRecorded(
             id=r.receipt_id,
@@ -141,7 +149,7 @@ async def set_mapping(
         tenantid=tenant_id,
         subject=source,
         data=PosMappingData.model_validate({**spec.model_dump(), "source": source}),
-        correlationid=request.headers.get("x-request-id"),
+        correlationid=correlation_id(request),
     )
     body = source.encode() + b"\n" + spec.model_dump_json().encode()
     return await submit(

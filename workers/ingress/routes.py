@@ -15,7 +15,15 @@ from schemas.metering import CreateMeter, MeterSpec
 from schemas.usage import UsageEvent, UsageEventIn
 from storage.commands import CommandRepository
 from storage.metering import MeterDef, MeterRepository, UsageRepository
-from workers.ingress.deps import Session, State, Tenant, idempotent, parse_json, read_body
+from workers.ingress.deps import (
+    Session,
+    State,
+    Tenant,
+    correlation_id,
+    idempotent,
+    parse_json,
+    read_body,
+)
 from workers.ingress.fields import Instant
 from workers.ingress.problems import Problem, invalid, validation_errors
 from workers.ingress.ratelimit import retry_after
@@ -188,7 +196,7 @@ def envelope(request: Request, tenant_id: str, subject: str) -> dict[str, Any]:
         "source": INGRESS_SOURCE,
         "tenantid": tenant_id,
         "subject": subject,
-        "correlationid": request.headers.get("x-request-id"),
+        "correlationid": correlation_id(request),
     }
 
 
@@ -236,7 +244,7 @@ async def create_meter(request: Request, spec: MeterSpec, st: State, tenant_id: 
         tenantid=tenant_id,
         subject=spec.key,
         data=spec,
-        correlationid=request.headers.get("x-request-id"),
+        correlationid=correlation_id(request),
     )
     body = spec.model_dump_json().encode()
     return await submit(
