@@ -50,7 +50,9 @@ TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec(EVENTS_WEBHOOKS, "tenant_id:endpoint_id", "webhooks (outbox)", "anyone downstream"),
     TopicSpec(INTEGRATIONS_POS, "tenant_id:location", "ingress (POS receipts)", "metering (POS)"),
     TopicSpec(COMMANDS_POS, "tenant_id", "ingress, CLI", "metering (POS mappings)"),
-    TopicSpec(EVENTS_OPS, "tenantid or *", "CLI (replay, redrive audit)", "auditors, anyone"),
+    TopicSpec(
+        EVENTS_OPS, "tenantid or *", "CLI (audit), any worker (quarantine)", "alerts, auditors"
+    ),
     TopicSpec(COMMANDS_ALERTS, "tenant_id", "ingress, CLI", "alerts"),
     TopicSpec(EVENTS_ALERTS, "tenant_id", "alerts (outbox)", "webhooks, anyone downstream"),
 )
