@@ -12,10 +12,28 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetJsonSchemaHandler,
+    field_validator,
+    model_validator,
+)
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import core_schema as cs
 
-from schemas.bounds import Line, PositiveMinorUnits, Text
-from schemas.currency import CurrencyCode
+from schemas.bounds import (
+    Currency,
+    Line,
+    PositiveMinorUnits,
+    ShowBounds,
+    Text,
+    nonempty,
+    present,
+    show_model_bounds,
+)
 from schemas.decimals import DecimalStr
 from schemas.envelope import CloudEvent
 from schemas.metering import METER_KEY_PATTERN
@@ -36,6 +54,20 @@ Subject = Annotated[
     ),
 ]
 AlertId = Annotated[str, Field(pattern=ALERT_ID_PATTERN)]
+
+# OpenAPI only (the published schemas keep what they said): what the validators below
+# refuse, where JSON Schema can say it. A decimal is a string or an integer (NonNegDecimal).
+PositiveDecimal = Annotated[
+    NonNegDecimal,
+    ShowBounds({"exclusiveMinimum": 0, "not": {"type": "string", "pattern": "^0+(\\.0+)?$"}}),
+]
+AtLeastOne = Annotated[
+    NonNegDecimal,
+    ShowBounds({"minimum": 1, "not": {"type": "string", "pattern": "^0+(\\.[0-9]+)?$"}}),
+]
+_DISTINCT = ShowBounds({"uniqueItems": True})
+# a rule needs something to cross
+_THRESHOLDS_OR_RECURRING = {"anyOf": [nonempty("thresholds"), present("recurring_every")]}
 
 
 class _Model(BaseModel):
@@ -62,8 +94,10 @@ class UsageThreshold(_Model):
         description="quantity: thresholds in the meter's units; percent_of_included: in "
         "percent of the included quantity of the subject's plan price on this meter.",
     )
-    thresholds: list[NonNegDecimal] = Field(default_factory=list, max_length=MAX_THRESHOLDS)
-    recurring_every: NonNegDecimal | None = Field(
+    thresholds: Annotated[list[PositiveDecimal], _DISTINCT] = Field(
+        default_factory=list, max_length=MAX_THRESHOLDS
+    )
+    recurring_every: PositiveDecimal | None = Field(
         default=None,
         description="Also alert at every multiple of this (in the rule's unit) above the "
         "highest threshold.",
@@ -81,6 +115,13 @@ class UsageThreshold(_Model):
             raise ValueError("must be greater than 0")
         return v
 
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, core_schema: cs.CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        keywords = _THRESHOLDS_OR_RECURRING
+        return show_model_bounds(cls is UsageThreshold, core_schema, handler, keywords)
+
     @model_validator(mode="after")
     def _something_to_cross(self) -> UsageThreshold:
         if not self.thresholds and self.recurring_every is None:
@@ -94,9 +135,11 @@ class SpendThreshold(_Model):
     reaching an amount, in minor units of ``currency``."""
 
     kind: Literal["spend_threshold"] = "spend_threshold"
-    currency: CurrencyCode
+    currency: Currency
     subject: Subject = None
-    thresholds: list[PositiveMinorUnits] = Field(default_factory=list, max_length=MAX_THRESHOLDS)
+    thresholds: Annotated[list[PositiveMinorUnits], _DISTINCT] = Field(
+        default_factory=list, max_length=MAX_THRESHOLDS
+    )
     recurring_every: PositiveMinorUnits | None = None
 
     @field_validator("thresholds")
@@ -105,6 +148,13 @@ class SpendThreshold(_Model):
         if len(set(v)) != len(v):
             raise ValueError("thresholds must be distinct")
         return sorted(v)
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, core_schema: cs.CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        keywords = _THRESHOLDS_OR_RECURRING
+        return show_model_bounds(cls is SpendThreshold, core_schema, handler, keywords)
 
     @model_validator(mode="after")
     def _something_to_cross(self) -> SpendThreshold:
@@ -120,7 +170,7 @@ class Anomaly(_Model):
     kind: Literal["anomaly"] = "anomaly"
     meter: MeterKey
     subject: Subject = None
-    factor: NonNegDecimal = Field(default=Decimal(3), description="k in: value > k * mean.")
+    factor: AtLeastOne = Field(default=Decimal(3), description="k in: value > k * mean.")
     min_value: NonNegDecimal = Field(
         default=Decimal(0), description="Hours with a value below this never alert."
     )
@@ -153,7 +203,9 @@ class Operational(_Model):
 
 
 RuleCondition = Annotated[
-    UsageThreshold | SpendThreshold | Anomaly | Operational, Field(discriminator="kind")
+    UsageThreshold | SpendThreshold | Anomaly | Operational,
+    Field(discriminator="kind"),
+    ShowBounds({"required": ["kind"]}),  # the tag picks the variant: it must be given
 ]
 
 

@@ -35,6 +35,8 @@ from pydantic import AfterValidator, AwareDatetime, Field, GetJsonSchemaHandler
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 from pydantic_core import core_schema as cs
 
+from schemas.currency import MINOR_UNITS, CurrencyCode
+
 # --- the limits --------------------------------------------------------------------------
 
 MAX_FRACTION_DIGITS = 12
@@ -78,15 +80,48 @@ class ShowBounds:
         if publishing(handler):
             return json_schema
         out = dict(json_schema)
-        for key, value in self.keywords.items():
-            if key not in out:
-                out[key] = value
-            elif out[key] != value:  # e.g. a field's own pattern: both must match
-                out.setdefault("allOf", []).append({key: value})
+        _add_keywords(out, self.keywords)
         return out
 
     def __hash__(self) -> int:
         return hash(tuple(sorted((k, repr(v)) for k, v in self.keywords.items())))
+
+
+def _add_keywords(out: dict[str, Any], keywords: dict[str, Any]) -> None:
+    for key, value in keywords.items():
+        if key not in out:
+            out[key] = value
+        elif out[key] != value:  # e.g. a field's own pattern: both must match
+            out.setdefault("allOf", []).append({key: value})
+
+
+def show_model_bounds(
+    declared: bool,
+    core_schema: cs.CoreSchema,
+    handler: GetJsonSchemaHandler,
+    keywords: dict[str, Any],
+) -> JsonSchemaValue:
+    """``ShowBounds`` for a whole model (a rule between its fields: ``if``/``then``, an
+    ``anyOf`` of required sets, ``minProperties``), from its ``__get_pydantic_json_schema__``.
+
+    Only the model that declares the rule shows it (``declared``: ``cls is`` that class);
+    the commands that extend it with more fields are left as they are. Never in the
+    published schemas."""
+    json_schema = handler(core_schema)
+    if publishing(handler) or not declared:
+        return json_schema
+    _add_keywords(handler.resolve_ref_schema(json_schema), keywords)
+    return json_schema
+
+
+def present(name: str) -> dict[str, Any]:
+    """JSON Schema: the object has property ``name`` and it is not null."""
+    return {"required": [name], "properties": {name: {"not": {"type": "null"}}}}
+
+
+def nonempty(name: str) -> dict[str, Any]:
+    """JSON Schema: the object has property ``name``, an array or object with an item."""
+    return {"required": [name], "properties": {name: {"minItems": 1, "minProperties": 1}}}
 
 
 # --- text ----------------------------------------------------------------------------------
@@ -149,6 +184,13 @@ event catalogue documents once for every message)."""
 TextValue = Annotated[str, AfterValidator(check_text)]
 """``Text`` without the JSON Schema keyword (envelope attributes copied from HTTP headers,
 which may carry a tab)."""
+
+
+# --- currencies ----------------------------------------------------------------------------
+
+Currency = Annotated[CurrencyCode, ShowBounds({"enum": sorted(MINOR_UNITS)})]
+"""``CurrencyCode`` whose OpenAPI schema lists the codes it accepts (the ISO 4217 codes
+with a minor unit); the published schemas keep the pattern alone."""
 
 
 # --- numbers ---------------------------------------------------------------------------------

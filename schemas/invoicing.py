@@ -13,8 +13,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from schemas.bounds import EventTime, Line, Text, optional_line
-from schemas.currency import CurrencyCode
+from schemas.bounds import Currency, EventTime, Line, Text, optional_line
 from schemas.decimals import DecimalStr
 from schemas.envelope import CloudEvent
 from schemas.metering import METER_KEY_PATTERN
@@ -54,7 +53,7 @@ class CustomerSpec(_Model):
     external_id: str = Field(pattern=EXTERNAL_ID_PATTERN)
     name: Line = Field(min_length=1, max_length=256)
     email: str | None = Field(default=None, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$", max_length=320)
-    currency: CurrencyCode
+    currency: Currency
     tax_rate: NonNegDecimal | None = Field(
         default=None, description="A fraction: '0.19' is 19 %. Omit for no tax."
     )

@@ -9,13 +9,14 @@ adapter (``workers/pos/adapters/``) with the currency's exponent, exactly or not
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Literal, Self
+from typing import Annotated, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, GetJsonSchemaHandler, model_validator
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import core_schema as cs
 
 from schemas import bounds
-from schemas.bounds import EventTime, Line, MinorUnits, Text
-from schemas.currency import CurrencyCode
+from schemas.bounds import Currency, EventTime, Line, MinorUnits, Text, present, show_model_bounds
 from schemas.envelope import CloudEvent
 from schemas.usage import EVENT_TYPE_PATTERN
 
@@ -51,7 +52,7 @@ class PosReceipt(_Model):
     )
     location: Line = Field(min_length=1, max_length=128, description="Store, till or site id")
     time: EventTime = Field(description="When the sale happened (usage lands in that hour)")
-    currency: CurrencyCode
+    currency: Currency
     payment_method: Line = Field(min_length=1, max_length=64, description="card, cash, ...")
     lines: list[PosLine] = Field(min_length=1, max_length=MAX_LINES)
     tax: MinorUnits = Field(description="Minor units: the sum of the lines' tax")
@@ -93,6 +94,14 @@ class PosReceiptRecorded(CloudEvent):
 # --- mapping (command) ---------------------------------------------------------------
 
 
+# OpenAPI only (the published schemas keep what they said): what _usable checks of each
+# location and subject: a location 1-128 characters, a subject 1-256
+_LOCATIONS = bounds.ShowBounds(
+    {"propertyNames": {"pattern": bounds.LINE_PATTERN, "minLength": 1, "maxLength": 128}}
+)
+_LocationSubject = Annotated[Line, bounds.ShowBounds({"minLength": 1, "maxLength": 256})]
+
+
 class PosMappingSpec(_Model):
     """How one tenant's receipts of one POS source become usage events.
 
@@ -111,7 +120,7 @@ class PosMappingSpec(_Model):
         max_length=256,
         description="The customer usage is attributed to when its location is not listed",
     )
-    subjects_by_location: dict[Line, Line] = Field(
+    subjects_by_location: Annotated[dict[Line, _LocationSubject], _LOCATIONS] = Field(
         default_factory=dict,
         max_length=MAX_LOCATIONS,
         description="Location id to customer (subject)",
@@ -127,6 +136,29 @@ class PosMappingSpec(_Model):
     count_refunds: bool = Field(
         default=False, description="Whether a refund also emits a transaction event"
     )
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, core_schema: cs.CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        # what _usable refuses, said in OpenAPI: a default subject, or at least one location
+        either = [
+            present("default_subject"),
+            {
+                "required": ["subjects_by_location"],
+                "properties": {"subjects_by_location": {"minProperties": 1}},
+            },
+        ]
+        # and at least one of the two events
+        no_event = {
+            "required": ["emit_gross_sales", "emit_transactions"],
+            "properties": {
+                "emit_gross_sales": {"const": False},
+                "emit_transactions": {"const": False},
+            },
+        }
+        keywords = {"anyOf": either, "not": no_event}
+        return show_model_bounds(cls is PosMappingSpec, core_schema, handler, keywords)
 
     @model_validator(mode="after")
     def _usable(self) -> Self:

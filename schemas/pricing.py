@@ -36,8 +36,8 @@ from pydantic import (
 )
 
 from schemas import bounds
-from schemas.bounds import Line, ShowBounds, Text, decimal_places
-from schemas.currency import CurrencyCode, exponent
+from schemas.bounds import Currency, Line, ShowBounds, Text, decimal_places
+from schemas.currency import exponent
 from schemas.decimals import dump_decimal
 from schemas.metering import METER_KEY_PATTERN
 
@@ -243,6 +243,7 @@ class PackagePrice(BaseModel):
 Price = Annotated[
     FlatPrice | PerUnitPrice | GraduatedPrice | VolumePrice | PackagePrice,
     Field(discriminator="kind"),
+    ShowBounds({"required": ["kind"]}),  # the tag picks the variant: it must be given
 ]
 MeteredPrice = PerUnitPrice | GraduatedPrice | VolumePrice | PackagePrice
 
@@ -272,7 +273,7 @@ class PlanSpec(BaseModel):
 
     key: str = Field(pattern=KEY_PATTERN, description="Unique per tenant, e.g. 'pro'.")
     name: Line = Field(min_length=1, max_length=256)
-    currency: CurrencyCode
+    currency: Currency
     interval: Literal["month", "year"]
     prices: list[Price] = Field(min_length=1, max_length=MAX_PRICES)
     description: Text | None = Field(default=None, max_length=2048)

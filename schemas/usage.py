@@ -15,12 +15,17 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter
 
 from schemas import jsonexact
-from schemas.bounds import EventTime, Line, check_usage_data
+from schemas.bounds import LINE_PATTERN, EventTime, Line, ShowBounds, check_usage_data
 from schemas.envelope import CloudEvent
 
 EVENT_TYPE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/\-]{0,254}$"
 
-UsageData = Annotated[dict[str, Any], AfterValidator(check_usage_data)]
+UsageData = Annotated[
+    dict[str, Any],
+    AfterValidator(check_usage_data),
+    # its keys, as OpenAPI can say it (nested objects' keys and the numbers are checked too)
+    ShowBounds({"propertyNames": {"pattern": LINE_PATTERN}}),
+]
 """Event data: every number in it (and every string that spells one: meters read those as
 numbers) finite, at most 10**15 in magnitude, with at most 12 decimal places; no control
 character but tab, newline and carriage return in its strings (docs/adr/0043)."""

@@ -13,9 +13,18 @@ import re
 from typing import Annotated, Literal
 
 import uuid6
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetJsonSchemaHandler,
+    field_validator,
+)
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import core_schema as cs
 
-from schemas.bounds import EventTime, Line, Text
+from schemas.bounds import EventTime, Line, ShowBounds, Text, present, show_model_bounds
 from schemas.envelope import CloudEvent
 
 ENDPOINT_ID_PATTERN = r"^ep_[a-z2-7]{26}$"
@@ -36,6 +45,14 @@ FORMAT_DESCRIPTION = (
     "webhook or a Slack-compatible receiver (Mattermost, Rocket.Chat); the Standard "
     "Webhooks headers are still sent (Slack ignores them)."
 )
+
+
+# shown in OpenAPI only (the published schemas keep what they said): an http(s) URL with a
+# host and no credentials; whether the host resolves to a public address is checked on
+# registration (DNS), which no schema can say
+URL_PATTERN = r"^[Hh][Tt][Tt][Pp][Ss]?://[^/?#@\s]+([/?#]\S*)?$"
+Url = Annotated[Line, ShowBounds({"pattern": URL_PATTERN})]
+EventFilter = Annotated[str, ShowBounds({"pattern": EVENT_FILTER_PATTERN})]
 
 
 def _b32(raw: bytes) -> str:
@@ -65,13 +82,13 @@ class EndpointSpec(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    url: Line = Field(
+    url: Url = Field(
         min_length=1,
         max_length=MAX_URL_LENGTH,
         description="http(s) URL of the receiver; must not resolve to a private address.",
     )
     description: Text = Field(default="", max_length=1024)
-    event_types: list[str] = Field(
+    event_types: list[EventFilter] = Field(
         default_factory=lambda: ["*"],
         min_length=1,
         max_length=MAX_EVENT_FILTERS,
@@ -99,15 +116,25 @@ class EndpointPatch(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    url: Line | None = Field(default=None, min_length=1, max_length=MAX_URL_LENGTH)
+    url: Url | None = Field(default=None, min_length=1, max_length=MAX_URL_LENGTH)
     description: Text | None = Field(default=None, max_length=1024)
-    event_types: list[str] | None = Field(default=None, min_length=1, max_length=MAX_EVENT_FILTERS)
+    event_types: list[EventFilter] | None = Field(
+        default=None, min_length=1, max_length=MAX_EVENT_FILTERS
+    )
     rate_limit_per_s: int | None = Field(
         default=None, ge=0, le=100_000, description="0 removes the rate limit."
     )
     enabled: bool | None = None
     ordered: bool | None = None
     format: EndpointFormat | None = Field(default=None, description=FORMAT_DESCRIPTION)
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, core_schema: cs.CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        # the route refuses a patch that changes nothing: at least one field, not null
+        either = [present(name) for name in sorted(cls.model_fields)]
+        return show_model_bounds(cls is EndpointPatch, core_schema, handler, {"anyOf": either})
 
     @field_validator("event_types")
     @classmethod

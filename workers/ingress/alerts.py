@@ -122,6 +122,12 @@ class AlertPage(BaseModel):
     )
 
 
+# a cursor is base64url without padding (encode_cursor): what else makes it valid (the page
+# it continues) is opaque
+CURSOR_PATTERN = r"^[A-Za-z0-9_-]+$"
+MAX_CURSOR_LENGTH = 256
+
+
 def encode_cursor(raised_at: datetime, alert_id: str) -> str:
     """Opaque to clients: the (raised_at, id) of the last alert of a page."""
     raw = f"{raised_at.isoformat()}|{alert_id}".encode()
@@ -158,7 +164,14 @@ async def list_alerts(
         str | None, Query(min_length=1, max_length=256, description="Only about this subject.")
     ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
+    cursor: Annotated[
+        str | None,
+        Query(
+            pattern=CURSOR_PATTERN,
+            max_length=MAX_CURSOR_LENGTH,
+            description="next_cursor of the previous page, unchanged",
+        ),
+    ] = None,
 ) -> AlertPage:
     """Alerts by ``raised_at``, newest first, ``limit`` per page; ``next_cursor`` leads to
     the next page."""

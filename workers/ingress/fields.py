@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BeforeValidator
+from pydantic import BeforeValidator, Field
 
 from schemas.bounds import LINE_PATTERN, EventTime, Line, PositiveMinorUnits
 
@@ -28,6 +28,10 @@ def _json_integer(value: Any) -> Any:
 
 #: an integer as JSON Schema means it: a number with no fraction (2 or 2.0), not a bool
 JsonInt = Annotated[int, BeforeValidator(_json_integer)]
+
+#: seconds of a secret's overlap: a JSON integer in [0, 30 days] (the bounds come before
+#: the validator, so that OpenAPI shows them as ``minimum``/``maximum``)
+OverlapSeconds = Annotated[int, Field(ge=0, le=30 * 86400), BeforeValidator(_json_integer)]
 
 #: a positive amount in minor units, at most 10**15, a JSON integer
 Amount = Annotated[PositiveMinorUnits, BeforeValidator(_json_integer)]

@@ -41,7 +41,7 @@ from schemas.webhooks import (
 )
 from storage.webhooks import AttemptView, EndpointDef, MessageView, WebhookRepository
 from workers.ingress.deps import Session, State, Tenant
-from workers.ingress.fields import Instant, JsonInt
+from workers.ingress.fields import Instant, OverlapSeconds
 from workers.ingress.problems import Problem, invalid
 from workers.ingress.routes import envelope, submit
 from workers.webhooks import ssrf
@@ -122,10 +122,8 @@ class AttemptOut(BaseModel):
 class RotateIn(BaseModel):
     model_config = {"extra": "forbid"}
 
-    overlap_s: JsonInt | None = Field(
+    overlap_s: OverlapSeconds | None = Field(
         default=None,
-        ge=0,
-        le=30 * 86400,
         description="How long the previous secret keeps signing (default: server setting).",
     )
 
