@@ -301,6 +301,15 @@ def check_metered(value: Decimal) -> Decimal:
     return value
 
 
+def json_integer(value: Any) -> Any:
+    """A ``BeforeValidator`` for an integer as JSON Schema means it: a number with no
+    fraction (2 or 2.0), never ``true``/``false`` or a string (pydantic's lax mode takes
+    both; its strict mode refuses 2.0, which every JSON Schema calls an integer)."""
+    if isinstance(value, bool | str):
+        raise ValueError("must be a JSON integer")
+    return value
+
+
 def check_minor_units(value: int) -> int:
     if not -MAX_MINOR_UNITS <= value <= MAX_MINOR_UNITS:
         raise ValueError(

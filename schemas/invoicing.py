@@ -11,9 +11,27 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetJsonSchemaHandler,
+    field_validator,
+    model_validator,
+)
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import core_schema as cs
 
-from schemas.bounds import Currency, EventTime, Line, Text, optional_line
+from schemas.bounds import (
+    LINE_PATTERN,
+    Currency,
+    EventTime,
+    Line,
+    ShowBounds,
+    Text,
+    optional_line,
+    show_model_bounds,
+)
 from schemas.decimals import DecimalStr
 from schemas.envelope import CloudEvent
 from schemas.metering import METER_KEY_PATTERN
@@ -47,14 +65,32 @@ class Address(_Model):
     country: str = Field(pattern=r"^[A-Z]{2}$", description="ISO 3166-1 alpha-2")
 
 
+# OpenAPI only (the published schemas keep what they said): what CustomerSpec's validators
+# refuse, where JSON Schema can say it
+_ZERO = "^0+(\\.0+)?$"
+TaxRate = Annotated[
+    NonNegDecimal,
+    ShowBounds({"maximum": 1, "pattern": "^0*(1(\\.0+)?|0(\\.[0-9]+)?)$"}),  # 0 to 1
+]
+_EXEMPT_WITH_A_RATE = {
+    "required": ["tax_exempt", "tax_rate"],
+    "properties": {
+        "tax_exempt": {"const": True},
+        "tax_rate": {"not": {"anyOf": [{"type": "null"}, {"const": 0}, {"pattern": _ZERO}]}},
+    },
+}
+
+
 class CustomerSpec(_Model):
     """A customer; ``external_id`` is the subject its usage events carry."""
 
     external_id: str = Field(pattern=EXTERNAL_ID_PATTERN)
     name: Line = Field(min_length=1, max_length=256)
-    email: str | None = Field(default=None, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$", max_length=320)
+    email: Annotated[str, ShowBounds({"pattern": LINE_PATTERN})] | None = Field(
+        default=None, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$", max_length=320
+    )
     currency: Currency
-    tax_rate: NonNegDecimal | None = Field(
+    tax_rate: TaxRate | None = Field(
         default=None, description="A fraction: '0.19' is 19 %. Omit for no tax."
     )
     tax_exempt: bool = False
@@ -69,6 +105,13 @@ class CustomerSpec(_Model):
         if v is not None and not (Decimal(0) <= v <= Decimal(1)):
             raise ValueError("must be a fraction between 0 and 1 ('0.19' is 19 %)")
         return v
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, core_schema: cs.CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        keywords = {"not": _EXEMPT_WITH_A_RATE}
+        return show_model_bounds(cls is CustomerSpec, core_schema, handler, keywords)
 
     @model_validator(mode="after")
     def _exempt_has_no_rate(self) -> CustomerSpec:

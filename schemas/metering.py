@@ -19,7 +19,7 @@ from pydantic import (
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import core_schema as cs
 
-from schemas.bounds import Line, Text, present, show_model_bounds
+from schemas.bounds import Line, ShowBounds, Text, present, show_model_bounds
 from schemas.decimals import DecimalStr
 from schemas.envelope import CloudEvent
 from schemas.jsonpath import JsonPathError, compile_path
@@ -28,6 +28,10 @@ from schemas.usage import EVENT_TYPE_PATTERN
 METER_KEY_PATTERN = r"^[a-z0-9][a-z0-9_\-]{0,63}$"
 GROUP_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
 MAX_GROUP_BY = 16
+# the JSONPath subset compile_path reads (schemas/jsonpath.py), for OpenAPI: "$" and one or
+# more steps: .name, [0], ['name'] or ["name"]
+JSONPATH_PATTERN = r"""^\$(\.[A-Za-z_$][A-Za-z0-9_$\-]*|\[-?[0-9]+\]|\['[^']*'\]|\["[^"]*"\])+$"""
+JsonPathText = Annotated[Line, ShowBounds({"pattern": JSONPATH_PATTERN})]
 
 
 class Aggregation(StrEnum):
@@ -49,14 +53,18 @@ class MeterSpec(BaseModel):
     description: Text | None = Field(default=None, max_length=2048)
     event_type: str = Field(pattern=EVENT_TYPE_PATTERN, description="CloudEvents type it reads.")
     aggregation: Aggregation
-    value_property: Line | None = Field(
+    value_property: JsonPathText | None = Field(
         default=None,
         validate_default=True,  # so a missing one is reported against this field
         description="JSONPath into the event data; every aggregation but count.",
     )
-    group_by: dict[str, Line] = Field(
-        default_factory=dict, description="Group name to JSONPath into the event data."
-    )
+    group_by: Annotated[
+        dict[str, JsonPathText],
+        # OpenAPI only (the published schema keeps what it said): what _valid_groups checks
+        ShowBounds(
+            {"propertyNames": {"pattern": GROUP_NAME_PATTERN}, "maxProperties": MAX_GROUP_BY}
+        ),
+    ] = Field(default_factory=dict, description="Group name to JSONPath into the event data.")
 
     @classmethod
     def __get_pydantic_json_schema__(

@@ -26,6 +26,7 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     PlainSerializer,
@@ -234,7 +235,9 @@ class PackagePrice(BaseModel):
     key: PriceKey
     name: LineName
     meter: MeterKey
-    package_size: int = Field(ge=1, le=10**MAX_INTEGER_DIGITS, strict=True)
+    package_size: Annotated[
+        int, Field(ge=1, le=10**MAX_INTEGER_DIGITS), BeforeValidator(bounds.json_integer)
+    ]
     package_price: Amount
     included_quantity: Quantity = Decimal(0)
     minimum_spend: Amount | None = None
