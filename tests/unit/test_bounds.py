@@ -3,17 +3,20 @@ exactly at its limit accepted, one past it refused; published schemas unchanged.
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+import jsonschema_rs
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
 from schemas import bounds
+from schemas.alerts import RuleSpec
 from schemas.bounds import (
     EventTime,
     Line,
@@ -22,9 +25,12 @@ from schemas.bounds import (
     PublishedJsonSchema,
     Text,
 )
-from schemas.pos import PosReceipt
+from schemas.invoicing import CustomerSpec
+from schemas.metering import MeterSpec
+from schemas.pos import PosMappingSpec, PosReceipt
 from schemas.pricing import PlanSpec
 from schemas.usage import UsageEvent, UsageEventIn
+from schemas.webhooks import EndpointPatch
 
 D = Decimal
 
@@ -302,3 +308,151 @@ def test_the_advertised_patterns_agree_with_the_validators() -> None:
     assert not re.match(bounds.TIME_PATTERN, "1969-12-31T23:00:00Z")
     assert re.match(bounds.TIME_PATTERN, "2099-12-31T23:59:59Z")
     assert not re.match(bounds.TIME_PATTERN, "2100-01-01T00:00:00Z")
+
+
+# --- the rules between fields, said in OpenAPI (issue 12: requests valid by the spec are
+# accepted): a body is valid by the OpenAPI schema exactly when the model accepts it ---------
+
+_METER = {"key": "m", "event_type": "t"}
+_RULES: list[tuple[type[BaseModel], dict[str, Any], bool]] = [
+    (CustomerSpec, {"external_id": "c", "name": "C", "currency": "EUR"}, True),
+    (CustomerSpec, {"external_id": "c", "name": "C", "currency": "AAA"}, False),
+    (CustomerSpec, {"external_id": "c", "name": "C", "currency": "EUR", "tax_rate": "1"}, True),
+    (CustomerSpec, {"external_id": "c", "name": "C", "currency": "EUR", "tax_rate": "1.5"}, False),
+    (CustomerSpec, {"external_id": "c", "name": "C", "currency": "EUR", "tax_rate": 2}, False),
+    (
+        CustomerSpec,
+        {"external_id": "c", "name": "C", "currency": "EUR", "tax_exempt": True, "tax_rate": "0.2"},
+        False,
+    ),
+    (
+        CustomerSpec,
+        {"external_id": "c", "name": "C", "currency": "EUR", "tax_exempt": True, "tax_rate": "0"},
+        True,
+    ),
+    (MeterSpec, {**_METER, "aggregation": "count"}, True),
+    (MeterSpec, {**_METER, "aggregation": "count", "value_property": "$.v"}, False),
+    (MeterSpec, {**_METER, "aggregation": "sum"}, False),
+    (MeterSpec, {**_METER, "aggregation": "sum", "value_property": None}, False),
+    (MeterSpec, {**_METER, "aggregation": "sum", "value_property": "$.v['a b'][0]"}, True),
+    (MeterSpec, {**_METER, "aggregation": "sum", "value_property": "v"}, False),
+    (MeterSpec, {**_METER, "aggregation": "count", "group_by": {"region": "$.r"}}, True),
+    (MeterSpec, {**_METER, "aggregation": "count", "group_by": {"a b": "$.r"}}, False),
+    (EndpointPatch, {}, False),
+    (EndpointPatch, {"url": None}, False),
+    (EndpointPatch, {"enabled": False}, True),
+    (PosMappingSpec, {}, False),
+    (PosMappingSpec, {"subjects_by_location": {}}, False),
+    (PosMappingSpec, {"subjects_by_location": {"": "c"}}, False),
+    (PosMappingSpec, {"subjects_by_location": {"l1": "c"}}, True),
+    (PosMappingSpec, {"default_subject": "c"}, True),
+    (
+        PosMappingSpec,
+        {"default_subject": "c", "emit_gross_sales": False, "emit_transactions": False},
+        False,
+    ),
+    (RuleSpec, {"key": "r", "rule": {"meter": "m", "thresholds": ["10"]}}, False),  # no kind
+    (RuleSpec, {"key": "r", "rule": {"kind": "usage_threshold", "meter": "m"}}, False),
+    (
+        RuleSpec,
+        {"key": "r", "rule": {"kind": "usage_threshold", "meter": "m", "thresholds": ["0"]}},
+        False,
+    ),
+    (
+        RuleSpec,
+        {"key": "r", "rule": {"kind": "usage_threshold", "meter": "m", "thresholds": [1, 1]}},
+        False,
+    ),
+    (
+        RuleSpec,
+        {"key": "r", "rule": {"kind": "usage_threshold", "meter": "m", "thresholds": ["1.5"]}},
+        True,
+    ),
+    (
+        RuleSpec,
+        {"key": "r", "rule": {"kind": "spend_threshold", "currency": "XXX", "recurring_every": 5}},
+        False,
+    ),
+    (
+        RuleSpec,
+        {"key": "r", "rule": {"kind": "spend_threshold", "currency": "USD", "recurring_every": 5}},
+        True,
+    ),
+    (RuleSpec, {"key": "r", "rule": {"kind": "anomaly", "meter": "m", "factor": "0.5"}}, False),
+    (RuleSpec, {"key": "r", "rule": {"kind": "anomaly", "meter": "m", "factor": "1.5"}}, True),
+    (
+        UsageEventIn,
+        {
+            "id": "1",
+            "source": "s",
+            "type": "t",
+            "subject": "c",
+            "time": "2026-01-01T00:00:00Z",
+            "data": {"\n": 1},
+        },
+        False,
+    ),
+    (
+        UsageEventIn,
+        {
+            "id": "1",
+            "source": "s",
+            "type": "t",
+            "subject": "c",
+            "time": "2026-01-01T00:00:00Z",
+            "data": {"k": 1},
+        },
+        True,
+    ),
+]
+
+
+def _plan(price: dict[str, Any]) -> dict[str, Any]:
+    return {"key": "p", "name": "P", "currency": "USD", "interval": "month", "prices": [price]}
+
+
+_RULES += [
+    (PlanSpec, _plan({"kind": "flat", "key": "f", "name": "F", "amount": "5"}), True),
+    (PlanSpec, _plan({"key": "f", "name": "F", "amount": "5"}), False),  # no kind
+    (
+        PlanSpec,
+        {**_plan({"kind": "flat", "key": "f", "name": "F", "amount": "5"}), "currency": "ABC"},
+        False,
+    ),
+]
+
+
+@pytest.mark.parametrize(("model", "body", "valid"), _RULES)
+def test_openapi_schemas_say_what_the_models_refuse(
+    model: type[BaseModel], body: dict[str, Any], valid: bool
+) -> None:
+    schema = jsonschema_rs.validator_for(model.model_json_schema())
+    try:
+        parsed = model.model_validate_json(json.dumps(body))
+        # the PATCH route refuses a patch that changes nothing
+        accepted = model is not EndpointPatch or bool(parsed.model_dump(exclude_none=True))
+    except ValidationError:
+        accepted = False
+    assert (accepted, schema.is_valid(body)) == (valid, valid)
+
+
+def test_a_package_size_of_5_0_is_an_integer_as_json_schema_says() -> None:
+    price = {"kind": "package", "key": "p", "name": "P", "meter": "m", "package_size": 5.0}
+    plan = PlanSpec.model_validate_json(json.dumps(_plan({**price, "package_price": 1})))
+    assert plan.prices[0].package_size == 5  # type: ignore[union-attr]
+    for bad in (True, "5", 5.5):
+        with pytest.raises(ValidationError):
+            PlanSpec.model_validate(_plan({**price, "package_size": bad, "package_price": 1}))
+
+
+def test_the_rules_between_fields_stay_out_of_the_published_schemas() -> None:
+    for model in (CustomerSpec, MeterSpec, EndpointPatch, PosMappingSpec, RuleSpec, PlanSpec):
+        published = json.dumps(model.model_json_schema(schema_generator=PublishedJsonSchema))
+        for keyword in (
+            '"if"',
+            '"anyOf": [{"properties"',
+            '"enum": ["AED"',
+            '"not"',
+            "minProperties",
+        ):
+            assert keyword not in published, (model.__name__, keyword)
