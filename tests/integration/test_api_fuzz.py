@@ -56,6 +56,17 @@ UNSAYABLE_REASONS = (
     # a fraction part: JSON Schema calls 2.0 an integer, but it was read as a binary float,
     # perhaps rounded; the service asks for a string or a plain integer
     "must be a string or an integer, not a float",
+    # rules across the items of an array, or across fields, that a schema cannot state
+    "only the last tier may be unbounded",  # tiers: bounds ascend, the last one open
+    "the last tier must be unbounded",
+    "must be greater than tier",
+    "duplicate price key",
+    "minor units; at most",  # a plan's money, in minor units of the plan's own currency
+    "the fixed charges (flat amounts, tier flat fees, minimum spends) add up to",
+    "is not the sum of the lines'",  # a POS receipt's total and tax
+    "the net amount (total - tax)",
+    "must be a whole hour",  # in UTC, whatever the offset it is written with
+    "thresholds must be distinct",  # as numbers: "1" and "1.0" are the same threshold
 )
 
 

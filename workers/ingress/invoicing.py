@@ -14,6 +14,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from schemas import topics
+from schemas.bounds import present
 from schemas.envelope import CloudEvent, new_id
 from schemas.invoicing import (
     EXTERNAL_ID_PATTERN,
@@ -216,7 +217,14 @@ async def _subscription_key(db: Session, tenant_id: str, id: str) -> str:
 
 
 class CancelIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # 'at' goes with 'immediately' only (CancelSpec refuses it otherwise): said in OpenAPI
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "if": present("at"),
+            "then": {"properties": {"mode": {"const": "immediately"}}},
+        },
+    )
 
     mode: Literal["at_period_end", "immediately"]
     at: Instant | None = None
