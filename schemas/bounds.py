@@ -250,36 +250,62 @@ def usage_data_problem(data: Any, where: str = "data") -> str | None:
     """Why usage ``data`` cannot be accepted, naming the first bad value, or None.
 
     Every number (and every string that spells one) must be a valid metered value; every
-    string and key must be storable text. Iterative: nesting depth costs no stack."""
-    stack: list[tuple[Any, str]] = [(data, where)]
+    string and key must be storable text. Iterative: nesting depth costs no stack. On the
+    hot path of every usage event (the ingress and the metering worker's decode): the path
+    of a value is spelled only when it is refused."""
+    keys: list[tuple[int, str | int]] = []  # (parent, key): the path of each value pushed
+    stack: list[tuple[Any, int]] = [(data, -1)]
     while stack:
-        value, path = stack.pop()
-        if isinstance(value, str):
+        value, at = stack.pop()
+        kind = type(value)
+        if kind is int:  # most values: an exact integer in range
+            if -_MAX_INT <= value <= _MAX_INT:
+                continue
+            return f"{_path(where, keys, at)} is {_short(value)}: metered values " + (
+                metered_problem(value) or ""
+            )
+        if kind is str:
+            if _TEXT_FORBIDDEN.search(value) is None and (
+                not value or value[0] not in _MAY_BE_NUMERIC
+            ):
+                continue  # plain text, no number
             problem = text_problem(value, line=False)
             if problem is None:
                 number = _spelled_number(value)
-                if number is not None and (reason := metered_problem(number)):
-                    problem = f"is {value!r}, a number to meters that {reason}"
-            if problem:
-                return f"{path} {problem}"
-        elif isinstance(value, bool) or value is None:
-            continue
-        elif isinstance(value, int | Decimal):
-            if reason := metered_problem(value):
-                return f"{path} is {_short(value)}: metered values {reason}"
-        elif isinstance(value, float):
-            # a binary float: only from Python callers (JSON is parsed to Decimal)
-            if reason := metered_problem(Decimal(repr(value))):
-                return f"{path} is {value!r}: metered values {reason}"
-        elif isinstance(value, dict):
+                if number is None or (reason := metered_problem(number)) is None:
+                    continue
+                problem = f"is {value!r}, a number to meters that {reason}"
+            return f"{_path(where, keys, at)} {problem}"
+        if isinstance(value, dict):
             for k, v in value.items():
                 key = str(k)
-                if problem := text_problem(key, line=True):
-                    return f"{path} has a key that {problem}"
-                stack.append((v, _step(path, key)))
+                if _LINE_FORBIDDEN.search(key) is not None:
+                    problem = text_problem(key, line=True)
+                    return f"{_path(where, keys, at)} has a key that {problem}"
+                keys.append((at, key))
+                stack.append((v, len(keys) - 1))
         elif isinstance(value, list | tuple):
-            stack.extend((v, _step(path, i)) for i, v in enumerate(value))
+            for i, v in enumerate(value):
+                keys.append((at, i))
+                stack.append((v, len(keys) - 1))
+        elif isinstance(value, Decimal):
+            if reason := metered_problem(value):
+                return f"{_path(where, keys, at)} is {_short(value)}: metered values {reason}"
+        elif isinstance(value, float) and (reason := metered_problem(Decimal(repr(value)))):
+            # a binary float: only from Python callers (JSON is parsed to Decimal)
+            return f"{_path(where, keys, at)} is {value!r}: metered values {reason}"
     return None
+
+
+def _path(where: str, keys: list[tuple[int, str | int]], at: int) -> str:
+    steps: list[str | int] = []
+    while at >= 0:
+        at, key = keys[at]
+        steps.append(key)
+    path = where
+    for key in reversed(steps):
+        path = _step(path, key)
+    return path
 
 
 def _short(value: Decimal | int) -> str:
