@@ -253,6 +253,8 @@ def usage_data_problem(data: Any, where: str = "data") -> str | None:
     string and key must be storable text. Iterative: nesting depth costs no stack. On the
     hot path of every usage event (the ingress and the metering worker's decode): the path
     of a value is spelled only when it is refused."""
+    if type(data) is dict and _flat_and_plain(data):
+        return None
     keys: list[tuple[int, str | int]] = []  # (parent, key): the path of each value pushed
     stack: list[tuple[Any, int]] = [(data, -1)]
     while stack:
@@ -295,6 +297,29 @@ def usage_data_problem(data: Any, where: str = "data") -> str | None:
             # a binary float: only from Python callers (JSON is parsed to Decimal)
             return f"{_path(where, keys, at)} is {value!r}: metered values {reason}"
     return None
+
+
+def _flat_and_plain(data: dict[str, Any]) -> bool:
+    """True for the usual data, certainly fine: one level of integers in range and strings
+    that spell no number, with no control character in a key or a string (one regex call
+    each for all keys and all strings). False means: look closer."""
+    texts: list[str] = []
+    for value in data.values():
+        kind = type(value)
+        if kind is int:
+            if -_MAX_INT <= value <= _MAX_INT:
+                continue
+            return False
+        if kind is str:
+            if value and value[0] in _MAY_BE_NUMERIC:
+                return False
+            texts.append(value)
+        elif value is not None and kind is not bool:
+            return False
+    return (
+        _LINE_FORBIDDEN.search("".join(data)) is None
+        and _TEXT_FORBIDDEN.search("".join(texts)) is None
+    )
 
 
 def _path(where: str, keys: list[tuple[int, str | int]], at: int) -> str:
