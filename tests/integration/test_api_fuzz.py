@@ -56,6 +56,15 @@ UNSAYABLE_REASONS = (
     # a fraction part: JSON Schema calls 2.0 an integer, but it was read as a binary float,
     # perhaps rounded; the service asks for a string or a plain integer
     "must be a string or an integer, not a float",
+    # a pattern's dialect: the generator reads a document's patterns as ECMA-262, whose
+    # \s and \w are not the service's (Python and Rust regex: e.g. U+0085 is a space there)
+    "String should match pattern",
+    # the value of a decimal written as a string ("0", "1e3" is refused, "12.5"): a schema
+    # states a string's pattern, not the range or the decimal places of the number it spells
+    "must be > 0 (or null for the last, unbounded tier)",
+    "must be >= 0, got",
+    "decimal places, got",
+    "must be below 10**",
     # rules across the items of an array, or across fields, that a schema cannot state
     "only the last tier may be unbounded",  # tiers: bounds ascend, the last one open
     "the last tier must be unbounded",
