@@ -72,3 +72,15 @@ class CloudEvent(BaseModel):
             "causationid": self.id,
             **kwargs,
         }
+
+
+class AnyEvent(CloudEvent):
+    """Any event on an events topic, read for its envelope only: ``data`` is not interpreted
+    and unknown extension attributes are tolerated (any CloudEvents producer may write to
+    these topics). ``tenantid`` is any non-empty string here ("*" etc.): a consumer skips
+    what is not a tenant's rather than rejecting it."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    tenantid: str = Field(min_length=1, max_length=256)
+    data: Any = None

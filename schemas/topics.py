@@ -23,6 +23,14 @@ EVENTS_ALERTS = "billstream.events.alerts.v1"
 DLQ_SUFFIX = ".dlq"
 
 
+def partition_key(tenant_id: str, *scope: str) -> str:
+    """The record key every billstream message is written under: ``tenant_id`` alone, or
+    ``tenant_id:customer_id`` for what is customer-scoped (``tenant_id:endpoint_id`` for
+    webhook deliveries), so one customer's commands and events stay ordered in one partition.
+    The one spelling of it (ARCHITECTURE.md §2)."""
+    return ":".join((tenant_id, *scope))
+
+
 def dlq(topic: str) -> str:
     """The dead-letter topic of ``topic``."""
     return topic + DLQ_SUFFIX

@@ -194,15 +194,6 @@ def test_webhook_events_failing_to_deliver_make_no_message_failed_event() -> Non
     assert last.finally_failed and service.message_failed(last) is None
 
 
-def test_the_rate_limiter_spends_tokens_and_says_how_long_to_wait() -> None:
-    limiter = service.RateLimiter()
-    key = ("acme", "ep_a")
-    assert [limiter.take(key, 2, 100.0) for _ in range(2)] == [0.0, 0.0]
-    assert limiter.take(key, 2, 100.0) == 0.5
-    assert limiter.take(key, 2, 100.5) == 0.0
-    assert limiter.take(key, None, 100.5) == 0.0
-
-
 def test_patch_changes() -> None:
     ep = new_endpoint_id()
     assert service.changes(UpdateEndpointData(endpoint_id=ep, rate_limit_per_s=0)) == {

@@ -11,6 +11,7 @@ from workers.settings import Settings
 def build(settings: Settings, clock: handlers.Clock = handlers.utc_now) -> Worker:
     def register(runtime: Runtime) -> None:
         handlers.register(runtime, clock)
-        runtime.background(handlers.Sweeper(runtime, settings, clock).loop)
+        sweeper = handlers.Sweeper(runtime, settings, clock)
+        runtime.job("alerts.sweep", sweeper.tick, every_s=sweeper.interval_s)
 
     return build_worker("alerts", settings, register)

@@ -3,7 +3,6 @@ sweep that raises overdue-invoice alerts and resolves what ended."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -31,7 +30,6 @@ from workers.alerts import service
 from workers.alerts.errors import AlertNotFound, RuleNotFound
 from workers.alerts.evaluate import UsageRules, touched
 from workers.runtime import Batch, Item, Message, Runtime, Tx
-from workers.runtime.errors import ShuttingDown
 from workers.runtime.tx import DLQ_HEADER_PREFIX
 from workers.settings import Settings
 
@@ -324,16 +322,9 @@ class Sweeper:
         self.interval_s = settings.alerts_tick_s
         self.clock = clock
 
-    async def loop(self) -> None:
-        while True:
-            try:
-                while await self.step() >= SWEEP_LIMIT:
-                    pass
-            except (asyncio.CancelledError, ShuttingDown):
-                raise
-            except Exception as e:  # a claim query itself failed: the next tick retries
-                log.warning("alerts sweep failed; will retry", error=repr(e), exc_info=True)
-            await asyncio.sleep(self.interval_s)
+    async def tick(self) -> bool:
+        """One chunk of each part; True when a part claimed a full chunk (more is due)."""
+        return await self.step() >= SWEEP_LIMIT
 
     async def step(self) -> int:
         """One chunk of each part; returns the most rows any part claimed."""

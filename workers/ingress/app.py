@@ -29,8 +29,8 @@ from workers.ingress.door import Door
 from workers.ingress.openapi import truthful_openapi
 from workers.ingress.problems import HANDLERS
 from workers.ingress.publisher import Publisher
-from workers.ingress.ratelimit import RateLimiter
 from workers.ingress.routes import router
+from workers.runtime.ratelimit import TokenBuckets
 from workers.settings import Settings
 
 log = structlog.get_logger("billstream.ingress")
@@ -83,7 +83,7 @@ def create_app(settings: Settings) -> FastAPI:
             settings=settings,
             sessions=session_factory(engine),
             publisher=publisher,
-            limiter=RateLimiter(settings.rate_limit_events_per_s),
+            limiter=TokenBuckets(),
             keys=KeyCache(settings.api_key_cache_s),
         )
         app.state.engine = engine

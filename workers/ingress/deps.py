@@ -18,7 +18,7 @@ from storage.db import AsyncSession, Sessions
 from storage.tenants import TenantRepository
 from workers.ingress.problems import Problem
 from workers.ingress.publisher import Publisher
-from workers.ingress.ratelimit import RateLimiter
+from workers.runtime.ratelimit import TokenBuckets
 from workers.settings import Settings
 
 log = structlog.get_logger("billstream.ingress")
@@ -61,7 +61,7 @@ class IngressState:
     settings: Settings
     sessions: Sessions
     publisher: Publisher
-    limiter: RateLimiter
+    limiter: TokenBuckets[str]  # per tenant: settings.rate_limit_events_per_s
     keys: KeyCache = field(default_factory=lambda: KeyCache(0))
 
 

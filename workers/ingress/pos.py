@@ -28,10 +28,10 @@ from workers.ingress.deps import (
     read_body,
 )
 from workers.ingress.problems import Problem
-from workers.ingress.ratelimit import retry_after
 from workers.ingress.routes import INGRESS_SOURCE, CommandAccepted, submit
 from workers.pos import adapters, service
 from workers.pos.errors import AdapterError
+from workers.runtime.ratelimit import retry_after
 
 router = APIRouter(prefix="/v1/integrations/pos", tags=["POS integration"])
 
@@ -103,7 +103,7 @@ async def ingest_receipts(
             413, "too_many_receipts", "Too many receipts",
             f"{len(receipts)} receipts; at most {st.settings.max_batch_events} per request",
         )  # fmt: skip
-    wait = st.limiter.take(tenant_id, len(receipts))
+    wait = st.limiter.take(tenant_id, len(receipts), st.settings.rate_limit_events_per_s)
     if wait:
         raise Problem(
             429, "rate_limited", "Too many requests", "the tenant's ingest rate limit is exceeded",

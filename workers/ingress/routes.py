@@ -26,7 +26,7 @@ from workers.ingress.deps import (
 )
 from workers.ingress.fields import Instant
 from workers.ingress.problems import Problem, invalid, validation_errors
-from workers.ingress.ratelimit import retry_after
+from workers.runtime.ratelimit import retry_after
 
 router = APIRouter(prefix="/v1")
 
@@ -165,7 +165,7 @@ async def ingest_events(request: Request, st: State, tenant_id: Tenant) -> Respo
             f"{len({e['index'] for e in errors})} of {len(raw_events)} events are invalid",
             errors=errors[:100],
         )
-    wait = st.limiter.take(tenant_id, len(events))
+    wait = st.limiter.take(tenant_id, len(events), st.settings.rate_limit_events_per_s)
     if wait:
         raise Problem(
             429,

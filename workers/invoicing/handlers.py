@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
@@ -73,7 +72,10 @@ def register(runtime: Runtime, settings: Settings) -> None:
                 tx.reject(message, reason, code="unusable_payment")
 
     scheduler = Scheduler(runtime, settings, billing)
-    runtime.background(scheduler.loop)
+    runtime.job(
+        "invoicing.billing", scheduler.tick, every_s=settings.invoicing_tick_s,
+        close=scheduler.offsets.close,
+    )  # fmt: skip
 
 
 class Scheduler:
@@ -86,23 +88,11 @@ class Scheduler:
         self.interval_s = settings.invoicing_tick_s
         self.offsets = OffsetReader(settings)
 
-    async def loop(self) -> None:
-        try:
-            while True:
-                try:
-                    await self.tick()
-                except asyncio.CancelledError:
-                    raise
-                except Exception as e:  # broker or database down: the next tick retries
-                    log.warning("billing tick failed; will retry", error=repr(e), exc_info=True)
-                await asyncio.sleep(self.interval_s)
-        finally:
-            await self.offsets.close()
-
-    async def tick(self) -> None:
+    async def tick(self) -> bool:
         while await self.requested_run():
             pass
         await self.run(datetime.now(UTC), None)
+        return False
 
     async def run(self, as_of: datetime, tenant_id: str | None) -> tuple[int, int, int]:
         ends = await self.offsets.end_offsets(topics.USAGE)

@@ -106,21 +106,9 @@ class Collector:
         self._gateways: dict[str, Gateway] = {}
         self.operations = Operations(sessions, settings, self.gateway, self.jobs)
 
-    async def loop(self) -> None:
-        try:
-            while True:
-                try:
-                    while await self.step():
-                        pass
-                except (asyncio.CancelledError, ShuttingDown):
-                    raise
-                except Exception as e:  # the claim itself failed: the next tick retries
-                    log.warning("collection step failed; will retry", error=repr(e))
-                await asyncio.sleep(self.settings.payments_tick_s)
-        except ShuttingDown:
-            return
-        finally:
-            await self.close()
+    async def tick(self) -> bool:
+        """One batch of due attempts and queued Stripe operations; True when it ran some."""
+        return await self.step() > 0
 
     async def close(self) -> None:
         """Close the Stripe clients (the loop does when it stops)."""

@@ -118,7 +118,9 @@ def register(runtime: Runtime, settings: Settings, clock: Clock = utcnow) -> Non
         for message in await tx.claim(batch):
             await apply_stripe_event(tx, message.event, clock, settings.dunning_schedule_days)
 
-    runtime.background(collector.loop)
+    runtime.job(
+        "payments.collect", collector.tick, every_s=settings.payments_tick_s, close=collector.close
+    )
 
 
 async def apply_stripe_event(

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import io
 import logging
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -22,6 +23,7 @@ from workers.runtime.consumer import Runtime
 from workers.runtime.health import HealthServer
 from workers.runtime.publisher import RecordPublisher
 from workers.runtime.relay import OutboxRelay
+from workers.runtime.tx import Tx
 from workers.settings import Settings
 
 log = structlog.get_logger("billstream.worker")
@@ -82,9 +84,8 @@ class Worker:
         await ping(self.engine)
         await start_broker(self.broker)
         self.relay.start()
-        self.background.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
         for loop in self.runtime.loops:
-            self.background.append(asyncio.create_task(loop(), name=loop.__name__))
+            self.background.append(asyncio.create_task(loop.run(), name=loop.name))
         if self.settings.metrics_port:
             self.health = HealthServer("0.0.0.0", self.settings.metrics_port, self.readiness)
             await self.health.start()
@@ -105,44 +106,47 @@ class Worker:
         checks["broker"] = "ok" if await self.broker.ping(timeout=2) else "unavailable"
         return checks
 
-    async def _housekeeping(self) -> None:
-        """Purge inbox rows past the dedupe window (hourly); publish the outbox backlog gauge."""
-        retention = timedelta(days=self.settings.inbox_retention_days)
-        next_purge = 0.0
-        while True:
-            try:
-                async with self.sessions() as session, session.begin():
-                    rows, oldest = await outbox.backlog(session)
-                    metrics.OUTBOX_BACKLOG.set(rows)
-                    metrics.OUTBOX_OLDEST_AGE.set(
-                        (datetime.now(UTC) - oldest).total_seconds() if oldest else 0
-                    )
-                    if time.monotonic() >= next_purge:
-                        purged = await inbox.purge(session, retention)
-                        next_purge = time.monotonic() + 3600
-                        if purged:
-                            log.info("inbox purged", rows=purged, older_than_days=retention.days)
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:
-                log.warning("housekeeping failed; will retry", error=repr(e))
-            await asyncio.sleep(5)
-
     async def stop(self) -> None:
-        """Graceful: no new batch starts, the running one finishes and commits, and the
-        consumer group is left."""
+        """Graceful: no new batch or job tick starts; the batches in flight finish and commit
+        their offsets, the ticks in flight finish, and the consumer groups are left. Each
+        phase is bounded by ``graceful_timeout_s``: a phase that overruns is logged with what
+        it waits on and the stop goes on (what did not commit is done again after a
+        restart)."""
         log.info("worker stopping", worker=self.name)
         self.runtime.stop_processing()
-        await self.runtime.drain()  # while the consumers can still commit offsets
-        await self.broker.stop()
-        for task in self.background:
-            task.cancel()
-        await asyncio.gather(*self.background, return_exceptions=True)
+        await self._within("draining the consumers", self.runtime.drain())
+        await self._within("finishing the jobs", self._finish_jobs())
+        await self._within("leaving the consumer groups", self.broker.stop())
         await self.relay.stop()
         if self.health is not None:
             await self.health.stop()
         await self.engine.dispose()
         log.info("worker stopped", worker=self.name)
+
+    async def _finish_jobs(self) -> None:
+        try:
+            await asyncio.gather(*self.background, return_exceptions=True)
+        finally:  # cancelled (overrun): cancel the jobs too; their transactions roll back
+            for task in self.background:
+                task.cancel()
+            await asyncio.gather(*self.background, return_exceptions=True)
+            self.background.clear()
+
+    async def _within(self, phase: str, work: Awaitable[None]) -> None:
+        timeout = self.settings.graceful_timeout_s
+        try:
+            await asyncio.wait_for(work, timeout)
+        except TimeoutError:
+            stacks = io.StringIO()
+            for task in asyncio.all_tasks():
+                task.print_stack(limit=8, file=stacks)
+            log.error(
+                "worker stop: a phase overran; going on",
+                worker=self.name,
+                phase=phase,
+                timeout_s=timeout,
+                tasks=stacks.getvalue(),
+            )
 
     async def run_until_signalled(self) -> None:
         stop = asyncio.Event()
@@ -155,6 +159,29 @@ class Worker:
             await stop.wait()
         finally:
             await self.stop()
+
+
+def _housekeeping(runtime: Runtime, retention: timedelta) -> Callable[[], Awaitable[bool]]:
+    """The job every worker runs: the outbox backlog gauges, and (hourly) purging inbox rows
+    past the dedupe window."""
+    next_purge = 0.0
+
+    async def step(tx: Tx) -> None:
+        nonlocal next_purge
+        rows, oldest = await outbox.backlog(tx.session)
+        metrics.OUTBOX_BACKLOG.set(rows)
+        metrics.OUTBOX_OLDEST_AGE.set((datetime.now(UTC) - oldest).total_seconds() if oldest else 0)
+        if time.monotonic() >= next_purge:
+            purged = await inbox.purge(tx.session, retention)
+            next_purge = time.monotonic() + 3600
+            if purged:
+                log.info("inbox purged", rows=purged, older_than_days=retention.days)
+
+    async def tick() -> bool:
+        await runtime.jobs.run("housekeeping", step)
+        return False
+
+    return tick
 
 
 def build_worker(name: str, settings: Settings, register: Callable[[Runtime], None]) -> Worker:
@@ -182,4 +209,6 @@ def build_worker(name: str, settings: Settings, register: Callable[[Runtime], No
         on_committed=relay.wake,
     )
     register(runtime)
+    retention = timedelta(days=settings.inbox_retention_days)
+    runtime.job("housekeeping", _housekeeping(runtime, retention), every_s=5)
     return Worker(name, settings, broker, engine, sessions, runtime, relay)

@@ -29,7 +29,7 @@ from storage import outbox
 from storage.commands import CommandOutcome
 from workers.runtime import metrics
 from workers.runtime.errors import ShuttingDown, describe
-from workers.runtime.jobs import Jobs
+from workers.runtime.jobs import JobLoop, Jobs, Tick
 from workers.runtime.pipeline import Pipeline
 from workers.runtime.transient import retrying
 from workers.runtime.tx import Message, Tx, dead_letter
@@ -257,7 +257,7 @@ class Runtime:
         self.on_committed = on_committed
         self.processors: list[BatchProcessor[Any]] = []
         self.pipelines: list[Pipeline[Any]] = []
-        self.loops: list[Callable[[], Coroutine[Any, Any, None]]] = []
+        self.loops: list[JobLoop] = []
         self.stopping = asyncio.Event()
         self.jobs = Jobs(
             sessions,
@@ -267,13 +267,19 @@ class Runtime:
             stopping=self.stopping,
         )
 
-    def background(
-        self, loop: Callable[[], Coroutine[Any, Any, None]]
-    ) -> Callable[[], Coroutine[Any, Any, None]]:
-        """Register a loop the worker runs beside its consumers (a scheduler, a dispatcher).
-
-        It starts with the worker and is cancelled when the worker stops, so each of its
-        steps must be one transaction: a cancelled step rolls back and is done again."""
+    def job(
+        self,
+        name: str,
+        tick: Tick,
+        *,
+        every_s: float,
+        close: Callable[[], Awaitable[None]] | None = None,
+    ) -> JobLoop:
+        """Run ``tick`` beside the consumers for as long as the worker runs (a billing
+        scheduler, a collector, a sweep, a dispatcher): see ``JobLoop``. Each write of a tick
+        is one ``self.jobs`` transaction. Returns the loop, whose ``wake()`` runs the next
+        tick at once."""
+        loop = JobLoop(name, tick, every_s, self.stopping, close)
         self.loops.append(loop)
         return loop
 
@@ -332,10 +338,13 @@ class Runtime:
         return register
 
     def stop_processing(self) -> None:
-        """No new transaction starts (a retrying one gives up); see ``drain``."""
+        """No new transaction starts (a retrying one gives up), no job starts a new tick;
+        see ``drain``."""
         self.stopping.set()
         for p in self.processors:
             p.stopping.set()
+        for loop in self.loops:
+            loop.wake()
 
     async def drain(self) -> None:
         """Wait for the batches in flight to commit (with their offsets) or give up."""

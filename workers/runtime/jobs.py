@@ -17,8 +17,9 @@ releases them (``billstream quarantine release``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TypeVar
 
@@ -46,6 +47,11 @@ QUARANTINED = Counter(
 )
 JOB_RETRIES = Counter(
     "billstream_job_transient_retries_total", "Job steps retried after a transient error", ["job"]
+)
+JOB_FAILURES = Counter(
+    "billstream_job_step_failures_total",
+    "Job steps that failed with no item to blame (retried at the next tick)",
+    ["job"],
 )
 
 
@@ -237,3 +243,55 @@ class Jobs:
                 reason=entry.reason,
                 exc_info=error,
             )
+
+
+Tick = Callable[[], Awaitable[bool]]
+
+
+@dataclass
+class JobLoop:
+    """The one loop every periodic or background job runs in (``Runtime.job``).
+
+    ``tick`` does one step of work (each of its writes a ``Jobs.run``/``claimed``
+    transaction) and returns True when more is probably due at once; otherwise the loop
+    waits ``every_s`` seconds or until ``wake()`` (something was committed that the job
+    works on). A tick that fails with no item to blame (its claim query, say) is logged and
+    counted, and the next tick tries again. When the worker stops, the loop finishes the
+    tick in progress (a retrying one gives up), runs ``close`` and ends: its transaction
+    either committed or rolled back, and it is done again after a restart."""
+
+    name: str
+    tick: Tick
+    every_s: float
+    stopping: asyncio.Event
+    close: Callable[[], Awaitable[None]] | None = None
+    _wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        try:
+            while not self.stopping.is_set():
+                self._wake.clear()
+                try:
+                    more = await self.tick()
+                except ShuttingDown:
+                    return
+                except Exception as e:
+                    JOB_FAILURES.labels(job=self.name).inc()
+                    log.warning(
+                        "job tick failed; the next tick retries",
+                        job=self.name,
+                        error=describe(e),
+                        exc_info=True,
+                    )
+                    more = False
+                if more:
+                    await asyncio.sleep(0)  # let the consumers and the other jobs in
+                elif not self.stopping.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), self.every_s)
+        finally:
+            if self.close is not None:
+                await self.close()

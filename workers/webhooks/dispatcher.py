@@ -43,6 +43,7 @@ from storage.webhooks import DELIVER_JOB, RECORD_JOB, Claimed, MessageUpdate, We
 from workers.runtime import metrics
 from workers.runtime.errors import ShuttingDown
 from workers.runtime.jobs import Item, Jobs
+from workers.runtime.ratelimit import TokenBuckets
 from workers.runtime.tx import Tx
 from workers.webhooks import service
 from workers.webhooks.delivery import Deliverer
@@ -101,7 +102,7 @@ class Dispatcher:
         self.claim_batch = claim_batch
         self.poll_interval_s = poll_interval_s
         self.lease = lease
-        self.limiter = service.RateLimiter()
+        self.limiter: TokenBuckets[tuple[str, str]] = TokenBuckets()
         self.in_flight = 0
         self.passes = 0  # claim passes made (tests wait on it instead of sleeping)
         self._wake = asyncio.Event()
@@ -187,6 +188,7 @@ class Dispatcher:
         try:
             wait = self.limiter.take(
                 (message.tenant_id, message.endpoint_id),
+                1,
                 message.rate_limit_per_s,
                 time.monotonic(),
             )

@@ -359,28 +359,6 @@ def health(outcomes: Sequence[Outcome], policy: RetryPolicy, now: datetime) -> H
     return out
 
 
-# --- rate limits ---------------------------------------------------------------------
-
-
-class RateLimiter:
-    """Token buckets per endpoint (per process): ``rate`` per second, bursts up to ``rate``."""
-
-    def __init__(self) -> None:
-        self._buckets: dict[tuple[str, str], tuple[float, float]] = {}
-
-    def take(self, key: tuple[str, str], rate: int | None, now_s: float) -> float:
-        """0 when a delivery may go now (and spend a token), else seconds to wait."""
-        if not rate:
-            return 0.0
-        tokens, last = self._buckets.get(key, (float(rate), now_s))
-        tokens = min(float(rate), tokens + (now_s - last) * rate)
-        if tokens >= 1:
-            self._buckets[key] = (tokens - 1, now_s)
-            return 0.0
-        self._buckets[key] = (tokens, now_s)
-        return (1 - tokens) / rate
-
-
 # --- endpoints -----------------------------------------------------------------------
 
 
