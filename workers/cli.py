@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import importlib
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from workers.ops import commands as ops
+from workers.ops.quarantine import quarantine_app
+from workers.processes import WORKERS
 from workers.settings import Settings, get_settings
 
 app = typer.Typer(
@@ -23,8 +25,6 @@ schemas_app = typer.Typer(help="Message contracts (JSON Schema).", no_args_is_he
 app.add_typer(tenant_app, name="tenant")
 app.add_typer(topics_app, name="topics")
 app.add_typer(schemas_app, name="schemas")
-
-WORKERS = ("metering", "invoicing", "payments", "webhooks", "alerts")
 
 
 def _settings() -> Settings:
@@ -92,10 +92,10 @@ def worker(
     if name not in WORKERS:
         typer.echo(f"error: unknown worker {name!r}; choose one of {', '.join(WORKERS)}", err=True)
         raise typer.Exit(2)
-    settings = _settings()
-    build = importlib.import_module(f"workers.{name}.app").build  # workers/<name>/app.py
+    from workers import processes
 
-    asyncio.run(build(settings).run_until_signalled())
+    settings = _settings()
+    asyncio.run(processes.build(name, settings).run_until_signalled())
 
 
 @app.command()
@@ -150,8 +150,6 @@ def dev(
 
 
 # --- operations (workers/ops/commands.py) ---------------------------------------------------
-from workers.ops import commands as ops  # noqa: E402  (after WORKERS, which it reads)
-from workers.ops.quarantine import quarantine_app  # noqa: E402
 
 app.command("replay")(ops.replay)
 app.command("lag")(ops.lag)

@@ -10,8 +10,9 @@ import pytest
 from typer.testing import CliRunner
 
 from schemas import topics
-from workers.cli import WORKERS, app
+from workers.cli import app
 from workers.ops.asyncapi import document
+from workers.processes import WORKERS
 from workers.settings import Settings
 
 

@@ -19,7 +19,7 @@ from pydantic.json_schema import models_json_schema
 
 from schemas import topics
 from schemas.catalog import CATALOG
-from workers.ops.inventory import build_worker
+from workers import processes
 from workers.settings import Settings
 
 VERSION = "0.1.0"
@@ -44,7 +44,7 @@ def _payload(models: list[type[BaseModel]]) -> dict[str, Any]:
 
 
 async def document(name: str, settings: Settings) -> dict[str, Any]:
-    worker = build_worker(name, settings)
+    worker = processes.build(name, settings)
     try:
         spec = AsyncAPI(
             worker.broker,

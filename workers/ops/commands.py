@@ -382,9 +382,9 @@ def lag(
 ) -> None:
     """Consumer lag per group and partition: committed offset, end offset, lag. The
     groups are the ones the workers run (--group and --topic narrow, or name any other)."""
-    from workers.cli import WORKERS
     from workers.ops import inventory
     from workers.ops import lag as lagmod
+    from workers.processes import WORKERS
 
     settings = _settings()
 

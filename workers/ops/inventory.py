@@ -3,11 +3,10 @@
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from workers.runtime.app import Worker
+from workers import processes
 from workers.settings import Settings
 
 
@@ -19,18 +18,10 @@ class ConsumerInfo:
     description: str | None = None
 
 
-def build_worker(name: str, settings: Settings) -> Worker:
-    """``workers/<name>/app.py``'s ``build(settings)``: brokers and engines are created but
-    nothing connects until the worker starts."""
-    module = importlib.import_module(f"workers.{name}.app")
-    worker: Worker = module.build(settings)
-    return worker
-
-
 async def consumers(settings: Settings, names: Sequence[str]) -> list[ConsumerInfo]:
     out: list[ConsumerInfo] = []
     for name in names:
-        worker = build_worker(name, settings)
+        worker = processes.build(name, settings)
         try:
             for processor in worker.runtime.processors:
                 c = processor.consumer

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TypeVar
@@ -98,6 +98,18 @@ class Jobs:
         self.retry_max_s = retry_max_s
         self.on_committed = on_committed
         self.stopping = stopping or asyncio.Event()
+
+    @contextlib.asynccontextmanager
+    async def transaction(self, job: str) -> AsyncIterator[Tx]:
+        """One ``Tx``, one attempt, no retry: for a caller that answers a failure itself (the
+        ingress says 503, the CLI says what went wrong). Commits, with its outbox rows and
+        command outcomes, when the block ends; rolls back if it raises."""
+        async with self.sessions() as session, session.begin():
+            tx = Tx(session, job)
+            yield tx
+            await tx.flush()
+        if tx.outgoing:
+            self.on_committed()
 
     async def run(self, job: str, step: Callable[[Tx], Awaitable[R]]) -> R:
         """``step`` in one transaction (with its outbox rows); transient failures retried."""
