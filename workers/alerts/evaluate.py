@@ -10,18 +10,15 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from decimal import Decimal
 
 from schemas.metering import UsageTotalsChanged
 from schemas.pricing import PlanSpec
 from storage.alerts import Alert, AlertsRepository, Period, RuleDef
-from storage.db import AsyncSession
 from storage.metering import MeterDef, MeterRepository, PeriodKey, UsageRepository
+from workers import invoicing
 from workers.alerts import service
-from workers.invoicing import service as invoicing
-from workers.invoicing.billing import DEFAULT_CONFIG, InvoiceMaker, Plans
+from workers.runtime import Tx
 
-_PLANS = Plans()  # for InvoiceMaker (which reads the plan from each context)
 _SPECS: dict[str, PlanSpec] = {}  # parsed plan specs by plan id: plans never change
 
 
@@ -54,11 +51,11 @@ def touched(events: Sequence[UsageTotalsChanged]) -> list[Touched]:
 class UsageRules:
     """Evaluates usage-threshold, spend and anomaly rules for touched totals."""
 
-    def __init__(self, session: AsyncSession, clock: Callable[[], datetime]) -> None:
-        self.session = session
+    def __init__(self, tx: Tx, clock: Callable[[], datetime]) -> None:
+        self.tx = tx
         self.clock = clock
-        self.alerts = AlertsRepository(session)
-        self.usage = UsageRepository(session)
+        self.alerts = tx.repo(AlertsRepository)
+        self.usage = tx.repo(UsageRepository)
 
     async def evaluate(self, changes: Sequence[Touched]) -> list[Alert]:
         """The alerts these changes raise (not yet stored)."""
@@ -86,7 +83,7 @@ class UsageRules:
         periods = await self.alerts.current_periods(
             {(c.tenant_id, c.subject) for c in watched}, now
         )
-        meters = await MeterRepository(self.session).by_keys(
+        meters = await self.tx.repo(MeterRepository).by_keys(
             {(c.tenant_id, c.meter) for c in watched}
         )
         out: list[Alert] = []
@@ -197,25 +194,24 @@ class UsageRules:
         if not subjects:
             return []
         items = list(subjects.values())
-        contexts = [
-            (
-                p.tenant_id,
-                invoicing.InvoiceContext(
-                    plan=plan_of(p),
-                    subject=p.subject,
-                    currency=p.currency,
-                    period_start=p.start,
-                    period_end=p.end,
-                    proration=Decimal(1),
-                    rounding=p.rounding or str(DEFAULT_CONFIG["rounding"]),
-                ),
-            )
-            for p in items
-        ]
-        all_lines = await InvoiceMaker(self.session, _PLANS).lines(contexts)
+        amounts = await invoicing.draft_totals(
+            self.tx,
+            [
+                invoicing.DraftPeriod(
+                    p.tenant_id,
+                    p.subject,
+                    plan_of(p),
+                    p.currency,
+                    p.start,
+                    p.end,
+                    p.tax_rate,
+                    p.rounding,
+                )
+                for p in items
+            ],
+        )
         out: list[Alert] = []
-        for p, (_, ctx), lines in zip(items, contexts, all_lines, strict=True):
-            amount = invoicing.totals(lines, p.tax_rate, p.currency, ctx.rounding).total
+        for p, amount in zip(items, amounts, strict=True):
             for r in spend[p.tenant_id]:
                 if service.applies(r, p.subject) and r.target == p.currency:
                     out += service.spend_alerts(r, p.subject, (p.start, p.end), amount, now)

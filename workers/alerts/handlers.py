@@ -152,7 +152,7 @@ def register(runtime: Runtime, clock: Clock) -> None:
         evaluating one again raises nothing new (alerts are unique), so an inbox row each
         would only cost. Totals are read from the read model, never added up."""
         changes = touched([m.event for m in batch if isinstance(m.event, UsageTotalsChanged)])
-        found = await UsageRules(tx.session, clock).evaluate(changes)
+        found = await UsageRules(tx, clock).evaluate(changes)
         raised = await tx.repo(AlertsRepository).raise_alerts(found)
         emit_all(_emitter(tx), raised, tx.after_commit)
 
