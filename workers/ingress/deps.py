@@ -19,6 +19,7 @@ from storage.tenants import TenantRepository
 from workers.ingress.problems import Problem
 from workers.ingress.publisher import Publisher
 from workers.runtime.ratelimit import TokenBuckets
+from workers.runtime.tx import Tx
 from workers.settings import Settings
 
 log = structlog.get_logger("billstream.ingress")
@@ -92,6 +93,14 @@ async def session(st: State) -> AsyncIterator[AsyncSession]:
 
 
 Session = Annotated[AsyncSession, Depends(session)]
+
+
+async def unit(session: Session) -> Tx:
+    """The request's unit of work: read models through ``tx.repo(Repository)``."""
+    return Tx(session, "ingress")
+
+
+Unit = Annotated[Tx, Depends(unit)]
 
 
 def _unauthorized(detail: str) -> Problem:
