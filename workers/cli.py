@@ -38,10 +38,10 @@ def _settings() -> Settings:
 @app.command()
 def migrate() -> None:
     """Apply the database migrations (idempotent)."""
-    from storage.db import migrate_sync
+    from storage import migrations
 
     settings = _settings()
-    migrate_sync(settings.database_url)
+    migrations.upgrade(settings.database_url)
     typer.echo("database migrated to head")
 
 

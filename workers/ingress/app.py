@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
@@ -18,7 +17,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from schemas.envelope import new_id
 from storage.commands import IdempotencyRepository
-from storage.db import create_engine, ping, session_factory
 from workers.ingress import alerts as alert_routes
 from workers.ingress import invoicing
 from workers.ingress import payments as payment_routes
@@ -30,24 +28,30 @@ from workers.ingress.openapi import truthful_openapi
 from workers.ingress.problems import HANDLERS
 from workers.ingress.publisher import Publisher
 from workers.ingress.routes import router
+from workers.runtime.database import Database
+from workers.runtime.jobs import JobLoop
 from workers.runtime.ratelimit import TokenBuckets
 from workers.settings import Settings
 
 log = structlog.get_logger("billstream.ingress")
 
 
-async def _purge_idempotency_keys(st: IngressState) -> None:
-    """Forget Idempotency-Keys past their retention (hourly)."""
+PURGE_EVERY_S = 3600
+
+
+def idempotency_purge(st: IngressState) -> JobLoop:
+    """The job that forgets Idempotency-Keys past their retention (hourly)."""
     retention = timedelta(hours=st.settings.idempotency_retention_hours)
-    while True:
-        try:
-            async with st.sessions() as session, session.begin():
-                purged = await IdempotencyRepository(session).purge(retention)
-            if purged:
-                log.info("idempotency keys purged", rows=purged)
-        except Exception as e:
-            log.warning("idempotency key purge failed; will retry", error=repr(e))
-        await asyncio.sleep(3600)
+
+    async def purge() -> bool:
+        purged = await st.jobs.run(
+            "ingress.idempotency_purge", lambda tx: tx.repo(IdempotencyRepository).purge(retention)
+        )
+        if purged:
+            log.info("idempotency keys purged", rows=purged)
+        return False
+
+    return JobLoop("ingress.idempotency_purge", purge, PURGE_EVERY_S, st.jobs.stopping)
 
 
 class RequestContext:
@@ -77,26 +81,29 @@ class RequestContext:
 def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = create_engine(settings.database_url, pool_size=settings.database_pool_size)
+        database = Database(settings)
         publisher = Publisher(settings)
-        app.state.ingress = IngressState(
+        app.state.ingress = st = IngressState(
             settings=settings,
-            sessions=session_factory(engine),
+            database=database,
             publisher=publisher,
             limiter=TokenBuckets(),
             keys=KeyCache(settings.api_key_cache_s),
         )
-        app.state.engine = engine
-        purger = asyncio.create_task(_purge_idempotency_keys(app.state.ingress))
+        purge = idempotency_purge(st)
+        purging = asyncio.create_task(purge.run(), name=purge.name)
         log.info("ingress started", bootstrap=settings.kafka_bootstrap)
         try:
             yield
         finally:
-            purger.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await purger
+            st.jobs.stopping.set()  # a purge retrying gives up; the loop ends
+            purge.wake()
+            try:
+                await asyncio.wait_for(purging, settings.graceful_timeout_s)
+            except TimeoutError:
+                log.warning("the idempotency key purge did not finish; cancelled")
             await publisher.close()
-            await engine.dispose()
+            await database.close()
             log.info("ingress stopped")
 
     app = FastAPI(
@@ -137,7 +144,7 @@ def create_app(settings: Settings) -> FastAPI:
         st: IngressState = request.app.state.ingress
         checks: dict[str, str] = {}
         try:
-            await ping(request.app.state.engine)
+            await st.database.ping()
             checks["database"] = "ok"
         except Exception as e:
             checks["database"] = f"unavailable: {type(e).__name__}"

@@ -1,4 +1,5 @@
-"""Request-scoped dependencies: database sessions, the caller's tenant, idempotency."""
+"""Request-scoped dependencies: the request's unit of work, the caller's tenant,
+idempotency."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import hashlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import structlog
 from fastapi import Depends, Request
@@ -14,13 +15,17 @@ from fastapi.responses import JSONResponse
 
 from schemas.bounds import text_problem
 from storage.commands import IdempotencyRepository
-from storage.db import AsyncSession, Sessions
 from storage.tenants import TenantRepository
-from workers.ingress.problems import Problem
+from workers.ingress.problems import Problem, dependency_down
 from workers.ingress.publisher import Publisher
+from workers.runtime.database import Database
+from workers.runtime.jobs import Jobs
 from workers.runtime.ratelimit import TokenBuckets
 from workers.runtime.tx import Tx
 from workers.settings import Settings
+
+if TYPE_CHECKING:
+    from storage.db import AsyncSession, Sessions
 
 log = structlog.get_logger("billstream.ingress")
 
@@ -60,10 +65,20 @@ class KeyCache:
 @dataclass
 class IngressState:
     settings: Settings
-    sessions: Sessions
+    database: Database
     publisher: Publisher
     limiter: TokenBuckets[str]  # per tenant: settings.rate_limit_events_per_s
     keys: KeyCache = field(default_factory=lambda: KeyCache(0))
+
+    @property
+    def jobs(self) -> Jobs:
+        """Transactions: ``jobs.transaction(name)`` is one attempt, a failure answered 503."""
+        return self.database.jobs
+
+    @property
+    def sessions(self) -> Sessions:
+        """Deprecated: routes not yet moved to ``Unit`` / ``jobs.transaction``."""
+        return self.database.jobs.sessions
 
 
 async def state(request: Request) -> IngressState:  # async: no thread-pool hop per request
@@ -74,7 +89,19 @@ async def state(request: Request) -> IngressState:  # async: no thread-pool hop 
 State = Annotated[IngressState, Depends(state)]
 
 
-async def session(st: State) -> AsyncIterator[AsyncSession]:
+async def unit(st: State) -> AsyncIterator[Tx]:
+    """The request's unit of work: read models through ``tx.repo(Repository)``. One
+    transaction, one attempt: it commits before the response is sent (the dependency's
+    scope is the route function), and a dead PostgreSQL is answered 503 by the door."""
+    async with st.jobs.transaction("ingress") as tx:
+        yield tx
+
+
+Unit = Annotated[Tx, Depends(unit, scope="function")]
+
+
+async def session(st: State) -> AsyncIterator[Any]:
+    """Deprecated: ``Unit``. A bare session, closed after the response."""
     s = st.sessions()
     try:
         yield s
@@ -83,24 +110,17 @@ async def session(st: State) -> AsyncIterator[AsyncSession]:
             await s.close()
         except Exception as e:
             # the connection is gone (PostgreSQL down): the request already failed with the
-            # real cause, or was answered before the teardown (FastAPI may tear down after
+            # real cause, or was answered before the teardown (FastAPI tears down after
             # the response); either way, closing it has nothing left to do
-            from workers.ingress.door import dependency_down
-
             if not dependency_down(e):
                 raise
             log.warning("closing a database session failed", error=repr(e))
 
 
-Session = Annotated[AsyncSession, Depends(session)]
-
-
-async def unit(session: Session) -> Tx:
-    """The request's unit of work: read models through ``tx.repo(Repository)``."""
-    return Tx(session, "ingress")
-
-
-Unit = Annotated[Tx, Depends(unit)]
+if TYPE_CHECKING:
+    Session = Annotated[AsyncSession, Depends(session)]
+else:
+    Session = Annotated[Any, Depends(session)]
 
 
 def _unauthorized(detail: str) -> Problem:
@@ -121,8 +141,8 @@ async def authenticate(st: IngressState, authorization: str) -> str:
     secret = token.strip()
     tenant_id = st.keys.get(secret)
     if tenant_id is None:
-        async with st.sessions() as db:
-            tenant_id = await TenantRepository(db).authenticate(secret)
+        async with st.jobs.transaction("ingress") as tx:
+            tenant_id = await tx.repo(TenantRepository).authenticate(secret)
         if tenant_id is None:
             raise _unauthorized("the API key is not valid")
         st.keys.put(secret, tenant_id)
@@ -156,8 +176,8 @@ async def idempotent(
     if not 1 <= len(key) <= 255:
         raise Problem(400, "idempotency_key", "Invalid Idempotency-Key", "1 to 255 characters")
     digest = hashlib.sha256(request.method.encode() + request.url.path.encode() + body).digest()
-    async with st.sessions() as db, db.begin():
-        state_, row = await IdempotencyRepository(db).begin(tenant_id, key, digest)
+    async with st.jobs.transaction("ingress") as tx:
+        state_, row = await tx.repo(IdempotencyRepository).begin(tenant_id, key, digest)
     if state_ == "mismatch":
         raise Problem(
             422,
@@ -181,11 +201,11 @@ async def idempotent(
     try:
         status, payload = await produce()
     except BaseException:
-        async with st.sessions() as db, db.begin():
-            await IdempotencyRepository(db).abandon(tenant_id, key)
+        async with st.jobs.transaction("ingress") as tx:
+            await tx.repo(IdempotencyRepository).abandon(tenant_id, key)
         raise
-    async with st.sessions() as db, db.begin():
-        await IdempotencyRepository(db).finish(tenant_id, key, status, payload)
+    async with st.jobs.transaction("ingress") as tx:
+        await tx.repo(IdempotencyRepository).finish(tenant_id, key, status, payload)
     return JSONResponse(payload, status_code=status)
 
 

@@ -30,12 +30,10 @@ from starlette.datastructures import Headers
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from workers.ingress.problems import PROBLEM_JSON, Problem
-from workers.runtime.transient import is_transient
+from workers.ingress.deps import authenticate, tenant
+from workers.ingress.problems import PROBLEM_JSON, Problem, dependency_down, unavailable
 
 log = structlog.get_logger("billstream.ingress")
-
-DEPENDENCY_RETRY_AFTER_S = 5
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _NOT_STRUCTURE = bytes(b for b in range(256) if b not in b'[]{}"')
@@ -97,35 +95,6 @@ def control_characters(scope: Scope, path_params: dict[str, Any]) -> list[dict[s
     return errors
 
 
-def dependency_down(exc: BaseException) -> bool:
-    """Whether ``exc``, or an error it was raised from or while handling, is transient
-    (``is_transient``): a failed rollback on a dropped connection hides the real cause."""
-    seen: set[int] = set()
-    todo: list[BaseException | None] = [exc]
-    while todo:
-        e = todo.pop()
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
-        if is_transient(e):
-            return True
-        todo += [e.__cause__, e.__context__]
-    return False
-
-
-def unavailable(exc: BaseException) -> Problem:
-    """503 for a dependency that is down (PostgreSQL here; the publisher answers the
-    broker's own)."""
-    return Problem(
-        503,
-        "dependency_unavailable",
-        "A dependency is unavailable",
-        f"the database or the broker did not answer ({type(exc).__name__}); nothing was "
-        "accepted. Retry the request.",
-        headers={"Retry-After": str(DEPENDENCY_RETRY_AFTER_S)},
-    )
-
-
 async def send_problem(problem: Problem, scope: Scope, send: Send) -> None:
     from fastapi.responses import JSONResponse
 
@@ -160,8 +129,6 @@ class Door:
     def _needs_auth(self, route: APIRoute) -> bool:
         key = id(route)
         if key not in self._auth:
-            from workers.ingress.deps import tenant
-
             self._auth[key] = needs_tenant(route.dependant, tenant)
         return self._auth[key]
 
@@ -195,8 +162,6 @@ class Door:
         route, path_params = self._route(scope)
         if route is None:
             return receive  # 404/405 (or a route outside the API): nothing reads the body
-        from workers.ingress.deps import authenticate
-
         headers = Headers(scope=scope)
         state = scope["app"].state.ingress
         if self._needs_auth(route):

@@ -12,9 +12,13 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from workers.runtime.transient import is_transient
+
 PROBLEM_JSON = "application/problem+json"
 
 log = structlog.get_logger("billstream.ingress")
+
+DEPENDENCY_RETRY_AFTER_S = 5
 
 
 class Problem(Exception):
@@ -53,6 +57,35 @@ class Problem(Exception):
 def invalid(detail: str, errors: Sequence[dict[str, Any]]) -> Problem:
     """422: the request is not valid; ``errors`` name each field and why."""
     return Problem(422, "validation", "The request is not valid", detail, errors=errors)
+
+
+def dependency_down(exc: BaseException) -> bool:
+    """Whether ``exc``, or an error it was raised from or while handling, is transient
+    (``is_transient``): a failed rollback on a dropped connection hides the real cause."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if is_transient(e):
+            return True
+        todo += [e.__cause__, e.__context__]
+    return False
+
+
+def unavailable(exc: BaseException) -> Problem:
+    """503 for a dependency that is down (PostgreSQL here; the publisher answers the
+    broker's own)."""
+    return Problem(
+        503,
+        "dependency_unavailable",
+        "A dependency is unavailable",
+        f"the database or the broker did not answer ({type(exc).__name__}); nothing was "
+        "accepted. Retry the request.",
+        headers={"Retry-After": str(DEPENDENCY_RETRY_AFTER_S)},
+    )
 
 
 def problem_response(problem: Problem, request: Request) -> JSONResponse:

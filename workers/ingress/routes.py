@@ -16,9 +16,9 @@ from schemas.usage import UsageEvent, UsageEventIn
 from storage.commands import CommandRepository
 from storage.metering import MeterDef, MeterRepository, UsageRepository
 from workers.ingress.deps import (
-    Session,
     State,
     Tenant,
+    Unit,
     correlation_id,
     idempotent,
     parse_json,
@@ -27,6 +27,7 @@ from workers.ingress.deps import (
 from workers.ingress.fields import Instant
 from workers.ingress.problems import Problem, invalid, validation_errors
 from workers.runtime.ratelimit import retry_after
+from workers.runtime.tx import Tx
 
 router = APIRouter(prefix="/v1")
 
@@ -217,8 +218,8 @@ async def submit(
     now (e.g. a generated subscription id)."""
 
     async def accept() -> tuple[int, dict[str, Any]]:
-        async with st.sessions() as db, db.begin():
-            await CommandRepository(db).accept(tenant_id, command.id, command.type)
+        async with st.jobs.transaction("ingress") as tx:
+            await tx.repo(CommandRepository).accept(tenant_id, command.id, command.type)
             await st.publisher.publish(topic, [(key.encode(), command.to_json())])
         accepted = CommandAccepted(
             command_id=command.id, status="pending", status_url=f"/v1/commands/{command.id}"
@@ -253,8 +254,8 @@ async def create_meter(request: Request, spec: MeterSpec, st: State, tenant_id: 
 
 
 @router.get("/commands/{command_id}", response_model=CommandView, summary="A command's outcome")
-async def get_command(command_id: str, db: Session, tenant_id: Tenant) -> CommandView:
-    row = await CommandRepository(db).get(tenant_id, command_id)
+async def get_command(command_id: str, tx: Unit, tenant_id: Tenant) -> CommandView:
+    row = await tx.repo(CommandRepository).get(tenant_id, command_id)
     if row is None:
         raise Problem(404, "not_found", "No such command", f"no command {command_id!r}")
     return CommandView.model_validate(row, from_attributes=True)
@@ -267,21 +268,21 @@ def _view(m: MeterDef) -> MeterView:
     return MeterView.model_validate(m, from_attributes=True)
 
 
-async def _meter(db: Session, tenant_id: str, key: str) -> MeterDef:
-    meter = await MeterRepository(db).get(tenant_id, key)
+async def _meter(tx: Tx, tenant_id: str, key: str) -> MeterDef:
+    meter = await tx.repo(MeterRepository).get(tenant_id, key)
     if meter is None:
         raise Problem(404, "not_found", "No such meter", f"no meter with key {key!r}")
     return meter
 
 
 @router.get("/meters", response_model=list[MeterView], summary="List meters")
-async def list_meters(db: Session, tenant_id: Tenant) -> list[MeterView]:
-    return [_view(m) for m in await MeterRepository(db).of_tenant(tenant_id)]
+async def list_meters(tx: Unit, tenant_id: Tenant) -> list[MeterView]:
+    return [_view(m) for m in await tx.repo(MeterRepository).of_tenant(tenant_id)]
 
 
 @router.get("/meters/{key}", response_model=MeterView, summary="One meter")
-async def get_meter(key: str, db: Session, tenant_id: Tenant) -> MeterView:
-    return _view(await _meter(db, tenant_id, key))
+async def get_meter(key: str, tx: Unit, tenant_id: Tenant) -> MeterView:
+    return _view(await _meter(tx, tenant_id, key))
 
 
 def _hour_aligned(name: str, t: datetime | None) -> None:
@@ -300,7 +301,7 @@ def _hour_aligned(name: str, t: datetime | None) -> None:
 )
 async def query_usage(
     key: str,
-    db: Session,
+    tx: Unit,
     tenant_id: Tenant,
     subject: Annotated[list[str] | None, Query(description="Only these subjects.")] = None,
     from_: Annotated[
@@ -311,7 +312,7 @@ async def query_usage(
     group_by: Annotated[list[str] | None, Query(description="Group names, or 'subject'.")] = None,
 ) -> Response:
     """Exact values over [from, to) (UTC windows). Values are JSON numbers written exactly."""
-    meter = await _meter(db, tenant_id, key)
+    meter = await _meter(tx, tenant_id, key)
     _hour_aligned("from", from_)
     _hour_aligned("to", to)
     if from_ is not None and to is not None and from_ >= to:
@@ -327,7 +328,7 @@ async def query_usage(
             f"unknown group(s) {unknown}; this meter groups by: {allowed}",
             [{"field": "group_by", "reason": f"unknown group {g!r}"} for g in unknown],
         )
-    rows = await UsageRepository(db).query(
+    rows = await tx.repo(UsageRepository).query(
         meter, start=from_, end=to, subjects=subject or [], window=window_size, group_by=groups
     )
     payload = {

@@ -8,10 +8,11 @@ import socket
 
 from schemas import topics
 from schemas.ops import OpsRedriven, OpsReplayed
-from storage.db import DatabaseError, create_engine, session_factory
 from storage.ops import OpsRepository
 from workers.ops import kafka
-from workers.ops.errors import OpsError
+from workers.ops.errors import OpsError, database_failed
+from workers.runtime.database import database
+from workers.runtime.publisher import Record
 from workers.settings import Settings
 
 SOURCE = "billstream/cli"
@@ -32,32 +33,32 @@ async def record(settings: Settings, event: OpsReplayed | OpsRedriven) -> None:
     """Keep ``event`` in ``ops_audit`` and publish it to ``billstream.events.ops.v1``.
 
     Raises ``OpsError`` when either fails: the caller must not go on."""
-    engine = create_engine(settings.database_url, pool_size=1)
     try:
-        async with session_factory(engine)() as session, session.begin():
-            await OpsRepository(session).audit(
+        async with (
+            database(settings, pool_size=1) as jobs,
+            jobs.transaction("ops.audit") as tx,
+        ):
+            await tx.repo(OpsRepository).audit(
                 event.id,
                 event.type,
                 event.data.actor,
                 event.data.reason,
                 event.model_dump(mode="json", exclude_none=True),
             )
-    except (DatabaseError, OSError) as e:
+    except Exception as e:
+        if not database_failed(e):
+            raise
         raise OpsError(
             f"could not write the audit record to PostgreSQL ({type(e).__name__}: {e}); "
             "nothing was done",
             option="BILLSTREAM_DATABASE_URL",
         ) from None
-    finally:
-        await engine.dispose()
-    async with kafka.producer(settings) as p:
+    record = Record(
+        topics.EVENTS_OPS, event.tenantid.encode(), event.to_json(), {"ce_type": event.type}
+    )
+    async with kafka.publisher(settings) as p:
         try:
-            await p.send_and_wait(
-                topics.EVENTS_OPS,
-                event.to_json(),
-                key=event.tenantid.encode(),
-                headers=[("ce_type", event.type.encode())],
-            )
+            await p.publish([record])
         except Exception as e:
             raise OpsError(
                 f"could not publish the audit event to {topics.EVENTS_OPS} "

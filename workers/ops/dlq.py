@@ -11,7 +11,6 @@ a record redriven ``dlq_max_redrives`` times is left alone unless ``--force``.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import fnmatch
 import json
@@ -22,11 +21,12 @@ from typing import Any
 
 from schemas import topics
 from schemas.ops import ALL_TENANTS, OpsRedriven, RedrivenData, RedrivenRecord
-from storage.db import DatabaseError, create_engine, session_factory
 from storage.ops import OpsRepository
 from workers.ops import audit, kafka
-from workers.ops.errors import OpsError, UsageError
+from workers.ops.errors import OpsError, UsageError, database_failed
 from workers.ops.progress import NoProgress, Progress
+from workers.runtime.database import database
+from workers.runtime.publisher import Record
 from workers.runtime.tx import DLQ_HEADER_PREFIX
 from workers.settings import Settings
 
@@ -249,17 +249,19 @@ def choose(
 
 
 async def _redriven(settings: Settings, dlq_topic: str) -> dict[tuple[int, int], datetime]:
-    engine = create_engine(settings.database_url, pool_size=1)
     try:
-        async with session_factory(engine)() as session:
-            done = await OpsRepository(session).redrives(dlq_topic)
-    except (DatabaseError, OSError) as e:
+        async with (
+            database(settings, pool_size=1) as jobs,
+            jobs.transaction("ops.dlq") as tx,
+        ):
+            done = await tx.repo(OpsRepository).redrives(dlq_topic)
+    except Exception as e:
+        if not database_failed(e):
+            raise
         raise OpsError(
             f"cannot read redrive records from PostgreSQL ({type(e).__name__})",
             option="BILLSTREAM_DATABASE_URL",
         ) from None
-    finally:
-        await engine.dispose()
     return {k: r.redriven_at for k, r in done.items()}
 
 
@@ -395,39 +397,29 @@ async def redrive(
     result.audit_id = event.id
     now = datetime.now(UTC)
     progress.begin(f"redriving {len(chosen)} record(s) from {dlq_topic}", len(chosen))
-    engine = create_engine(settings.database_url, pool_size=1)
-    try:
-        async with (
-            session_factory(engine)() as session,
-            session.begin(),
-            kafka.producer(settings) as p,
-        ):
-            # claimed in the transaction that commits only after every record is acknowledged:
-            # a concurrent redrive of the same records claims nothing and publishes nothing
-            claimed = await OpsRepository(session).claim_redrives(
-                dlq_topic,
-                [(e.partition, e.offset, e.original_topic or "") for e in chosen],
-                audit_id=event.id,
-                actor=actor,
-                again=again,
-            )
-            futures = []
-            for e in chosen:
-                if (e.partition, e.offset) not in claimed:
-                    result.skipped.append(Skipped(e, "redriven concurrently by someone else"))
-                    continue
-                futures.append(
-                    await p.send(
-                        e.original_topic or "",
-                        e.value,
-                        key=e.key,
-                        headers=redrive_headers(e, event.id, now),
-                    )
-                )
-                progress.advance()
-            await asyncio.gather(*futures)
-            result.redriven = len(futures)
-    finally:
-        await engine.dispose()
+    async with (
+        database(settings, pool_size=1) as jobs,
+        jobs.transaction("ops.dlq.redrive") as tx,
+        kafka.publisher(settings) as p,
+    ):
+        # claimed in the transaction that commits only after every record is acknowledged:
+        # a concurrent redrive of the same records claims nothing and publishes nothing
+        claimed = await tx.repo(OpsRepository).claim_redrives(
+            dlq_topic,
+            [(e.partition, e.offset, e.original_topic or "") for e in chosen],
+            audit_id=event.id,
+            actor=actor,
+            again=again,
+        )
+        records: list[Record] = []
+        for e in chosen:
+            if (e.partition, e.offset) not in claimed:
+                result.skipped.append(Skipped(e, "redriven concurrently by someone else"))
+                continue
+            headers = redrive_headers(e, event.id, now)
+            records.append(Record(e.original_topic or "", e.key, e.value, headers))
+            progress.advance()
+        await p.publish(records)
+        result.redriven = len(records)
     result.chosen = [e for e in chosen if (e.partition, e.offset) in claimed]
     return result

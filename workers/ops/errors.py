@@ -24,3 +24,13 @@ class UsageError(OpsError):
 
     def __init__(self, message: str, *, option: str | None = None) -> None:
         super().__init__(message, option=option, exit_code=2)
+
+
+def database_failed(e: BaseException) -> bool:
+    """Whether ``e`` means PostgreSQL failed: the network (``OSError``) or any of SQLAlchemy's
+    errors (``storage.db.DatabaseError``, told by its class name: ops never imports
+    SQLAlchemy, ARCHITECTURE.md §1)."""
+    return isinstance(e, OSError) or any(
+        c.__name__ == "SQLAlchemyError" and c.__module__ == "sqlalchemy.exc"
+        for c in type(e).__mro__
+    )

@@ -21,12 +21,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeAlias
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from workers.devstack import wait_for
 from workers.ops.errors import OpsError
 from workers.runtime.offsets import OffsetsUnavailable, true_ends
+from workers.runtime.publisher import RecordPublisher
 from workers.runtime.topics import admin_client
 from workers.settings import Settings
 
@@ -70,19 +71,13 @@ async def consumer(
 
 
 @contextlib.asynccontextmanager
-async def producer(settings: Settings) -> AsyncIterator[AIOKafkaProducer]:
-    """``acks=all``; idempotent where the broker supports it (``kafka_idempotence``)."""
-    p = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap,
-        acks="all",
-        enable_idempotence=settings.kafka_idempotence,
-        request_timeout_ms=settings.kafka_request_timeout_ms,
-        linger_ms=5,
-    )
+async def publisher(settings: Settings) -> AsyncIterator[RecordPublisher]:
+    """The runtime's producer (``acks=all``; idempotent where the broker supports it:
+    ``kafka_idempotence``), connected."""
+    p = RecordPublisher(settings, client_id="billstream-cli")
     try:
-        await p.start()
+        await p.connect()
     except KafkaConnectionError as e:
-        await p.stop()
         raise OpsError(
             f"cannot reach Kafka at {settings.kafka_bootstrap} ({e})",
             option="BILLSTREAM_KAFKA_BOOTSTRAP",

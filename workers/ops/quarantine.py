@@ -20,8 +20,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from storage.db import create_engine, session_factory
 from storage.quarantine import Entry, QuarantineRepository
+from workers.runtime.database import database
 from workers.settings import get_settings
 
 quarantine_app = typer.Typer(
@@ -34,12 +34,11 @@ out = Console(highlight=False, soft_wrap=True, markup=False)
 @asynccontextmanager
 async def _repository() -> AsyncIterator[QuarantineRepository]:
     """The repository in one transaction on the configured database."""
-    engine = create_engine(get_settings().database_url, pool_size=1)
-    try:
-        async with session_factory(engine)() as session, session.begin():
-            yield QuarantineRepository(session)
-    finally:
-        await engine.dispose()
+    async with (
+        database(get_settings(), pool_size=1) as jobs,
+        jobs.transaction("ops.quarantine") as tx,
+    ):
+        yield tx.repo(QuarantineRepository)
 
 
 async def _entries(tenant: str | None, released: bool, limit: int) -> list[Entry]:

@@ -17,14 +17,15 @@ from datetime import timedelta
 
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from tenacity import AsyncRetrying, retry_if_exception, wait_exponential_jitter
 
 from storage import outbox
 from workers.runtime import metrics
 from workers.runtime.publisher import Record, RecordPublisher
-from workers.runtime.transient import is_transient
+from workers.runtime.transient import retrying
 
 log = structlog.get_logger("billstream.relay")
+
+RETRY_INITIAL_S = 0.2
 
 
 class OutboxRelay:
@@ -64,18 +65,21 @@ class OutboxRelay:
 
     async def _run(self) -> None:
         next_adoption = time.monotonic() + (self.adopt_after_s or 0)
+
+        async def one_round() -> int:
+            nonlocal next_adoption
+            published = await self.publish_once()
+            if self.adopt_after_s is not None and time.monotonic() >= next_adoption:
+                await self.adopt_once()
+                next_adoption = time.monotonic() + self.adopt_after_s
+            return published
+
         while True:
             try:
-                async for attempt in AsyncRetrying(
-                    retry=retry_if_exception(is_transient),
-                    wait=wait_exponential_jitter(multiplier=0.2, jitter=0.2, max=self.retry_max_s),
-                    reraise=True,
-                ):
-                    with attempt:
-                        published = await self.publish_once()
-                        if self.adopt_after_s is not None and time.monotonic() >= next_adoption:
-                            await self.adopt_once()
-                            next_adoption = time.monotonic() + self.adopt_after_s
+                # transient failures (broker or database down) retried with backoff
+                published = await retrying(
+                    one_round, initial_s=RETRY_INITIAL_S, max_s=self.retry_max_s
+                )
             except asyncio.CancelledError:
                 raise
             except Exception:
