@@ -25,6 +25,7 @@ DEV_TENANT = "dev"
 SERVICES = (
     "ingress",
     "worker metering",
+    "worker pos",
     "worker invoicing",
     "worker payments",
     "worker webhooks",

@@ -9,7 +9,7 @@ from types import ModuleType
 from workers.runtime.app import Worker
 from workers.settings import Settings
 
-WORKERS = ("metering", "invoicing", "payments", "webhooks", "alerts")
+WORKERS = ("metering", "pos", "invoicing", "payments", "webhooks", "alerts")
 
 
 def build(name: str, settings: Settings) -> Worker:
@@ -26,10 +26,12 @@ def _apps() -> dict[str, ModuleType]:
     from workers.invoicing import app as invoicing
     from workers.metering import app as metering
     from workers.payments import app as payments
+    from workers.pos import app as pos
     from workers.webhooks import app as webhooks
 
     return {
         "metering": metering,
+        "pos": pos,
         "invoicing": invoicing,
         "payments": payments,
         "webhooks": webhooks,

@@ -14,7 +14,7 @@ import httpx
 import pytest
 import uvicorn
 
-from schemas import topics
+from schemas import groups, topics
 from tests.conftest import TenantKey, make_tenant
 from tests.integration.support import (
     Sessions,
@@ -25,9 +25,8 @@ from tests.integration.support import (
 )
 from workers.devstack import free_port, wait_for
 from workers.ingress.app import create_app
-from workers.metering.app import build
-from workers.metering.handlers import USAGE_GROUP
-from workers.pos.handlers import RECEIPTS_GROUP
+from workers.metering.app import build as build_metering
+from workers.pos.app import build as build_pos
 from workers.settings import Settings
 
 GROSS_SALES = {
@@ -119,8 +118,8 @@ async def ingress(settings: Settings, tenant: TenantKey) -> AsyncIterator[Api]:
 
 @pytest.fixture
 async def api(ingress: Api, settings: Settings) -> AsyncIterator[Api]:
-    """The ingress and a metering worker (which runs the POS consumers)."""
-    async with running(build(settings)):
+    """The ingress, a POS worker and a metering worker."""
+    async with running(build_pos(settings)), running(build_metering(settings)):
         yield ingress
 
 
@@ -169,9 +168,9 @@ async def test_pos_receipts_become_gross_sales_and_transactions_once_with_refund
 
     await wait_for(settled, timeout_s=30)
     # everything read and applied: nothing more arrives later
-    await wait_committed_to_end(settings, RECEIPTS_GROUP, topics.INTEGRATIONS_POS)
+    await wait_committed_to_end(settings, groups.POS_RECEIPTS, topics.INTEGRATIONS_POS)
     await wait_outbox_drained(sessions)
-    await wait_committed_to_end(settings, USAGE_GROUP, topics.USAGE)
+    await wait_committed_to_end(settings, groups.METERING_USAGE, topics.USAGE)
     assert await settled()
     # usage per customer: the airport's sales belong to shop-77
     r = await api.client.get(

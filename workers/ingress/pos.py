@@ -19,9 +19,9 @@ from schemas.pos import (
 )
 from storage.pos import PosMappingRepository
 from workers.ingress.deps import (
-    Session,
     State,
     Tenant,
+    Unit,
     correlation_id,
     idempotent,
     parse_json,
@@ -29,8 +29,7 @@ from workers.ingress.deps import (
 )
 from workers.ingress.problems import Problem
 from workers.ingress.routes import INGRESS_SOURCE, CommandAccepted, submit
-from workers.pos import adapters, service
-from workers.pos.errors import AdapterError
+from workers.pos import Adapter, AdapterError, format_of, formats, usage_source
 from workers.runtime.ratelimit import retry_after
 
 router = APIRouter(prefix="/v1/integrations/pos", tags=["POS integration"])
@@ -48,10 +47,10 @@ class SourceView(BaseModel):
     description: str
 
 
-def _adapter(source: str) -> adapters.Adapter:
-    adapter = adapters.get(source)
+def _adapter(source: str) -> Adapter:
+    adapter = format_of(source)
     if adapter is None:
-        known = ", ".join(sorted(adapters.adapters()))
+        known = ", ".join(sorted(formats()))
         raise Problem(
             404, "unknown_pos_source", "Unknown POS source", f"no POS format {source!r}; "
             f"known: {known}"
@@ -61,7 +60,7 @@ def _adapter(source: str) -> adapters.Adapter:
 
 @router.get("", response_model=list[SourceView], summary="The POS formats billstream reads")
 async def list_sources(tenant_id: Tenant) -> list[SourceView]:
-    found = adapters.adapters().values()
+    found = formats().values()
     return [SourceView(source=a.name, description=a.description) for a in found]
 
 
@@ -113,7 +112,7 @@ async def ingest_receipts(
     events = [
         PosReceiptRecorded(
             id=r.receipt_id,
-            source=service.usage_source(source),
+            source=usage_source(source),
             subject=r.location,
             time=r.time,
             tenantid=tenant_id,
@@ -124,7 +123,9 @@ async def ingest_receipts(
     ]
 
     async def publish() -> tuple[int, dict[str, Any]]:
-        messages = [(f"{tenant_id}:{e.subject}".encode(), e.to_json()) for e in events]
+        messages = [
+            (topics.partition_key(tenant_id, e.subject).encode(), e.to_json()) for e in events
+        ]
         await st.publisher.publish(topics.INTEGRATIONS_POS, messages)
         return 202, {"accepted": len(events), "receipts": [e.id for e in events]}
 
@@ -158,9 +159,9 @@ async def set_mapping(
 
 
 @router.get("/{source}/mapping", response_model=PosMappingSpec, summary="A POS source's mapping")
-async def get_mapping(source: SourcePath, db: Session, tenant_id: Tenant) -> PosMappingSpec:
+async def get_mapping(source: SourcePath, tx: Unit, tenant_id: Tenant) -> PosMappingSpec:
     _adapter(source)
-    raw = await PosMappingRepository(db).get(tenant_id, source)
+    raw = await tx.repo(PosMappingRepository).get(tenant_id, source)
     if raw is None:
         raise Problem(404, "not_found", "No mapping", f"no mapping for POS source {source!r}")
     return PosMappingSpec.model_validate(raw)

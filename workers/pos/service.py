@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from schemas.pos import PosMappingSpec, PosReceiptRecorded
+from schemas.pos import PosMappingSpec, PosReceiptRecorded, SetPosMapping
 from schemas.usage import UsageEvent
 from workers.pos.errors import UnmappedLocation
 
@@ -14,6 +14,19 @@ TRANSACTION = "transaction"
 
 def usage_source(pos_source: str) -> str:
     return f"billstream/pos/{pos_source}"
+
+
+def mapping_of(command: SetPosMapping) -> PosMappingSpec:
+    """The mapping a ``SetPosMapping`` command sets (its data without the source)."""
+    return PosMappingSpec.model_validate(command.data.model_dump(exclude={"source"}))
+
+
+def no_mapping(source: str) -> str:
+    """Why a receipt of ``source`` is dead-lettered when its tenant has no mapping for it."""
+    return (
+        f"no mapping for POS source {source!r}: PUT "
+        f"/v1/integrations/pos/{source}/mapping, then redrive"
+    )
 
 
 def subject_for(mapping: PosMappingSpec, location: str) -> str:
