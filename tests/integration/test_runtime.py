@@ -360,3 +360,35 @@ async def test_a_consumer_of_a_dead_letter_topic_never_dead_letters(
     finally:
         await client.close()
     assert dlq(dlq(IN)) not in names or await topic_size(settings, dlq(dlq(IN))) == 0
+
+
+async def test_a_job_stuck_in_a_tick_cannot_hang_the_stop_and_is_cancelled_and_closed(
+    settings: Settings, topics: None
+) -> None:
+    """Each phase of a stop is bounded by graceful_timeout_s: a tick that never returns
+    (a hung call to a third party, say) is cancelled, its ``close`` still runs, and the
+    worker stops and leaves its groups."""
+    seen: list[str] = []
+    stuck = asyncio.Event()
+
+    async def tick() -> bool:
+        seen.append("tick")
+        await stuck.wait()  # never set
+        return False
+
+    async def close() -> None:
+        seen.append("closed")
+
+    def register(runtime: Runtime) -> None:
+        async def handler(batch: Batch[UsageEvent], tx: Tx) -> None:
+            await tx.claim(batch)
+
+        runtime.consumer(IN, group=GROUP, decode=UsageEvent.from_json)(handler)
+        runtime.job("test.stuck", tick, every_s=3600, close=close)
+
+    worker = build_worker("test", settings.model_copy(update={"graceful_timeout_s": 0.5}), register)
+    await worker.start()
+    await wait_for(lambda: seen == ["tick"], timeout_s=10)
+    await asyncio.wait_for(worker.stop(), timeout=30)
+    assert seen == ["tick", "closed"]
+    assert all(task.done() for task in asyncio.all_tasks() if task.get_name() == "test.stuck")
