@@ -48,12 +48,12 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.partitioner import DefaultPartitioner
 
-from schemas import topics
+from schemas import groups, topics
 from storage.db import create_engine, migrate, session_factory
-from storage.metering import MeterDef, MeterRepository
+from storage.metering import MeterRepository
 from storage.tenants import TenantRepository
 from workers.devstack import EmbeddedKafka, EmbeddedPostgres
-from workers.metering.handlers import USAGE_GROUP
+from workers.metering import MeterDef
 from workers.runtime.topics import ensure_topics
 from workers.settings import Settings
 
@@ -519,8 +519,8 @@ async def run_billstream(
         "billstream",
         [sys.executable, "-m", "workers.cli", "worker", "metering"],
         env,
-        group=USAGE_GROUP,
-        inbox_consumer=USAGE_GROUP,
+        group=groups.METERING_USAGE,
+        inbox_consumer=groups.METERING_USAGE,
         url=url,
         stack=stack,
         workload=workload,

@@ -9,11 +9,10 @@ windows of an hour or a day) is exact. ``usage_unique`` keeps the distinct value
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -33,6 +32,30 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
 from storage.db import Base
+from workers.metering.service import (
+    MeterDef,
+    PeriodKey,
+    UniqueValue,
+    UsageDelta,
+    UsageRow,
+    WindowSize,
+)
+
+# The domain's types are the metering service's (workers/metering/service.py); they are
+# re-exported here for the code that still imports them from storage.
+__all__ = [
+    "Meter",
+    "MeterDef",
+    "MeterRepository",
+    "PeriodKey",
+    "UniqueValue",
+    "UsageDelta",
+    "UsageHourly",
+    "UsageRepository",
+    "UsageRow",
+    "UsageUnique",
+    "WindowSize",
+]
 
 
 class Meter(Base):
@@ -90,49 +113,6 @@ class UsageUnique(Base):
     groups: Mapped[dict[str, Any]] = mapped_column(JSONB, primary_key=True)
     bucket: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
     value: Mapped[str] = mapped_column(Text, primary_key=True)
-
-
-# --- the shapes the metering service hands over --------------------------------------
-
-
-@dataclass(frozen=True)
-class MeterDef:
-    id: str
-    tenant_id: str
-    key: str
-    event_type: str
-    aggregation: str
-    value_property: str | None
-    group_by: dict[str, str]
-    name: str | None = None
-    description: str | None = None
-
-
-@dataclass
-class UsageDelta:
-    """What one batch adds to one hourly bucket."""
-
-    tenant_id: str
-    meter_id: str
-    subject: str
-    groups: str  # canonical JSON object of group name -> value
-    bucket: datetime
-    count: int = 0
-    sum: Decimal | None = None
-    min: Decimal | None = None
-    max: Decimal | None = None
-    latest_time: datetime | None = None
-    latest_value: Decimal | None = None
-
-
-@dataclass(frozen=True)
-class UniqueValue:
-    tenant_id: str
-    meter_id: str
-    subject: str
-    groups: str
-    bucket: datetime
-    value: str
 
 
 def _to_def(m: Meter | Row[Any]) -> MeterDef:
@@ -260,18 +240,6 @@ _INSERT_UNIQUE = text(
     """
 )
 
-WindowSize = Literal["hour", "day", "none"]
-
-
-@dataclass(frozen=True)
-class UsageRow:
-    window_start: datetime | None
-    window_end: datetime | None
-    subject: str | None
-    groups: dict[str, str | None]
-    value: Decimal | None
-
-
 _VALUE_SQL = {
     "count": "sum(count)",
     "sum": "sum(sum)",
@@ -398,16 +366,6 @@ class UsageRepository:
         return rows
 
 
-@dataclass(frozen=True)
-class PeriodKey:
-    """One meter's usage of one subject over [start, end) (hour-aligned)."""
-
-    meter: MeterDef
-    subject: str
-    start: datetime
-    end: datetime
-
-
 _PERIOD_TOTALS = text(
     """
     WITH k AS (
@@ -442,7 +400,3 @@ _PERIOD_UNIQUES = text(
     GROUP BY k.idx
     """
 )
-
-
-def canonical_groups(groups: dict[str, str | None]) -> str:
-    return json.dumps(groups, sort_keys=True, separators=(",", ":"))

@@ -8,10 +8,9 @@ import dataclasses
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-from schemas import topics
+from schemas import groups, topics
 from schemas.metering import MeterCreated
 from schemas.usage import UsageEvent
-from storage.metering import MeterDef
 from tests.conftest import KafkaServer, TenantKey, make_tenant
 from tests.integration.support import (
     T0,
@@ -44,8 +43,8 @@ from tests.integration.support import (
     waiting_on_lock,
 )
 from workers.devstack import wait_for
+from workers.metering import MeterDef
 from workers.metering.app import build
-from workers.metering.handlers import COMMANDS_GROUP, USAGE_GROUP
 from workers.settings import Settings
 
 TOKENS = {
@@ -105,7 +104,7 @@ async def test_create_meter_succeeds_publishes_meter_created_and_refuses_a_confl
 
         # the very same command redelivered (same id) is applied once
         await send_command(p, first)
-        await wait_committed_to_end(settings, COMMANDS_GROUP, topics.COMMANDS_METERING)
+        await wait_committed_to_end(settings, groups.METERING_COMMANDS, topics.COMMANDS_METERING)
         record = await command_outcome(sessions, t, first.id)
         assert (record.status, record.result) == ("succeeded", {"meter_id": meter_id})
 
@@ -195,14 +194,14 @@ async def test_every_aggregation_is_exact_and_duplicates_count_once(
         # batch (same key, so same partition, adjacent)
         await send_usage(p, [E1, E1, E1_AGAIN_CHANGED, E2, E4, E4, E9])
         async with running(build(settings)):
-            await wait_inbox(sessions, USAGE_GROUP, 4)
+            await wait_inbox(sessions, groups.METERING_USAGE, 4)
             assert await total(sessions, meters["calls"]) == 4
             assert await total(sessions, meters["spend"]) == D("3.1")
 
             # batch 2: every earlier event again (across batches), the rest, a duplicate
             await send_usage(p, [E1, E2, E4, E9, E3, E5, E6, E7, E8, E8, E1_AGAIN_CHANGED])
-            await wait_committed_to_end(settings, USAGE_GROUP, topics.USAGE)
-    assert await inbox_count(sessions, USAGE_GROUP) == 9
+            await wait_committed_to_end(settings, groups.METERING_USAGE, topics.USAGE)
+    assert await inbox_count(sessions, groups.METERING_USAGE) == 9
     assert await topic_size(settings, topics.dlq(topics.USAGE)) == 0
 
     calls, spend, low, high, users, level = (
@@ -341,12 +340,12 @@ async def test_poison_usage_records_are_dead_lettered_with_their_reason_and_the_
         await send_usage(p, valid)  # again: duplicates of the ones sent, and the last one
         async with running(build(settings)):
             dead = await read_topic(settings, topics.dlq(topics.USAGE), len(poison))
-            await wait_committed_to_end(settings, USAGE_GROUP, topics.USAGE)
+            await wait_committed_to_end(settings, groups.METERING_USAGE, topics.USAGE)
 
     # every valid event counted exactly once; no poison counted
     assert await total(sessions, meters["calls"]) == 5
     assert await total(sessions, meters["spend"]) == D("12.5")  # 0.5 + 1.5 + ... + 4.5
-    assert await inbox_count(sessions, USAGE_GROUP) == 5  # rejected claims were released
+    assert await inbox_count(sessions, groups.METERING_USAGE) == 5  # rejected claims were released
 
     [partition] = partitions
     by_offset = {int(headers(r)["billstream-dlq-offset"]): r for r in dead}
@@ -361,7 +360,7 @@ async def test_poison_usage_records_are_dead_lettered_with_their_reason_and_the_
         assert reason in h["billstream-dlq-reason"], (name, h["billstream-dlq-reason"])
         assert h["billstream-dlq-topic"] == topics.USAGE
         assert h["billstream-dlq-partition"] == str(partition)
-        assert h["billstream-dlq-group"] == USAGE_GROUP
+        assert h["billstream-dlq-group"] == groups.METERING_USAGE
         assert datetime.fromisoformat(h["billstream-dlq-at"]).tzinfo is not None
 
 
@@ -380,12 +379,12 @@ async def test_offsets_are_committed_to_the_end_once_processed(
     events = [call(f"e{i}", f"cust-{i % 7}", i * M, str(i), "u", None) for i in range(60)]
     async with running(build(settings)), producer(settings) as p:
         await send_usage(p, events[:30])
-        await wait_inbox(sessions, USAGE_GROUP, 30)
-        ends = await wait_committed_to_end(settings, USAGE_GROUP, topics.USAGE)
+        await wait_inbox(sessions, groups.METERING_USAGE, 30)
+        ends = await wait_committed_to_end(settings, groups.METERING_USAGE, topics.USAGE)
         assert sum(ends.values()) == 30
         await send_usage(p, events[30:])
-        await wait_inbox(sessions, USAGE_GROUP, 60)
-        ends = await wait_committed_to_end(settings, USAGE_GROUP, topics.USAGE)
+        await wait_inbox(sessions, groups.METERING_USAGE, 60)
+        ends = await wait_committed_to_end(settings, groups.METERING_USAGE, topics.USAGE)
         assert sum(ends.values()) == 60
         assert len([e for e in ends.values() if e]) > 1  # spread over partitions
     assert await total(sessions, meters["calls"]) == 60
@@ -406,7 +405,7 @@ async def test_a_graceful_stop_mid_stream_commits_what_it_applied_and_a_restart_
     # park the worker mid-stream: the batch holding e4000 waits on its inbox row, then the
     # stop is requested while that batch is in flight, then the row is let go
     worker = build(small_batches)
-    async with inbox_gate(sessions, USAGE_GROUP, "acme", "bulk", "e4000"):
+    async with inbox_gate(sessions, groups.METERING_USAGE, "acme", "bulk", "e4000"):
         await worker.start()
         try:
             await wait_for(lambda: waiting_on_lock(sessions), timeout_s=15)
@@ -416,8 +415,8 @@ async def test_a_graceful_stop_mid_stream_commits_what_it_applied_and_a_restart_
         stopping = asyncio.ensure_future(worker.stop())
         await wait_for(lambda: all(p.stopping.is_set() for p in worker.runtime.processors))
     await stopping
-    applied = await inbox_count(sessions, USAGE_GROUP)
-    committed = await committed_offsets(settings, USAGE_GROUP, topics.USAGE)
+    applied = await inbox_count(sessions, groups.METERING_USAGE)
+    committed = await committed_offsets(settings, groups.METERING_USAGE, topics.USAGE)
     assert 0 < applied < n, "stopped mid-stream"
     # graceful: every batch applied in the database had its offsets committed, so nothing
     # needs to be redelivered (the preload's duplicates are its only excess over the inbox)
@@ -426,8 +425,8 @@ async def test_a_graceful_stop_mid_stream_commits_what_it_applied_and_a_restart_
     assert await total(sessions, meters["calls"]) == applied
 
     async with running(build(small_batches)):
-        await wait_committed_to_end(settings, USAGE_GROUP, topics.USAGE, timeout_s=60)
-    assert await inbox_count(sessions, USAGE_GROUP) == n
+        await wait_committed_to_end(settings, groups.METERING_USAGE, topics.USAGE, timeout_s=60)
+    assert await inbox_count(sessions, groups.METERING_USAGE) == n
     assert await total(sessions, meters["calls"]) == n
     assert await total(sessions, meters["spend"]) == n * (n - 1) // 2
     assert await topic_size(settings, topics.dlq(topics.USAGE)) == 0
@@ -450,7 +449,7 @@ async def test_tenants_never_see_each_others_usage(
             p,
             [call(f"e{i}", "cust-1", i * M, "10", "u", None, tenant=other) for i in range(5)],
         )
-        await wait_inbox(sessions, USAGE_GROUP, 8)
+        await wait_inbox(sessions, groups.METERING_USAGE, 8)
     assert await total(sessions, acme["calls"]) == 3
     assert await total(sessions, acme["spend"]) == 3
     assert await total(sessions, globex["calls"]) == 5

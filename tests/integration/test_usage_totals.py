@@ -12,11 +12,10 @@ from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.producer.message_accumulator import BatchBuilder
 from pydantic import TypeAdapter
 
-from schemas import topics
+from schemas import groups, topics
 from schemas.envelope import WIRE
 from schemas.metering import MeteringEvent, UsageTotalsChanged
 from schemas.usage import UsageEvent
-from storage.metering import MeterDef
 from tests.conftest import TenantKey
 from tests.integration.support import (
     T0,
@@ -32,9 +31,8 @@ from tests.integration.support import (
     wait_committed_to_end,
     wait_outbox_drained,
 )
-from workers.metering import service
+from workers.metering import MeterDef, service
 from workers.metering.app import build
-from workers.metering.handlers import USAGE_GROUP
 from workers.settings import Settings
 
 D = Decimal
@@ -87,7 +85,7 @@ async def send_batched(p: AIOKafkaProducer, events: Sequence[UsageEvent]) -> Non
 async def published(settings: Settings, sessions: Sessions, count: int) -> list[UsageTotalsChanged]:
     """Once the worker has committed every usage record and the relay has published every
     outbox row: the events topic, which must hold exactly ``count`` records."""
-    await wait_committed_to_end(settings, USAGE_GROUP, topics.USAGE)
+    await wait_committed_to_end(settings, groups.METERING_USAGE, topics.USAGE)
     await wait_outbox_drained(sessions)
     records = await read_topic(settings, topics.EVENTS_METERING, count)
     out = []
@@ -194,7 +192,7 @@ async def test_one_totals_changed_per_subject_meter_and_hour_a_batch_changed(
 
             # --- step 3: duplicates and a rejected event change no total -----------------
             await send_batched(p, S3)
-            await wait_committed_to_end(settings, USAGE_GROUP, topics.USAGE)
+            await wait_committed_to_end(settings, groups.METERING_USAGE, topics.USAGE)
             await read_topic(settings, topics.dlq(topics.USAGE), 2)
             await published(settings, sessions, 12)
 

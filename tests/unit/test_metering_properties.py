@@ -21,8 +21,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from schemas.usage import UsageEvent
-from storage.metering import MeterDef, UniqueValue, UsageDelta
 from workers.metering import service
+from workers.metering.service import MeterDef, UniqueValue, UsageDelta
 
 TENANT = "acme"
 BASE = datetime(2024, 5, 1, 10, 0, tzinfo=UTC)

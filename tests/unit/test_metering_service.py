@@ -13,9 +13,9 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from schemas.usage import UsageEvent
-from storage.metering import MeterDef, UsageDelta
 from workers.metering import service
 from workers.metering.errors import MeterConflict
+from workers.metering.service import MeterDef, UsageDelta
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 EVENT_TYPE = "llm.completion"

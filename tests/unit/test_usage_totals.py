@@ -14,8 +14,8 @@ from pydantic import TypeAdapter
 from schemas.envelope import WIRE
 from schemas.metering import Aggregation, MeteringEvent, UsageTotalsChanged
 from schemas.usage import UsageEvent
-from storage.metering import MeterDef, PeriodKey
 from workers.metering import service
+from workers.metering.service import MeterDef, PeriodKey
 
 H10 = datetime(2024, 5, 1, 10, 0, tzinfo=UTC)
 H11 = H10 + timedelta(hours=1)

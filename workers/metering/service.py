@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import MAX_EMAX, MIN_EMIN, Context, Decimal
-from typing import Any
+from typing import Any, Literal
 
 from schemas import bounds
 from schemas.envelope import new_id
@@ -21,11 +21,82 @@ from schemas.metering import (
     MeterSpec,
 )
 from schemas.usage import UsageEvent
-from storage.metering import MeterDef, PeriodKey, UniqueValue, UsageDelta, canonical_groups
 from workers.metering.errors import MeterConflict, UnusableEvent
 
 SOURCE = "billstream/metering"
 HOUR = timedelta(hours=1)
+
+
+# --- the domain's types (storage/metering.py stores and reads them) ---------------------
+
+
+@dataclass(frozen=True)
+class MeterDef:
+    id: str
+    tenant_id: str
+    key: str
+    event_type: str
+    aggregation: str
+    value_property: str | None
+    group_by: dict[str, str]
+    name: str | None = None
+    description: str | None = None
+
+
+@dataclass
+class UsageDelta:
+    """What one batch adds to one hourly bucket."""
+
+    tenant_id: str
+    meter_id: str
+    subject: str
+    groups: str  # canonical JSON object of group name -> value
+    bucket: datetime
+    count: int = 0
+    sum: Decimal | None = None
+    min: Decimal | None = None
+    max: Decimal | None = None
+    latest_time: datetime | None = None
+    latest_value: Decimal | None = None
+
+
+@dataclass(frozen=True)
+class UniqueValue:
+    tenant_id: str
+    meter_id: str
+    subject: str
+    groups: str
+    bucket: datetime
+    value: str
+
+
+@dataclass(frozen=True)
+class PeriodKey:
+    """One meter's usage of one subject over [start, end) (hour-aligned)."""
+
+    meter: MeterDef
+    subject: str
+    start: datetime
+    end: datetime
+
+
+WindowSize = Literal["hour", "day", "none"]
+
+
+@dataclass(frozen=True)
+class UsageRow:
+    """One window (and subject, and group values) of a usage query."""
+
+    window_start: datetime | None
+    window_end: datetime | None
+    subject: str | None
+    groups: dict[str, str | None]
+    value: Decimal | None
+
+
+def canonical_groups(groups: dict[str, str | None]) -> str:
+    return json.dumps(groups, sort_keys=True, separators=(",", ":"))
+
 
 # PostgreSQL numeric adds exactly (values up to 131072 digits before the point and 16383
 # after); the default 28-digit context would round in-batch sums, so totals would depend
