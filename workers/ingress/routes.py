@@ -14,7 +14,7 @@ from schemas.envelope import CloudEvent
 from schemas.metering import CreateMeter, MeterSpec
 from schemas.usage import UsageEvent, UsageEventIn
 from storage.commands import CommandRepository
-from storage.metering import MeterDef, MeterRepository, UsageRepository
+from storage.metering import MeterRepository, UsageRepository
 from workers.ingress.deps import (
     State,
     Tenant,
@@ -26,6 +26,7 @@ from workers.ingress.deps import (
 )
 from workers.ingress.fields import Instant
 from workers.ingress.problems import Problem, invalid, validation_errors
+from workers.metering import MeterDef
 from workers.runtime.ratelimit import retry_after
 from workers.runtime.tx import Tx
 
@@ -179,7 +180,7 @@ async def ingest_events(request: Request, st: State, tenant_id: Tenant) -> Respo
     async def publish() -> tuple[int, dict[str, Any]]:
         values = UsageEvent.encode_from_client(events, tenant_id)  # = from_client(…).to_json()
         messages = [
-            (f"{tenant_id}:{e.subject}".encode(), value)
+            (topics.partition_key(tenant_id, e.subject).encode(), value)
             for e, value in zip(events, values, strict=True)
         ]
         await st.publisher.publish(topics.USAGE, messages)
