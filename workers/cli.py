@@ -8,8 +8,7 @@ from typing import Annotated
 
 import typer
 
-from workers.ops import commands as ops
-from workers.ops.quarantine import quarantine_app
+from workers.ops.commands import dlq, lag, quarantine, replay, schemas
 from workers.processes import WORKERS
 from workers.settings import Settings, get_settings
 
@@ -149,15 +148,15 @@ def dev(
     raise typer.Exit(run_dev(settings, port=port))
 
 
-# --- operations (workers/ops/commands.py) ---------------------------------------------------
+# --- operations (workers/ops/commands/) -------------------------------------------------------
 
-app.command("replay")(ops.replay)
-app.command("lag")(ops.lag)
-app.add_typer(ops.dlq_app, name="dlq")
-app.add_typer(quarantine_app, name="quarantine")
-schemas_app.command("check")(ops.schemas_check)
-schemas_app.command("publish")(ops.schemas_publish)
-schemas_app.command("docs")(ops.schemas_docs)
+app.command("replay")(replay.replay)
+app.command("lag")(lag.lag)
+app.add_typer(dlq.dlq_app, name="dlq")
+app.add_typer(quarantine.quarantine_app, name="quarantine")
+schemas_app.command("check")(schemas.schemas_check)
+schemas_app.command("publish")(schemas.schemas_publish)
+schemas_app.command("docs")(schemas.schemas_docs)
 
 
 def main() -> None:

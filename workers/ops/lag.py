@@ -4,19 +4,17 @@ the log and the difference; the same numbers as Prometheus gauges."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-import structlog
 from aiokafka import TopicPartition
 from prometheus_client import REGISTRY, generate_latest
 
 from workers.ops import kafka
 from workers.ops.inventory import ConsumerInfo
-from workers.runtime import Runtime, metrics
+from workers.runtime import metrics
+from workers.runtime.jobs import JobLoop
 from workers.settings import Settings
-
-log = structlog.get_logger("billstream.lag")
 
 # --- the pure core -------------------------------------------------------------------------
 
@@ -118,29 +116,17 @@ def pairs_of(
     return list(dict.fromkeys(pairs))
 
 
-async def monitor(
-    settings: Settings, pairs: Sequence[tuple[str, str]], interval_s: float = 15.0
-) -> None:
-    """Refresh the lag gauges every ``interval_s`` until cancelled (for ``billstream lag
-    --serve`` and for any process that wants its groups' lag on its own ``/metrics``)."""
-    while True:
-        try:
-            set_gauges(await measure(settings, pairs))
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:
-            log.warning("lag measurement failed; will retry", error=repr(e))
-        await asyncio.sleep(interval_s)
+def monitor(
+    settings: Settings,
+    pairs: Sequence[tuple[str, str]],
+    stopping: asyncio.Event,
+    interval_s: float = 15.0,
+) -> JobLoop:
+    """The job that refreshes the lag gauges every ``interval_s`` until ``stopping`` is set
+    (``billstream lag --serve``); a failed measurement is logged and the next one retries."""
 
+    async def refresh() -> bool:
+        set_gauges(await measure(settings, pairs))
+        return False
 
-def worker_loop(
-    settings: Settings, runtime: Runtime, interval_s: float = 15.0
-) -> Callable[[], Awaitable[None]]:
-    """A loop for ``runtime.background(...)``: the worker's own groups' lag gauges on its
-    ``/metrics`` (call after the worker's consumers are registered)."""
-    pairs = [(p.consumer.group, t) for p in runtime.processors for t in p.consumer.topics]
-
-    async def consumer_lag() -> None:
-        await monitor(settings, pairs, interval_s)
-
-    return consumer_lag
+    return JobLoop("ops.lag", refresh, interval_s, stopping)

@@ -1,4 +1,4 @@
-"""``billstream quarantine list|show|release``: the job items the workers set aside.
+"""The job items the workers set aside (``billstream quarantine``).
 
 A job step that fails permanently on one item (a subscription, a draft invoice, a billing
 run, a webhook message, …) quarantines it and carries on with the rest (ADR 0044). Fix the
@@ -8,104 +8,36 @@ again. Releasing is recorded (who, when) on the entry.
 
 from __future__ import annotations
 
-import asyncio
-import dataclasses
-import json
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated, Any
-
-import typer
-from rich.console import Console
-from rich.table import Table
 
 from storage.quarantine import Entry, QuarantineRepository
 from workers.runtime.database import database
-from workers.settings import get_settings
-
-quarantine_app = typer.Typer(
-    help="Job items set aside after a permanent failure: list, show, release.",
-    no_args_is_help=True,
-)
-out = Console(highlight=False, soft_wrap=True, markup=False)
+from workers.settings import Settings
 
 
 @asynccontextmanager
-async def _repository() -> AsyncIterator[QuarantineRepository]:
+async def _repository(settings: Settings) -> AsyncIterator[QuarantineRepository]:
     """The repository in one transaction on the configured database."""
     async with (
-        database(get_settings(), pool_size=1) as jobs,
+        database(settings, pool_size=1) as jobs,
         jobs.transaction("ops.quarantine") as tx,
     ):
         yield tx.repo(QuarantineRepository)
 
 
-async def _entries(tenant: str | None, released: bool, limit: int) -> list[Entry]:
-    async with _repository() as repo:
+async def entries(
+    settings: Settings, tenant: str | None, released: bool, limit: int
+) -> list[Entry]:
+    async with _repository(settings) as repo:
         return await repo.list(tenant, released=released, limit=limit)
 
 
-async def _get(id: str) -> Entry | None:
-    async with _repository() as repo:
+async def get(settings: Settings, id: str) -> Entry | None:
+    async with _repository(settings) as repo:
         return await repo.get(id)
 
 
-async def _release(id: str, actor: str) -> Entry | None:
-    async with _repository() as repo:
+async def release(settings: Settings, id: str, actor: str) -> Entry | None:
+    async with _repository(settings) as repo:
         return await repo.release(id, actor)
-
-
-def _dict(entry: Entry) -> dict[str, Any]:
-    return dataclasses.asdict(entry)
-
-
-def _print_json(value: Any) -> None:
-    sys.stdout.write(json.dumps(value, indent=2, default=str) + "\n")
-
-
-@quarantine_app.command("list")
-def quarantine_list(
-    tenant: Annotated[str | None, typer.Option(help="Only this tenant's items.")] = None,
-    released: Annotated[bool, typer.Option("--released", help="Include released entries.")] = False,
-    limit: Annotated[int, typer.Option(min=1, max=10_000, help="At most this many.")] = 100,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-) -> None:
-    """Quarantined items, newest first: job, tenant, what, why."""
-    found = asyncio.run(_entries(tenant, released, limit))
-    if as_json:
-        _print_json([_dict(e) for e in found])
-        return
-    table = Table("id", "at", "tenant", "job", "kind", "item", "released", "reason")
-    for e in found:
-        table.add_row(
-            e.id, e.quarantined_at.isoformat()[:19], e.tenant_id, e.job, e.kind, e.item_id,
-            e.released_at.isoformat()[:19] if e.released_at else "", e.reason[:120],
-        )  # fmt: skip
-    out.print(table)
-    out.print(f"{len(found)} quarantined item(s)")
-
-
-@quarantine_app.command("show")
-def quarantine_show(id: Annotated[str, typer.Argument(help="The entry's id.")]) -> None:
-    """One entry in full (JSON)."""
-    entry = asyncio.run(_get(id))
-    if entry is None:
-        typer.echo(f"error: no quarantine entry {id!r}", err=True)
-        raise typer.Exit(1)
-    _print_json(_dict(entry))
-
-
-@quarantine_app.command("release")
-def quarantine_release(
-    id: Annotated[str, typer.Argument(help="The entry's id.")],
-    actor: Annotated[str | None, typer.Option(help="Who releases it (default: OS user).")] = None,
-) -> None:
-    """Release an entry once its cause is fixed: the next run processes the item again."""
-    from workers.ops.audit import default_actor
-
-    entry = asyncio.run(_release(id, actor or default_actor()))
-    if entry is None:
-        typer.echo(f"error: no active quarantine entry {id!r}", err=True)
-        raise typer.Exit(1)
-    _print_json(_dict(entry))

@@ -40,8 +40,8 @@ class Record:
     headers: Mapping[str, str] | RawHeaders
 
 
-_Entry = tuple[bytes | None, bytes, RawHeaders]
-_NO_HEADERS: RawHeaders = ()
+_Entry = tuple[bytes | None, bytes, list[tuple[str, bytes]]]  # aiokafka wants a list
+_NO_HEADERS: list[tuple[str, bytes]] = []  # never changed
 
 
 class Handed:
@@ -135,7 +135,10 @@ class RecordPublisher:
                 ps = partitions[r.topic] = await self._partitions(producer, r.topic)
             h = partition_hash(r.key) if r.key is not None else i
             hs = r.headers
-            headers = [(k, v.encode()) for k, v in hs.items()] if isinstance(hs, Mapping) else hs
+            if isinstance(hs, Mapping):
+                headers = [(k, v.encode()) for k, v in hs.items()]
+            else:
+                headers = hs if isinstance(hs, list) else list(hs)
             if len(r.key or b"") + len(r.value) > MAX_REQUEST_SIZE // 2:
                 _check_size(r.key, r.value, headers)
             groups.setdefault((r.topic, ps[h % len(ps)]), []).append((r.key, r.value, headers))
@@ -188,9 +191,9 @@ class RecordPublisher:
             self._producer = None
 
 
-def _check_size(key: bytes | None, value: bytes, headers: RawHeaders) -> None:
+def _check_size(key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]) -> None:
     """The check ``producer.send`` makes: no record larger than ``max_request_size``."""
-    size = DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, list(headers))
+    size = DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, headers)
     if size > MAX_REQUEST_SIZE:
         raise MessageSizeTooLargeError(
             f"The message is {size} bytes when serialized which is larger than the "
