@@ -3,12 +3,15 @@
 An alert is unique per (tenant, rule, dedupe key): the dedupe key names the subject, the
 period and the threshold (or the failure it is about), so inserting the same alert twice,
 from a redelivery, a replay or another replica, inserts nothing the second time.
+
+ORM models and the repository; the types it hands over (``RuleDef``, ``Alert``, ``Period``,
+``OverdueInvoice``) are the alerts service's (workers/alerts/service/domain.py).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -36,6 +39,7 @@ from sqlalchemy.sql.expression import ColumnClause
 
 from storage.db import Base
 from storage.quarantine import not_quarantined
+from workers.alerts.service.domain import Alert, OverdueInvoice, Period, RuleDef
 
 
 class AlertRuleRow(Base):
@@ -87,76 +91,6 @@ class AlertRow(Base):
     acknowledged_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     resolved_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     resolution: Mapped[str | None] = mapped_column(Text)
-
-
-# --- the shapes the alerts service hands over -----------------------------------------
-
-
-@dataclass(frozen=True)
-class RuleDef:
-    tenant_id: str
-    key: str
-    id: str
-    kind: str
-    target: str
-    subject: str | None
-    spec: dict[str, Any]
-    name: str | None = None
-    created_at: datetime | None = None
-
-
-@dataclass(frozen=True)
-class Alert:
-    """An alert row as the service and the views see it."""
-
-    id: str
-    tenant_id: str
-    rule_id: str
-    rule_key: str
-    kind: str
-    condition: str
-    subject: str | None
-    dedupe: str
-    period_start: datetime | None
-    period_end: datetime | None
-    threshold: Decimal | None
-    value: Decimal | None
-    unit: str | None
-    about_type: str
-    about_id: str
-    about_href: str
-    message: str
-    state: str
-    raised_at: datetime
-    acknowledged_at: datetime | None = None
-    resolved_at: datetime | None = None
-    resolution: str | None = None
-
-
-@dataclass(frozen=True)
-class Period:
-    """A subject's current billing period, from its active subscription."""
-
-    tenant_id: str
-    subject: str
-    start: datetime
-    end: datetime
-    plan_id: str
-    plan_spec: dict[str, Any]
-    currency: str
-    tax_rate: Decimal | None
-    rounding: str | None  # the tenant's invoicing rounding; None: invoicing's default
-
-
-@dataclass(frozen=True)
-class OverdueInvoice:
-    tenant_id: str
-    invoice_id: str
-    number: str | None
-    subject: str
-    due_at: datetime
-    amount_due: int
-    currency: str
 
 
 _ALERT_COLUMNS = [f.name for f in fields(Alert)]

@@ -8,9 +8,9 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
-from schemas import topics
+from schemas import groups, topics
 from schemas.alerts import AlertsCommand, CreateAlertRule, RuleSpec
-from storage.alerts import Alert, AlertsRepository
+from storage.alerts import AlertsRepository
 from tests.integration.support import (
     Sessions,
     command_outcome,
@@ -19,8 +19,7 @@ from tests.integration.support import (
     wait_committed_to_end,
     wait_outbox_drained,
 )
-from workers.alerts.handlers import OPERATIONS_GROUP, USAGE_GROUP
-from workers.metering.handlers import USAGE_GROUP as METERING_GROUP
+from workers.alerts.service import Alert
 from workers.settings import Settings
 
 
@@ -50,12 +49,12 @@ async def settled(settings: Settings, sessions: Sessions, *, usage: bool = True)
     """Wait until metering (if ``usage``) and the alerts consumers have applied everything
     on their topics, and every outbox row is published."""
     if usage:
-        await wait_committed_to_end(settings, METERING_GROUP, topics.USAGE)
+        await wait_committed_to_end(settings, groups.METERING_USAGE, topics.USAGE)
         await wait_outbox_drained(sessions)
-        await wait_committed_to_end(settings, USAGE_GROUP, topics.EVENTS_METERING)
+        await wait_committed_to_end(settings, groups.ALERTS_USAGE, topics.EVENTS_METERING)
     else:
         for topic in (topics.EVENTS_PAYMENTS, topics.EVENTS_WEBHOOKS):
-            await wait_committed_to_end(settings, OPERATIONS_GROUP, topic)
+            await wait_committed_to_end(settings, groups.ALERTS_OPERATIONS, topic)
     await wait_outbox_drained(sessions)
 
 
@@ -71,10 +70,8 @@ async def published(settings: Settings, types: Sequence[str] | None = None) -> l
 async def dead_letters_settled(settings: Settings, sessions: Sessions) -> None:
     """Wait until the alerts dead-letter consumer has applied every record of every
     dead-letter topic, and every outbox row is published (metering's dead letters too)."""
-    from workers.alerts.handlers import DEAD_LETTERS_GROUP
-
     await wait_outbox_drained(sessions)
     for topic in topics.all_topic_names():
         if topic.endswith(topics.DLQ_SUFFIX):
-            await wait_committed_to_end(settings, DEAD_LETTERS_GROUP, topic)
+            await wait_committed_to_end(settings, groups.ALERTS_DEAD_LETTERS, topic)
     await wait_outbox_drained(sessions)

@@ -13,6 +13,7 @@ import pytest
 
 from schemas import topics
 from schemas.alerts import AcknowledgeAlert, AlertRef, DeleteAlertRule, ResolveAlert, RuleRef
+from schemas.groups import ALERTS_USAGE as USAGE_GROUP
 from tests.conftest import KafkaServer, TenantKey
 from tests.integration.alerts_support import command, create_rule, published, settled, stored
 from tests.integration.billing_seed import CALLS, seed
@@ -28,7 +29,6 @@ from tests.integration.support import (
 )
 from tests.integration.test_ops_replay import no_members
 from workers.alerts.app import build as build_alerts
-from workers.alerts.handlers import USAGE_GROUP
 from workers.devstack import wait_for
 from workers.metering.app import build as build_metering
 from workers.ops.replay import ReplayRequest, parse_bound, replay

@@ -18,11 +18,11 @@ import pytest
 
 from schemas import topics
 from schemas.alerts import CreateAlertRule, RuleSpec
-from storage.alerts import Alert, AlertsRepository, RuleDef
+from storage.alerts import AlertsRepository
 from tests.conftest import TenantKey, make_tenant
 from tests.integration.http import Client, ingress
 from tests.integration.support import Sessions, read_topic
-from workers.alerts.service import new_rule, usage_alerts
+from workers.alerts.service import Alert, RuleDef, new_rule, usage_alerts
 from workers.settings import Settings
 
 T = datetime(2031, 10, 5, 12, 0, tzinfo=UTC)

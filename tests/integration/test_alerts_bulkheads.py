@@ -13,8 +13,9 @@ from sqlalchemy import text
 
 from schemas import topics
 from schemas.envelope import new_id
+from schemas.groups import ALERTS_OPERATIONS as OPERATIONS_GROUP
 from schemas.ops import ALL_TENANTS, OpsQuarantined, OpsReplayed, QuarantinedData, ReplayedData
-from storage.alerts import Alert, AlertsRepository
+from storage.alerts import AlertsRepository
 from storage.quarantine import Entry, QuarantineRepository
 from tests.conftest import TenantKey, make_tenant
 from tests.integration.alerts_support import create_rule, published, settled, stored
@@ -33,7 +34,7 @@ from tests.integration.support import (
 )
 from tests.integration.test_alerts_operational import overdue
 from workers.alerts.app import build as build_alerts
-from workers.alerts.handlers import OPERATIONS_GROUP
+from workers.alerts.service import Alert
 from workers.devstack import wait_for
 from workers.metering.app import build as build_metering
 from workers.settings import Settings

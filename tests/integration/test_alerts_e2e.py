@@ -14,6 +14,7 @@ import pytest
 from standardwebhooks import Webhook
 
 from schemas import topics
+from schemas.groups import webhooks_fanout
 from tests.conftest import TenantKey
 from tests.integration.alerts_support import settled
 from tests.integration.http import Client, ingress
@@ -24,7 +25,6 @@ from workers.devstack import wait_for
 from workers.metering.app import build as build_metering
 from workers.settings import Settings
 from workers.webhooks.app import build as build_webhooks
-from workers.webhooks.handlers import fanout_group
 
 TOKENS = {
     "key": "tokens",
@@ -68,7 +68,9 @@ async def delivered(settings: Settings, sessions: Sessions, api: Client, endpoin
     """Wait until the alerts the usage so far raised reached the webhooks worker and every
     message of ``endpoint`` is delivered (none pending)."""
     await settled(settings, sessions)
-    await wait_committed_to_end(settings, fanout_group(topics.EVENTS_ALERTS), topics.EVENTS_ALERTS)
+    await wait_committed_to_end(
+        settings, webhooks_fanout(topics.EVENTS_ALERTS), topics.EVENTS_ALERTS
+    )
 
     async def done() -> bool:
         page = await api.get(f"/v1/webhooks/endpoints/{endpoint}/messages")

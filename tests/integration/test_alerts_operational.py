@@ -30,7 +30,6 @@ from schemas.webhooks import (
     EndpointEnabled,
     EndpointEnabledData,
 )
-from storage.alerts import Alert
 from tests.conftest import TenantKey, make_tenant
 from tests.integration.alerts_support import (
     create_rule,
@@ -51,6 +50,7 @@ from tests.integration.support import (
     usage,
 )
 from workers.alerts.app import build as build_alerts
+from workers.alerts.service import Alert
 from workers.devstack import wait_for
 from workers.metering.app import build as build_metering
 from workers.runtime.topics import admin_client

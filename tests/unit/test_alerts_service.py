@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from schemas.alerts import AlertRaised, CreateAlertRule, RuleSpec
-from storage.alerts import RuleDef
 from workers.alerts import service
+from workers.alerts.service import RuleDef
 
 NOW = datetime(2026, 11, 20, 15, 30, tzinfo=UTC)
 PERIOD = (datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 12, 1, tzinfo=UTC))

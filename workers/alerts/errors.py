@@ -1,10 +1,14 @@
 from __future__ import annotations
 
-from workers.runtime.errors import BillstreamError, PermanentError
+from workers.runtime.errors import BillstreamError, PermanentError, RetryableError
 
 
 class AlertsError(BillstreamError):
     code = "alerts_error"
+
+
+class AlertsRetryableError(AlertsError, RetryableError):
+    pass
 
 
 class RuleConflict(AlertsError, PermanentError):

@@ -7,16 +7,17 @@ the rules of its tenants, the subjects' current periods, the meters, and the per
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 from schemas.metering import UsageTotalsChanged
 from schemas.pricing import PlanSpec
-from storage.alerts import Alert, AlertsRepository, Period, RuleDef
+from storage.alerts import AlertsRepository
 from storage.metering import MeterDef, MeterRepository, PeriodKey, UsageRepository
 from workers import invoicing
 from workers.alerts import service
+from workers.alerts.service import Alert, Clock, Period, RuleDef
 from workers.runtime import Tx
 
 _SPECS: dict[str, PlanSpec] = {}  # parsed plan specs by plan id: plans never change
@@ -51,7 +52,7 @@ def touched(events: Sequence[UsageTotalsChanged]) -> list[Touched]:
 class UsageRules:
     """Evaluates usage-threshold, spend and anomaly rules for touched totals."""
 
-    def __init__(self, tx: Tx, clock: Callable[[], datetime]) -> None:
+    def __init__(self, tx: Tx, clock: Clock) -> None:
         self.tx = tx
         self.clock = clock
         self.alerts = tx.repo(AlertsRepository)

@@ -31,14 +31,13 @@ from schemas.alerts import (
     CreateAlertRule,
     DeleteAlertRule,
     ResolveAlert,
-    RuleCondition,
     RuleRef,
     RuleSpec,
 )
 from schemas.envelope import CloudEvent
-from storage.alerts import AlertsRepository, RuleDef
-from workers.alerts.service import alert_data, spec_of
-from workers.ingress.deps import Session, State, Tenant
+from storage.alerts import AlertsRepository
+from workers import alerts
+from workers.ingress.deps import State, Tenant, Unit
 from workers.ingress.fields import Text
 from workers.ingress.problems import Problem, invalid
 from workers.ingress.routes import CommandAccepted, envelope, submit
@@ -62,18 +61,6 @@ async def _send(
 # --- rules ---------------------------------------------------------------------------
 
 
-class AlertRuleView(BaseModel):
-    key: str
-    name: str | None
-    rule: RuleCondition = Field(description="The rule's condition, as it was defined.")
-    created_at: datetime | None
-
-
-def _rule_view(r: RuleDef) -> AlertRuleView:
-    spec = spec_of(r)
-    return AlertRuleView(key=r.key, name=r.name, rule=spec.rule, created_at=r.created_at)
-
-
 @router.post("/alert-rules", summary="Define an alert rule (command)", **_ACCEPTED)
 async def create_rule(request: Request, spec: RuleSpec, st: State, tenant_id: Tenant) -> Response:
     """Publishes a ``CreateAlertRule`` command; follow ``status_url`` for the outcome.
@@ -84,19 +71,19 @@ async def create_rule(request: Request, spec: RuleSpec, st: State, tenant_id: Te
     return await _send(request, st, tenant_id, command, spec.model_dump_json().encode())
 
 
-@router.get("/alert-rules", response_model=list[AlertRuleView], summary="List alert rules")
-async def list_rules(db: Session, tenant_id: Tenant) -> list[AlertRuleView]:
+@router.get("/alert-rules", response_model=list[alerts.AlertRuleView], summary="List alert rules")
+async def list_rules(tx: Unit, tenant_id: Tenant) -> list[alerts.AlertRuleView]:
     """The tenant's rules, by key."""
-    return [_rule_view(r) for r in await AlertsRepository(db).rules(tenant_id)]
+    return [alerts.rule_view(r) for r in await tx.repo(AlertsRepository).rules(tenant_id)]
 
 
-@router.get("/alert-rules/{key}", response_model=AlertRuleView, summary="One alert rule")
-async def get_rule(key: RuleKeyPath, db: Session, tenant_id: Tenant) -> AlertRuleView:
+@router.get("/alert-rules/{key}", response_model=alerts.AlertRuleView, summary="One alert rule")
+async def get_rule(key: RuleKeyPath, tx: Unit, tenant_id: Tenant) -> alerts.AlertRuleView:
     """404 if there is no such rule (yet: a create command may still be pending)."""
-    rule = await AlertsRepository(db).rule(tenant_id, key)
+    rule = await tx.repo(AlertsRepository).rule(tenant_id, key)
     if rule is None:
         raise Problem(404, "not_found", "No such alert rule", f"no alert rule {key!r}")
-    return _rule_view(rule)
+    return alerts.rule_view(rule)
 
 
 @router.delete(
@@ -151,7 +138,7 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
 
 @router.get("/alerts", response_model=AlertPage, summary="List alerts, newest first")
 async def list_alerts(
-    db: Session,
+    tx: Unit,
     tenant_id: Tenant,
     state: Annotated[
         list[AlertState] | None,
@@ -176,7 +163,7 @@ async def list_alerts(
     """Alerts by ``raised_at``, newest first, ``limit`` per page; ``next_cursor`` leads to
     the next page."""
     before = decode_cursor(cursor) if cursor is not None else None
-    rows = await AlertsRepository(db).list_alerts(
+    rows = await tx.repo(AlertsRepository).list_alerts(
         tenant_id,
         states=list(dict.fromkeys(state or [])),
         rule=rule,
@@ -187,18 +174,18 @@ async def list_alerts(
     page = rows[:limit]
     more = len(rows) > limit
     return AlertPage(
-        data=[alert_data(a) for a in page],
+        data=[alerts.alert_data(a) for a in page],
         next_cursor=encode_cursor(page[-1].raised_at, page[-1].id) if more else None,
     )
 
 
 @router.get("/alerts/{alert_id}", response_model=AlertData, summary="One alert")
-async def get_alert(alert_id: AlertIdPath, db: Session, tenant_id: Tenant) -> AlertData:
+async def get_alert(alert_id: AlertIdPath, tx: Unit, tenant_id: Tenant) -> AlertData:
     """The alert as its last ``alert.*`` event carried it; 404 if there is no such alert."""
-    alert = await AlertsRepository(db).alert(tenant_id, alert_id)
+    alert = await tx.repo(AlertsRepository).alert(tenant_id, alert_id)
     if alert is None:
         raise Problem(404, "not_found", "No such alert", f"no alert {alert_id}")
-    return alert_data(alert)
+    return alerts.alert_data(alert)
 
 
 class NoteIn(BaseModel):
