@@ -8,7 +8,7 @@ from decimal import Decimal
 
 import pytest
 
-from schemas import topics
+from schemas import groups, topics
 from schemas.ops import OpsRedriven
 from tests.conftest import TenantKey
 from tests.integration.support import (
@@ -26,7 +26,6 @@ from tests.integration.support import (
 )
 from workers.devstack import wait_for
 from workers.metering.app import build
-from workers.metering.handlers import USAGE_GROUP
 from workers.ops import dlq
 from workers.ops.errors import UsageError
 from workers.settings import Settings
@@ -56,7 +55,7 @@ async def test_redrive_applies_a_fixed_message_and_a_still_broken_one_comes_back
             ("bad-1", "unusable_event", None),
         ]  # same key, so one partition, in order
         first = found[0]
-        assert first.original_topic == topics.USAGE and first.group == USAGE_GROUP
+        assert first.original_topic == topics.USAGE and first.group == groups.METERING_USAGE
         assert "no meter reads event type 'llm.completion'" in (first.reason or "")
         shown = await dlq.show(settings, DLQ, first.partition, first.offset)
         assert shown.detail()["value"]["id"] == first.event["id"]
@@ -97,7 +96,7 @@ async def test_redrive_applies_a_fixed_message_and_a_still_broken_one_comes_back
         assert second.redriven == 0 and second.audit_id is None
         why = sorted(s.why.split(" at ")[0].split(" (")[0] for s in second.skipped)
         assert why == ["already redriven", "already redriven", "redriven 1 times already"]
-        await wait_committed_to_end(settings, USAGE_GROUP, topics.USAGE)
+        await wait_committed_to_end(settings, groups.METERING_USAGE, topics.USAGE)
         assert len((await read_all(settings, DLQ))[0]) == 3
 
         listed = await dlq.entries(settings, DLQ)

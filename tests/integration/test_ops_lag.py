@@ -14,13 +14,13 @@ import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
-from schemas import topics
+from schemas import groups, topics
 from workers.devstack import free_port, wait_for
 from workers.ops.inventory import consumers
 from workers.ops.lag import LagRow, measure, pairs_of, prometheus_text
 from workers.settings import Settings
 
-GROUP = "billstream.metering"
+GROUP = groups.METERING_USAGE
 
 
 async def backlog(settings: Settings) -> None:
@@ -133,12 +133,13 @@ async def test_lag_command_prints_and_serves_the_same_numbers(settings: Settings
 async def test_the_groups_measured_by_default_are_the_ones_the_workers_run(
     settings: Settings,
 ) -> None:
-    found = await consumers(settings, ["metering"])
+    found = await consumers(settings, ["metering", "pos"])
     assert {(c.group, c.topic) for c in found} >= {
         (GROUP, topics.USAGE),
-        ("billstream.metering.commands", topics.COMMANDS_METERING),
-        ("billstream.pos", topics.INTEGRATIONS_POS),
-        ("billstream.pos.commands", topics.COMMANDS_POS),
+        (groups.METERING_COMMANDS, topics.COMMANDS_METERING),
+        (groups.POS_RECEIPTS, topics.INTEGRATIONS_POS),
+        (groups.POS_COMMANDS, topics.COMMANDS_POS),
     }
+    assert {c.worker for c in found if c.topic == topics.INTEGRATIONS_POS} == {"pos"}
     assert pairs_of(found, topic=topics.USAGE) == [(GROUP, topics.USAGE)]
     assert pairs_of(found, group="other", topic="t") == [("other", "t")]

@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from schemas import topics
+from schemas import groups, topics
 from tests.conftest import PgServer, TenantKey
 from tests.integration.support import (
     Sessions,
@@ -23,7 +23,6 @@ from tests.integration.support import (
 )
 from workers.devstack import EmbeddedKafka, free_port, wait_for
 from workers.metering.app import build
-from workers.metering.handlers import USAGE_GROUP
 from workers.runtime.topics import ensure_topics
 from workers.settings import Settings
 
@@ -70,11 +69,11 @@ async def test_worker_metrics_count_consumed_processed_deduplicated_and_dead_let
             e1, e2, e3 = (usage("acme", f"m-{i}") for i in range(3))
             unusable = usage("acme", "m-x", type="nobody.reads.this")
             await send_usage(p, [e1, e2, e3, e1, unusable])
-            await wait_committed_to_end(settings, USAGE_GROUP, topics.USAGE)
+            await wait_committed_to_end(settings, groups.METERING_USAGE, topics.USAGE)
             await read_topic(settings, topics.dlq(topics.USAGE), 1)
             await wait_outbox_drained(sessions)
 
-            labels = {"group": USAGE_GROUP, "topic": topics.USAGE}
+            labels = {"group": groups.METERING_USAGE, "topic": topics.USAGE}
 
             async def counted() -> Samples | None:
                 _, after = await scrape(http)

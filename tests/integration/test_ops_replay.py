@@ -14,7 +14,7 @@ from aiokafka import AIOKafkaProducer
 from prometheus_client import REGISTRY
 from sqlalchemy import func, select
 
-from schemas import topics
+from schemas import groups, topics
 from schemas.ops import OpsReplayed
 from schemas.usage import UsageEvent
 from storage.metering import MeterDef
@@ -35,11 +35,12 @@ from tests.integration.support import (
 )
 from workers.devstack import wait_for
 from workers.metering.app import build
-from workers.metering.handlers import USAGE_GROUP
 from workers.ops.errors import OpsError, UsageError
 from workers.ops.kafka import describe_group
 from workers.ops.replay import ReplayRequest, parse_bound, replay
 from workers.settings import Settings
+
+USAGE_GROUP = groups.METERING_USAGE
 
 METERS = [
     {"key": "calls", "event_type": "api.call", "aggregation": "count"},

@@ -23,9 +23,8 @@ def resolve(doc: dict[str, Any], ref: str) -> Any:
     return node
 
 
-async def test_the_metering_document_has_typed_channels_for_what_it_reads_and_writes() -> None:
-    doc = await document("metering", Settings())
-    assert doc["asyncapi"] == "3.0.0" and doc["info"]["title"] == "billstream metering worker"
+def operations(doc: dict[str, Any]) -> dict[str, list[str]]:
+    """The actions on each topic, every message's payload checked to resolve."""
     by_address: dict[str, list[str]] = {}
     for name, op in doc["operations"].items():
         channel = resolve(doc, op["channel"]["$ref"])
@@ -36,14 +35,33 @@ async def test_the_metering_document_has_typed_channels_for_what_it_reads_and_wr
             for r in payload.get("oneOf", [payload]):
                 if "$ref" in r:  # every referenced schema is in the document
                     assert resolve(doc, r["$ref"])["type"] == "object", name
-    assert sorted(by_address[topics.USAGE]) == ["receive", "send"]  # POS -> usage
+    return by_address
+
+
+async def test_the_metering_document_has_typed_channels_for_what_it_reads_and_writes() -> None:
+    doc = await document("metering", Settings())
+    assert doc["asyncapi"] == "3.0.0" and doc["info"]["title"] == "billstream metering worker"
+    by_address = operations(doc)
+    assert by_address[topics.USAGE] == ["receive"]
     assert by_address[topics.COMMANDS_METERING] == ["receive"]
-    assert by_address[topics.INTEGRATIONS_POS] == ["receive"]
     assert by_address[topics.EVENTS_METERING] == ["send"]
     assert by_address[topics.dlq(topics.USAGE)] == ["send"]
+    assert topics.INTEGRATIONS_POS not in by_address  # the POS worker's
     schemas = doc["components"]["schemas"]
-    assert {"UsageEvent", "CreateMeter", "MeterCreated", "PosReceiptRecorded"} <= set(schemas)
+    assert {"UsageEvent", "CreateMeter", "MeterCreated"} <= set(schemas)
     assert "EmptyPayload" not in schemas
+
+
+async def test_the_pos_document_reads_receipts_and_writes_usage() -> None:
+    doc = await document("pos", Settings())
+    by_address = operations(doc)
+    assert by_address[topics.INTEGRATIONS_POS] == ["receive"]
+    assert by_address[topics.COMMANDS_POS] == ["receive"]
+    assert by_address[topics.USAGE] == ["send"]  # receipts become usage events
+    assert by_address[topics.dlq(topics.INTEGRATIONS_POS)] == ["send"]
+    assert {"PosReceiptRecorded", "SetPosMapping", "UsageEvent"} <= set(
+        doc["components"]["schemas"]
+    )
 
 
 @pytest.mark.parametrize("worker", WORKERS)

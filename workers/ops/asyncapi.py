@@ -25,8 +25,8 @@ from workers.settings import Settings
 VERSION = "0.1.0"
 
 # Topics a worker publishes to besides ``billstream.events.<worker>.v1`` and the dead-letter
-# topics of what it reads: the POS consumer in the metering worker emits usage events.
-EXTRA_SENDS: dict[str, tuple[str, ...]] = {"metering": (topics.USAGE,)}
+# topics of what it reads: the POS worker turns receipts into usage events.
+EXTRA_SENDS: dict[str, tuple[str, ...]] = {"pos": (topics.USAGE,)}
 
 
 def _models(topic: str) -> list[type[BaseModel]]:
