@@ -33,11 +33,10 @@ from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
+from schemas.payments import OfflinePaymentSpec
 from storage.db import Base
 from storage.quarantine import not_quarantined
-
-# A payment's states move forward only: creating → processing → succeeded | failed.
-PAYMENT_RANK = {"creating": 0, "processing": 1, "failed": 2, "succeeded": 3}
+from workers.payments.service import Attempt, QueuedOperation, Settlement
 
 
 class StripeAccount(Base):
@@ -227,6 +226,12 @@ class PaymentsRepository:
     async def customer(self, tenant_id: str, customer: str) -> StripeCustomer | None:
         return await self.session.get(StripeCustomer, (tenant_id, customer))
 
+    async def set_payment_method(self, tenant_id: str, customer: str, payment_method: str) -> None:
+        """The customer's default payment method (the customer is synced to Stripe)."""
+        row = await self.customer(tenant_id, customer)
+        assert row is not None
+        row.payment_method_id = payment_method
+
     async def customer_by_stripe_id(self, tenant_id: str, stripe_id: str) -> StripeCustomer | None:
         q = select(StripeCustomer).where(
             StripeCustomer.tenant_id == tenant_id, StripeCustomer.stripe_customer_id == stripe_id
@@ -300,6 +305,78 @@ class PaymentsRepository:
         q = q.order_by(Collection.next_attempt_at).limit(limit).with_for_update(skip_locked=True)
         return list(await self.session.scalars(q))
 
+    async def start_attempt(
+        self, c: Collection, *, lease_until: datetime, payment_id: str
+    ) -> Attempt:
+        """Lease ``c`` until ``lease_until`` and write its attempt's payment row (state
+        ``creating``, id ``payment_id``); a lease that ran out resumes the attempt it was
+        taken for (its row kept)."""
+        resumed = c.status == "in_flight"
+        payment = await self.attempt(c.tenant_id, c.invoice_id, c.attempts) if resumed else None
+        if payment is None:  # a first attempt, a dunning retry (or a lease without its row)
+            resumed = False
+            c.attempts += 1
+            payment = Payment(
+                tenant_id=c.tenant_id,
+                id=payment_id,
+                invoice_id=c.invoice_id,
+                customer=c.customer,
+                amount=c.amount,
+                currency=c.currency,
+                method="card",
+                attempt=c.attempts,
+                state="creating",
+                amount_refunded=0,
+                disputed=False,
+            )
+            self.session.add(payment)
+        c.status, c.next_attempt_at = "in_flight", lease_until
+        return Attempt(
+            c.tenant_id,
+            c.invoice_id,
+            c.customer,
+            c.amount,
+            c.currency,
+            c.attempts,
+            payment.id,
+            resumed,
+            c.correlationid,
+        )
+
+    @staticmethod
+    def settle(c: Collection, payment: Payment, s: Settlement, now: datetime) -> None:
+        """Apply a settlement (``service.settle``) to the payment and its collection."""
+        payment.state, payment.updated_at = s.payment_state, now
+        if s.failed:
+            payment.failure_code, payment.failure_message = s.failure_code, s.failure_message
+        c.status, c.next_attempt_at = s.collection_status, s.next_attempt_at
+
+    @staticmethod
+    def close_collection(c: Collection, status: str) -> None:
+        """No more attempts: ``settled`` (an offline payment covered it), …"""
+        c.status, c.next_attempt_at = status, None
+
+    @staticmethod
+    def link_stripe(
+        payment: Payment, intent: str | None, charge: str | None, *, keep: bool
+    ) -> None:
+        """Note the PaymentIntent and charge Stripe named for ``payment``: ``keep`` what is
+        noted already (a webhook), or prefer what Stripe just said (the attempt's answer)."""
+        if keep:
+            payment.stripe_payment_intent = payment.stripe_payment_intent or intent
+            payment.stripe_charge = payment.stripe_charge or charge
+        else:
+            payment.stripe_payment_intent = intent or payment.stripe_payment_intent
+            payment.stripe_charge = charge or payment.stripe_charge
+
+    @staticmethod
+    def set_refunded(payment: Payment, amount_refunded: int) -> None:
+        payment.amount_refunded = amount_refunded
+
+    @staticmethod
+    def mark_disputed(payment: Payment) -> None:
+        payment.disputed = True
+
     async def payment(
         self, tenant_id: str, payment_id: str, *, lock: bool = False
     ) -> Payment | None:
@@ -340,11 +417,27 @@ class PaymentsRepository:
         )
         return list(await self.session.scalars(q))
 
-    async def add_payment(self, p: Payment) -> bool:
-        """Insert ``p``; False if a payment with its id exists (a repeated command)."""
-        if await self.session.get(Payment, (p.tenant_id, p.id)) is not None:
+    async def add_offline_payment(self, tenant_id: str, d: OfflinePaymentSpec) -> bool:
+        """Record a payment made outside Stripe; False if a payment with its id exists (a
+        repeated command)."""
+        if await self.session.get(Payment, (tenant_id, d.payment_id)) is not None:
             return False
-        self.session.add(p)
+        self.session.add(
+            Payment(
+                tenant_id=tenant_id,
+                id=d.payment_id,
+                invoice_id=d.invoice_id,
+                customer=d.customer,
+                amount=d.amount,
+                currency=d.currency,
+                method=d.method,
+                attempt=None,
+                state="succeeded",
+                reference=d.reference,
+                amount_refunded=0,
+                disputed=False,
+            )
+        )
         await self.session.flush()
         return True
 
@@ -352,6 +445,36 @@ class PaymentsRepository:
 
     async def refund(self, tenant_id: str, refund_id: str) -> Refund | None:
         return await self.session.get(Refund, (tenant_id, refund_id))
+
+    async def record_refund(
+        self,
+        tenant_id: str,
+        *,
+        refund_id: str,
+        payment_id: str,
+        amount: int,
+        reason: str | None,
+        stripe_refund_id: str | None,
+        correlationid: str | None,
+    ) -> Payment:
+        """A refund made (in Stripe, or of an offline payment): its row, and the payment's
+        refunded amount (at most the payment's amount). The payment, updated."""
+        payment = await self.payment(tenant_id, payment_id, lock=True)
+        assert payment is not None
+        payment.amount_refunded = min(payment.amount, payment.amount_refunded + amount)
+        self.session.add(
+            Refund(
+                tenant_id=tenant_id,
+                id=refund_id,
+                payment_id=payment.id,
+                amount=amount,
+                reason=reason,
+                state="succeeded",
+                stripe_refund_id=stripe_refund_id,
+                correlationid=correlationid,
+            )
+        )
+        return payment
 
     async def refunds_of(self, tenant_id: str, payment_id: str) -> Sequence[Refund]:
         q = (
@@ -405,6 +528,21 @@ class PaymentsRepository:
             q = q.where(tuple_(Operation.tenant_id, Operation.id).in_(list(only)))
         q = q.order_by(Operation.created_at).limit(limit).with_for_update(skip_locked=True)
         return list(await self.session.scalars(q))
+
+    @staticmethod
+    def lease_operations(ops: Sequence[Operation], until: datetime) -> list[QueuedOperation]:
+        """Lease claimed operations until ``until``; what each is to do."""
+        leased = []
+        for op in ops:
+            leased.append(
+                QueuedOperation(op.tenant_id, op.id, op.type, op.command, op.state != "pending")
+            )
+            op.state, op.lease_until = "in_flight", until
+        return leased
+
+    @staticmethod
+    def finish_operation(op: Operation) -> None:
+        op.state, op.lease_until = "done", None
 
     async def refund_in_flight(self, tenant_id: str, payment_id: str) -> bool:
         q = select(Operation.id).where(

@@ -119,7 +119,7 @@ def finalized(
 async def publish_invoices(settings: Settings, events: list[InvoiceFinalized]) -> None:
     async with producer(settings) as p:
         for e in events:
-            key = f"{e.tenantid}:{e.data.customer}".encode()
+            key = topics.partition_key(e.tenantid, e.data.customer).encode()
             await send_raw(p, topics.EVENTS_INVOICING, e.to_json(), key=key)
 
 

@@ -39,8 +39,9 @@ from tests.integration.payments_support import (
 from tests.integration.support import Sessions, worker_env
 from workers.devstack import wait_for
 from workers.payments import secrets
-from workers.payments.collector import Collector
 from workers.payments.gateway import Gateway
+from workers.payments.jobs import Collector
+from workers.runtime.jobs import Jobs
 from workers.settings import Settings
 
 N = 40
@@ -204,7 +205,10 @@ async def test_a_refund_resumed_after_a_crash_finds_its_stripe_refund_instead_of
             assert op is not None
             op.state, op.lease_until = "in_flight", datetime.now(UTC) - timedelta(seconds=1)
 
-        collector = Collector(sessions, settings)
+        jobs = Jobs(
+            sessions, retry_initial_s=settings.retry_initial_s, retry_max_s=settings.retry_max_s
+        )
+        collector = Collector(jobs, settings)
         try:
             assert await collector.step() == 1
         finally:

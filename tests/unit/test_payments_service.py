@@ -4,6 +4,7 @@ secrets at rest."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -11,7 +12,6 @@ from cryptography.fernet import Fernet
 from pydantic import SecretStr
 
 from workers.payments import secrets, service
-from workers.payments.collector import settle
 from workers.payments.errors import SecretsKeyMissing
 from workers.payments.service import AmountNotCollectable
 from workers.settings import Settings
@@ -109,13 +109,11 @@ def test_secrets_are_encrypted_and_keys_rotate() -> None:
 
 
 def _collection_and_payment(state: str = "creating") -> tuple[Any, Any]:
-    from storage.payments import Collection, Payment
-
-    c = Collection(
+    c = SimpleNamespace(
         tenant_id="acme", invoice_id="inv-1", customer="alice", amount=500, currency="USD",
         status="in_flight", attempts=1, correlationid=None,
     )  # fmt: skip
-    p = Payment(
+    p = SimpleNamespace(
         tenant_id="acme", id="pay_1", invoice_id="inv-1", customer="alice", amount=500,
         currency="USD", method="card", attempt=1, state=state, amount_refunded=0,
         disputed=False,
@@ -129,23 +127,28 @@ NOW = datetime(2031, 1, 1, tzinfo=UTC)
 def test_settle_success_emits_payment_succeeded_once() -> None:
     c, p = _collection_and_payment()
     ok = service.Outcome("succeeded", "pi_1", "ch_1")
-    first = settle(c, p, ok, NOW, [3.0])
-    assert [m.headers["ce_type"] for m in first] == ["payment.succeeded"]
-    assert (c.status, p.state) == ("succeeded", "succeeded")
-    assert settle(c, p, ok, NOW, [3.0]) == []  # repeated: nothing
+    first = service.settle(c, p, ok, NOW, [3.0])
+    assert first is not None
+    assert [e.type for e in first.events] == ["payment.succeeded"]
+    assert (first.collection_status, first.payment_state) == ("succeeded", "succeeded")
+    assert service.key_of(first.events[0]) == "acme:alice"
+    p.state = "succeeded"
+    assert service.settle(c, p, ok, NOW, [3.0]) is None  # repeated: nothing
     late_failure = service.Outcome("failed", "pi_1", "ch_1", "card_declined")
-    assert settle(c, p, late_failure, NOW, [3.0]) == []  # out of order: nothing
-    assert (c.status, p.state) == ("succeeded", "succeeded")
+    assert service.settle(c, p, late_failure, NOW, [3.0]) is None  # out of order: nothing
 
 
 def test_settle_failure_schedules_the_retry_then_exhausts() -> None:
     c, p = _collection_and_payment()
     declined = service.Outcome("failed", "pi_1", "ch_1", "card_declined", "Declined.")
-    out = settle(c, p, declined, NOW, [3.0])
-    assert [m.headers["ce_type"] for m in out] == ["payment.failed"]
-    assert (c.status, c.next_attempt_at) == ("due", NOW + timedelta(days=3))
+    out = service.settle(c, p, declined, NOW, [3.0])
+    assert out is not None
+    assert [e.type for e in out.events] == ["payment.failed"]
+    assert (out.collection_status, out.next_attempt_at) == ("due", NOW + timedelta(days=3))
+    assert (out.payment_state, out.failure_code) == ("failed", "card_declined")
     c2, p2 = _collection_and_payment()
     c2.attempts = 2  # the last attempt of a [3.0] schedule
-    out = settle(c2, p2, declined, NOW, [3.0])
-    assert [m.headers["ce_type"] for m in out] == ["payment.failed", "payment.dunning_exhausted"]
-    assert (c2.status, c2.next_attempt_at) == ("exhausted", None)
+    out = service.settle(c2, p2, declined, NOW, [3.0])
+    assert out is not None
+    assert [e.type for e in out.events] == ["payment.failed", "payment.dunning_exhausted"]
+    assert (out.collection_status, out.next_attempt_at) == ("exhausted", None)

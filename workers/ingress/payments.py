@@ -38,15 +38,16 @@ from schemas.payments import (
     StripeSettingsData,
     SyncCustomer,
 )
+from schemas.topics import partition_key
 from storage.invoicing import InvoicingRepository
 from storage.payments import PaymentsRepository
-from workers.ingress.deps import Session, State, Tenant, read_body
+from workers import payments
+from workers.ingress.deps import State, Tenant, Unit, read_body
 from workers.ingress.fields import Amount, Text
 from workers.ingress.problems import Problem
 from workers.ingress.routes import CommandAccepted, envelope, submit
-from workers.payments import secrets
-from workers.payments.errors import SecretsKeyMissing
-from workers.payments.signature import SignatureError, verify
+from workers.payments import StripeSettingsView
+from workers.runtime.jobs import Jobs
 
 router = APIRouter(prefix="/v1", tags=["payments"])
 log = structlog.get_logger("billstream.ingress.payments")
@@ -66,14 +67,6 @@ class StripeSettingsIn(_In):
     secret_key: str = Field(pattern=r"^(sk|rk)_[A-Za-z0-9_]{4,255}$", repr=False)
     webhook_secret: str = Field(pattern=r"^whsec_[A-Za-z0-9_+/=]{4,255}$", repr=False)
     auto_collection: bool = True
-
-
-class StripeSettingsView(BaseModel):
-    configured: bool
-    auto_collection: bool | None = None
-    webhook_path: str | None = Field(
-        default=None, description="Give Stripe this path on the ingress's public URL"
-    )
 
 
 class CustomerSyncIn(_In):
@@ -96,6 +89,9 @@ class OfflinePaymentIn(_In):
     reference: Text | None = Field(default=None, max_length=256)
 
 
+# An invoice's payments as the API shows them. They stay here: another API model is named
+# PaymentView (invoicing's), so OpenAPI names both by module path, and this one's published
+# component name is workers__ingress__payments__PaymentView.
 class PaymentView(BaseModel):
     id: str
     invoice_id: str
@@ -162,37 +158,30 @@ async def _send(
     "/integrations/stripe", summary="Set the tenant's Stripe account (command)", **_ACCEPTED
 )
 async def configure_stripe(
-    request: Request, spec: StripeSettingsIn, st: State, db: Session, tenant_id: Tenant
+    request: Request, spec: StripeSettingsIn, st: State, tx: Unit, tenant_id: Tenant
 ) -> Response:
     """Secrets are encrypted before they leave the ingress and are never shown again. The
     answer names the webhook path to register in Stripe (it stays the same on updates)."""
-    existing = await PaymentsRepository(db).account(tenant_id)
+    existing = await tx.repo(PaymentsRepository).account(tenant_id)
     token = existing.endpoint_token if existing else pysecrets.token_urlsafe(24)
     try:
         data = StripeSettingsData(
-            secret_key=secrets.encrypt(st.settings, spec.secret_key),
-            webhook_secret=secrets.encrypt(st.settings, spec.webhook_secret),
+            secret_key=payments.encrypt_secret(st.settings, spec.secret_key),
+            webhook_secret=payments.encrypt_secret(st.settings, spec.webhook_secret),
             auto_collection=spec.auto_collection,
             endpoint_token=token,
         )
-    except SecretsKeyMissing:
+    except payments.SecretsKeyMissing:
         raise _no_key() from None
     command = ConfigureStripe(data=data, **envelope(request, tenant_id, "stripe"))
     body = json.dumps(spec.model_dump(), sort_keys=True).encode()
-    extra = {"webhook_path": f"/v1/integrations/stripe/{token}"}
-    return await _send(request, st, tenant_id, command, tenant_id, body, extra)
+    extra = {"webhook_path": payments.webhook_path(token)}
+    return await _send(request, st, tenant_id, command, partition_key(tenant_id), body, extra)
 
 
 @router.get("/integrations/stripe", response_model=StripeSettingsView, summary="Stripe settings")
-async def stripe_settings(db: Session, tenant_id: Tenant) -> StripeSettingsView:
-    account = await PaymentsRepository(db).account(tenant_id)
-    if account is None:
-        return StripeSettingsView(configured=False)
-    return StripeSettingsView(
-        configured=True,
-        auto_collection=account.auto_collection,
-        webhook_path=f"/v1/integrations/stripe/{account.endpoint_token}",
-    )
+async def stripe_settings(tx: Unit, tenant_id: Tenant) -> StripeSettingsView:
+    return payments.stripe_settings(await tx.repo(PaymentsRepository).account(tenant_id))
 
 
 # --- customers and payment methods ---------------------------------------------------------
@@ -206,7 +195,7 @@ async def sync_customer(
 ) -> Response:
     data = CustomerSyncData(customer=customer, email=spec.email, name=spec.name)
     command = SyncCustomer(data=data, **envelope(request, tenant_id, customer))
-    key = f"{tenant_id}:{customer}"
+    key = partition_key(tenant_id, customer)
     return await _send(request, st, tenant_id, command, key, data.model_dump_json().encode())
 
 
@@ -220,7 +209,7 @@ async def attach_payment_method(
 ) -> Response:
     data = PaymentMethodData(customer=customer, payment_method=spec.payment_method)
     command = AttachPaymentMethod(data=data, **envelope(request, tenant_id, customer))
-    key = f"{tenant_id}:{customer}"
+    key = partition_key(tenant_id, customer)
     return await _send(request, st, tenant_id, command, key, data.model_dump_json().encode())
 
 
@@ -233,16 +222,16 @@ async def attach_payment_method(
     summary="An invoice's collection and payments",
 )
 async def invoice_payments(
-    invoice_id: InvoiceIdPath, db: Session, tenant_id: Tenant
+    invoice_id: InvoiceIdPath, tx: Unit, tenant_id: Tenant
 ) -> InvoicePaymentsView:
     """404 for an invoice this tenant does not have (yet), like every other invoice route."""
-    repo = PaymentsRepository(db)
+    repo = tx.repo(PaymentsRepository)
     collection = await repo.collection(tenant_id, invoice_id)
-    payments = await repo.payments_of_invoice(tenant_id, invoice_id)
+    rows = await repo.payments_of_invoice(tenant_id, invoice_id)
     if (
         collection is None
-        and not payments
-        and await InvoicingRepository(db).invoice(tenant_id, invoice_id) is None
+        and not rows
+        and await tx.repo(InvoicingRepository).invoice(tenant_id, invoice_id) is None
     ):
         raise Problem(404, "not_found", "No such invoice", f"no invoice {invoice_id!r}")
     return InvoicePaymentsView(
@@ -250,7 +239,7 @@ async def invoice_payments(
         collection=CollectionView.model_validate(collection, from_attributes=True)
         if collection
         else None,
-        payments=[PaymentView.model_validate(p, from_attributes=True) for p in payments],
+        payments=[PaymentView.model_validate(p, from_attributes=True) for p in rows],
     )
 
 
@@ -264,10 +253,10 @@ async def refund_payment(
     payment_id: PaymentIdPath,
     spec: RefundIn,
     st: State,
-    db: Session,
+    tx: Unit,
     tenant_id: Tenant,
 ) -> Response:
-    payment = await PaymentsRepository(db).payment(tenant_id, payment_id)
+    payment = await tx.repo(PaymentsRepository).payment(tenant_id, payment_id)
     if payment is None:
         raise Problem(404, "not_found", "No such payment", f"no payment {payment_id!r}")
     refund_id = f"ref_{new_id()}"
@@ -275,7 +264,7 @@ async def refund_payment(
         refund_id=refund_id, payment_id=payment_id, amount=spec.amount, reason=spec.reason
     )
     command = RefundPayment(data=data, **envelope(request, tenant_id, payment.invoice_id))
-    key = f"{tenant_id}:{payment.customer}"
+    key = partition_key(tenant_id, payment.customer)
     body = spec.model_dump_json().encode() + payment_id.encode()
     return await _send(request, st, tenant_id, command, key, body, {"refund_id": refund_id})
 
@@ -290,10 +279,10 @@ async def record_offline_payment(
     invoice_id: InvoiceIdPath,
     spec: OfflinePaymentIn,
     st: State,
-    db: Session,
+    tx: Unit,
     tenant_id: Tenant,
 ) -> Response:
-    repo = InvoicingRepository(db)
+    repo = tx.repo(InvoicingRepository)
     invoice = await repo.invoice(tenant_id, invoice_id)
     if invoice is None:
         raise Problem(404, "not_found", "No such invoice", f"no invoice {invoice_id!r}")
@@ -309,7 +298,7 @@ async def record_offline_payment(
         reference=spec.reference,
     )
     command = RecordOfflinePayment(data=data, **envelope(request, tenant_id, invoice_id))
-    key = f"{tenant_id}:{customer.external_id}"
+    key = partition_key(tenant_id, customer.external_id)
     body = spec.model_dump_json().encode() + invoice_id.encode()
     return await _send(request, st, tenant_id, command, key, body, {"payment_id": payment_id})
 
@@ -340,27 +329,30 @@ def _bad_signature(detail: str) -> Problem:
     },
 )
 async def stripe_webhook(
-    request: Request, token: Annotated[str, Path(pattern=r"^[A-Za-z0-9_\-]{16,64}$")], st: State
+    request: Request,
+    token: Annotated[str, Path(pattern=r"^[A-Za-z0-9_\-]{16,64}$")],
+    st: State,
+    tx: Unit,
 ) -> Response:
     """Verifies ``Stripe-Signature`` on the raw body (5 minutes tolerance, any ``v1``
     signature made with the current or the previous signing secret); 400 and nothing
     published otherwise. A Stripe event id already accepted answers 200 ``duplicate``."""
     body = await read_body(request, st.settings.max_request_bytes)
-    async with st.sessions() as db:
-        account = await PaymentsRepository(db).account_by_token(token)
+    account = await tx.repo(PaymentsRepository).account_by_token(token)
     if account is None:
         raise Problem(404, "not_found", "No such endpoint", "unknown Stripe endpoint")
     tenant_id = account.tenant_id
     structlog.contextvars.bind_contextvars(tenantid=tenant_id)
     try:
-        keys = [secrets.decrypt(st.settings, account.webhook_secret)]
-        if account.previous_webhook_secret:
-            keys.append(secrets.decrypt(st.settings, account.previous_webhook_secret))
-    except SecretsKeyMissing:
+        keys = payments.webhook_secrets(
+            st.settings, account.webhook_secret, account.previous_webhook_secret
+        )
+    except payments.SecretsKeyMissing:
         raise _no_key() from None
     try:
-        verify(body, request.headers.get("stripe-signature"), keys, now=time.time())
-    except SignatureError as e:
+        signature = request.headers.get("stripe-signature")
+        payments.verify_stripe_signature(body, signature, keys, now=time.time())
+    except payments.SignatureError as e:
         log.warning("Stripe webhook refused", reason=str(e))
         raise _bad_signature(str(e)) from None
     try:
@@ -381,9 +373,14 @@ async def stripe_webhook(
         id=data.id, source=STRIPE_SOURCE, tenantid=tenant_id, subject=data.type, data=data
     )
     customer = obj.get("customer") if isinstance(obj.get("customer"), str) else None
-    key = f"{tenant_id}:{customer or obj.get('id', '')}"
-    async with st.sessions() as db, db.begin():
-        if not await PaymentsRepository(db).first_sighting(tenant_id, data.id, data.type):
+    key = partition_key(tenant_id, str(customer or obj.get("id", "")))
+    jobs = Jobs(
+        st.sessions,
+        retry_initial_s=st.settings.retry_initial_s,
+        retry_max_s=st.settings.retry_max_s,
+    )
+    async with jobs.transaction("ingress.stripe") as once:  # published once per Stripe event
+        if not await once.repo(PaymentsRepository).first_sighting(tenant_id, data.id, data.type):
             return JSONResponse({"received": True, "duplicate": True})
         await st.publisher.publish(topics.INTEGRATIONS_STRIPE, [(key.encode(), event.to_json())])
     return JSONResponse({"received": True, "duplicate": False})

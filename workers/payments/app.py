@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from workers.payments import handlers
-from workers.payments.collector import Clock, utcnow
+from workers.payments.service import Clock, utcnow
 from workers.runtime.app import Worker, build_worker
 from workers.settings import Settings
 

@@ -1,86 +1,186 @@
-"""Payments commands applied in the command transaction (no Stripe call): Stripe settings
-and offline payments. The ones that call Stripe are in operations.py. Each returns the
-command's result or raises a ``PaymentsError``."""
+"""What each payments command does, by command type.
+
+``COMMANDS``: the commands applied in the command consumer's transaction (no Stripe call):
+Stripe settings and offline payments; a handler is ``f(cmd, tx)`` → the command's result,
+or it raises a ``PaymentsError``.
+
+``STRIPE_COMMANDS``: the commands that call Stripe (customer sync, payment methods,
+refunds). The command consumer only queues them; the operations job (jobs.py) performs one
+with no transaction open (``f(cmd, stripe)``: reads in a step of their own, then Stripe)
+and gets back the step that records it (``finish(tx)`` → the command's result), run in the
+transaction that also records the command's outcome.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from schemas import topics
 from schemas.payments import (
+    AttachPaymentMethod,
     ConfigureStripe,
-    PaymentData,
-    PaymentSucceeded,
     RecordOfflinePayment,
+    RefundPayment,
+    SyncCustomer,
 )
-from storage.db import AsyncSession
-from storage.payments import Payment, PaymentsRepository
+from storage.payments import PaymentsRepository, StripeCustomer
 from workers.payments import service
-from workers.payments.collector import customer_key
-from workers.payments.errors import Conflict
+from workers.payments.errors import Conflict, NotFound
+from workers.payments.gateway import Gateway
 from workers.runtime.tx import Tx
 
 Result = dict[str, Any]
+R = TypeVar("R")
 
 
-class Commands:
-    def __init__(self, session: AsyncSession, tx: Tx) -> None:
-        self.session = session
-        self.tx = tx
-        self.repo = PaymentsRepository(session)
+async def configure_stripe(cmd: ConfigureStripe, tx: Tx) -> Result:
+    d = cmd.data
+    await tx.repo(PaymentsRepository).set_account(
+        cmd.tenantid,
+        secret_key=d.secret_key,
+        webhook_secret=d.webhook_secret,
+        auto_collection=d.auto_collection,
+        endpoint_token=d.endpoint_token,
+    )
+    return {"auto_collection": d.auto_collection, "configured": True}  # never a secret
 
-    async def apply(self, cmd: Any) -> Result:
-        handler = getattr(self, f"_{type(cmd).__name__}")
-        result: Result = await handler(cmd)
+
+async def record_offline_payment(cmd: RecordOfflinePayment, tx: Tx) -> Result:
+    d = cmd.data
+    repo = tx.repo(PaymentsRepository)
+    if not await repo.add_offline_payment(cmd.tenantid, d):
+        raise Conflict(f"payment {d.payment_id!r} exists", field="payment_id")
+    collection = await repo.collection(cmd.tenantid, d.invoice_id, lock=True)
+    if collection is not None and service.offline_settles(
+        collection.status, collection.amount, d.amount
+    ):
+        repo.close_collection(collection, "settled")
+    event = service.offline_payment_succeeded(cmd)
+    tx.emit(event, topic=topics.EVENTS_PAYMENTS, key=service.key_of(event))
+    return {"payment_id": d.payment_id, "invoice_id": d.invoice_id, "amount": d.amount}
+
+
+Handler = Callable[[Any, Tx], Awaitable[Result]]
+
+COMMANDS: dict[type[Any], Handler] = {
+    ConfigureStripe: configure_stripe,
+    RecordOfflinePayment: record_offline_payment,
+}
+
+
+# --- commands that call Stripe ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Stripe:
+    """What a command that calls Stripe may use, outside any transaction: ``read`` runs a
+    step in a transaction of its own (a job step), ``gateway`` is a tenant's Stripe account
+    (``NotConfigured`` without one), ``resumed`` says a lease ran out (look for what the dead
+    worker may have done in Stripe before doing it again)."""
+
+    read: Callable[[Callable[[Tx], Awaitable[Any]]], Awaitable[Any]]
+    gateway: Callable[[str], Awaitable[Gateway]]
+    resumed: bool
+
+    async def query(self, step: Callable[[Tx], Awaitable[R]]) -> R:
+        result: R = await self.read(step)
         return result
 
-    async def _ConfigureStripe(self, cmd: ConfigureStripe) -> Result:
-        d = cmd.data
-        await self.repo.set_account(
-            cmd.tenantid,
-            secret_key=d.secret_key,
-            webhook_secret=d.webhook_secret,
-            auto_collection=d.auto_collection,
-            endpoint_token=d.endpoint_token,
-        )
-        return {"auto_collection": d.auto_collection, "configured": True}  # never a secret
 
-    async def _RecordOfflinePayment(self, cmd: RecordOfflinePayment) -> Result:
-        d = cmd.data
-        payment = Payment(
-            tenant_id=cmd.tenantid,
-            id=d.payment_id,
-            invoice_id=d.invoice_id,
-            customer=d.customer,
-            amount=d.amount,
-            currency=d.currency,
-            method=d.method,
-            attempt=None,
-            state="succeeded",
-            reference=d.reference,
-            amount_refunded=0,
-            disputed=False,
+Finish = Callable[[Tx], Awaitable[Result]]
+
+
+async def _customer(tx: Tx, tenant: str, customer: str) -> StripeCustomer | None:
+    return await tx.repo(PaymentsRepository).customer(tenant, customer)
+
+
+async def sync_customer(cmd: SyncCustomer, stripe: Stripe) -> Finish:
+    d, tenant = cmd.data, cmd.tenantid
+    existing = await stripe.query(
+        lambda tx: tx.repo(PaymentsRepository).customer(tenant, d.customer)
+    )
+    if existing is not None:
+        stripe_id = existing.stripe_customer_id
+    else:
+        gateway = await stripe.gateway(tenant)
+        found = await gateway.find_customer(tenant, d.customer) if stripe.resumed else None
+        stripe_id = found or await gateway.create_customer(tenant, d.customer, d.email, d.name)
+
+    async def finish(tx: Tx) -> Result:
+        await tx.repo(PaymentsRepository).set_customer(tenant, d.customer, stripe_id)
+        return {"customer": d.customer, "stripe_customer_id": stripe_id}
+
+    return finish
+
+
+async def attach_payment_method(cmd: AttachPaymentMethod, stripe: Stripe) -> Finish:
+    d, tenant = cmd.data, cmd.tenantid
+    mapping = await stripe.query(
+        lambda tx: tx.repo(PaymentsRepository).customer(tenant, d.customer)
+    )
+    if mapping is None:
+        raise NotFound(f"customer {d.customer!r} is not synced to Stripe", field="customer")
+    gateway = await stripe.gateway(tenant)
+    await gateway.attach(d.payment_method, mapping.stripe_customer_id)  # again is harmless
+
+    async def finish(tx: Tx) -> Result:
+        await tx.repo(PaymentsRepository).set_payment_method(tenant, d.customer, d.payment_method)
+        return {"customer": d.customer, "payment_method": d.payment_method}
+
+    return finish
+
+
+async def refund_payment(cmd: RefundPayment, stripe: Stripe) -> Finish:
+    d, tenant = cmd.data, cmd.tenantid
+
+    async def read(tx: Tx) -> Any:
+        repo = tx.repo(PaymentsRepository)
+        if await repo.refund(tenant, d.refund_id) is not None:
+            raise Conflict(f"refund {d.refund_id!r} exists", field="refund_id")
+        return await repo.payment(tenant, d.payment_id)
+
+    payment = await stripe.query(read)
+    if payment is None or payment.state != "succeeded":
+        raise NotFound(f"no succeeded payment {d.payment_id!r}", field="payment_id")
+    remaining = payment.amount - payment.amount_refunded
+    amount = d.amount if d.amount is not None else remaining
+    if amount <= 0 or amount > remaining:
+        raise Conflict(f"at most {remaining} can be refunded", field="amount")
+    stripe_refund: str | None = None
+    if payment.method == "card":
+        if payment.stripe_payment_intent is None:
+            raise Conflict("the payment has no PaymentIntent", field="payment_id")
+        gateway = await stripe.gateway(tenant)
+        intent = payment.stripe_payment_intent
+        if stripe.resumed:
+            stripe_refund = await gateway.find_refund(intent, d.refund_id)
+        if stripe_refund is None:
+            stripe_amount = service.to_stripe_amount(amount, payment.currency)
+            stripe_refund = await gateway.refund(intent, stripe_amount, d.refund_id)
+
+    async def finish(tx: Tx) -> Result:
+        refunded = await tx.repo(PaymentsRepository).record_refund(
+            tenant,
+            refund_id=d.refund_id,
+            payment_id=d.payment_id,
+            amount=amount,
+            reason=d.reason,
+            stripe_refund_id=stripe_refund,
+            correlationid=cmd.correlationid,
         )
-        if not await self.repo.add_payment(payment):
-            raise Conflict(f"payment {d.payment_id!r} exists", field="payment_id")
-        collection = await self.repo.collection(cmd.tenantid, d.invoice_id, lock=True)
-        open_ = ("due", "awaiting", "in_flight")
-        if collection is not None and collection.status in open_ and d.amount >= collection.amount:
-            collection.status, collection.next_attempt_at = "settled", None
-        event = PaymentSucceeded(
-            source=service.SOURCE,
-            subject=d.invoice_id,
-            data=PaymentData(
-                payment_id=d.payment_id,
-                invoice_id=d.invoice_id,
-                customer=d.customer,
-                amount=d.amount,
-                currency=d.currency,
-                method=d.method,
-            ),
-            **cmd.caused(),
-        )
-        self.tx.emit(
-            event, topic=topics.EVENTS_PAYMENTS, key=customer_key(cmd.tenantid, d.customer)
-        )
-        return {"payment_id": d.payment_id, "invoice_id": d.invoice_id, "amount": d.amount}
+        event = service.payment_refunded(refunded, d.refund_id, amount, cmd)
+        tx.emit(event, topic=topics.EVENTS_PAYMENTS, key=service.key_of(event))
+        return {"refund_id": d.refund_id, "amount": amount, "stripe_refund_id": stripe_refund}
+
+    return finish
+
+
+Perform = Callable[[Any, Stripe], Awaitable[Finish]]
+
+STRIPE_COMMANDS: dict[type[Any], Perform] = {
+    SyncCustomer: sync_customer,
+    AttachPaymentMethod: attach_payment_method,
+    RefundPayment: refund_payment,
+}

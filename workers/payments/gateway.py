@@ -1,4 +1,6 @@
-"""Stripe, through the official SDK (async, httpx). The only module that talks to Stripe.
+"""Stripe, through the official SDK (async, httpx). The only module that talks to Stripe:
+``Gateway`` is one Stripe account's client, ``Gateways`` keeps one per account for a job and
+closes them when the job stops.
 
 Every call runs outside any database transaction. Errors become ``StripeRejected``
 (permanent: a decline, an unknown object) or ``StripeUnavailable`` (retry later).
@@ -6,6 +8,7 @@ Every call runs outside any database transaction. Errors become ``StripeRejected
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from typing import Any
 
@@ -231,3 +234,22 @@ class Gateway:
         except stripe.StripeError as e:
             raise self._translate(e) from None
         return str(refund.id)
+
+
+class Gateways:
+    """The Stripe clients of one job, by secret key: made on first use, kept, and closed by
+    ``close`` (the job's close, when the worker stops)."""
+
+    def __init__(self, api_base: str | None) -> None:
+        self.api_base = api_base
+        self._by_key: dict[str, Gateway] = {}
+
+    def for_key(self, secret_key: str) -> Gateway:
+        gw = self._by_key.get(secret_key)
+        if gw is None:
+            gw = self._by_key[secret_key] = Gateway(secret_key, self.api_base)
+        return gw
+
+    async def close(self) -> None:
+        gateways, self._by_key = list(self._by_key.values()), {}
+        await asyncio.gather(*(g.close() for g in gateways), return_exceptions=True)

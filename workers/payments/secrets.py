@@ -35,6 +35,15 @@ def encrypt(settings: Settings, plaintext: str) -> str:
     return PREFIX + _fernet(settings).encrypt(plaintext.encode()).decode()
 
 
+def webhook_secrets(settings: Settings, current: str, previous: str | None) -> list[str]:
+    """The signing secrets a Stripe webhook may be signed with, decrypted: the current one,
+    and the previous one while a rotation is under way."""
+    keys = [decrypt(settings, current)]
+    if previous:
+        keys.append(decrypt(settings, previous))
+    return keys
+
+
 def decrypt(settings: Settings, ciphertext: str) -> str:
     if not ciphertext.startswith(PREFIX):
         raise ValueError("not a billstream ciphertext")

@@ -1,16 +1,52 @@
-"""Pure payments logic: Stripe amounts, the dunning schedule, forward-only payment states
-and idempotency keys. No I/O; unit-tested."""
+"""Pure payments logic: the context's domain types (an attempt, a queued Stripe operation,
+Stripe's outcome, a settlement), Stripe amounts, the dunning schedule, forward-only payment
+states, idempotency keys, and every event the context emits. No I/O; unit-tested."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
 
+from schemas import topics
 from schemas.currency import exponent
-from storage.payments import PAYMENT_RANK
+from schemas.envelope import CloudEvent, new_id
+from schemas.payments import (
+    DisputeData,
+    DunningData,
+    DunningExhausted,
+    PaymentData,
+    PaymentDisputed,
+    PaymentFailed,
+    PaymentFailureData,
+    PaymentRefunded,
+    PaymentSucceeded,
+    RecordOfflinePayment,
+    RefundData,
+)
 
 SOURCE = "billstream/payments"
+
+# A payment's states move forward only: creating → processing → succeeded | failed.
+PAYMENT_RANK = {"creating": 0, "processing": 1, "failed": 2, "succeeded": 3}
+# a collection an offline payment can still settle
+OPEN_COLLECTION = ("due", "awaiting", "in_flight")
+
+Clock = Callable[[], datetime]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class Dunning:
+    """When collection retries: ``schedule_days`` after each failed attempt, by ``clock``."""
+
+    schedule_days: Sequence[float]
+    clock: Clock = utcnow
+
 
 # https://docs.stripe.com/currencies#zero-decimal
 ZERO_DECIMAL = frozenset(
@@ -128,3 +164,235 @@ def outcome_of_intent(intent: dict[str, object]) -> Outcome:
         code = code or "authentication_required"
         message = message or "the payment needs the customer's authentication"
     return Outcome("failed", pi, charge_id, code or "payment_failed", message)
+
+
+# --- what the collection and the queued operations work on -------------------------------
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One collection attempt of an invoice, leased to this worker."""
+
+    tenant_id: str
+    invoice_id: str
+    customer: str
+    amount: int
+    currency: str
+    attempt: int
+    payment_id: str
+    resumed: bool  # a lease ran out: look the PaymentIntent up before creating one
+    correlationid: str | None
+
+
+@dataclass(frozen=True)
+class QueuedOperation:
+    """A command that calls Stripe, leased to this worker (``resumed``: a lease ran out, so
+    look for what the dead worker may have done in Stripe before doing it again)."""
+
+    tenant_id: str
+    id: str  # the command id
+    type: str
+    command: dict[str, Any]
+    resumed: bool
+
+
+def new_payment_id() -> str:
+    return f"pay_{new_id()}"
+
+
+class CollectionRow(Protocol):
+    """What settling reads of a collection."""
+
+    @property
+    def tenant_id(self) -> str: ...
+    @property
+    def invoice_id(self) -> str: ...
+    @property
+    def customer(self) -> str: ...
+    @property
+    def amount(self) -> int: ...
+    @property
+    def currency(self) -> str: ...
+    @property
+    def attempts(self) -> int: ...
+    @property
+    def correlationid(self) -> str | None: ...
+
+
+class PaymentRow(Protocol):
+    """What settling and the payment events read of a payment."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def invoice_id(self) -> str: ...
+    @property
+    def customer(self) -> str: ...
+    @property
+    def amount(self) -> int: ...
+    @property
+    def currency(self) -> str: ...
+    @property
+    def method(self) -> str: ...
+    @property
+    def state(self) -> str: ...
+    @property
+    def amount_refunded(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """What an outcome does to a payment and its collection, and the events it emits."""
+
+    payment_state: str
+    collection_status: str
+    next_attempt_at: datetime | None
+    failed: bool = False  # record failure_code and failure_message on the payment
+    failure_code: str | None = None
+    failure_message: str | None = None
+    events: list[CloudEvent] = field(default_factory=list)
+
+
+def settle(
+    c: CollectionRow,
+    payment: PaymentRow,
+    outcome: Outcome,
+    now: datetime,
+    schedule_days: Sequence[float],
+) -> Settlement | None:
+    """What ``outcome`` does to the payment and its collection, forward only; None when it
+    changes nothing (a repeated or out-of-order outcome)."""
+    if not advances(payment.state, outcome.state):
+        return None
+    envelope = {"tenantid": c.tenant_id, "correlationid": c.correlationid, "subject": c.invoice_id}
+    if outcome.state == "processing":
+        return Settlement("processing", "awaiting", None)
+    if outcome.state == "succeeded":
+        data = PaymentData(
+            payment_id=payment.id,
+            invoice_id=c.invoice_id,
+            customer=c.customer,
+            amount=payment.amount,
+            currency=payment.currency,
+            method=payment.method,
+        )
+        event = PaymentSucceeded(source=SOURCE, data=data, **envelope)
+        return Settlement("succeeded", "succeeded", None, events=[event])
+    retry_at = next_attempt(now, c.attempts, schedule_days)
+    failed = PaymentFailed(
+        source=SOURCE,
+        data=PaymentFailureData(
+            payment_id=payment.id,
+            invoice_id=c.invoice_id,
+            customer=c.customer,
+            amount=payment.amount,
+            currency=payment.currency,
+            attempt=c.attempts,
+            failure_code=outcome.failure_code,
+            failure_message=outcome.failure_message,
+            next_attempt_at=retry_at,
+        ),
+        **envelope,
+    )
+    events: list[CloudEvent] = [failed]
+    if retry_at is None:
+        exhausted = DunningExhausted(
+            source=SOURCE,
+            data=DunningData(
+                invoice_id=c.invoice_id,
+                customer=c.customer,
+                amount=c.amount,
+                currency=c.currency,
+                attempts=c.attempts,
+            ),
+            **envelope,
+        )
+        events.append(exhausted)
+    return Settlement(
+        outcome.state,
+        "due" if retry_at else "exhausted",
+        retry_at,
+        failed=True,
+        failure_code=outcome.failure_code,
+        failure_message=outcome.failure_message,
+        events=events,
+    )
+
+
+def offline_settles(status: str, due: int, paid: int) -> bool:
+    """Whether an offline payment of ``paid`` settles a collection in ``status``."""
+    return status in OPEN_COLLECTION and paid >= due
+
+
+# --- the events the context emits -----------------------------------------------------------
+
+
+def key_of(event: CloudEvent) -> str:
+    """The record key of a payments event: its tenant and customer."""
+    return topics.partition_key(event.tenantid, event.data.customer)
+
+
+def offline_payment_succeeded(cmd: RecordOfflinePayment) -> PaymentSucceeded:
+    d = cmd.data
+    return PaymentSucceeded(
+        source=SOURCE,
+        subject=d.invoice_id,
+        data=PaymentData(
+            payment_id=d.payment_id,
+            invoice_id=d.invoice_id,
+            customer=d.customer,
+            amount=d.amount,
+            currency=d.currency,
+            method=d.method,
+        ),
+        **cmd.caused(),
+    )
+
+
+def payment_refunded(
+    payment: PaymentRow, refund_id: str, amount: int, cause: CloudEvent
+) -> PaymentRefunded:
+    """``amount`` of ``payment`` refunded (its ``amount_refunded`` already counts it)."""
+    return PaymentRefunded(
+        source=SOURCE,
+        subject=payment.invoice_id,
+        data=RefundData(
+            refund_id=refund_id,
+            payment_id=payment.id,
+            invoice_id=payment.invoice_id,
+            customer=payment.customer,
+            amount=amount,
+            amount_refunded=payment.amount_refunded,
+            currency=payment.currency,
+        ),
+        **cause.caused(),
+    )
+
+
+def payment_disputed(
+    payment: PaymentRow, dispute: dict[str, Any], cause: CloudEvent
+) -> PaymentDisputed:
+    """``payment`` disputed, from Stripe's dispute object."""
+    return PaymentDisputed(
+        source=SOURCE,
+        subject=payment.invoice_id,
+        data=DisputeData(
+            dispute_id=str(dispute.get("id", "")),
+            payment_id=payment.id,
+            invoice_id=payment.invoice_id,
+            customer=payment.customer,
+            amount=from_stripe_amount(int(dispute.get("amount", 0)), payment.currency),
+            currency=payment.currency,
+            reason=dispute.get("reason"),
+        ),
+        **cause.caused(),
+    )
+
+
+def stripe_refund(charge: dict[str, Any], currency: str) -> tuple[str, int]:
+    """A ``charge.refunded`` charge object: the id of its latest refund (or one made of the
+    charge and the total) and the total refunded, in our minor units."""
+    total = from_stripe_amount(int(charge.get("amount_refunded", 0)), currency)
+    refunds = (charge.get("refunds") or {}).get("data") or []
+    refund_id = str(refunds[0]["id"]) if refunds else f"{charge.get('id')}:{total}"
+    return refund_id, total
