@@ -21,7 +21,7 @@ from aiokafka import AIOKafkaProducer
 from sqlalchemy import text
 from standardwebhooks import Webhook
 
-from schemas import topics
+from schemas import groups, topics
 from schemas.envelope import CloudEvent, new_id
 from schemas.webhooks import (
     CreateEndpoint,
@@ -35,7 +35,7 @@ from schemas.webhooks import (
     UpdateEndpointData,
     new_endpoint_id,
 )
-from storage.webhooks import AttemptView, MessageView, WebhookRepository
+from storage.webhooks import WebhookRepository
 from tests.conftest import TenantKey, make_tenant
 from tests.integration.support import (
     Sessions,
@@ -48,13 +48,16 @@ from tests.integration.support import (
 )
 from workers.devstack import free_port, wait_for
 from workers.ingress.app import create_app
+from workers.runtime import Runtime
+from workers.runtime.app import Worker, build_worker
 from workers.settings import Settings
-from workers.webhooks import service
-from workers.webhooks.app import WebhookWorker, build
-from workers.webhooks.handlers import fanout_group
+from workers.webhooks import app, service
+from workers.webhooks.domain import utc_now
+from workers.webhooks.jobs import Dispatcher
 from workers.webhooks.service import message_id
+from workers.webhooks.views import AttemptView, MessageView
 
-GROUP_INVOICING = fanout_group(topics.EVENTS_INVOICING)
+GROUP_INVOICING = groups.webhooks_fanout(topics.EVENTS_INVOICING)
 
 # --- a local receiver ----------------------------------------------------------------
 
@@ -187,8 +190,24 @@ def wsettings(settings: Settings) -> Settings:
     )
 
 
-def worker(settings: Settings, clock: Callable[[], datetime], **kw: Any) -> WebhookWorker:
-    return build(settings, clock=clock, rng=random.Random(7), **kw)
+_dispatchers: dict[int, Dispatcher] = {}
+
+
+def worker(settings: Settings, clock: Callable[[], datetime] = utc_now, **kw: Any) -> Worker:
+    """The webhooks worker as ``app.build`` makes it, its dispatcher kept for ``dispatcher``."""
+    made: list[Dispatcher] = []
+
+    def register(runtime: Runtime) -> None:
+        made.append(app.register(runtime, settings, clock=clock, rng=random.Random(7), **kw))
+
+    w = build_worker("webhooks", settings, register)
+    _dispatchers[id(w)] = made[0]
+    return w
+
+
+def dispatcher(w: Worker) -> Dispatcher:
+    """The dispatch job of a worker made by ``worker``."""
+    return _dispatchers[id(w)]
 
 
 def billing_event(tenant: str, type: str = "invoice.finalized", **data: Any) -> CloudEvent:
@@ -266,19 +285,18 @@ async def wait_message(
     return result
 
 
-async def passes(w: WebhookWorker, n: int = 2) -> None:
+async def passes(w: Worker, n: int = 2) -> None:
     """Let the dispatcher make ``n`` more claim passes (woken at once)."""
-    assert w.dispatcher is not None
-    target = w.dispatcher.passes + n
+    d = dispatcher(w)
+    target = d.passes + n
     for _ in range(n):
-        w.dispatcher.wake()
-    await wait_for(lambda: w.dispatcher is not None and w.dispatcher.passes >= target, timeout_s=10)
+        d.wake()
+    await wait_for(lambda: d.passes >= target, timeout_s=10)
 
 
-async def advance(w: WebhookWorker, clock: FakeClock, **kw: float) -> None:
+async def advance(w: Worker, clock: FakeClock, **kw: float) -> None:
     clock.advance(**kw)
-    assert w.dispatcher is not None
-    w.dispatcher.wake()
+    dispatcher(w).wake()
 
 
 # --- delivery, signatures, fan-out ------------------------------------------------------
@@ -607,7 +625,7 @@ async def test_two_replicas_deliver_every_message_once(
     s = wsettings.model_copy(update={"webhook_claim_batch": 5, "webhook_concurrency": 8})
     eps = [await add_endpoint(sessions, t, receiver.url(f"/r{i}")) for i in range(3)]
     n = 60
-    async with running(build(s)) as a, running(build(s)) as b, producer(s) as p:
+    async with running(worker(s)) as a, running(worker(s)) as b, producer(s) as p:
         for _ in range(n):
             await publish(p, billing_event(t))
 
@@ -619,8 +637,7 @@ async def test_two_replicas_deliver_every_message_once(
             return done == n * len(eps)
 
         await wait_for(all_delivered, timeout_s=60)
-        assert a.dispatcher is not None and b.dispatcher is not None
-        claimed_by = (a.dispatcher.passes, b.dispatcher.passes)
+        claimed_by = (dispatcher(a).passes, dispatcher(b).passes)
     ids = [r.msg_id for r in receiver.requests]
     assert len(ids) == n * len(eps) and len(set(ids)) == n * len(eps)  # none twice
     assert all(p > 0 for p in claimed_by)
@@ -725,7 +742,7 @@ async def test_the_api_registers_signs_rotates_observes_and_resends(
 ) -> None:
     t = tenant.tenant_id
     other = await make_tenant(sessions, "globex")
-    async with running(build(wsettings)), ingress(wsettings) as c, producer(wsettings) as p:
+    async with running(app.build(wsettings)), ingress(wsettings) as c, producer(wsettings) as p:
         # refused at the ingress, with the field named
         for url, reason in [
             ("http://169.254.169.254/latest/meta-data/", "link-local"),
@@ -883,7 +900,7 @@ async def test_a_url_whose_host_ends_with_a_dot_registers_and_delivers(
     t = tenant.tenant_id
     s = wsettings.model_copy(update={"webhook_allowed_networks": ["127.0.0.0/8", "::1/128"]})
     urls = [f"http://localhost.:{receiver.port}/dot", f"http://127.0.0.1.:{receiver.port}/ip"]
-    async with running(build(s)), ingress(s) as c, producer(s) as p:
+    async with running(app.build(s)), ingress(s) as c, producer(s) as p:
         eps = []
         for url in urls:
             spec = {"url": url, "event_types": ["invoice.*"]}

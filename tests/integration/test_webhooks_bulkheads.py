@@ -16,9 +16,10 @@ from aiokafka import AIOKafkaProducer
 from sqlalchemy import text
 
 from schemas import topics
+from schemas.topics import partition_key
 from schemas.webhooks import DeleteEndpoint, EndpointRef, MessageRef, ResendMessage
 from storage.quarantine import Entry, QuarantineRepository
-from storage.webhooks import AttemptRow, Claimed, MessageUpdate, NewMessage, WebhookRepository
+from storage.webhooks import WebhookRepository
 from tests.conftest import TenantKey, make_tenant
 from tests.integration.support import (
     Sessions,
@@ -36,6 +37,7 @@ from tests.integration.test_webhooks import (
     advance,
     billing_event,
     clock,  # noqa: F401  (the fixture)
+    dispatcher,
     messages,
     passes,
     publish,
@@ -44,17 +46,24 @@ from tests.integration.test_webhooks import (
     wsettings,  # noqa: F401  (the fixture)
 )
 from workers.devstack import wait_for
+from workers.runtime.app import Worker
 from workers.settings import Settings
 from workers.webhooks import service
-from workers.webhooks.app import WebhookWorker
 from workers.webhooks.delivery import Deliverer
-from workers.webhooks.service import AttemptResult, RetryPolicy
+from workers.webhooks.domain import (
+    AttemptResult,
+    AttemptRow,
+    Claimed,
+    MessageUpdate,
+    NewMessage,
+    RetryPolicy,
+)
 
 
 async def _command(
     p: AIOKafkaProducer, sessions: Sessions, command: DeleteEndpoint | ResendMessage
 ) -> None:
-    key = f"{command.tenantid}:{command.data.endpoint_id}".encode()
+    key = partition_key(command.tenantid, command.data.endpoint_id).encode()
     await send_raw(p, topics.COMMANDS_WEBHOOKS, command.to_json(), key)
     outcome = await command_outcome(sessions, command.tenantid, command.id, timeout_s=20)
     assert outcome.status == "succeeded", outcome
@@ -65,8 +74,8 @@ async def _count(sessions: Sessions, sql: str, **params: str) -> int:
         return int(await session.scalar(text(sql), params) or 0)
 
 
-def _idle(w: WebhookWorker) -> bool:
-    return w.dispatcher is not None and w.dispatcher.in_flight == 0
+def _idle(w: Worker) -> bool:
+    return dispatcher(w).in_flight == 0
 
 
 def _all_succeeded(

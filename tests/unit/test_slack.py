@@ -20,10 +20,9 @@ from schemas.webhooks import (
     UpdateEndpointData,
     new_endpoint_id,
 )
-from storage.webhooks import EndpointFilter
-from workers.webhooks import service, slack
+from workers.webhooks import service, slack, views
+from workers.webhooks.domain import EndpointFilter, EventRef
 from workers.webhooks.errors import EndpointConflict
-from workers.webhooks.service import EventRef
 
 T0 = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 
@@ -335,7 +334,7 @@ def test_the_format_is_part_of_an_endpoints_definition() -> None:
         data=CreateEndpointData(url="https://x.io", endpoint_id=new_endpoint_id(), format="slack"),
     )
     slack_ep = service.new_endpoint(create)
-    assert slack_ep.format == "slack" and service.endpoint_data(slack_ep).format == "slack"
+    assert slack_ep.format == "slack" and views.endpoint_data(slack_ep).format == "slack"
     patch = UpdateEndpointData(endpoint_id=slack_ep.id, format="standard")
     assert service.changes(patch) == {"format": "standard"}
     standard_ep = dataclasses.replace(slack_ep, format="standard")

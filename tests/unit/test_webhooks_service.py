@@ -7,9 +7,15 @@ import random
 from datetime import UTC, datetime, timedelta
 
 from schemas.webhooks import MESSAGE_ID_PATTERN, UpdateEndpointData, new_endpoint_id
-from storage.webhooks import Claimed, EndpointFilter, EndpointSecrets
 from workers.webhooks import service
-from workers.webhooks.service import AttemptResult, EventRef, RetryPolicy
+from workers.webhooks.domain import (
+    AttemptResult,
+    Claimed,
+    EndpointFilter,
+    EndpointSecrets,
+    EventRef,
+    RetryPolicy,
+)
 
 T0 = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 POLICY = RetryPolicy()

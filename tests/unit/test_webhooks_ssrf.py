@@ -9,10 +9,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from storage.webhooks import Claimed, EndpointSecrets
 from workers.webhooks.delivery import Deliverer, make_session
+from workers.webhooks.domain import AttemptResult, Claimed, EndpointSecrets
 from workers.webhooks.errors import UnsafeUrl
-from workers.webhooks.service import AttemptResult
 from workers.webhooks.ssrf import Policy, RefusedDestination, check_literal, check_url
 
 PUBLIC_V4 = "93.184.215.14"

@@ -9,7 +9,6 @@ addresses, the event-type filter syntax. Reads come from PostgreSQL.
 
 from __future__ import annotations
 
-import functools
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -19,6 +18,7 @@ from pydantic import BaseModel, Field
 
 from schemas import topics
 from schemas.envelope import CloudEvent
+from schemas.topics import partition_key
 from schemas.webhooks import (
     ENDPOINT_ID_PATTERN,
     MESSAGE_ID_PATTERN,
@@ -39,13 +39,13 @@ from schemas.webhooks import (
     UpdateEndpointData,
     new_endpoint_id,
 )
-from storage.webhooks import AttemptView, EndpointDef, MessageView, WebhookRepository
-from workers.ingress.deps import Session, State, Tenant
+from storage.webhooks import WebhookRepository
+from workers import webhooks
+from workers.ingress.deps import State, Tenant, Unit
 from workers.ingress.fields import Instant, OverlapSeconds
 from workers.ingress.problems import Problem, invalid
 from workers.ingress.routes import envelope, submit
-from workers.webhooks import ssrf
-from workers.webhooks.errors import UnsafeUrl
+from workers.runtime import Tx
 
 router = APIRouter(prefix="/v1", tags=["webhooks"])
 
@@ -134,15 +134,10 @@ class RecoverIn(BaseModel):
     since: Instant = Field(description="Every failed message created since then.")
 
 
-@functools.lru_cache(maxsize=8)
-def _policy(networks: tuple[str, ...]) -> ssrf.Policy:
-    return ssrf.Policy.of(networks)
-
-
 async def _check_url(st: State, url: str) -> None:
     try:
-        await ssrf.check_url(url, _policy(tuple(st.settings.webhook_allowed_networks)))
-    except UnsafeUrl as e:
+        await webhooks.check_endpoint_url(url, st.settings.webhook_allowed_networks)
+    except webhooks.UnsafeUrl as e:
         raise invalid(f"url: {e.message}", [{"field": "url", "reason": e.message}]) from None
 
 
@@ -160,7 +155,7 @@ async def _submit(
         tenant_id,
         command,
         topic=topics.COMMANDS_WEBHOOKS,
-        key=f"{tenant_id}:{endpoint_id}",
+        key=partition_key(tenant_id, endpoint_id),
         body=body,
         extra={"endpoint_id": endpoint_id},
     )
@@ -325,12 +320,12 @@ async def recover_messages(
 # --- reads ---------------------------------------------------------------------------
 
 
-def _endpoint_view(e: EndpointDef) -> EndpointView:
+def _endpoint_view(e: webhooks.EndpointDef) -> EndpointView:
     return EndpointView.model_validate(e, from_attributes=True)
 
 
-async def _endpoint(db: Session, tenant_id: str, endpoint_id: str) -> EndpointDef:
-    endpoint = await WebhookRepository(db).get(tenant_id, endpoint_id)
+async def _endpoint(tx: Tx, tenant_id: str, endpoint_id: str) -> webhooks.EndpointDef:
+    endpoint = await tx.repo(WebhookRepository).get(tenant_id, endpoint_id)
     if endpoint is None:
         raise Problem(404, "not_found", "No such endpoint", f"no webhook endpoint {endpoint_id}")
     return endpoint
@@ -339,8 +334,8 @@ async def _endpoint(db: Session, tenant_id: str, endpoint_id: str) -> EndpointDe
 @router.get(
     "/webhooks/endpoints", response_model=list[EndpointView], summary="List webhook endpoints"
 )
-async def list_endpoints(db: Session, tenant_id: Tenant) -> list[EndpointView]:
-    return [_endpoint_view(e) for e in await WebhookRepository(db).of_tenant(tenant_id)]
+async def list_endpoints(tx: Unit, tenant_id: Tenant) -> list[EndpointView]:
+    return [_endpoint_view(e) for e in await tx.repo(WebhookRepository).of_tenant(tenant_id)]
 
 
 @router.get(
@@ -348,8 +343,8 @@ async def list_endpoints(db: Session, tenant_id: Tenant) -> list[EndpointView]:
     response_model=EndpointView,
     summary="One webhook endpoint",
 )
-async def get_endpoint(endpoint_id: EndpointIdPath, db: Session, tenant_id: Tenant) -> EndpointView:
-    return _endpoint_view(await _endpoint(db, tenant_id, endpoint_id))
+async def get_endpoint(endpoint_id: EndpointIdPath, tx: Unit, tenant_id: Tenant) -> EndpointView:
+    return _endpoint_view(await _endpoint(tx, tenant_id, endpoint_id))
 
 
 @router.get(
@@ -357,8 +352,8 @@ async def get_endpoint(endpoint_id: EndpointIdPath, db: Session, tenant_id: Tena
     response_model=SecretView,
     summary="The endpoint's signing secret",
 )
-async def get_secret(endpoint_id: EndpointIdPath, db: Session, tenant_id: Tenant) -> Response:
-    secrets = await WebhookRepository(db).secrets(tenant_id, endpoint_id)
+async def get_secret(endpoint_id: EndpointIdPath, tx: Unit, tenant_id: Tenant) -> Response:
+    secrets = await tx.repo(WebhookRepository).secrets(tenant_id, endpoint_id)
     if secrets is None:
         raise Problem(404, "not_found", "No such endpoint", f"no webhook endpoint {endpoint_id}")
     view = SecretView(key=secrets.secret)
@@ -372,11 +367,11 @@ async def get_secret(endpoint_id: EndpointIdPath, db: Session, tenant_id: Tenant
     return JSONResponse(view.model_dump(mode="json"), headers={"Cache-Control": "no-store"})
 
 
-def _message_out(m: MessageView) -> MessageOut:
+def _message_out(m: webhooks.MessageView) -> MessageOut:
     return MessageOut.model_validate(m, from_attributes=True)
 
 
-def _attempt_out(a: AttemptView) -> AttemptOut:
+def _attempt_out(a: webhooks.AttemptView) -> AttemptOut:
     return AttemptOut.model_validate(a, from_attributes=True)
 
 
@@ -387,14 +382,14 @@ def _attempt_out(a: AttemptView) -> AttemptOut:
 )
 async def list_messages(
     endpoint_id: EndpointIdPath,
-    db: Session,
+    tx: Unit,
     tenant_id: Tenant,
     status: Annotated[Literal["pending", "succeeded", "failed"] | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     before: Annotated[int | None, Query(description="next_before of the previous page")] = None,
 ) -> MessagePage:
-    await _endpoint(db, tenant_id, endpoint_id)
-    rows = await WebhookRepository(db).messages(
+    await _endpoint(tx, tenant_id, endpoint_id)
+    rows = await tx.repo(WebhookRepository).messages(
         tenant_id, endpoint_id, status=status, limit=limit, before_seq=before
     )
     return MessagePage(
@@ -409,9 +404,9 @@ async def list_messages(
     summary="One message",
 )
 async def get_message(
-    endpoint_id: EndpointIdPath, message_id: MessageIdPath, db: Session, tenant_id: Tenant
+    endpoint_id: EndpointIdPath, message_id: MessageIdPath, tx: Unit, tenant_id: Tenant
 ) -> MessageOut:
-    m = await WebhookRepository(db).message(tenant_id, endpoint_id, message_id)
+    m = await tx.repo(WebhookRepository).message(tenant_id, endpoint_id, message_id)
     if m is None:
         raise Problem(404, "not_found", "No such message", f"no message {message_id}")
     return _message_out(m)
@@ -425,13 +420,13 @@ async def get_message(
 async def list_message_attempts(
     endpoint_id: EndpointIdPath,
     message_id: MessageIdPath,
-    db: Session,
+    tx: Unit,
     tenant_id: Tenant,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> list[AttemptOut]:
-    if await WebhookRepository(db).message(tenant_id, endpoint_id, message_id) is None:
+    if await tx.repo(WebhookRepository).message(tenant_id, endpoint_id, message_id) is None:
         raise Problem(404, "not_found", "No such message", f"no message {message_id}")
-    rows = await WebhookRepository(db).attempts(
+    rows = await tx.repo(WebhookRepository).attempts(
         tenant_id, endpoint_id, message_id=message_id, limit=limit
     )
     return [_attempt_out(a) for a in rows]
@@ -444,13 +439,13 @@ async def list_message_attempts(
 )
 async def list_endpoint_attempts(
     endpoint_id: EndpointIdPath,
-    db: Session,
+    tx: Unit,
     tenant_id: Tenant,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     before: Annotated[int | None, Query(description="an attempt id: older ones")] = None,
 ) -> list[AttemptOut]:
-    await _endpoint(db, tenant_id, endpoint_id)
-    rows = await WebhookRepository(db).attempts(
+    await _endpoint(tx, tenant_id, endpoint_id)
+    rows = await tx.repo(WebhookRepository).attempts(
         tenant_id, endpoint_id, limit=limit, before_id=before
     )
     return [_attempt_out(a) for a in rows]

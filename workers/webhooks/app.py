@@ -1,34 +1,20 @@
-"""The webhooks worker process: fan-out consumers, command handler, and the dispatcher."""
+"""The webhooks worker process: fan-out consumers, the command handler, and the dispatch
+job (its claim and record loops)."""
 
 from __future__ import annotations
 
 import random
 import ssl
-from dataclasses import dataclass, fields
 from datetime import timedelta
 
+from workers.runtime import Runtime
 from workers.runtime.app import Worker, build_worker
 from workers.settings import Settings
 from workers.webhooks import handlers, ssrf
+from workers.webhooks.commands import Context
 from workers.webhooks.delivery import Deliverer
-from workers.webhooks.dispatcher import Dispatcher
-from workers.webhooks.service import Clock, RetryPolicy, utc_now
-
-
-@dataclass
-class WebhookWorker(Worker):
-    dispatcher: Dispatcher | None = None
-
-    async def start(self) -> None:
-        await super().start()
-        assert self.dispatcher is not None
-        self.dispatcher.start()
-
-    async def stop(self) -> None:
-        if self.dispatcher is not None:
-            await self.dispatcher.stop(grace_s=self.settings.graceful_timeout_s)
-            await self.dispatcher.deliverer.close()
-        await super().stop()
+from workers.webhooks.domain import Clock, RetryPolicy, utc_now
+from workers.webhooks.jobs import Dispatcher
 
 
 def retry_policy(settings: Settings) -> RetryPolicy:
@@ -39,28 +25,18 @@ def retry_policy(settings: Settings) -> RetryPolicy:
     )
 
 
-def build(
+def register(
+    runtime: Runtime,
     settings: Settings,
     *,
     clock: Clock = utc_now,
     rng: random.Random | None = None,
     resolver: ssrf.Resolver | None = None,
     verify: ssl.SSLContext | bool = True,
-) -> WebhookWorker:
-    """The worker; ``clock``, ``rng``, ``resolver`` and ``verify`` are for tests."""
-    rng = rng or random.Random()
+) -> Dispatcher:
+    """Registers the consumers and the dispatch job on ``runtime``; returns the dispatcher
+    (tests wake it and count its claim passes)."""
     policy = ssrf.Policy.of(settings.webhook_allowed_networks, resolver)
-    retry = retry_policy(settings)
-    wake: list[Dispatcher] = []
-    context = handlers.Context(
-        clock=clock,
-        rng=rng,
-        policy=policy,
-        retry=retry,
-        secret_overlap=timedelta(seconds=settings.webhook_secret_overlap_s),
-        wake=lambda: wake[0].wake() if wake else None,
-    )
-    base = build_worker("webhooks", settings, lambda runtime: handlers.register(runtime, context))
     deliverer = Deliverer(
         policy,
         timeout_s=settings.webhook_timeout_s,
@@ -69,19 +45,38 @@ def build(
         verify=verify,
     )
     dispatcher = Dispatcher(
-        base.runtime.jobs,
+        runtime,
         deliverer,
-        retry,
+        retry_policy(settings),
         clock=clock,
-        rng=rng,
+        rng=rng or random.Random(),
         concurrency=settings.webhook_concurrency,
         claim_batch=settings.webhook_claim_batch,
         poll_interval_s=settings.webhook_poll_interval_s,
         lease=timedelta(seconds=settings.webhook_timeout_s + 60),
+        grace_s=settings.graceful_timeout_s,
     )
-    wake.append(dispatcher)
-    worker = WebhookWorker(
-        **{f.name: getattr(base, f.name) for f in fields(Worker)},
-        dispatcher=dispatcher,
+    context = Context(
+        clock=clock,
+        policy=policy,
+        secret_overlap=timedelta(seconds=settings.webhook_secret_overlap_s),
+        wake=dispatcher.wake,
     )
-    return worker
+    handlers.register(runtime, context)
+    return dispatcher
+
+
+def build(
+    settings: Settings,
+    *,
+    clock: Clock = utc_now,
+    rng: random.Random | None = None,
+    resolver: ssrf.Resolver | None = None,
+    verify: ssl.SSLContext | bool = True,
+) -> Worker:
+    """The worker; ``clock``, ``rng``, ``resolver`` and ``verify`` are for tests."""
+
+    def register_all(runtime: Runtime) -> None:
+        register(runtime, settings, clock=clock, rng=rng, resolver=resolver, verify=verify)
+
+    return build_worker("webhooks", settings, register_all)

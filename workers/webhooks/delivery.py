@@ -15,9 +15,9 @@ import time
 
 import aiohttp
 
-from storage.webhooks import Claimed
 from workers.webhooks import signing
-from workers.webhooks.service import MAX_RESPONSE_BODY, AttemptResult, Clock
+from workers.webhooks.domain import AttemptResult, Claimed, Clock
+from workers.webhooks.service import MAX_RESPONSE_BODY
 from workers.webhooks.ssrf import (
     GuardedResolver,
     Policy,

@@ -7,7 +7,6 @@ import base64
 import hashlib
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
@@ -17,14 +16,12 @@ from schemas.webhooks import (
     CreateEndpoint,
     DisabledReason,
     EndpointCreated,
-    EndpointData,
     EndpointDeleted,
     EndpointDeletedData,
     EndpointDisabled,
     EndpointDisabledData,
     EndpointEnabled,
     EndpointEnabledData,
-    EndpointFormat,
     EndpointUpdated,
     MessageFailed,
     MessageFailedData,
@@ -32,27 +29,26 @@ from schemas.webhooks import (
     SecretRotatedData,
     UpdateEndpointData,
 )
-from storage.webhooks import (
+from workers.webhooks import slack
+from workers.webhooks.domain import (
+    AttemptResult,
     AttemptRow,
     Claimed,
     EndpointDef,
     EndpointFilter,
+    EventRef,
+    Health,
     MessageUpdate,
     NewMessage,
+    Outcome,
+    RetryPolicy,
 )
-from workers.webhooks import slack
 from workers.webhooks.errors import EndpointConflict
+from workers.webhooks.views import endpoint_data
 
 SOURCE = "billstream/webhooks"
 MAX_RESPONSE_BODY = 2048  # bytes of a response body kept with each attempt
 MAX_ERROR_LENGTH = 1000
-
-Clock = Callable[[], datetime]
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
-
 
 # --- matching and fan-out ------------------------------------------------------------
 
@@ -87,18 +83,6 @@ def message_id(endpoint_id: str, source: str, event_id: str) -> str:
             h.update(raw)
         digest = h.digest()
     return "msg_" + base64.b32encode(digest).decode().rstrip("=").lower()
-
-
-@dataclass(frozen=True)
-class EventRef:
-    """What fan-out needs of an event: its identity, type, subject and the exact bytes."""
-
-    tenant_id: str
-    id: str
-    source: str
-    type: str
-    subject: str | None
-    payload: bytes
 
 
 def is_about_webhooks(event_type: str) -> bool:
@@ -172,18 +156,6 @@ def fan_out(
 # --- retries -------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class RetryPolicy:
-    schedule: tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000, 36000)
-    jitter: float = 0.2
-    disable_after: timedelta = timedelta(days=5)
-    max_retry_after: timedelta = timedelta(hours=24)  # a longer Retry-After is capped
-
-    @property
-    def max_attempts(self) -> int:
-        return 1 + len(self.schedule)
-
-
 def retry_delay(policy: RetryPolicy, failures: int, rng: random.Random) -> timedelta | None:
     """The wait after the ``failures``-th failed attempt of a schedule (1-based), ±jitter;
     None when that was the last attempt."""
@@ -208,32 +180,6 @@ def parse_retry_after(value: str | None, now: datetime) -> timedelta | None:
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return max(when - now, timedelta(0))
-
-
-@dataclass(frozen=True)
-class AttemptResult:
-    """What one HTTP attempt produced."""
-
-    attempted_at: datetime
-    latency_ms: int
-    status_code: int | None = None
-    body: str | None = None  # the first 2 KiB, decoded leniently
-    error: str | None = None  # no response: timeout, connection refused, unsafe address
-    retry_after: str | None = None
-
-    @property
-    def succeeded(self) -> bool:
-        return self.status_code is not None and 200 <= self.status_code < 300
-
-
-@dataclass(frozen=True)
-class Outcome:
-    claimed: Claimed
-    result: AttemptResult
-    update: MessageUpdate
-    attempt: AttemptRow
-    finally_failed: bool
-    gone: bool  # 410: the endpoint is to be disabled
 
 
 def describe_failure(result: AttemptResult) -> str:
@@ -313,18 +259,6 @@ def deferred(claimed: Claimed, until: datetime) -> MessageUpdate:
         last_response_status=None,
         finished_at=None,
     )
-
-
-@dataclass
-class Health:
-    """What a batch of outcomes says about its endpoints."""
-
-    recovered: list[tuple[str, str]] = field(default_factory=list)  # succeeded last
-    # failing since (key -> (time, overwrite)): overwrite when a success in this batch
-    # ended the previous streak, else only set when the endpoint was not failing yet
-    failing: dict[tuple[str, str], tuple[datetime, bool]] = field(default_factory=dict)
-    to_disable: list[tuple[str, str]] = field(default_factory=list)  # failing too long
-    gone: list[tuple[str, str]] = field(default_factory=list)
 
 
 def health(outcomes: Sequence[Outcome], policy: RetryPolicy, now: datetime) -> Health:
@@ -411,23 +345,6 @@ def changes(patch: UpdateEndpointData) -> dict[str, Any]:
     elif patch.enabled is False:
         out.update(enabled=False, disabled_reason="manual")
     return out
-
-
-def endpoint_data(e: EndpointDef) -> EndpointData:
-    return EndpointData(
-        endpoint_id=e.id,
-        url=e.url,
-        description=e.description,
-        event_types=list(e.event_types),
-        rate_limit_per_s=e.rate_limit_per_s,
-        enabled=e.enabled,
-        ordered=e.ordered,
-        format=_format(e.format),
-    )
-
-
-def _format(value: str) -> EndpointFormat:
-    return "slack" if value == "slack" else "standard"
 
 
 def endpoint_created(command: CloudEvent, e: EndpointDef) -> EndpointCreated:
@@ -518,7 +435,3 @@ def message_failed(o: Outcome) -> MessageFailed | None:
             last_error=o.attempt.error,
         ),
     )
-
-
-def event_key(tenant_id: str, endpoint_id: str) -> str:
-    return f"{tenant_id}:{endpoint_id}"

@@ -25,10 +25,11 @@ are allowed anyway (development and tests: 127.0.0.0/8).
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import re
 import socket
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -245,6 +246,19 @@ async def check_url(url: str, policy: Policy, *, require_resolvable: bool = Fals
         if require_resolvable:
             raise
     return target
+
+
+@functools.lru_cache(maxsize=8)
+def _policy_of(networks: tuple[str, ...]) -> Policy:
+    return Policy.of(networks)
+
+
+async def check_endpoint_url(url: str, allowed_networks: Sequence[str] = ()) -> None:
+    """Raise ``UnsafeUrl`` (naming the reason) when webhooks must not be sent to ``url``:
+    the registration-time check, under the system resolver, with ``allowed_networks``
+    (``BILLSTREAM_WEBHOOK_ALLOWED_NETWORKS``) allowed anyway. What the ingress asks before
+    it accepts an endpoint (through the face, ``workers.webhooks``)."""
+    await check_url(url, _policy_of(tuple(allowed_networks)))
 
 
 class RefusedDestination(Exception):
