@@ -42,13 +42,14 @@ from schemas.invoicing import (
     hour_aligned,
 )
 from schemas.pricing import PlanSpec
+from schemas.topics import partition_key
 from storage.invoicing import Customer, Invoice, InvoicingRepository, Subscription
-from workers.ingress.deps import Session, State, Tenant
+from workers import invoicing
+from workers.ingress.deps import State, Tenant, Unit
 from workers.ingress.fields import Instant, Text
 from workers.ingress.problems import Problem
 from workers.ingress.routes import CommandAccepted, envelope, submit
-from workers.invoicing import service
-from workers.invoicing.billing import customer_key, line_models, subscription_data, values
+from workers.runtime import Tx
 
 router = APIRouter(prefix="/v1", tags=["invoicing"])
 
@@ -108,31 +109,31 @@ async def upsert_customer(
 ) -> Response:
     """The customer is identified by ``external_id`` (the ``subject`` of its usage events).
     Changing the currency of a customer with live subscriptions fails."""
-    key = customer_key(tenant_id, spec.external_id)
+    key = partition_key(tenant_id, spec.external_id)
     return await _send(request, st, tenant_id, UpsertCustomer, spec, key, spec.external_id)
 
 
 @router.get("/customers", response_model=list[CustomerView], summary="List customers")
 async def list_customers(
-    db: Session,
+    tx: Unit,
     tenant_id: Tenant,
     limit: int = Query(100, ge=1, le=1000),
     after: str | None = Query(None, description="external_id to continue after"),
 ) -> list[CustomerView]:
-    rows = await InvoicingRepository(db).list_customers(tenant_id, limit, after)
+    rows = await tx.repo(InvoicingRepository).list_customers(tenant_id, limit, after)
     return [_customer_view(c) for c in rows]
 
 
-async def _customer(db: Session, tenant_id: str, external_id: str) -> Customer:
-    c = await InvoicingRepository(db).customer(tenant_id, external_id)
+async def _customer(tx: Tx, tenant_id: str, external_id: str) -> Customer:
+    c = await tx.repo(InvoicingRepository).customer(tenant_id, external_id)
     if c is None:
         raise _not_found("customer", external_id)
     return c
 
 
 @router.get("/customers/{external_id}", response_model=CustomerView, summary="One customer")
-async def get_customer(external_id: str, db: Session, tenant_id: Tenant) -> CustomerView:
-    return _customer_view(await _customer(db, tenant_id, external_id))
+async def get_customer(external_id: str, tx: Unit, tenant_id: Tenant) -> CustomerView:
+    return _customer_view(await _customer(tx, tenant_id, external_id))
 
 
 # --- plans -------------------------------------------------------------------------
@@ -150,16 +151,16 @@ async def create_plan(request: Request, spec: PlanSpec, st: State, tenant_id: Te
 
 
 @router.get("/plans", response_model=list[PlanView], summary="List plans")
-async def list_plans(db: Session, tenant_id: Tenant) -> list[PlanView]:
+async def list_plans(tx: Unit, tenant_id: Tenant) -> list[PlanView]:
     return [
         PlanView.model_validate(p.spec | {"id": p.id})
-        for p in await InvoicingRepository(db).list_plans(tenant_id)
+        for p in await tx.repo(InvoicingRepository).list_plans(tenant_id)
     ]
 
 
 @router.get("/plans/{key}", response_model=PlanView, summary="One plan")
-async def get_plan(key: str, db: Session, tenant_id: Tenant) -> PlanView:
-    p = await InvoicingRepository(db).plan(tenant_id, key)
+async def get_plan(key: str, tx: Unit, tenant_id: Tenant) -> PlanView:
+    p = await tx.repo(InvoicingRepository).plan(tenant_id, key)
     if p is None:
         raise _not_found("plan", key)
     return PlanView.model_validate(p.spec | {"id": p.id})
@@ -194,7 +195,7 @@ async def create_subscription(
         plan=body.plan,
         start=body.start or now,
     )
-    key = customer_key(tenant_id, spec.customer)
+    key = partition_key(tenant_id, spec.customer)
     return await _send(
         request,
         st,
@@ -207,13 +208,13 @@ async def create_subscription(
     )
 
 
-async def _subscription_key(db: Session, tenant_id: str, id: str) -> str:
-    repo = InvoicingRepository(db)
+async def _subscription_key(tx: Tx, tenant_id: str, id: str) -> str:
+    repo = tx.repo(InvoicingRepository)
     sub = await repo.subscription(tenant_id, id)
     if sub is None:
         raise _not_found("subscription", id, _PENDING_HINT)
     customer = (await repo.customers([sub.customer_id]))[sub.customer_id]
-    return customer_key(tenant_id, customer.external_id)
+    return partition_key(tenant_id, customer.external_id)
 
 
 class CancelIn(BaseModel):
@@ -240,14 +241,14 @@ async def cancel_subscription(
     subscription_id: SubscriptionIdPath,
     body: CancelIn,
     st: State,
-    db: Session,
+    tx: Unit,
     tenant_id: Tenant,
 ) -> Response:
     """``at_period_end``: the current period is billed in full, then it ends.
     ``immediately``: it ends at ``at`` (default: now); the final invoice prorates flat fees
     to the second and bills usage up to the end of that hour."""
     spec = CancelSpec(subscription_id=subscription_id, mode=body.mode, at=body.at)
-    key = await _subscription_key(db, tenant_id, subscription_id)
+    key = await _subscription_key(tx, tenant_id, subscription_id)
     return await _send(request, st, tenant_id, CancelSubscription, spec, key, subscription_id)
 
 
@@ -267,43 +268,41 @@ async def change_plan(
     subscription_id: SubscriptionIdPath,
     body: ChangePlanIn,
     st: State,
-    db: Session,
+    tx: Unit,
     tenant_id: Tenant,
 ) -> Response:
     spec = PlanChangeSpec(subscription_id=subscription_id, plan=body.plan)
-    key = await _subscription_key(db, tenant_id, subscription_id)
+    key = await _subscription_key(tx, tenant_id, subscription_id)
     return await _send(request, st, tenant_id, ChangeSubscriptionPlan, spec, key, subscription_id)
 
 
-async def _subscription_view(db: Session, sub: Subscription) -> SubscriptionData:
-    repo = InvoicingRepository(db)
+async def _subscription_view(tx: Tx, sub: Subscription) -> SubscriptionData:
+    repo = tx.repo(InvoicingRepository)
     customer = (await repo.customers([sub.customer_id]))[sub.customer_id]
     plan_ids = {sub.plan_id} | ({sub.next_plan_id} if sub.next_plan_id else set())
-    return subscription_data(sub, customer.external_id, await repo.plans(plan_ids))
+    return invoicing.subscription_data(sub, customer.external_id, await repo.plans(plan_ids))
 
 
 @router.get("/subscriptions", response_model=list[SubscriptionData], summary="List subscriptions")
 async def list_subscriptions(
-    db: Session,
+    tx: Unit,
     tenant_id: Tenant,
     customer: str | None = Query(None, description="A customer's external_id"),
     limit: int = Query(100, ge=1, le=1000),
 ) -> list[SubscriptionData]:
-    customer_id = (await _customer(db, tenant_id, customer)).id if customer else None
-    subs = await InvoicingRepository(db).list_subscriptions(tenant_id, customer_id, limit)
-    return [await _subscription_view(db, s) for s in subs]
+    customer_id = (await _customer(tx, tenant_id, customer)).id if customer else None
+    subs = await tx.repo(InvoicingRepository).list_subscriptions(tenant_id, customer_id, limit)
+    return [await _subscription_view(tx, s) for s in subs]
 
 
 @router.get(
     "/subscriptions/{subscription_id}", response_model=SubscriptionData, summary="One subscription"
 )
-async def get_subscription(
-    subscription_id: str, db: Session, tenant_id: Tenant
-) -> SubscriptionData:
-    sub = await InvoicingRepository(db).subscription(tenant_id, subscription_id)
+async def get_subscription(subscription_id: str, tx: Unit, tenant_id: Tenant) -> SubscriptionData:
+    sub = await tx.repo(InvoicingRepository).subscription(tenant_id, subscription_id)
     if sub is None:
         raise _not_found("subscription", subscription_id)
-    return await _subscription_view(db, sub)
+    return await _subscription_view(tx, sub)
 
 
 # --- billing runs ------------------------------------------------------------------
@@ -353,8 +352,8 @@ async def run_billing(
 
 
 @router.get("/billing-runs/{run_id}", response_model=BillingRunView, summary="A billing run")
-async def get_billing_run(run_id: str, db: Session, tenant_id: Tenant) -> BillingRunView:
-    run = await InvoicingRepository(db).run(tenant_id, run_id)
+async def get_billing_run(run_id: str, tx: Unit, tenant_id: Tenant) -> BillingRunView:
+    run = await tx.repo(InvoicingRepository).run(tenant_id, run_id)
     if run is None:
         raise _not_found("billing run", run_id, _PENDING_HINT)
     return BillingRunView.model_validate(run, from_attributes=True)
@@ -380,11 +379,11 @@ class InvoiceView(InvoiceData):
     payments: list[PaymentView]
 
 
-async def _invoice_view(db: Session, invoice: Invoice, *, payments: bool) -> InvoiceView:
-    repo = InvoicingRepository(db)
+async def _invoice_view(tx: Tx, invoice: Invoice, *, payments: bool) -> InvoiceView:
+    repo = tx.repo(InvoicingRepository)
     customer = (await repo.customers([invoice.customer_id]))[invoice.customer_id]
-    lines = line_models((await repo.lines([invoice.id]))[invoice.id])
-    data = service.invoice_data(values(invoice), customer.external_id, lines)
+    lines = (await repo.lines([invoice.id]))[invoice.id]
+    data = invoicing.invoice_data(invoice, customer.external_id, lines)
     paid = await repo.payments(invoice.tenant_id, invoice.id) if payments else []
     return InvoiceView(
         **dict(data),
@@ -399,36 +398,36 @@ async def _invoice_view(db: Session, invoice: Invoice, *, payments: bool) -> Inv
 
 @router.get("/invoices", response_model=list[InvoiceView], summary="List invoices")
 async def list_invoices(
-    db: Session,
+    tx: Unit,
     tenant_id: Tenant,
     customer: str | None = Query(None, description="A customer's external_id"),
     subscription_id: str | None = None,
     status: InvoiceStatus | None = None,
     limit: int = Query(100, ge=1, le=1000),
 ) -> list[InvoiceView]:
-    customer_id = (await _customer(db, tenant_id, customer)).id if customer else None
-    rows = await InvoicingRepository(db).list_invoices(
+    customer_id = (await _customer(tx, tenant_id, customer)).id if customer else None
+    rows = await tx.repo(InvoicingRepository).list_invoices(
         tenant_id,
         customer_id=customer_id,
         subscription_id=subscription_id,
         status=status,
         limit=limit,
     )
-    return [await _invoice_view(db, i, payments=False) for i in rows]
+    return [await _invoice_view(tx, i, payments=False) for i in rows]
 
 
-async def _invoice(db: Session, tenant_id: str, invoice_id: str) -> Invoice:
-    invoice = await InvoicingRepository(db).invoice(tenant_id, invoice_id)
+async def _invoice(tx: Tx, tenant_id: str, invoice_id: str) -> Invoice:
+    invoice = await tx.repo(InvoicingRepository).invoice(tenant_id, invoice_id)
     if invoice is None:
         raise _not_found("invoice", invoice_id)
     return invoice
 
 
 @router.get("/invoices/{invoice_id}", response_model=InvoiceView, summary="One invoice")
-async def get_invoice(invoice_id: str, db: Session, tenant_id: Tenant) -> InvoiceView:
+async def get_invoice(invoice_id: str, tx: Unit, tenant_id: Tenant) -> InvoiceView:
     """Each line names the meter, subject and period it was computed from and the value
     (``quantity``) it read; adjustment lines name the earlier period they correct."""
-    return await _invoice_view(db, await _invoice(db, tenant_id, invoice_id), payments=True)
+    return await _invoice_view(tx, await _invoice(tx, tenant_id, invoice_id), payments=True)
 
 
 class InvoiceActionIn(BaseModel):
@@ -440,16 +439,18 @@ class InvoiceActionIn(BaseModel):
 async def _invoice_action(
     request: Request,
     st: State,
-    db: Session,
+    tx: Tx,
     tenant_id: str,
     invoice_id: str,
     body: InvoiceActionIn,
     command: type[VoidInvoice] | type[MarkInvoiceUncollectible],
 ) -> Response:
-    invoice = await _invoice(db, tenant_id, invoice_id)
-    customer = (await InvoicingRepository(db).customers([invoice.customer_id]))[invoice.customer_id]
+    invoice = await _invoice(tx, tenant_id, invoice_id)
+    customer = (await tx.repo(InvoicingRepository).customers([invoice.customer_id]))[
+        invoice.customer_id
+    ]
     spec = InvoiceActionSpec(invoice_id=invoice_id, reason=body.reason)
-    key = customer_key(tenant_id, customer.external_id)
+    key = partition_key(tenant_id, customer.external_id)
     return await _send(request, st, tenant_id, command, spec, key, invoice_id)
 
 
@@ -459,10 +460,10 @@ async def void_invoice(
     invoice_id: InvoiceIdPath,
     body: InvoiceActionIn,
     st: State,
-    db: Session,
+    tx: Unit,
     tenant_id: Tenant,
 ) -> Response:
-    return await _invoice_action(request, st, db, tenant_id, invoice_id, body, VoidInvoice)
+    return await _invoice_action(request, st, tx, tenant_id, invoice_id, body, VoidInvoice)
 
 
 @router.post(
@@ -475,11 +476,11 @@ async def mark_uncollectible(
     invoice_id: InvoiceIdPath,
     body: InvoiceActionIn,
     st: State,
-    db: Session,
+    tx: Unit,
     tenant_id: Tenant,
 ) -> Response:
     return await _invoice_action(
-        request, st, db, tenant_id, invoice_id, body, MarkInvoiceUncollectible
+        request, st, tx, tenant_id, invoice_id, body, MarkInvoiceUncollectible
     )
 
 
@@ -496,12 +497,5 @@ async def configure(
 
 
 @router.get("/invoicing/config", response_model=InvoicingConfig, summary="Invoicing settings")
-async def get_config(db: Session, tenant_id: Tenant) -> InvoicingConfig:
-    row = await InvoicingRepository(db).config(tenant_id)
-    if row is None:
-        return InvoicingConfig()
-    return InvoicingConfig(
-        rounding=row.rounding,
-        grace_period_hours=row.grace_period_hours,
-        number_prefix=row.number_prefix,
-    )
+async def get_config(tx: Unit, tenant_id: Tenant) -> InvoicingConfig:
+    return invoicing.config_of(await tx.repo(InvoicingRepository).config(tenant_id))

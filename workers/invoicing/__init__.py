@@ -1,7 +1,22 @@
-"""Invoicing: plans, subscriptions, billing runs, invoices.
+"""Invoicing: customers, plans, subscriptions, billing runs, invoices.
 
-Its face: what other packages may import (an import-linter contract enforces it)."""
+Its face: what other packages may import (an import-linter contract enforces it) — the views
+of its rows the ingress answers with, and the spend of current periods alerts reads."""
 
-from workers.invoicing.views import DraftPeriod, draft_totals, usage_window
+from workers.invoicing.views import (
+    DraftPeriod,
+    config_of,
+    draft_totals,
+    invoice_data,
+    subscription_data,
+    usage_window,
+)
 
-__all__ = ["DraftPeriod", "draft_totals", "usage_window"]
+__all__ = [
+    "DraftPeriod",
+    "config_of",
+    "draft_totals",
+    "invoice_data",
+    "subscription_data",
+    "usage_window",
+]

@@ -1,8 +1,14 @@
-"""Payments against invoices: recorded once per payment id; a covered invoice is paid.
-An invoice whose dunning is exhausted becomes uncollectible."""
+"""What invoicing does with payment events, given one transaction: a payment is recorded
+once per payment id and a covered invoice is paid; a refund is listed with the invoice's
+payments; an invoice whose dunning is exhausted becomes uncollectible."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from schemas import topics
+from schemas.envelope import CloudEvent
 from schemas.invoicing import (
     InvoiceMarkedUncollectible,
     InvoicePaid,
@@ -10,15 +16,27 @@ from schemas.invoicing import (
     InvoiceRefunded,
 )
 from schemas.payments import DunningExhausted, PaymentRefunded, PaymentSucceeded
-from storage.db import AsyncSession
-from storage.invoicing import InvoicePayment, InvoicingRepository
-from workers.invoicing import service
-from workers.invoicing.billing import SOURCE, Work, customer_key, line_models, values
+from storage.invoicing import Invoice, InvoicingRepository
+from workers.invoicing import service, views
+from workers.runtime import Tx
 
 
-async def record(session: AsyncSession, work: Work, event: PaymentSucceeded) -> str | None:
+async def _emit(tx: Tx, cls: service.InvoiceEvent, invoice: Invoice, cause: CloudEvent) -> None:
+    """Emit ``cls`` with ``invoice`` as it is now, caused by ``cause``."""
+    repo = tx.repo(InvoicingRepository)
+    customer = (await repo.customers([invoice.customer_id]))[invoice.customer_id]
+    lines = (await repo.lines([invoice.id]))[invoice.id]
+    data = views.invoice_data(invoice, customer.external_id, lines)
+    tx.emit(
+        service.invoice_event(cls, data, **cause.caused()),
+        topic=topics.EVENTS_INVOICING,
+        key=topics.partition_key(cause.tenantid, customer.external_id),
+    )
+
+
+async def succeeded(event: PaymentSucceeded, tx: Tx) -> str | None:
     """Apply ``payment.succeeded``; returns why it cannot be used (it is dead-lettered)."""
-    repo = InvoicingRepository(session)
+    repo = tx.repo(InvoicingRepository)
     p, tenant = event.data, event.tenantid
     invoice = await repo.invoice(tenant, p.invoice_id, lock=True)
     if invoice is None:
@@ -27,74 +45,47 @@ async def record(session: AsyncSession, work: Work, event: PaymentSucceeded) -> 
         return f"payment in {p.currency} for an invoice in {invoice.currency}"
     if invoice.status in ("draft", "void"):
         return f"invoice {invoice.id} is {invoice.status}: it cannot take payments"
-    payment = InvoicePayment(
-        tenant_id=tenant,
-        payment_id=p.payment_id,
-        invoice_id=invoice.id,
-        amount=p.amount,
-        currency=p.currency,
-        method=p.method,
-    )
-    if not await repo.add_payment(payment):
+    if not await repo.add_payment(tenant, p.payment_id, invoice.id, p.amount, p.currency, p.method):
         return None  # recorded before (the same payment in another event)
-    invoice.amount_paid += p.amount
-    paid = service.becomes_paid(invoice.status, invoice.total, invoice.amount_paid)
-    if paid:
-        invoice.status, invoice.paid_at = "paid", event.time
-    customer = (await repo.customers([invoice.customer_id]))[invoice.customer_id]
-    lines = line_models((await repo.lines([invoice.id]))[invoice.id])
-    view = service.invoice_data(values(invoice), customer.external_id, lines)
-    cls = InvoicePaid if paid else InvoicePaymentRecorded
-    work.emit(
-        cls(source=SOURCE, subject=invoice.id, data=view, **event.caused()),
-        customer_key(tenant, customer.external_id),
-    )
+    paid = service.becomes_paid(invoice.status, invoice.total, invoice.amount_paid + p.amount)
+    await repo.apply_payment(invoice, p.amount, event.time if paid else None)
+    await _emit(tx, InvoicePaid if paid else InvoicePaymentRecorded, invoice, event)
     return None
 
 
-async def uncollectible(session: AsyncSession, work: Work, event: DunningExhausted) -> None:
+async def dunning_exhausted(event: DunningExhausted, tx: Tx) -> str | None:
     """``payment.dunning_exhausted``: a finalized invoice becomes uncollectible (an invoice
     paid, voided or already uncollectible meanwhile stays as it is)."""
-    repo = InvoicingRepository(session)
-    tenant = event.tenantid
-    invoice = await repo.invoice(tenant, event.data.invoice_id, lock=True)
+    repo = tx.repo(InvoicingRepository)
+    invoice = await repo.invoice(event.tenantid, event.data.invoice_id, lock=True)
     if invoice is None or invoice.status != "finalized":
-        return
-    invoice.status, invoice.closed_at = "uncollectible", event.time
-    invoice.status_reason = f"dunning exhausted after {event.data.attempts} attempts"
-    customer = (await repo.customers([invoice.customer_id]))[invoice.customer_id]
-    lines = line_models((await repo.lines([invoice.id]))[invoice.id])
-    view = service.invoice_data(values(invoice), customer.external_id, lines)
-    work.emit(
-        InvoiceMarkedUncollectible(source=SOURCE, subject=invoice.id, data=view, **event.caused()),
-        customer_key(tenant, customer.external_id),
-    )
+        return None
+    reason = f"dunning exhausted after {event.data.attempts} attempts"
+    await repo.close_invoice(invoice, "uncollectible", event.time, reason)
+    await _emit(tx, InvoiceMarkedUncollectible, invoice, event)
+    return None
 
 
-async def refunded(session: AsyncSession, work: Work, event: PaymentRefunded) -> None:
+async def refunded(event: PaymentRefunded, tx: Tx) -> str | None:
     """``payment.refunded``: listed with the invoice's payments (a negative amount, method
     ``refund``) and added to ``amount_refunded``, once per refund id. The status stays: a
     paid invoice that was refunded was still paid."""
-    repo = InvoicingRepository(session)
+    repo = tx.repo(InvoicingRepository)
     r, tenant = event.data, event.tenantid
     invoice = await repo.invoice(tenant, r.invoice_id, lock=True)
     if invoice is None:
-        return
-    row = InvoicePayment(
-        tenant_id=tenant,
-        payment_id=r.refund_id,
-        invoice_id=invoice.id,
-        amount=-r.amount,
-        currency=r.currency,
-        method="refund",
-    )
-    if not await repo.add_payment(row):
-        return
-    invoice.amount_refunded += r.amount
-    customer = (await repo.customers([invoice.customer_id]))[invoice.customer_id]
-    lines = line_models((await repo.lines([invoice.id]))[invoice.id])
-    view = service.invoice_data(values(invoice), customer.external_id, lines)
-    work.emit(
-        InvoiceRefunded(source=SOURCE, subject=invoice.id, data=view, **event.caused()),
-        customer_key(tenant, customer.external_id),
-    )
+        return None
+    if not await repo.add_payment(tenant, r.refund_id, invoice.id, -r.amount, r.currency, "refund"):
+        return None
+    await repo.apply_refund(invoice, r.amount)
+    await _emit(tx, InvoiceRefunded, invoice, event)
+    return None
+
+
+# payment event type -> what it does; a handler returns why the event cannot be used (it
+# is dead-lettered), or None. Other payment events are not for invoicing.
+PAYMENT_EVENTS: dict[type[Any], Callable[[Any, Tx], Awaitable[str | None]]] = {
+    PaymentSucceeded: succeeded,
+    DunningExhausted: dunning_exhausted,
+    PaymentRefunded: refunded,
+}

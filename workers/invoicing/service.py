@@ -1,10 +1,12 @@
-"""Invoicing domain logic, pure: billing periods, invoice lines, late-usage adjustments,
-invoice state changes. No I/O; the handlers and the scheduler bring the data."""
+"""Invoicing domain logic, pure: billing periods, subscriptions moving from period to period,
+invoice lines, late-usage adjustments, totals, invoice state changes, and every event
+invoicing emits. No I/O; the commands, the payment handlers and the billing jobs bring the
+data (ARCHITECTURE.md §1)."""
 
 from __future__ import annotations
 
 import calendar
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import (
@@ -17,9 +19,34 @@ from decimal import (
     ROUND_UP,
     Decimal,
 )
-from typing import Any
+from typing import Any, Literal
 
-from schemas.invoicing import CustomerSpec, InvoiceData, InvoiceLine, TierLine
+from schemas.envelope import CloudEvent
+from schemas.invoicing import (
+    CreatePlan,
+    CustomerCreated,
+    CustomerData,
+    CustomerSpec,
+    CustomerUpdated,
+    InvoiceCreated,
+    InvoiceData,
+    InvoiceFinalized,
+    InvoiceLine,
+    InvoiceMarkedUncollectible,
+    InvoicePaid,
+    InvoicePaymentRecorded,
+    InvoiceRefunded,
+    InvoiceVoided,
+    InvoicingConfig,
+    PlanCreated,
+    PlanData,
+    SubscriptionCreated,
+    SubscriptionData,
+    SubscriptionEnded,
+    SubscriptionUpdated,
+    TierLine,
+    UpsertCustomer,
+)
 from schemas.pricing import FlatPrice, MeteredPrice, PlanSpec, Price
 from workers.invoicing import pricing
 from workers.invoicing.errors import AmountOutOfRange, InvalidTransition
@@ -34,6 +61,8 @@ ROUNDING = {
     "floor": ROUND_FLOOR,
 }
 HOUR = timedelta(hours=1)
+SOURCE = "billstream/invoicing"
+DEFAULT_CONFIG = InvoicingConfig()  # a tenant's settings until it configures invoicing
 
 
 # --- periods -----------------------------------------------------------------------
@@ -65,6 +94,47 @@ def proration(start: datetime, end: datetime, cut: datetime) -> Decimal:
     whole = Decimal(int((end - start).total_seconds()))
     used = Decimal(int((min(max(cut, start), end) - start).total_seconds()))
     return used / whole if whole else Decimal(0)
+
+
+# --- subscriptions -------------------------------------------------------------------
+
+
+@dataclass
+class SubscriptionState:
+    """A subscription as a billing run moves it from period to period."""
+
+    tenant_id: str
+    id: str
+    customer_id: str
+    plan_id: str
+    next_plan_id: str | None
+    status: str
+    start: datetime
+    anchor: datetime
+    period_index: int
+    current_period_start: datetime
+    current_period_end: datetime
+    cancel_at_period_end: bool
+    ended_at: datetime | None
+
+
+def advance(
+    sub: SubscriptionState, interval: Callable[[str], str]
+) -> Literal["ended", "updated"] | None:
+    """Move ``sub`` past its current period: end it (``"ended"``), switch to its next plan
+    (``"updated"``: a new anchor) or renew (None). ``interval``: a plan id's interval."""
+    if sub.cancel_at_period_end:
+        sub.status, sub.ended_at = "ended", sub.current_period_end
+        return "ended"
+    if sub.next_plan_id:
+        sub.plan_id, sub.next_plan_id = sub.next_plan_id, None
+        sub.anchor, sub.period_index = sub.current_period_end, 0
+    else:
+        sub.period_index += 1
+    sub.current_period_start, sub.current_period_end = period(
+        sub.anchor, interval(sub.plan_id), sub.period_index
+    )
+    return "updated" if sub.period_index == 0 else None
 
 
 # --- invoice lines ------------------------------------------------------------------
@@ -325,3 +395,77 @@ def invoice_data(
         due_at=row.get("due_at"),
         lines=list(lines),
     )
+
+
+def finalized(
+    draft: Mapping[str, Any],
+    t: Totals,
+    tax_rate: Decimal | None,
+    number: str,
+    as_of: datetime,
+    net_terms_days: int,
+) -> dict[str, Any]:
+    """The values a draft changes as it is finalized ``as_of``: numbered, its totals, due
+    after the customer's net terms; paid at once if its payments already cover it."""
+    paid = t.total <= draft["amount_paid"]
+    return {
+        "id": draft["id"],
+        "status": "paid" if paid else "finalized",
+        "number": number,
+        "subtotal": t.subtotal,
+        "tax": t.tax,
+        "total": t.total,
+        "tax_rate": tax_rate,
+        "finalized_at": as_of,
+        "due_at": as_of + timedelta(days=net_terms_days),
+        "paid_at": as_of if paid else None,
+    }
+
+
+# --- events ----------------------------------------------------------------------------
+# ``envelope``: the tenant and, for what a message caused, its correlation and causation
+# (``message.caused()``).
+
+SubscriptionEvent = type[SubscriptionCreated] | type[SubscriptionUpdated] | type[SubscriptionEnded]
+InvoiceEvent = (
+    type[InvoiceCreated]
+    | type[InvoiceFinalized]
+    | type[InvoicePaid]
+    | type[InvoicePaymentRecorded]
+    | type[InvoiceRefunded]
+    | type[InvoiceVoided]
+    | type[InvoiceMarkedUncollectible]
+)
+
+
+def customer_event(cmd: UpsertCustomer, customer_id: str, *, created: bool) -> CloudEvent:
+    cls: type[CustomerCreated] | type[CustomerUpdated] = (
+        CustomerCreated if created else CustomerUpdated
+    )
+    spec = cmd.data
+    return cls(
+        source=SOURCE,
+        subject=spec.external_id,
+        data=CustomerData(**spec.model_dump(), customer_id=customer_id),
+        **cmd.caused(),
+    )
+
+
+def plan_created(cmd: CreatePlan, plan_id: str) -> PlanCreated:
+    spec = cmd.data
+    return PlanCreated(
+        source=SOURCE,
+        subject=spec.key,
+        data=PlanData(**spec.model_dump(), plan_id=plan_id),
+        **cmd.caused(),
+    )
+
+
+def subscription_event(
+    cls: SubscriptionEvent, data: SubscriptionData, **envelope: Any
+) -> CloudEvent:
+    return cls(source=SOURCE, subject=data.subscription_id, data=data, **envelope)
+
+
+def invoice_event(cls: InvoiceEvent, data: InvoiceData, **envelope: Any) -> CloudEvent:
+    return cls(source=SOURCE, subject=data.invoice_id, data=data, **envelope)

@@ -1,22 +1,117 @@
-"""Invoicing's views: what other packages may read of invoicing (re-exported by its face,
-``workers/invoicing/__init__.py``)."""
+"""Invoicing's views: its rows as the contracts the API and the events show (subscriptions,
+invoices and their lines, the tenant's settings), and the one read other contexts make of
+it (``draft_totals``: the spend alerts watch). What other packages may import of invoicing
+is re-exported by its face, ``workers/invoicing/__init__.py``."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from typing import TYPE_CHECKING, Any
 
+from schemas.invoicing import (
+    CustomerSpec,
+    InvoiceData,
+    InvoiceLine,
+    InvoicingConfig,
+    SubscriptionData,
+)
 from schemas.pricing import PlanSpec
+from storage.invoicing import INVOICE_COLUMNS
 from workers.invoicing import service
-from workers.invoicing.billing import DEFAULT_CONFIG, InvoiceMaker, Plans
+from workers.invoicing.lines import InvoiceMaker
 from workers.invoicing.service import usage_window
 from workers.runtime import Tx
 
-__all__ = ["DraftPeriod", "draft_totals", "usage_window"]
+if TYPE_CHECKING:
+    from storage.invoicing import (
+        Customer,
+        Invoice,
+        InvoiceLineRow,
+        InvoicingConfigRow,
+        Plan,
+        Subscription,
+    )
 
-_PLANS = Plans()
+__all__ = [
+    "DraftPeriod",
+    "config_of",
+    "customer_spec",
+    "draft_totals",
+    "invoice_data",
+    "line_models",
+    "subscription_data",
+    "usage_window",
+    "values",
+]
+
+
+def subscription_data(
+    sub: Subscription | service.SubscriptionState, customer: str, plans: Mapping[str, Plan]
+) -> SubscriptionData:
+    """``sub`` as the API and the subscription events show it (``customer``: its external
+    id; ``plans``: by id, with the plan and the next plan of ``sub``)."""
+    return SubscriptionData(
+        subscription_id=sub.id,
+        customer=customer,
+        plan=plans[sub.plan_id].key,
+        status="ended" if sub.status == "ended" else "active",
+        start=sub.start,
+        current_period_start=sub.current_period_start,
+        current_period_end=sub.current_period_end,
+        cancel_at_period_end=sub.cancel_at_period_end,
+        next_plan=plans[sub.next_plan_id].key if sub.next_plan_id else None,
+        ended_at=sub.ended_at,
+    )
+
+
+def values(invoice: Invoice) -> dict[str, Any]:
+    """Every column of ``invoice``, by name."""
+    return {c: getattr(invoice, c) for c in INVOICE_COLUMNS}
+
+
+def line_models(rows: Iterable[InvoiceLineRow]) -> list[InvoiceLine]:
+    return [
+        InvoiceLine.model_validate(
+            {c: getattr(r, c) for c in InvoiceLine.model_fields if c != "tiers"}
+            | {"tiers": r.tiers}
+        )
+        for r in rows
+    ]
+
+
+def invoice_data(invoice: Invoice, customer: str, lines: Iterable[InvoiceLineRow]) -> InvoiceData:
+    """``invoice`` with its ``lines`` as the API and the invoice events show it."""
+    return service.invoice_data(values(invoice), customer, line_models(lines))
+
+
+def customer_spec(c: Customer) -> CustomerSpec:
+    return CustomerSpec(
+        external_id=c.external_id,
+        name=c.name,
+        email=c.email,
+        currency=c.currency,
+        tax_rate=Decimal(c.tax_rate) if c.tax_rate is not None else None,
+        tax_exempt=c.tax_exempt,
+        net_terms_days=c.net_terms_days,
+        billing_address=c.billing_address,
+    )
+
+
+def config_of(row: InvoicingConfigRow | None) -> InvoicingConfig:
+    """A tenant's invoicing settings (the defaults until it configures them)."""
+    if row is None:
+        return service.DEFAULT_CONFIG
+    return InvoicingConfig(
+        rounding=row.rounding,
+        grace_period_hours=row.grace_period_hours,
+        number_prefix=row.number_prefix,
+    )
+
+
+# --- the spend of current periods (alerts) ------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -46,12 +141,12 @@ async def draft_totals(tx: Tx, periods: Sequence[DraftPeriod]) -> list[int]:
                 period_start=p.start,
                 period_end=p.end,
                 proration=Decimal(1),
-                rounding=p.rounding or str(DEFAULT_CONFIG["rounding"]),
+                rounding=p.rounding or service.DEFAULT_CONFIG.rounding,
             ),
         )
         for p in periods
     ]
-    all_lines = await InvoiceMaker(tx.session, _PLANS).lines(contexts)
+    all_lines = await InvoiceMaker(tx).lines(contexts)
     return [
         service.totals(lines, p.tax_rate, p.currency, ctx.rounding).total
         for p, (_, ctx), lines in zip(periods, contexts, all_lines, strict=True)

@@ -1,0 +1,428 @@
+"""Billing runs: closing ended periods into draft invoices, finalizing drafts, and the runs
+tenants request (``RunBilling``), each step one transaction run by ``runtime.jobs``.
+
+Steps work in chunks, claiming rows with ``FOR UPDATE SKIP LOCKED``: several replicas share
+the work and a crash (kill -9) rolls back only the chunk in flight, which the next run does
+again. A period is invoiced once (unique per subscription and period start); a draft
+finalizes once (its status is checked under the row lock). Invoice events go to the outbox
+in the same transaction. A subscription, draft or requested run that fails for good is
+quarantined and the others are billed (bulkheads, ADR 0044).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import structlog
+
+from schemas import groups, topics
+from schemas.envelope import CloudEvent, new_id
+from schemas.invoicing import (
+    InvoiceCreated,
+    InvoiceData,
+    InvoiceFinalized,
+    InvoicePaid,
+    InvoicingConfig,
+    SubscriptionEnded,
+    SubscriptionUpdated,
+    TierLine,
+)
+from storage.invoicing import (
+    BillingRun,
+    Customer,
+    Invoice,
+    InvoicingConfigRow,
+    InvoicingRepository,
+    Plan,
+    Subscription,
+)
+from workers.invoicing import service, views
+from workers.invoicing.lines import PLANS, InvoiceMaker, Plans
+from workers.runtime import Item, Jobs, Tx
+from workers.runtime.offsets import OffsetReader
+from workers.settings import Settings
+
+log = structlog.get_logger("billstream.invoicing")
+
+BILLING = "invoicing.billing"  # the job loop: requested runs, then the periodic run
+CLOSE_PERIODS = "invoicing.close_periods"
+FINALIZE = "invoicing.finalize"
+REQUESTED_RUNS = "invoicing.requested_runs"
+
+# what closing a period changes of a subscription (written back in one statement)
+SUB_STATE = (
+    "tenant_id", "id", "plan_id", "next_plan_id", "status", "anchor", "period_index",
+    "current_period_start", "current_period_end", "ended_at",
+)  # fmt: skip
+_STATE_FIELDS = tuple(f.name for f in fields(service.SubscriptionState))
+
+# a draft to create: tenant, subscription id, customer, plan, period start, end, proration
+Draft = tuple[str, str, Customer, Plan, datetime, datetime, Decimal]
+
+
+def _emit(tx: Tx, event: CloudEvent, tenant_id: str, customer: str) -> None:
+    tx.emit(event, topic=topics.EVENTS_INVOICING, key=topics.partition_key(tenant_id, customer))
+
+
+def line_values(
+    invoice_id: str, tenant_id: str, lines: Sequence[service.Line]
+) -> list[dict[str, Any]]:
+    """The invoice_lines rows of ``lines``."""
+    return [
+        {
+            "invoice_id": invoice_id,
+            "position": i,
+            "tenant_id": tenant_id,
+            "price_key": ln.price_key,
+            "kind": ln.kind,
+            "description": ln.description,
+            "meter": ln.meter,
+            "subject": ln.subject,
+            "period_start": ln.period_start,
+            "period_end": ln.period_end,
+            "quantity": ln.quantity,
+            "unit_price": ln.unit_price,
+            "tiers": [TierLine.model_validate(vars(p)).model_dump(mode="json") for p in ln.tiers],
+            "proration": ln.proration,
+            "minimum_applied": ln.minimum_applied,
+            "amount": ln.amount,
+            "adjustment_for": ln.adjustment_for,
+        }
+        for i, ln in enumerate(lines)
+    ]
+
+
+async def create_drafts(
+    tx: Tx,
+    drafts: Sequence[Draft],
+    configs: dict[str, InvoicingConfigRow],
+    usage_offsets: dict[str, int] | None = None,
+    plans: Plans = PLANS,
+) -> int:
+    """Insert draft invoices with their lines from the usage known now; emits
+    ``invoice.created`` for each period not invoiced before. Returns how many were created.
+    (Closing periods does this, and so does cancelling a subscription at once.)"""
+    if not drafts:
+        return 0
+    settings: dict[str, InvoicingConfig] = {
+        t: views.config_of(configs.get(t)) for t in {d[0] for d in drafts}
+    }
+    contexts = [
+        (
+            tenant,
+            service.InvoiceContext(
+                plan=plans.spec(plan),
+                subject=customer.external_id,
+                currency=plan.currency,
+                period_start=start,
+                period_end=end,
+                proration=proration,
+                rounding=settings[tenant].rounding,
+            ),
+        )
+        for tenant, _, customer, plan, start, end, proration in drafts
+    ]
+    all_lines = await InvoiceMaker(tx, plans).lines(contexts)
+    invoices: list[dict[str, Any]] = []
+    lines: list[dict[str, Any]] = []
+    data: dict[str, InvoiceData] = {}
+    for (tenant, sub_id, customer, plan, start, end, proration), (_, ctx), plan_lines in zip(
+        drafts, contexts, all_lines, strict=True
+    ):
+        tax_rate = None if customer.tax_exempt else customer.tax_rate
+        t = service.totals(plan_lines, tax_rate, ctx.currency, ctx.rounding)
+        row: dict[str, Any] = {
+            "id": new_id(),
+            "tenant_id": tenant,
+            "customer_id": customer.id,
+            "subscription_id": sub_id,
+            "plan_id": plan.id,
+            "status": "draft",
+            "number": None,
+            "currency": ctx.currency,
+            "period_start": start,
+            "period_end": end,
+            "proration": proration,
+            "subtotal": t.subtotal,
+            "tax": t.tax,
+            "total": t.total,
+            "amount_paid": 0,
+            "tax_rate": tax_rate,
+            "rounding": ctx.rounding,
+            "finalize_after": end + timedelta(hours=settings[tenant].grace_period_hours),
+            "usage_offsets": usage_offsets,
+        }
+        invoices.append(row)
+        lines += line_values(row["id"], tenant, plan_lines)
+        data[row["id"]] = service.invoice_data(
+            row, customer.external_id, [ln.model() for ln in plan_lines]
+        )
+    inserted = await tx.repo(InvoicingRepository).insert_invoices(invoices, lines)
+    for row in invoices:
+        if row["id"] in inserted:
+            view = data[row["id"]]
+            event = service.invoice_event(InvoiceCreated, view, tenantid=row["tenant_id"])
+            _emit(tx, event, row["tenant_id"], view.customer)
+    return len(inserted)
+
+
+@dataclass
+class RunResult:
+    invoices_created: int = 0
+    invoices_finalized: int = 0
+    drafts_waiting: int = 0
+
+
+def _subscription(sub: Subscription) -> Item:
+    return Item(sub.tenant_id, "subscription", sub.id)
+
+
+def _invoice(invoice: Invoice) -> Item:
+    return Item(invoice.tenant_id, "invoice", invoice.id)
+
+
+class Billing:
+    """One billing run as of a time: close the periods it ended, then finalize the drafts
+    that are due, chunk by chunk."""
+
+    def __init__(
+        self, jobs: Jobs, *, chunk: int, lookback: timedelta, plans: Plans = PLANS
+    ) -> None:
+        self.jobs = jobs
+        self.chunk = chunk
+        self.lookback = lookback
+        self.plans = plans
+
+    async def run(
+        self,
+        as_of: datetime,
+        tenant_id: str | None,
+        usage_ends: dict[int, int],
+        metering_committed: dict[int, int],
+    ) -> RunResult:
+        """Close every period ended by ``as_of`` and finalize the drafts that are due and
+        whose period's usage metering has applied (its committed offsets reached the usage
+        topic's end offsets as they were when the period was closed).
+
+        A subscription or draft that fails (its data cannot be billed) is quarantined and
+        the others are billed (bulkheads, ADR 0044)."""
+        result = RunResult()
+
+        async def claim_due(tx: Tx, only: Sequence[Item] | None) -> list[Subscription]:
+            return await tx.repo(InvoicingRepository).claim_due(
+                as_of,
+                tenant_id,
+                self.chunk,
+                job=CLOSE_PERIODS,
+                only=None if only is None else [(i.tenant_id, i.id) for i in only],
+            )
+
+        async def close(tx: Tx, subs: Sequence[Subscription]) -> int:
+            return await self.close(tx, subs, as_of)
+
+        while (
+            step := await self.jobs.claimed(CLOSE_PERIODS, claim_due, _subscription, close)
+        ).claimed:
+            result.invoices_created += step.applied
+
+        await self.jobs.run(
+            "invoicing.snapshot",
+            lambda tx: tx.repo(InvoicingRepository).snapshot_offsets(usage_ends),
+        )
+
+        async def claim_finalizable(tx: Tx, only: Sequence[Item] | None) -> list[Invoice]:
+            return await tx.repo(InvoicingRepository).claim_finalizable(
+                as_of,
+                tenant_id,
+                metering_committed,
+                self.chunk,
+                job=FINALIZE,
+                only=None if only is None else [i.id for i in only],
+            )
+
+        async def finalize(tx: Tx, drafts: Sequence[Invoice]) -> int:
+            return await self.finalize(tx, drafts, as_of)
+
+        while (
+            step := await self.jobs.claimed(FINALIZE, claim_finalizable, _invoice, finalize)
+        ).claimed:
+            result.invoices_finalized += step.applied
+        result.drafts_waiting = await self.jobs.run(
+            "invoicing.drafts_waiting",
+            lambda tx: tx.repo(InvoicingRepository).drafts_waiting(tenant_id, as_of),
+        )
+        return result
+
+    # --- closing periods ---------------------------------------------------------------
+
+    async def close(self, tx: Tx, subs: Sequence[Subscription], as_of: datetime) -> int:
+        """Draft invoices for the ended periods of ``subs`` (claimed, locked); returns how
+        many subscriptions were closed."""
+        repo = tx.repo(InvoicingRepository)
+        plans = await repo.plans(
+            {s.plan_id for s in subs} | {s.next_plan_id for s in subs if s.next_plan_id}
+        )
+        customers = await repo.customers({s.customer_id for s in subs})
+        configs = await repo.configs({s.tenant_id for s in subs})
+
+        def interval(plan_id: str) -> str:
+            return self.plans.spec(plans[plan_id]).interval
+
+        states = [
+            service.SubscriptionState(**{f: getattr(s, f) for f in _STATE_FIELDS}) for s in subs
+        ]
+        drafts: list[Draft] = []
+        for sub in states:
+            customer = customers[sub.customer_id]
+            while sub.status == "active" and sub.current_period_end <= as_of:
+                drafts.append(
+                    (
+                        sub.tenant_id, sub.id, customer, plans[sub.plan_id],
+                        sub.current_period_start, sub.current_period_end, Decimal(1),
+                    )
+                )  # fmt: skip
+                changed = service.advance(sub, interval)
+                if changed is not None:
+                    cls = SubscriptionEnded if changed == "ended" else SubscriptionUpdated
+                    data = views.subscription_data(sub, customer.external_id, plans)
+                    event = service.subscription_event(cls, data, tenantid=sub.tenant_id)
+                    _emit(tx, event, sub.tenant_id, customer.external_id)
+        await repo.update_subscriptions([{c: getattr(s, c) for c in SUB_STATE} for s in states])
+        await create_drafts(tx, drafts, configs, plans=self.plans)
+        return len(subs)
+
+    # --- finalizing drafts -----------------------------------------------------------
+
+    async def finalize(self, tx: Tx, drafts: Sequence[Invoice], as_of: datetime) -> int:
+        """Finalize ``drafts`` (claimed, locked): number them, recompute their lines with
+        late-usage adjustments; returns how many."""
+        repo = tx.repo(InvoicingRepository)
+        plans = await repo.plans({d.plan_id for d in drafts})
+        customers = await repo.customers({d.customer_id for d in drafts})
+        maker = InvoiceMaker(tx, self.plans)
+        contexts = [
+            (
+                d.tenant_id,
+                service.InvoiceContext(
+                    plan=self.plans.spec(plans[d.plan_id]),
+                    subject=customers[d.customer_id].external_id,
+                    currency=d.currency,
+                    period_start=d.period_start,
+                    period_end=d.period_end,
+                    proration=d.proration,
+                    rounding=d.rounding,
+                ),
+            )
+            for d in drafts
+        ]
+        all_lines = await maker.lines(contexts)
+        late = await maker.adjustments(drafts, as_of - self.lookback, plans)
+        configs = await repo.configs({d.tenant_id for d in drafts})
+        prefixes = {t: views.config_of(configs.get(t)).number_prefix for t in configs}
+        numbers: dict[str, int] = {}
+        for tenant in sorted({d.tenant_id for d in drafts}):
+            count = sum(1 for d in drafts if d.tenant_id == tenant)
+            numbers[tenant] = await repo.next_numbers(tenant, as_of.year, count)
+        new_lines: list[dict[str, Any]] = []
+        changes: list[dict[str, Any]] = []
+        for d, plan_lines in zip(drafts, all_lines, strict=True):
+            customer = customers[d.customer_id]
+            lines = plan_lines + late[d.id]
+            tax_rate = None if customer.tax_exempt else customer.tax_rate
+            t = service.totals(lines, tax_rate, d.currency, d.rounding)
+            prefix = prefixes.get(d.tenant_id, service.DEFAULT_CONFIG.number_prefix)
+            number = service.invoice_number(prefix, as_of.year, numbers[d.tenant_id])
+            numbers[d.tenant_id] += 1
+            row = views.values(d)
+            change = service.finalized(row, t, tax_rate, number, as_of, customer.net_terms_days)
+            row.update(change)
+            changes.append(change)
+            new_lines += line_values(d.id, d.tenant_id, lines)
+            view = service.invoice_data(
+                row, customer.external_id, [ln.model() for ln in lines], status="finalized"
+            )
+            event = service.invoice_event(InvoiceFinalized, view, tenantid=d.tenant_id)
+            _emit(tx, event, d.tenant_id, customer.external_id)
+            if change["status"] == "paid":
+                paid = view.model_copy(update={"status": "paid"})
+                event = service.invoice_event(InvoicePaid, paid, tenantid=d.tenant_id)
+                _emit(tx, event, d.tenant_id, customer.external_id)
+        await repo.replace_lines([d.id for d in drafts], new_lines)
+        await repo.update_invoices(changes)
+        return len(drafts)
+
+
+# --- the job: requested runs, then the periodic run ------------------------------------
+
+
+def _run_item(run: BillingRun) -> Item:
+    return Item(run.tenant_id, "billing_run", run.id)
+
+
+class Scheduler:
+    """Runs billing: requested runs (``RunBilling``, with their ``as_of``) first, then the
+    periodic run as of now. Every replica runs one; row locks share the work."""
+
+    def __init__(self, jobs: Jobs, settings: Settings) -> None:
+        self.jobs = jobs
+        self.billing = Billing(
+            jobs, chunk=settings.invoicing_chunk, lookback=settings.late_usage_lookback
+        )
+        self.offsets = OffsetReader(settings)
+
+    async def tick(self) -> bool:
+        while await self.requested_run():
+            pass
+        await self.run(datetime.now(UTC), None)
+        return False
+
+    async def close(self) -> None:
+        await self.offsets.close()
+
+    async def run(self, as_of: datetime, tenant_id: str | None) -> tuple[int, int, int]:
+        ends = await self.offsets.end_offsets(topics.USAGE)
+        committed = await self.offsets.committed(groups.METERING_USAGE, topics.USAGE)
+        r = await self.billing.run(as_of, tenant_id, ends, committed)
+        if r.invoices_created or r.invoices_finalized:
+            log.info(
+                "billing run",
+                as_of=as_of.isoformat(),
+                tenant=tenant_id,
+                created=r.invoices_created,
+                finalized=r.invoices_finalized,
+                waiting=r.drafts_waiting,
+            )
+        return r.invoices_created, r.invoices_finalized, r.drafts_waiting
+
+    async def requested_run(self) -> bool:
+        """Carry out one pending ``RunBilling``; False when none is pending. The run's row
+        stays locked while it runs, so no other replica takes it; a crash leaves it pending
+        and it is run again (periods are never invoiced twice). A run that fails for good
+        is quarantined and marked failed with the reason, and the next one goes on."""
+        step = await self.jobs.claimed(
+            REQUESTED_RUNS, _claim_run, _run_item, self._carry_out, mark=_failed
+        )
+        return step.claimed > 0
+
+    async def _carry_out(self, tx: Tx, runs: Sequence[BillingRun]) -> int:
+        for run in runs:
+            created, finalized, waiting = await self.run(run.as_of, run.tenant_id)
+            await tx.repo(InvoicingRepository).complete_run(
+                run, created=created, finalized=finalized, waiting=waiting, at=datetime.now(UTC)
+            )
+        return len(runs)
+
+
+async def _claim_run(tx: Tx, only: Sequence[Item] | None) -> list[BillingRun]:
+    run = await tx.repo(InvoicingRepository).claim_pending_run(
+        job=REQUESTED_RUNS, only=None if only is None else [(i.tenant_id, i.id) for i in only]
+    )
+    return [] if run is None else [run]
+
+
+async def _failed(tx: Tx, item: Item, reason: str) -> None:
+    await tx.repo(InvoicingRepository).fail_run(item.tenant_id, item.id, reason)

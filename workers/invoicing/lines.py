@@ -1,0 +1,127 @@
+"""Invoice lines from plans and the usage metering recorded: what a period's draft bills and
+what late usage adds when it is finalized. Set-based: the usage of a whole chunk of
+invoices is read in one go (the pricing itself is pure: ``service``, ``pricing``)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from decimal import Decimal
+from typing import TYPE_CHECKING
+
+from schemas.pricing import FlatPrice, PlanSpec
+from storage.invoicing import InvoicingRepository
+from storage.metering import MeterRepository, UsageRepository
+from workers import metering
+from workers.invoicing import service
+from workers.runtime import Tx
+
+if TYPE_CHECKING:
+    from storage.invoicing import Invoice, Plan
+
+
+class Plans:
+    """Parsed plan specs by plan id (plans are immutable, so this never goes stale)."""
+
+    def __init__(self) -> None:
+        self._specs: dict[str, PlanSpec] = {}
+
+    def spec(self, plan: Plan) -> PlanSpec:
+        if plan.id not in self._specs:
+            self._specs[plan.id] = PlanSpec.model_validate(plan.spec)
+        return self._specs[plan.id]
+
+
+PLANS = Plans()  # one per process: every job, command and read of this worker shares it
+
+
+class InvoiceMaker:
+    """Computes invoice lines from plans and the metering read model, set-based."""
+
+    def __init__(self, tx: Tx, plans: Plans = PLANS) -> None:
+        self.tx = tx
+        self.plans = plans
+        self.meters = tx.repo(MeterRepository)
+        self.usage = tx.repo(UsageRepository)
+
+    async def _values(
+        self, wanted: Sequence[tuple[str, str, str, datetime, datetime]]
+    ) -> list[Decimal | None]:
+        """Usage of (tenant, meter key, subject, start, end) each; None for unknown meters."""
+        meters = await self.meters.by_keys({(t, m) for t, m, *_ in wanted})
+        keys: list[metering.PeriodKey] = []
+        where: list[int] = []
+        for i, (t, m, subject, start, end) in enumerate(wanted):
+            if (t, m) in meters:
+                keys.append(metering.PeriodKey(meters[(t, m)], subject, start, end))
+                where.append(i)
+        found = await self.usage.period_totals(keys)
+        values: list[Decimal | None] = [None] * len(wanted)
+        for i, v in zip(where, found, strict=True):
+            values[i] = v
+        return values
+
+    async def lines(
+        self, contexts: Sequence[tuple[str, service.InvoiceContext]]
+    ) -> list[list[service.Line]]:
+        """The plan lines of each (tenant, context), usage read in one go."""
+        wanted: list[tuple[str, str, str, datetime, datetime]] = []
+        for tenant, ctx in contexts:
+            start, end = service.usage_window(ctx.period_start, ctx.period_end)
+            for price in service.metered_prices(ctx.plan):
+                wanted.append((tenant, price.meter, ctx.subject, start, end))
+        values = iter(await self._values(wanted))
+        out: list[list[service.Line]] = []
+        for _, ctx in contexts:
+            usage = {p.meter: next(values) for p in service.metered_prices(ctx.plan)}
+            out.append(service.invoice_lines(ctx, usage))
+        return out
+
+    async def adjustments(
+        self, drafts: Sequence[Invoice], since: datetime, plans: Mapping[str, Plan]
+    ) -> dict[str, list[service.Line]]:
+        """Late-usage lines for each draft: every earlier issued period of its subscription
+        (within the look-back) whose usage changed since it was billed."""
+        repo = self.tx.repo(InvoicingRepository)
+        history = await repo.billed_history(
+            [(d.tenant_id, d.subscription_id) for d in drafts], since
+        )
+        known = {p.id: p for p in plans.values()}
+        missing = {inv.plan_id for inv, _ in history} - set(known)
+        known |= await repo.plans(missing)
+        billed: dict[tuple[str, str, str, datetime], service.Billed] = {}
+        for inv, ln in history:
+            key = (inv.tenant_id, inv.subscription_id, ln.price_key, ln.period_start)
+            if key not in billed:
+                spec = self.plans.spec(known[inv.plan_id])
+                price = next((p for p in spec.prices if p.key == ln.price_key), None)
+                if price is None or isinstance(price, FlatPrice):
+                    continue
+                ctx = service.InvoiceContext(
+                    plan=spec,
+                    subject=ln.subject or "",
+                    currency=inv.currency,
+                    period_start=inv.period_start,
+                    period_end=inv.period_end,
+                    proration=inv.proration,
+                    rounding=inv.rounding,
+                )
+                billed[key] = service.Billed(ctx, price, ln.period_start, ln.period_end)
+            billed[key].quantity += ln.quantity
+            billed[key].amount += ln.amount
+        entries = list(billed.items())
+        current = await self._values(
+            [(k[0], b.price.meter, b.ctx.subject, b.start, b.end) for k, b in entries]
+        )
+        by_sub: dict[tuple[str, str], list[tuple[service.Billed, Decimal | None]]] = {}
+        for (k, b), v in zip(entries, current, strict=True):
+            by_sub.setdefault((k[0], k[1]), []).append((b, v))
+        out: dict[str, list[service.Line]] = {}
+        for d in drafts:
+            pairs = sorted(
+                by_sub.get((d.tenant_id, d.subscription_id), []), key=lambda p: p[0].start
+            )
+            out[d.id] = service.adjustments(
+                [b for b, _ in pairs], [v for _, v in pairs], d.currency
+            )
+        return out
