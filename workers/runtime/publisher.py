@@ -112,15 +112,16 @@ class RecordPublisher:
         producer = await self.connect()
         partitions = await self._partitions(producer, topic)
         count = len(partitions)
-        groups: dict[tuple[str, int], list[_Entry]] = {}
+        by_partition: dict[int, list[_Entry]] = {}
         for key, value in messages:
             if len(key) + len(value) > MAX_REQUEST_SIZE // 2:
                 _check_size(key, value, _NO_HEADERS)
             p = partitions[partition_hash(key) % count]
-            entries = groups.get((topic, p))
+            entries = by_partition.get(p)
             if entries is None:
-                entries = groups[(topic, p)] = []
+                entries = by_partition[p] = []
             entries.append((key, value, _NO_HEADERS))
+        groups = {(topic, p): entries for p, entries in by_partition.items()}
         await (await self._hand_over(producer, groups, len(messages))).acknowledged()
 
     async def hand_over(self, records: Sequence[Record]) -> Handed:
