@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse
 from schemas.bounds import text_problem
 from storage.commands import IdempotencyRepository
 from storage.tenants import TenantRepository
-from workers.ingress.problems import Problem, dependency_down
+from workers.ingress.problems import Problem
 from workers.ingress.publisher import Publisher
 from workers.runtime.database import Database
 from workers.runtime.jobs import Jobs
@@ -25,7 +25,7 @@ from workers.runtime.tx import Tx
 from workers.settings import Settings
 
 if TYPE_CHECKING:
-    from storage.db import AsyncSession, Sessions
+    from storage.db import Sessions
 
 log = structlog.get_logger("billstream.ingress")
 
@@ -77,7 +77,7 @@ class IngressState:
 
     @property
     def sessions(self) -> Sessions:
-        """Deprecated: routes not yet moved to ``Unit`` / ``jobs.transaction``."""
+        """Deprecated: ``jobs`` (still used by ingress/payments.py's Stripe webhook)."""
         return self.database.jobs.sessions
 
 
@@ -98,29 +98,6 @@ async def unit(st: State) -> AsyncIterator[Tx]:
 
 
 Unit = Annotated[Tx, Depends(unit, scope="function")]
-
-
-async def session(st: State) -> AsyncIterator[Any]:
-    """Deprecated: ``Unit``. A bare session, closed after the response."""
-    s = st.sessions()
-    try:
-        yield s
-    finally:
-        try:
-            await s.close()
-        except Exception as e:
-            # the connection is gone (PostgreSQL down): the request already failed with the
-            # real cause, or was answered before the teardown (FastAPI tears down after
-            # the response); either way, closing it has nothing left to do
-            if not dependency_down(e):
-                raise
-            log.warning("closing a database session failed", error=repr(e))
-
-
-if TYPE_CHECKING:
-    Session = Annotated[AsyncSession, Depends(session)]
-else:
-    Session = Annotated[Any, Depends(session)]
 
 
 def _unauthorized(detail: str) -> Problem:
