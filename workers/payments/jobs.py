@@ -34,9 +34,15 @@ from pydantic import TypeAdapter
 
 from schemas import topics
 from schemas.payments import PaymentsCommand
-from storage.payments import Collection, Operation, PaymentsRepository
+from storage.payments import (
+    Collection,
+    Operation,
+    PaymentsRepository,
+    StripeAccount,
+    StripeCustomer,
+)
 from workers.payments import secrets, service
-from workers.payments.commands import STRIPE_COMMANDS, Stripe
+from workers.payments.commands import STRIPE_COMMANDS, Finish, Stripe
 from workers.payments.errors import NotConfigured, NotFound, SecretsKeyMissing, SecretUnreadable
 from workers.payments.gateway import Gateway, Gateways
 from workers.payments.service import AmountNotCollectable, Attempt, Outcome, QueuedOperation
@@ -108,8 +114,8 @@ async def claim_operations(
 async def finish_operation(
     tx: Tx,
     op: QueuedOperation,
-    cmd: Any,
-    finish: Any,
+    cmd: PaymentsCommand,
+    finish: Finish | None,
     error: PermanentError | None,
 ) -> bool:
     """Record an operation: its effects and events (``finish``) and the command's outcome
@@ -123,6 +129,7 @@ async def finish_operation(
     async with tx.command(Message(cast(Any, None), cmd)) as result:
         if error is not None:
             raise error
+        assert finish is not None
         result.update(await finish(tx))
     repo.finish_operation(row)
     return True
@@ -223,7 +230,7 @@ class Collector:
             return None
 
     async def _charge(self, a: Attempt) -> Outcome:
-        async def read(tx: Tx) -> tuple[Any, Any]:
+        async def read(tx: Tx) -> tuple[StripeAccount | None, StripeCustomer | None]:
             repo = tx.repo(PaymentsRepository)
             return await repo.account(a.tenant_id), await repo.customer(a.tenant_id, a.customer)
 
@@ -292,7 +299,8 @@ class Collector:
         try:
             cmd = _commands.validate_python(op.command)
             perform = STRIPE_COMMANDS.get(type(cmd))
-            finish, error = None, None
+            finish: Finish | None = None
+            error: PermanentError | None = None
             try:
                 if perform is None:
                     raise NotFound(f"{cmd.type} is not a Stripe operation")
