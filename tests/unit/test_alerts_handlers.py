@@ -27,12 +27,13 @@ from schemas.envelope import AnyEvent
 from schemas.metering import UsageTotalsChanged, UsageTotalsData
 from schemas.payments import PaymentData, PaymentFailed, PaymentFailureData, PaymentSucceeded
 from storage.alerts import AlertsRepository
-from storage.metering import MeterDef, MeterRepository, PeriodKey, UsageRepository
+from storage.metering import MeterRepository, UsageRepository
 from storage.tenants import TenantRepository
 from workers.alerts import handlers, jobs, service
 from workers.alerts.commands import COMMANDS
 from workers.alerts.handlers import DeadLetter
 from workers.alerts.service import Alert, OverdueInvoice, Period, RuleDef
+from workers.metering import MeterDef, PeriodKey
 from workers.runtime.memory import MemoryTx, message
 from workers.runtime.tx import DLQ_HEADER_PREFIX, Message
 

@@ -14,8 +14,8 @@ from datetime import datetime
 from schemas.metering import UsageTotalsChanged
 from schemas.pricing import PlanSpec
 from storage.alerts import AlertsRepository
-from storage.metering import MeterDef, MeterRepository, PeriodKey, UsageRepository
-from workers import invoicing
+from storage.metering import MeterRepository, UsageRepository
+from workers import invoicing, metering
 from workers.alerts import service
 from workers.alerts.service import Alert, Clock, Period, RuleDef
 from workers.runtime import Tx
@@ -107,7 +107,7 @@ class UsageRules:
         changes: Sequence[Touched],
         by_meter: dict[tuple[str, str], list[RuleDef]],
         periods: dict[tuple[str, str], Period],
-        meters: dict[tuple[str, str], MeterDef],
+        meters: dict[tuple[str, str], metering.MeterDef],
         now: datetime,
     ) -> list[Alert]:
         wanted: dict[tuple[str, str, str, datetime], tuple[Touched, tuple[datetime, datetime]]]
@@ -126,7 +126,9 @@ class UsageRules:
         items = list(wanted.values())
         totals = await self.usage.period_totals(
             [
-                PeriodKey(meters[(c.tenant_id, c.meter)], c.subject, *invoicing.usage_window(*p))
+                metering.PeriodKey(
+                    meters[(c.tenant_id, c.meter)], c.subject, *invoicing.usage_window(*p)
+                )
                 for c, p in items
             ]
         )
@@ -143,11 +145,11 @@ class UsageRules:
         self,
         changes: Sequence[Touched],
         by_meter: dict[tuple[str, str], list[RuleDef]],
-        meters: dict[tuple[str, str], MeterDef],
+        meters: dict[tuple[str, str], metering.MeterDef],
         now: datetime,
     ) -> list[Alert]:
         pending: list[tuple[Touched, list[RuleDef]]] = []
-        keys: list[PeriodKey] = []
+        keys: list[metering.PeriodKey] = []
         for c in changes:
             rules = [
                 r
@@ -159,7 +161,7 @@ class UsageRules:
                 continue
             pending.append((c, rules))
             for hour in [*service.anomaly_hours(c.hour), c.hour]:
-                keys.append(PeriodKey(meter, c.subject, hour, hour + service.HOUR))
+                keys.append(metering.PeriodKey(meter, c.subject, hour, hour + service.HOUR))
         if not pending:
             return []
         values = await self.usage.period_totals(keys)
