@@ -77,9 +77,10 @@ async def on_invoice(
 
 
 async def on_command(batch: Batch[PaymentsCommand], tx: Tx) -> None:
-    """Stripe settings and offline payments are applied here (``COMMANDS``); a command that
-    calls Stripe is queued for the payments job, outside this transaction (its outcome stays
-    pending until the job records it)."""
+    """Stripe settings, customers, payment methods, refunds, offline payments."""
+    # Stripe settings and offline payments are applied here (COMMANDS); a command that calls
+    # Stripe is queued for the payments job, outside this transaction (its outcome stays
+    # pending until the job records it). The docstring is the AsyncAPI description.
     repo = tx.repo(PaymentsRepository)
     for message in await tx.claim(batch):
         cmd = message.event
@@ -92,8 +93,8 @@ async def on_command(batch: Batch[PaymentsCommand], tx: Tx) -> None:
 
 
 async def on_stripe(batch: Batch[StripeEventReceived], tx: Tx, *, dunning: service.Dunning) -> None:
-    """Verified Stripe events become payment events (``STRIPE_EVENTS``); other types are
-    ignored."""
+    """Verified Stripe events become payment events; never moving a payment backwards."""
+    # what each Stripe event type does: STRIPE_EVENTS; other types are ignored
     for message in await tx.claim(batch):
         event = message.event
         handler = STRIPE_EVENTS.get(event.data.type)
