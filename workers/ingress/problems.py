@@ -1,4 +1,5 @@
-"""RFC 9457 problem details (``application/problem+json``) for every error."""
+"""RFC 9457 problem details (``application/problem+json``) for every error, and which
+errors mean a dependency is down (answered 503 by the door, workers/ingress/door.py)."""
 
 from __future__ import annotations
 
