@@ -11,6 +11,7 @@ The next batch is fetched and decoded while one is applied (pipeline.py, ADR 004
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
@@ -327,7 +328,7 @@ class Runtime:
                 ack_policy=AckPolicy.MANUAL,
                 decoder=noop_decoder,
                 title=f"{group}--{name}",  # AsyncAPI ids allow [A-Za-z0-9._-] only
-                description=handler.__doc__,
+                description=inspect.getdoc(handler),  # indentation-free, wherever defined
             )
             async def subscriber(message: KafkaMessage) -> None:
                 # message.consumer is the subscriber's AIOKafkaConsumer
