@@ -7,7 +7,7 @@ Writes become commands on ``billstream.commands.invoicing.v1`` (202 + command id
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import Response
@@ -43,13 +43,16 @@ from schemas.invoicing import (
 )
 from schemas.pricing import PlanSpec
 from schemas.topics import partition_key
-from storage.invoicing import Customer, Invoice, InvoicingRepository, Subscription
+from storage.invoicing import InvoicingRepository
 from workers import invoicing
 from workers.ingress.deps import State, Tenant, Unit
 from workers.ingress.fields import Instant, Text
 from workers.ingress.problems import Problem
 from workers.ingress.routes import CommandAccepted, envelope, submit
 from workers.runtime import Tx
+
+if TYPE_CHECKING:
+    from storage.invoicing import Customer, Invoice, Subscription
 
 router = APIRouter(prefix="/v1", tags=["invoicing"])
 
