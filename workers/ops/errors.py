@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from workers.runtime.database import DatabaseError
+
 
 class OpsError(Exception):
     """A refusal or failure to report as ``error: <message>`` and a non-zero exit code.
@@ -28,9 +30,5 @@ class UsageError(OpsError):
 
 def database_failed(e: BaseException) -> bool:
     """Whether ``e`` means PostgreSQL failed: the network (``OSError``) or any of SQLAlchemy's
-    errors (``storage.db.DatabaseError``, told by its class name: ops never imports
-    SQLAlchemy, ARCHITECTURE.md §1)."""
-    return isinstance(e, OSError) or any(
-        c.__name__ == "SQLAlchemyError" and c.__module__ == "sqlalchemy.exc"
-        for c in type(e).__mro__
-    )
+    errors (``DatabaseError``, re-exported by the runtime: ops never imports SQLAlchemy)."""
+    return isinstance(e, OSError | DatabaseError)

@@ -6,9 +6,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from storage.db import create_engine, ping, session_factory
+from storage.db import DatabaseError, create_engine, ping, session_factory
 from workers.runtime.jobs import Jobs
 from workers.settings import Settings
+
+__all__ = ["Database", "DatabaseError", "database"]
 
 
 class Database:
