@@ -47,7 +47,6 @@ from workers.ingress.fields import Amount, Text
 from workers.ingress.problems import Problem
 from workers.ingress.routes import CommandAccepted, envelope, submit
 from workers.payments import StripeSettingsView
-from workers.runtime.jobs import Jobs
 
 router = APIRouter(prefix="/v1", tags=["payments"])
 log = structlog.get_logger("billstream.ingress.payments")
@@ -374,12 +373,7 @@ async def stripe_webhook(
     )
     customer = obj.get("customer") if isinstance(obj.get("customer"), str) else None
     key = partition_key(tenant_id, str(customer or obj.get("id", "")))
-    jobs = Jobs(
-        st.sessions,
-        retry_initial_s=st.settings.retry_initial_s,
-        retry_max_s=st.settings.retry_max_s,
-    )
-    async with jobs.transaction("ingress.stripe") as once:  # published once per Stripe event
+    async with st.jobs.transaction("ingress.stripe") as once:  # published once per Stripe event
         if not await once.repo(PaymentsRepository).first_sighting(tenant_id, data.id, data.type):
             return JSONResponse({"received": True, "duplicate": True})
         await st.publisher.publish(topics.INTEGRATIONS_STRIPE, [(key.encode(), event.to_json())])
