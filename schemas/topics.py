@@ -56,8 +56,8 @@ TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec(INTEGRATIONS_STRIPE, "tenant_id:stripe_customer", "ingress (verified)", "payments"),
     TopicSpec(COMMANDS_WEBHOOKS, "tenant_id:endpoint_id", "ingress, CLI", "webhooks"),
     TopicSpec(EVENTS_WEBHOOKS, "tenant_id:endpoint_id", "webhooks (outbox)", "anyone downstream"),
-    TopicSpec(INTEGRATIONS_POS, "tenant_id:location", "ingress (POS receipts)", "metering (POS)"),
-    TopicSpec(COMMANDS_POS, "tenant_id", "ingress, CLI", "metering (POS mappings)"),
+    TopicSpec(INTEGRATIONS_POS, "tenant_id:location", "ingress (POS receipts)", "pos"),
+    TopicSpec(COMMANDS_POS, "tenant_id", "ingress, CLI", "pos"),
     TopicSpec(
         EVENTS_OPS, "tenantid or *", "CLI (audit), any worker (quarantine)", "alerts, auditors"
     ),

@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from schemas import topics
+from schemas.groups import METERING_USAGE as USAGE_GROUP
 from tests.conftest import TenantKey
 from tests.integration.http import serve
 from tests.integration.support import (
@@ -30,7 +31,6 @@ from tests.integration.support import (
     wait_committed_to_end,
 )
 from workers.metering.app import build
-from workers.metering.handlers import USAGE_GROUP
 from workers.settings import Settings
 
 D = Decimal

@@ -28,6 +28,7 @@ import pytest
 from sqlalchemy import text
 
 from schemas import topics
+from schemas.groups import METERING_USAGE as USAGE_GROUP
 from storage.db import create_engine, migrate, session_factory
 from tests.conftest import KafkaServer, make_tenant
 from tests.integration.support import (
@@ -45,7 +46,6 @@ from tests.integration.support import (
     worker_env,
 )
 from workers.devstack import EmbeddedPostgres, wait_for
-from workers.metering.handlers import USAGE_GROUP
 from workers.settings import Settings
 
 N = 40_000  # distinct events

@@ -20,6 +20,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from schemas import topics
+from schemas.groups import METERING_USAGE as USAGE_GROUP
 from storage import inbox
 from storage.db import create_engine, migrate, session_factory
 from storage.webhooks import EndpointFilter, WebhookRepository
@@ -40,7 +41,6 @@ from tests.integration.support import (
 )
 from tests.integration.test_webhooks import add_endpoint
 from workers.metering.app import build
-from workers.metering.handlers import USAGE_GROUP
 from workers.settings import Settings
 from workers.webhooks import service
 

@@ -13,9 +13,6 @@ from workers.metering import service
 from workers.metering.commands import COMMANDS
 from workers.runtime import Batch, Runtime, Tx
 
-# kept for the tests that still import it from here: the name is schemas.groups'
-USAGE_GROUP = groups.METERING_USAGE
-
 _commands: TypeAdapter[MeteringCommand] = TypeAdapter(MeteringCommand)
 
 
