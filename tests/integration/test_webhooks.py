@@ -52,7 +52,7 @@ from workers.runtime import Runtime
 from workers.runtime.app import Worker, build_worker
 from workers.settings import Settings
 from workers.webhooks import app, service
-from workers.webhooks.domain import utc_now
+from workers.webhooks.domain import NewMessage, utc_now
 from workers.webhooks.jobs import Dispatcher
 from workers.webhooks.service import message_id
 from workers.webhooks.views import AttemptView, MessageView
@@ -585,6 +585,33 @@ async def test_a_hostname_that_resolves_to_a_private_address_at_connect_time_is_
 # --- durability and replicas ------------------------------------------------------------
 
 
+async def test_a_delivery_in_flight_when_the_worker_stops_finishes_and_is_recorded(
+    wsettings: Settings, sessions: Sessions, tenant: TenantKey, receiver: Receiver, clock: FakeClock
+) -> None:
+    t = tenant.tenant_id
+    release = asyncio.Event()
+    receiver.script["/hook"] = [Reply(gate=release)]
+    ep = await add_endpoint(sessions, t, receiver.url())
+    w = worker(wsettings, clock)
+    await w.start()
+    stopping: asyncio.Task[None] | None = None
+    try:
+        async with producer(wsettings) as p:
+            await publish(p, billing_event(t))
+        await wait_requests(receiver, 1)  # sent; the receiver holds the answer
+        stopping = asyncio.create_task(w.stop())
+        await wait_for(lambda: w.runtime.stopping.is_set(), timeout_s=10)
+        release.set()  # answered while the worker stops: the outcome is still recorded
+        await stopping
+    finally:
+        if stopping is None:
+            await w.stop()
+    [m] = await messages(sessions, t, ep)
+    assert (m.status, m.attempts, m.last_response_status) == ("succeeded", 1, 200)
+    assert [a.status for a in await attempts(sessions, t, ep)] == ["succeeded"]
+    assert len(receiver.to("/hook")) == 1
+
+
 async def test_retries_pending_at_a_restart_and_leases_of_a_crashed_process_are_delivered(
     wsettings: Settings, sessions: Sessions, tenant: TenantKey, receiver: Receiver, clock: FakeClock
 ) -> None:
@@ -600,7 +627,7 @@ async def test_retries_pending_at_a_restart_and_leases_of_a_crashed_process_are_
     async with sessions() as session, session.begin():
         mid = message_id(ep, crashed.source, crashed.id)
         await WebhookRepository(session).add_messages(
-            [service.NewMessage(t, mid, ep, crashed.id, crashed.type, crashed.to_json(), clock.now)]
+            [NewMessage(t, mid, ep, crashed.id, crashed.type, crashed.to_json(), clock.now)]
         )
         [leased] = await WebhookRepository(session).claim_due(
             clock.now, 10, clock.now + timedelta(seconds=75)

@@ -33,6 +33,7 @@ unrecorded then is sent again after its lease expires.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections.abc import Sequence
@@ -321,12 +322,17 @@ class Dispatcher:
         is still unrecorded then is sent again after its lease expires."""
         self._stopping = True
         reserve = min(1.0, self.grace_s / 5)
+        deadline = asyncio.get_running_loop().time() + self.grace_s - reserve
+
+        def left() -> float:
+            return max(0.0, deadline - asyncio.get_running_loop().time())
+
         try:
-            await self._claim_idle.wait()  # a claim in progress starts its deliveries first
+            # a claim in progress starts its deliveries first (a retrying one gives up)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._claim_idle.wait(), left())
             if self._tasks:
-                _, pending = await asyncio.wait(
-                    set(self._tasks), timeout=max(0.0, self.grace_s - reserve)
-                )
+                _, pending = await asyncio.wait(set(self._tasks), timeout=left())
                 for task in pending:
                     task.cancel()
                 await asyncio.gather(*pending, return_exceptions=True)
