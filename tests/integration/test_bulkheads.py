@@ -29,7 +29,7 @@ from tests.integration.test_invoicing import (
     usage_event,
 )
 from tests.integration.test_ops_cli import billstream
-from workers.invoicing.billing import Billing
+from workers.invoicing.jobs import Billing
 from workers.runtime import Item, Jobs, Tx
 from workers.settings import Settings
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Any, cast
 
 import structlog
 from pydantic import TypeAdapter
@@ -49,7 +48,7 @@ from workers.payments.service import AmountNotCollectable, Attempt, Outcome, Que
 from workers.runtime.errors import PermanentError, ShuttingDown
 from workers.runtime.jobs import Item, Jobs
 from workers.runtime.transient import is_transient
-from workers.runtime.tx import Message, Tx
+from workers.runtime.tx import Tx
 from workers.settings import Settings
 
 log = structlog.get_logger("billstream.payments")
@@ -126,7 +125,7 @@ async def finish_operation(
     if row is None or row.state == "done":
         return False
     # the command's outcome, as a consumer records it (jobs have no Kafka record)
-    async with tx.command(Message(cast(Any, None), cmd)) as result:
+    async with tx.command(cmd) as result:
         if error is not None:
             raise error
         assert finish is not None

@@ -90,10 +90,10 @@ class MemoryTx(Tx):
         self.inbox.discard((message.event.tenantid, message.event.source, message.event.id))
 
     @asynccontextmanager
-    async def command(self, message: Message[Any]) -> AsyncIterator[dict[str, Any]]:
+    async def command(self, command: Message[Any] | CloudEvent) -> AsyncIterator[dict[str, Any]]:
         """As ``Tx.command``, without a savepoint: a fake repository is not rolled back, so
         a test of a failing command asserts on the outcome and the events, not the fakes."""
-        event = message.event
+        event = command.event if isinstance(command, Message) else command
         result: dict[str, Any] = {}
         emitted = len(self.outgoing)
         try:

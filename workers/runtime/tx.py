@@ -127,14 +127,15 @@ class Tx:
         self.rejected += 1
 
     @asynccontextmanager
-    async def command(self, message: Message[Any]) -> AsyncIterator[dict[str, Any]]:
-        """Run one command's effects in a savepoint and record its outcome.
+    async def command(self, command: Message[Any] | CloudEvent) -> AsyncIterator[dict[str, Any]]:
+        """Run one command's effects in a savepoint and record its outcome (``command``: as
+        consumed, or the command itself when a job carries it out later).
 
         A ``PermanentError`` from the domain rolls the savepoint back (nothing half-written)
         and marks the command failed with the error; success marks it succeeded with the
         dict the body filled in as its result. Anything else propagates to the runtime.
         """
-        event = message.event
+        event = command.event if isinstance(command, Message) else command
         result: dict[str, Any] = {}
         emitted = len(self.outgoing)
         try:
