@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from storage import outbox
 from workers.runtime import metrics
+from workers.runtime.jobs import JobLoop
 from workers.runtime.publisher import Record, RecordPublisher
 from workers.runtime.transient import retrying
 
@@ -45,15 +46,18 @@ class OutboxRelay:
         self.batch = batch
         self.retry_max_s = retry_max_s
         self.adopt_after_s = adopt_after_s  # None: never publish other workers' rows
-        self._wake = asyncio.Event()
+        self._next_adoption = time.monotonic() + (adopt_after_s or 0)
+        # the one job loop, stopped by ``stop`` alone: the relay outlives the consumers and
+        # jobs of a stopping worker, so it publishes what their last transactions wrote
+        self.loop = JobLoop("outbox-relay", self._tick, poll_interval_s, asyncio.Event())
         self._task: asyncio.Task[None] | None = None
 
     def wake(self) -> None:
         """Something was committed to the outbox: publish now rather than at the next poll."""
-        self._wake.set()
+        self.loop.wake()
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="outbox-relay")
+        self._task = asyncio.create_task(self.loop.run(), name="outbox-relay")
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -63,34 +67,19 @@ class OutboxRelay:
             self._task = None
         await self.publisher.stop()
 
-    async def _run(self) -> None:
-        next_adoption = time.monotonic() + (self.adopt_after_s or 0)
+    async def _tick(self) -> bool:
+        """One batch of this worker's rows (and, when due, the rows of stopped workers);
+        transient failures (broker or database down) retried with backoff. True when a full
+        batch went out: more is probably waiting."""
+        published = await retrying(self._round, initial_s=RETRY_INITIAL_S, max_s=self.retry_max_s)
+        return published >= self.batch
 
-        async def one_round() -> int:
-            nonlocal next_adoption
-            published = await self.publish_once()
-            if self.adopt_after_s is not None and time.monotonic() >= next_adoption:
-                await self.adopt_once()
-                next_adoption = time.monotonic() + self.adopt_after_s
-            return published
-
-        while True:
-            try:
-                # transient failures (broker or database down) retried with backoff
-                published = await retrying(
-                    one_round, initial_s=RETRY_INITIAL_S, max_s=self.retry_max_s
-                )
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("outbox relay failed; retrying")
-                published = 0
-                await asyncio.sleep(1)
-            if published >= self.batch:
-                continue  # more waiting: go again at once
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.poll_interval_s)
-            self._wake.clear()
+    async def _round(self) -> int:
+        published = await self.publish_once()
+        if self.adopt_after_s is not None and time.monotonic() >= self._next_adoption:
+            await self.adopt_once()
+            self._next_adoption = time.monotonic() + self.adopt_after_s
+        return published
 
     async def publish_once(self, relay: str | None = None) -> int:
         """Publish one batch of the pending rows of ``relay`` (default: this worker's); return
