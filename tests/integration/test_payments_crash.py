@@ -92,7 +92,10 @@ async def test_kill_9_mid_collection_then_two_replicas_never_charge_an_invoice_t
     settings: Settings, tenant: TenantKey, sessions: Sessions, tmp_path: Path
 ) -> None:
     with localstripe(tmp_path / "localstripe.log") as stripe_base:
-        settings = payments_settings(settings, stripe_base, payments_attempt_lease_s=2.0)
+        # the lease must outlast a claim's Stripe calls (40 resumed at once, one localstripe
+        # process: seconds under load); localstripe ignores idempotency keys, so an attempt
+        # re-claimed mid-call would be charged twice here, where Stripe would not
+        settings = payments_settings(settings, stripe_base, payments_attempt_lease_s=10.0)
         gateway = Gateway(SECRET_KEY, stripe_base)
         try:
             async with sessions() as db, db.begin():
