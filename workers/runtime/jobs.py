@@ -99,6 +99,18 @@ class Jobs:
         self.on_committed = on_committed
         self.stopping = stopping or asyncio.Event()
 
+    def until(self, stopping: asyncio.Event) -> Jobs:
+        """The same jobs, giving up when ``stopping`` is set rather than when the worker
+        stops: for what a job's ``close`` still writes while the worker stops (webhook
+        outcomes of the deliveries in flight), bounded by the stop's own timeout."""
+        return Jobs(
+            self.sessions,
+            retry_initial_s=self.retry_initial_s,
+            retry_max_s=self.retry_max_s,
+            on_committed=self.on_committed,
+            stopping=stopping,
+        )
+
     @contextlib.asynccontextmanager
     async def transaction(self, job: str) -> AsyncIterator[Tx]:
         """One ``Tx``, one attempt, no retry: for a caller that answers a failure itself (the

@@ -47,7 +47,7 @@ from schemas import topics
 from schemas.envelope import CloudEvent
 from schemas.topics import partition_key
 from storage.webhooks import DELIVER_JOB, RECORD_JOB, WebhookRepository
-from workers.runtime import Item, Jobs, Runtime, Tx, metrics
+from workers.runtime import Item, Runtime, Tx, metrics
 from workers.runtime.jobs import JobLoop
 from workers.runtime.ratelimit import TokenBuckets
 from workers.webhooks import service
@@ -191,13 +191,7 @@ class Dispatcher:
     ) -> None:
         self.claims = runtime.jobs
         self.closing = asyncio.Event()  # set once ``close`` is done: recording gives up
-        self.jobs = Jobs(
-            runtime.sessions,
-            retry_initial_s=runtime.retry_initial_s,
-            retry_max_s=runtime.retry_max_s,
-            on_committed=lambda: runtime.on_committed(),
-            stopping=self.closing,
-        )
+        self.jobs = runtime.jobs.until(self.closing)
         self.deliverer = deliverer
         self.policy = policy
         self.clock = clock
