@@ -47,7 +47,7 @@ from storage.invoicing import InvoicingRepository
 from workers import invoicing
 from workers.ingress.deps import State, Tenant, Unit
 from workers.ingress.fields import Instant, Text
-from workers.ingress.problems import Problem
+from workers.ingress.problems import not_found
 from workers.ingress.routes import CommandAccepted, envelope, submit
 from workers.runtime import Tx
 
@@ -55,10 +55,6 @@ if TYPE_CHECKING:
     from storage.invoicing import Customer, Invoice, Subscription
 
 router = APIRouter(prefix="/v1", tags=["invoicing"])
-
-
-def _not_found(what: str, id: str, hint: str = "") -> Problem:
-    return Problem(404, "not_found", f"No such {what}", f"no {what} {id!r}{hint}")
 
 
 SubscriptionIdPath = Annotated[str, Path(pattern=ID_PATTERN)]
@@ -130,7 +126,7 @@ async def list_customers(
 async def _customer(tx: Tx, tenant_id: str, external_id: str) -> Customer:
     c = await tx.repo(InvoicingRepository).customer(tenant_id, external_id)
     if c is None:
-        raise _not_found("customer", external_id)
+        raise not_found("customer", external_id)
     return c
 
 
@@ -165,7 +161,7 @@ async def list_plans(tx: Unit, tenant_id: Tenant) -> list[PlanView]:
 async def get_plan(key: str, tx: Unit, tenant_id: Tenant) -> PlanView:
     p = await tx.repo(InvoicingRepository).plan(tenant_id, key)
     if p is None:
-        raise _not_found("plan", key)
+        raise not_found("plan", key)
     return PlanView.model_validate(p.spec | {"id": p.id})
 
 
@@ -215,7 +211,7 @@ async def _subscription_key(tx: Tx, tenant_id: str, id: str) -> str:
     repo = tx.repo(InvoicingRepository)
     sub = await repo.subscription(tenant_id, id)
     if sub is None:
-        raise _not_found("subscription", id, _PENDING_HINT)
+        raise not_found("subscription", id, _PENDING_HINT)
     customer = (await repo.customers([sub.customer_id]))[sub.customer_id]
     return partition_key(tenant_id, customer.external_id)
 
@@ -304,7 +300,7 @@ async def list_subscriptions(
 async def get_subscription(subscription_id: str, tx: Unit, tenant_id: Tenant) -> SubscriptionData:
     sub = await tx.repo(InvoicingRepository).subscription(tenant_id, subscription_id)
     if sub is None:
-        raise _not_found("subscription", subscription_id)
+        raise not_found("subscription", subscription_id)
     return await _subscription_view(tx, sub)
 
 
@@ -358,7 +354,7 @@ async def run_billing(
 async def get_billing_run(run_id: str, tx: Unit, tenant_id: Tenant) -> BillingRunView:
     run = await tx.repo(InvoicingRepository).run(tenant_id, run_id)
     if run is None:
-        raise _not_found("billing run", run_id, _PENDING_HINT)
+        raise not_found("billing run", run_id, _PENDING_HINT)
     return BillingRunView.model_validate(run, from_attributes=True)
 
 
@@ -422,7 +418,7 @@ async def list_invoices(
 async def _invoice(tx: Tx, tenant_id: str, invoice_id: str) -> Invoice:
     invoice = await tx.repo(InvoicingRepository).invoice(tenant_id, invoice_id)
     if invoice is None:
-        raise _not_found("invoice", invoice_id)
+        raise not_found("invoice", invoice_id)
     return invoice
 
 

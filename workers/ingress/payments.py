@@ -44,7 +44,7 @@ from storage.payments import PaymentsRepository
 from workers import payments
 from workers.ingress.deps import State, Tenant, Unit, read_body
 from workers.ingress.fields import Amount, Text
-from workers.ingress.problems import Problem
+from workers.ingress.problems import Problem, not_found
 from workers.ingress.routes import CommandAccepted, envelope, submit
 from workers.payments import StripeSettingsView
 
@@ -232,7 +232,7 @@ async def invoice_payments(
         and not rows
         and await tx.repo(InvoicingRepository).invoice(tenant_id, invoice_id) is None
     ):
-        raise Problem(404, "not_found", "No such invoice", f"no invoice {invoice_id!r}")
+        raise not_found("invoice", invoice_id)
     return InvoicePaymentsView(
         invoice_id=invoice_id,
         collection=CollectionView.model_validate(collection, from_attributes=True)
@@ -257,7 +257,7 @@ async def refund_payment(
 ) -> Response:
     payment = await tx.repo(PaymentsRepository).payment(tenant_id, payment_id)
     if payment is None:
-        raise Problem(404, "not_found", "No such payment", f"no payment {payment_id!r}")
+        raise not_found("payment", payment_id)
     refund_id = f"ref_{new_id()}"
     data = RefundSpec(
         refund_id=refund_id, payment_id=payment_id, amount=spec.amount, reason=spec.reason
@@ -284,7 +284,7 @@ async def record_offline_payment(
     repo = tx.repo(InvoicingRepository)
     invoice = await repo.invoice(tenant_id, invoice_id)
     if invoice is None:
-        raise Problem(404, "not_found", "No such invoice", f"no invoice {invoice_id!r}")
+        raise not_found("invoice", invoice_id)
     customer = (await repo.customers([invoice.customer_id]))[invoice.customer_id]
     payment_id = f"pay_{new_id()}"
     data = OfflinePaymentSpec(

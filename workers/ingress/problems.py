@@ -55,6 +55,11 @@ class Problem(Exception):
         return body
 
 
+def not_found(what: str, id: str, hint: str = "") -> Problem:
+    """404 for an unknown resource: ``No such <what>`` / ``no <what> '<id>'<hint>``."""
+    return Problem(404, "not_found", f"No such {what}", f"no {what} {id!r}{hint}")
+
+
 def invalid(detail: str, errors: Sequence[dict[str, Any]]) -> Problem:
     """422: the request is not valid; ``errors`` name each field and why."""
     return Problem(422, "validation", "The request is not valid", detail, errors=errors)

@@ -25,7 +25,7 @@ from workers.ingress.deps import (
     read_body,
 )
 from workers.ingress.fields import Instant
-from workers.ingress.problems import Problem, invalid, validation_errors
+from workers.ingress.problems import Problem, invalid, not_found, validation_errors
 from workers.metering import MeterDef
 from workers.runtime.ratelimit import retry_after
 from workers.runtime.tx import Tx
@@ -258,7 +258,7 @@ async def create_meter(request: Request, spec: MeterSpec, st: State, tenant_id: 
 async def get_command(command_id: str, tx: Unit, tenant_id: Tenant) -> CommandView:
     row = await tx.repo(CommandRepository).get(tenant_id, command_id)
     if row is None:
-        raise Problem(404, "not_found", "No such command", f"no command {command_id!r}")
+        raise not_found("command", command_id)
     return CommandView.model_validate(row, from_attributes=True)
 
 
