@@ -9,8 +9,11 @@ The ingress and every worker run as child processes, exactly as in production.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -18,7 +21,7 @@ import urllib.request
 from pathlib import Path
 
 from workers.admin import create_tenant, key_is_valid
-from workers.devstack import EmbeddedKafka, EmbeddedPostgres, free_port
+from workers.devstack import EmbeddedKafka, EmbeddedPostgres, die_with_parent, free_port
 from workers.settings import Settings
 
 DEV_TENANT = "dev"
@@ -48,6 +51,26 @@ async def _ensure_database(pg: EmbeddedPostgres, name: str) -> str:
     return pg.url(name) if exists else await pg.create_database(name)
 
 
+def _port_in_use(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be listened on (None if it can), checked before anything
+    starts. SO_REUSEADDR as uvicorn binds: a port left in TIME_WAIT by our last run is free,
+    a port another program listens on is not."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(address)
+    except OSError as e:
+        return f"{host}:{port}: {e.strerror or e}"
+    return None
+
+
+def _stop_on(signum: int, frame: object) -> None:
+    """SIGTERM and SIGHUP (kill, timeout, systemd, a closed terminal) stop the stack the
+    same way as Ctrl-C."""
+    raise KeyboardInterrupt
+
+
 def _dev_key(database_url: str, key_file: Path) -> str:
     """The dev tenant's key, kept in ``key_file`` (0600) so it survives restarts."""
     if key_file.exists():
@@ -67,16 +90,20 @@ def _exited(procs: dict[str, subprocess.Popen[bytes]]) -> str | None:
     return None
 
 
-def _wait_ready(url: str, procs: dict[str, subprocess.Popen[bytes]], timeout_s: float) -> None:
+def _wait_ready(
+    url: str, instance: str, procs: dict[str, subprocess.Popen[bytes]], timeout_s: float
+) -> None:
+    """Until ``url`` answers 200 *with our instance token*: another program answering 200
+    on that port is not our ingress."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if failed := _exited(procs):
             raise RuntimeError(failed)
         try:
             with urllib.request.urlopen(url, timeout=1) as resp:
-                if resp.status == 200:
+                if resp.status == 200 and json.loads(resp.read()).get("instance") == instance:
                     return
-        except OSError:
+        except (OSError, ValueError, AttributeError):
             pass
         time.sleep(0.2)
     raise TimeoutError(f"ingress not ready at {url} within {timeout_s}s")
@@ -106,6 +133,7 @@ def _payments_env(
                 stderr=subprocess.STDOUT,
                 cwd=state,
                 start_new_session=True,
+                preexec_fn=die_with_parent(),
             )
         env["BILLSTREAM_STRIPE_API_BASE"] = f"http://127.0.0.1:{stripe_port}"
         _say(f"localstripe (fake Stripe) on {env['BILLSTREAM_STRIPE_API_BASE']}")
@@ -146,6 +174,18 @@ def run_dev(settings: Settings, *, port: int | None = None) -> int:
     from storage.db import migrate_sync
     from workers.runtime.topics import ensure_topics
 
+    ingress_port = port or settings.ingress_port
+    if busy := _port_in_use(settings.ingress_host, ingress_port):
+        print(
+            f"error: port {ingress_port} is in use ({busy}); choose another with --port",
+            file=sys.stderr,
+            flush=True,
+        )
+        return 2
+    stop_signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {signum: signal.getsignal(signum) for signum in stop_signals}
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _stop_on)
     state = settings.state_dir.resolve()
     state.mkdir(parents=True, exist_ok=True)
     env_set = set(os.environ)
@@ -156,12 +196,12 @@ def run_dev(settings: Settings, *, port: int | None = None) -> int:
         database_url = settings.database_url
         if "BILLSTREAM_DATABASE_URL" not in env_set:
             _say(f"starting embedded PostgreSQL (data in {state / 'pg'})")
-            pg = EmbeddedPostgres(state / "pg").start()
+            pg = EmbeddedPostgres(state / "pg", tied=True).start()
             database_url = asyncio.run(_ensure_database(pg, "billstream"))
         bootstrap = settings.kafka_bootstrap
         idempotence = settings.kafka_idempotence
         if "BILLSTREAM_KAFKA_BOOTSTRAP" not in env_set:
-            kafka = EmbeddedKafka(log_path=state / "broker.log").start()
+            kafka = EmbeddedKafka(log_path=state / "broker.log", tied=True).start()
             bootstrap, idempotence = kafka.bootstrap, False
             _say(f"embedded Kafka-protocol broker (Tansu) on {bootstrap}")
         _say("applying migrations")
@@ -176,13 +216,14 @@ def run_dev(settings: Settings, *, port: int | None = None) -> int:
         _say(f"topics ready ({len(created)} created)")
         key = _dev_key(database_url, state / "dev-api-key")
 
-        ingress_port = port or settings.ingress_port
+        instance = secrets.token_hex(8)
         env = {
             **os.environ,
             "BILLSTREAM_DATABASE_URL": database_url,
             "BILLSTREAM_KAFKA_BOOTSTRAP": bootstrap,
             "BILLSTREAM_KAFKA_IDEMPOTENCE": str(idempotence).lower(),
             "BILLSTREAM_INGRESS_PORT": str(ingress_port),
+            "BILLSTREAM_INGRESS_INSTANCE": instance,
             # local receivers (127.0.0.1, ::1) are fine for webhooks in development
             "BILLSTREAM_WEBHOOK_ALLOWED_NETWORKS": os.environ.get(
                 "BILLSTREAM_WEBHOOK_ALLOWED_NETWORKS", "127.0.0.0/8,::1/128"
@@ -201,9 +242,14 @@ def run_dev(settings: Settings, *, port: int | None = None) -> int:
                 [sys.executable, "-m", "workers.cli", *service.split()],
                 env=service_env,
                 start_new_session=True,  # we forward Ctrl-C ourselves, in order
+                preexec_fn=die_with_parent(),  # and they stop if we are killed outright
             )
         base = f"http://{settings.ingress_host}:{ingress_port}"
-        _wait_ready(base + "/readyz", procs, timeout_s=60)
+        try:
+            _wait_ready(base + "/readyz", instance, procs, timeout_s=60)
+        except (RuntimeError, TimeoutError) as e:
+            _say(f"{e}; stopping")
+            return 1
         if "BILLSTREAM_STRIPE_API_BASE" not in env_set and "localstripe" in procs:
             _dev_stripe(base, key, env["BILLSTREAM_STRIPE_API_BASE"])
         banner = [
@@ -236,6 +282,8 @@ def run_dev(settings: Settings, *, port: int | None = None) -> int:
         _say("stopping")
         return 0
     finally:
+        for signum in stop_signals:  # a second signal must not cut the stop short
+            signal.signal(signum, signal.SIG_IGN)
         for p in procs.values():
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
@@ -248,4 +296,6 @@ def run_dev(settings: Settings, *, port: int | None = None) -> int:
             kafka.stop()
         if pg is not None:
             pg.stop()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
         _say("stopped")

