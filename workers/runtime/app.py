@@ -21,6 +21,7 @@ from storage.db import create_engine, ping, session_factory
 from workers.runtime import metrics
 from workers.runtime.consumer import Runtime
 from workers.runtime.health import HealthServer
+from workers.runtime.logging import quiet
 from workers.runtime.publisher import RecordPublisher
 from workers.runtime.relay import OutboxRelay
 from workers.runtime.tx import Tx
@@ -53,7 +54,9 @@ def make_broker(settings: Settings, client_id: str) -> KafkaBroker:
         request_timeout_ms=settings.kafka_request_timeout_ms,
         graceful_timeout=settings.graceful_timeout_s,
         log_level=logging.DEBUG,  # per-message lines only at DEBUG; the runtime logs what matters
-        logger=logging.getLogger("faststream"),
+        # faststream gives its logger a colourised handler of its own when imported: ours only
+        # (one format, routine lines at DEBUG: workers/runtime/logging.py)
+        logger=quiet(logging.getLogger("faststream")),
     )
 
 
