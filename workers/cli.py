@@ -4,15 +4,67 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from typer.core import TyperGroup
 
-from workers.ops.commands import dlq, lag, quarantine, replay, schemas
+from workers.ops.commands import console, dlq, lag, quarantine, replay, schemas
 from workers.processes import WORKERS
 from workers.settings import Settings, get_settings
 
+
+def _flags_take_no_value() -> None:
+    """Typer's help shows a type after every option, flags too (``--json <bool>``), though a
+    flag takes no value (``--json=true`` is refused): show none after a flag."""
+    from typer.core import TyperOption
+
+    shown = TyperOption.display_type_rich
+
+    def display_type_rich(self: TyperOption, ctx: Any) -> str | None:
+        return None if self.is_flag else shown(self, ctx)
+
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_flags_take_no_value()
+
+
+def _dependency_failure(e: BaseException) -> str | None:
+    """The one line to print when ``e`` means PostgreSQL or the broker failed, else None."""
+    from aiokafka.errors import KafkaError
+
+    from workers.runtime.database import DatabaseError
+
+    if isinstance(e, KafkaError):
+        what = "Kafka"
+    elif isinstance(e, DatabaseError):
+        what = "PostgreSQL"
+    elif isinstance(e, OSError | TimeoutError):
+        what = "a dependency"
+    else:
+        return None
+    detail = (str(getattr(e, "orig", None) or e).strip().splitlines() or [""])[0]
+    return f"{what} failed: {type(e).__name__}" + (f": {detail}" if detail else "")
+
+
+class _Commands(TyperGroup):
+    """Every command: a PostgreSQL or broker failure is one ``error:`` line and exit code 1
+    (the traceback only with BILLSTREAM_LOG_LEVEL=DEBUG)."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except Exception as e:
+            line = _dependency_failure(e)
+            if line is None or get_settings().log_level == "DEBUG":
+                raise
+            typer.echo(f"error: {line}", err=True)
+            raise typer.Exit(1) from None
+
+
 app = typer.Typer(
+    cls=_Commands,
     name="billstream",
     help="Kafka-native billing backbone. Settings come from BILLSTREAM_* environment variables.",
     no_args_is_help=True,
@@ -26,11 +78,15 @@ app.add_typer(topics_app, name="topics")
 app.add_typer(schemas_app, name="schemas")
 
 
-def _settings() -> Settings:
+def _settings(*, database: bool = False, broker: bool = False) -> Settings:
+    """The settings and logging, after checking that PostgreSQL (``database``) and the
+    broker (``broker``) answer within a few seconds (else one ``error:`` line, exit 1)."""
     from workers.runtime.logging import configure
 
     settings = get_settings()
     configure(settings.log_level, settings.log_format)
+    if database or broker:
+        console.require(settings, database=database, broker=broker)
     return settings
 
 
@@ -39,7 +95,7 @@ def migrate() -> None:
     """Apply the database migrations (idempotent)."""
     from storage import migrations
 
-    settings = _settings()
+    settings = _settings(database=True)
     migrations.upgrade(settings.database_url)
     typer.echo("database migrated to head")
 
@@ -49,7 +105,7 @@ def topics_ensure() -> None:
     """Create every billstream topic (and its dead-letter topic) that is missing."""
     from workers.runtime.topics import ensure_topics
 
-    settings = _settings()
+    settings = _settings(broker=True)
     created = asyncio.run(
         ensure_topics(
             settings.kafka_bootstrap,
@@ -75,7 +131,7 @@ def tenant_create(
     if not re.fullmatch(TENANT_ID_PATTERN, tenant_id):
         typer.echo(f"error: tenant id must match {TENANT_ID_PATTERN}", err=True)
         raise typer.Exit(2)
-    settings = _settings()
+    settings = _settings(database=True)
     from workers.admin import create_tenant
 
     created, key = asyncio.run(create_tenant(settings.database_url, tenant_id, name))
@@ -93,7 +149,7 @@ def worker(
         raise typer.Exit(2)
     from workers import processes
 
-    settings = _settings()
+    settings = _settings(database=True, broker=True)
     asyncio.run(processes.build(name, settings).run_until_signalled())
 
 
@@ -117,6 +173,7 @@ def ingress(
         port=port or settings.ingress_port,
         log_level=settings.log_level.lower(),
         access_log=False,
+        log_config=None,  # uvicorn's lines through our handler: one format, no colour codes
         lifespan="on",
     )
 

@@ -89,3 +89,48 @@ async def test_schemas_export_writes_a_json_schema_per_message(tmp_path: Path) -
 async def test_unknown_worker_is_refused() -> None:
     code, _, err = await billstream("worker", "nope")
     assert code == 2 and "unknown worker 'nope'" in err
+
+
+async def test_a_worker_logs_one_quiet_format_from_start_to_stop(
+    database_url: str, kafka: KafkaServer
+) -> None:
+    """JSON lines only (ours and the libraries'), no colour codes, no partition assignments
+    or faststream task callbacks at INFO; SIGTERM stops it cleanly."""
+    env = {
+        **os.environ,
+        "BILLSTREAM_DATABASE_URL": database_url,
+        "BILLSTREAM_KAFKA_BOOTSTRAP": kafka.bootstrap,
+        "BILLSTREAM_KAFKA_IDEMPOTENCE": str(not kafka.embedded).lower(),
+        "BILLSTREAM_KAFKA_SESSION_TIMEOUT_MS": "2000" if kafka.embedded else "10000",
+        "BILLSTREAM_KAFKA_HEARTBEAT_INTERVAL_MS": "300" if kafka.embedded else "3000",
+        "BILLSTREAM_LOG_LEVEL": "INFO",
+        "BILLSTREAM_LOG_FORMAT": "json",
+        "BILLSTREAM_METRICS_PORT": "0",
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "workers.cli", "worker", "metering", env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    lines: list[str] = []
+    try:
+        async with asyncio.timeout(60):
+            while not any("worker started" in line for line in lines):
+                line = (await proc.stderr.readline()).decode()
+                assert line, "".join(lines)  # exited before it started
+                lines.append(line)
+    finally:
+        proc.terminate()
+        _, rest = await asyncio.wait_for(proc.communicate(), timeout=60)
+    lines += rest.decode().splitlines(keepends=True)
+    assert proc.returncode == 0, "".join(lines)
+    text = "".join(lines)
+    assert "\x1b[" not in text
+    assert "assigned to partitions" not in text and "is being executed" not in text
+    records = [json.loads(line) for line in lines if line.strip()]
+    assert [r["event"] for r in records if r["event"].startswith("worker ")] == [
+        "worker started",
+        "worker stopping",
+        "worker stopped",
+    ]
+    assert all(r["level"] in ("info", "warning") for r in records), text

@@ -32,11 +32,26 @@ err = Console(stderr=True, highlight=False, markup=False)
 
 
 def settings() -> Settings:
+    """The settings, with quiet logs: a command reports its own failures, the libraries'
+    lines show only with BILLSTREAM_LOG_LEVEL=DEBUG."""
     from workers.runtime.logging import configure
 
     settings = get_settings()
-    configure("WARNING" if settings.log_level == "INFO" else settings.log_level, "console")
+    debug = settings.log_level == "DEBUG"
+    configure(
+        "WARNING" if settings.log_level == "INFO" else settings.log_level,
+        "console",
+        libraries="DEBUG" if debug else "CRITICAL",
+    )
     return settings
+
+
+def require(settings: Settings, *, database: bool = False, broker: bool = False) -> None:
+    """Check that PostgreSQL (``database``) and the broker (``broker``) answer within a few
+    seconds; if not: ``error: <setting>: cannot reach …`` and exit code 1."""
+    from workers.ops import reach
+
+    run(reach.require(settings, database_=database, broker_=broker))
 
 
 def error(e: object) -> None:

@@ -26,6 +26,7 @@ def dlq_list(
     from workers.ops import dlq
 
     settings = console.settings()
+    console.require(settings, broker=True)
 
     async def collect() -> list[dlq.DlqEntry]:
         names = [dlq.dlq_topic_of(topic)] if topic else await dlq.dlq_topics(settings)
@@ -75,6 +76,7 @@ def dlq_show(
     except OpsError as e:
         console.error(e)
         raise typer.Exit(e.exit_code) from None
+    console.require(settings, broker=True)
     entry = console.run(dlq.show(settings, dlq.dlq_topic_of(topic), partition, offset))
     console.print_json(entry.detail())
 
@@ -125,6 +127,7 @@ def dlq_redrive(
     except OpsError as e:
         console.error(e)
         raise typer.Exit(e.exit_code) from None
+    console.require(settings, broker=True)
     with console.bars() as bars:
         result = console.run(
             dlq.redrive(

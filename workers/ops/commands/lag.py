@@ -39,6 +39,7 @@ def lag(
     from workers.processes import WORKERS
 
     settings = console.settings()
+    console.require(settings, broker=True)
 
     async def pairs() -> list[tuple[str, str]]:
         if group is not None and topic is not None:

@@ -3,7 +3,6 @@ table or JSON."""
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 import sys
@@ -15,7 +14,8 @@ from rich.table import Table
 
 from storage.quarantine import Entry
 from workers.ops import quarantine
-from workers.settings import get_settings
+from workers.ops.commands import console
+from workers.settings import Settings
 
 quarantine_app = typer.Typer(
     help="Job items set aside after a permanent failure: list, show, release.",
@@ -26,6 +26,12 @@ out = Console(highlight=False, soft_wrap=True, markup=False)
 
 def _dict(entry: Entry) -> dict[str, Any]:
     return dataclasses.asdict(entry)
+
+
+def _settings() -> Settings:
+    settings = console.settings()
+    console.require(settings, database=True)
+    return settings
 
 
 def _print_json(value: Any) -> None:
@@ -40,7 +46,7 @@ def quarantine_list(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Quarantined items, newest first: job, tenant, what, why."""
-    found = asyncio.run(quarantine.entries(get_settings(), tenant, released, limit))
+    found = console.run(quarantine.entries(_settings(), tenant, released, limit))
     if as_json:
         _print_json([_dict(e) for e in found])
         return
@@ -57,7 +63,7 @@ def quarantine_list(
 @quarantine_app.command("show")
 def quarantine_show(id: Annotated[str, typer.Argument(help="The entry's id.")]) -> None:
     """One entry in full (JSON)."""
-    entry = asyncio.run(quarantine.get(get_settings(), id))
+    entry = console.run(quarantine.get(_settings(), id))
     if entry is None:
         typer.echo(f"error: no quarantine entry {id!r}", err=True)
         raise typer.Exit(1)
@@ -72,7 +78,7 @@ def quarantine_release(
     """Release an entry once its cause is fixed: the next run processes the item again."""
     from workers.ops.audit import default_actor
 
-    entry = asyncio.run(quarantine.release(get_settings(), id, actor or default_actor()))
+    entry = console.run(quarantine.release(_settings(), id, actor or default_actor()))
     if entry is None:
         typer.echo(f"error: no active quarantine entry {id!r}", err=True)
         raise typer.Exit(1)

@@ -91,6 +91,7 @@ def replay(
     except OpsError as e:
         console.error(e)
         raise typer.Exit(e.exit_code) from None
+    console.require(settings, broker=True)
     with console.bars() as bars:
         result = console.run(run(settings, req, bars))
     if as_json:
