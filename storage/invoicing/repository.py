@@ -475,11 +475,3 @@ class InvoicingRepository:
         if tenant_id is not None:
             q = q.where(Invoice.tenant_id == tenant_id)
         return int(await self.session.scalar(q) or 0)
-
-    async def lock_scheduler(self) -> bool:
-        """Transaction-scoped advisory lock so only one replica's tick opens at a time."""
-        return bool(
-            await self.session.scalar(
-                text("SELECT pg_try_advisory_xact_lock(hashtext('billstream.invoicing'))")
-            )
-        )

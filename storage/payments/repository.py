@@ -80,12 +80,6 @@ class PaymentsRepository:
         assert row is not None
         row.payment_method_id = payment_method
 
-    async def customer_by_stripe_id(self, tenant_id: str, stripe_id: str) -> StripeCustomer | None:
-        q = select(StripeCustomer).where(
-            StripeCustomer.tenant_id == tenant_id, StripeCustomer.stripe_customer_id == stripe_id
-        )
-        return (await self.session.scalars(q)).first()
-
     async def set_customer(self, tenant_id: str, customer: str, stripe_customer_id: str) -> None:
         stmt = insert(StripeCustomer).values(
             tenant_id=tenant_id, customer=customer, stripe_customer_id=stripe_customer_id
@@ -329,21 +323,6 @@ class PaymentsRepository:
             select(Refund)
             .where(Refund.tenant_id == tenant_id, Refund.payment_id == payment_id)
             .order_by(Refund.created_at)
-        )
-        return list(await self.session.scalars(q))
-
-    async def claim_refunds(self, now: datetime, limit: int) -> Sequence[Refund]:
-        q = (
-            select(Refund)
-            .where(
-                or_(
-                    Refund.state == "pending",
-                    (Refund.state == "in_flight") & (Refund.lease_until <= now),
-                )
-            )
-            .order_by(Refund.created_at)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
         )
         return list(await self.session.scalars(q))
 

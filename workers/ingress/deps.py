@@ -7,7 +7,7 @@ import hashlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import structlog
 from fastapi import Depends, Request
@@ -23,9 +23,6 @@ from workers.runtime.jobs import Jobs
 from workers.runtime.ratelimit import TokenBuckets
 from workers.runtime.tx import Tx
 from workers.settings import Settings
-
-if TYPE_CHECKING:
-    from storage.db import Sessions
 
 log = structlog.get_logger("billstream.ingress")
 
@@ -74,11 +71,6 @@ class IngressState:
     def jobs(self) -> Jobs:
         """Transactions: ``jobs.transaction(name)`` is one attempt, a failure answered 503."""
         return self.database.jobs
-
-    @property
-    def sessions(self) -> Sessions:
-        """Deprecated: ``jobs`` (still used by ingress/payments.py's Stripe webhook)."""
-        return self.database.jobs.sessions
 
 
 async def state(request: Request) -> IngressState:  # async: no thread-pool hop per request
