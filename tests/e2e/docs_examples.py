@@ -23,7 +23,9 @@ text is compared word by word (``...`` allows more words). A ``curl`` answering 
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -424,7 +426,7 @@ curl() {  # as documented, plus the HTTP status on the side
   fi
 }
 __check() {  # run check $1's command (already defined as __cmd_$1) until it matches
-  local deadline=$((SECONDS + 30))
+  local deadline=$((SECONDS + __POLL_S))
   while :; do
     : > "$__OUT/status"
     if ! __EXPECT_ERROR=$(cat "$__OUT/$1.allow") "__cmd_$1" > "$__OUT/$1.out"; then
@@ -534,7 +536,7 @@ def describe(s: Script, out_dir: Path, returncode: int, stdout: str, stderr: str
             f"command:\n{check.command}\n"
             f"documented (line {check.expected.line}):\n{check.expected.text}\n"
             f"got:\n{got.strip()}\n"
-            f"stderr:\n{stderr.strip()[-2000:]}"
+            f"stderr:\n{_tail(stderr, 2000)}"
         )
     place = "?"
     if (out_dir / "failed_check").exists():
@@ -548,12 +550,15 @@ def describe(s: Script, out_dir: Path, returncode: int, stdout: str, stderr: str
                 break
     return (
         f"{place}: the example failed (exit {returncode})\n"
-        f"stdout:\n{stdout.strip()[-3000:]}\nstderr:\n{stderr.strip()[-3000:]}"
+        f"stdout:\n{_tail(stdout)}\nstderr:\n{_tail(stderr)}"
     )
 
 
-def run(path: Path, env: dict[str, str], work: Path, timeout_s: float = 150) -> str | None:
-    """Run a file's examples in ``work``; None when they all ran as documented, else why not."""
+def run(
+    path: Path, env: dict[str, str], work: Path, timeout_s: float = 240, poll_s: int = 30
+) -> str | None:
+    """Run a file's examples in ``work``; None when they all ran as documented, else why not.
+    A read whose output differs is tried again for ``poll_s`` seconds (async progress)."""
     blocks = extract(path)
     if problems := [p for b in blocks for p in b.problems]:
         return "\n".join(problems)
@@ -562,18 +567,42 @@ def run(path: Path, env: dict[str, str], work: Path, timeout_s: float = 150) -> 
     out_dir.mkdir(parents=True)
     write_checks(s.checks, out_dir)
     (out_dir / "script.sh").write_text(s.text)
-    full_env = {**env, "__OUT": str(out_dir), "__PYTHON": sys.executable, "__CHECKER": __file__}
-    proc = subprocess.run(
+    full_env = {
+        **env,
+        "__OUT": str(out_dir),
+        "__PYTHON": sys.executable,
+        "__CHECKER": __file__,
+        "__POLL_S": str(poll_s),
+    }
+    proc = subprocess.Popen(
         ["bash", str(out_dir / "script.sh")],
         cwd=work,
         env=full_env,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=timeout_s,
+        start_new_session=True,  # its own process group: a timeout ends the commands too
     )
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        done = [n for n in range(len(s.checks)) if (out_dir / f"{n}.out").exists()]
+        at = f" at {_rel(s, s.checks[done[-1]])}: {s.checks[done[-1]].command}" if done else ""
+        return (
+            f"{path}: the examples did not finish within {timeout_s:.0f} s; the last command "
+            f"with a documented output that ran was{at or ' none'}\n"
+            f"stdout:\n{_tail(stdout, 2000)}\nstderr:\n{_tail(stderr, 2000)}"
+        )
     if proc.returncode == 0:
         return None
-    return describe(s, out_dir, proc.returncode, proc.stdout, proc.stderr)
+    return describe(s, out_dir, proc.returncode, stdout, stderr)
+
+
+def _tail(text: str, limit: int = 3000) -> str:
+    """The end of a command's output, each line once (a retried command repeats itself)."""
+    return "\n".join(dict.fromkeys(text.strip().splitlines()))[-limit:]
 
 
 def _rel(s: Script, check: Check) -> str:

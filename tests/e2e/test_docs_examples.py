@@ -221,3 +221,39 @@ def test_a_documented_status_and_listing_are_checked() -> None:
     assert docs.compare(listing, "a.json\n", None) == "missing ['b.json']"
     exact = docs.Output(1, "   a.json  b.json", None, False)
     assert docs.compare(exact, "a.json\nb.json\nc.json\n", None) == "not documented: ['c.json']"
+
+
+BROKEN = """# Broken
+
+```sh
+N=$(echo 41)
+echo "{\\"n\\": $((N + 1)), \\"at\\": \\"now\\"}"
+# {"n":42,"at":"…"}
+echo '{"n": 41}'
+# {"n":42}
+```
+"""
+
+
+def test_a_wrong_output_fails_naming_the_file_line_command_expected_and_got(
+    tmp_path: Path,
+) -> None:
+    page = tmp_path / "broken.md"
+    page.write_text(BROKEN)
+    (tmp_path / "work").mkdir()
+    problem = docs.run(page, {"PATH": os.environ["PATH"]}, tmp_path / "work", poll_s=0)
+    assert problem is not None
+    assert problem.startswith(
+        f"{page}:7: the output is not as documented ($.n: expected 42, got 41)"
+    )
+    assert "command:\necho '{\"n\": 41}'\n" in problem
+    assert 'documented (line 8):\n{"n":42}\ngot:\n{"n": 41}' in problem
+
+
+def test_a_failing_command_fails_naming_its_line(tmp_path: Path) -> None:
+    page = tmp_path / "failing.md"
+    page.write_text("```bash\ntrue\nfalse\necho never\n```\n")
+    (tmp_path / "work").mkdir()
+    problem = docs.run(page, {"PATH": os.environ["PATH"]}, tmp_path / "work")
+    assert problem is not None
+    assert problem.startswith(f"{page}:3: false: the example failed (exit 1)")
