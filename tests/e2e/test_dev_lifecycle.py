@@ -1,5 +1,5 @@
-"""How ``billstream dev`` ends: SIGTERM stops it all, ``kill -9`` leaves no orphans, and a
-busy port is refused before anything starts."""
+"""How ``billstream dev`` ends: SIGTERM stops it all, quietly; ``kill -9`` leaves no
+orphans, and a busy port is refused before anything starts."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import psutil
 import pytest
@@ -21,10 +22,16 @@ from workers.devstack import free_port
 pytestmark = pytest.mark.slow
 
 
-def dev(state_dir: Path, port: int, stderr: int = subprocess.DEVNULL) -> subprocess.Popen[str]:
-    env = {**os.environ, "BILLSTREAM_STATE_DIR": str(state_dir), "BILLSTREAM_LOG_LEVEL": "WARNING"}
+def dev(
+    state_dir: Path,
+    port: int,
+    stderr: int | IO[str] = subprocess.DEVNULL,
+    log_level: str = "WARNING",
+) -> subprocess.Popen[str]:
+    env = {**os.environ, "BILLSTREAM_STATE_DIR": str(state_dir), "BILLSTREAM_LOG_LEVEL": log_level}
     env.pop("BILLSTREAM_DATABASE_URL", None)
     env.pop("BILLSTREAM_KAFKA_BOOTSTRAP", None)
+    env.pop("XDG_RUNTIME_DIR", None)  # as in containers and CI jobs
     return subprocess.Popen(
         [sys.executable, "-m", "workers.cli", "dev", "--port", str(port)],
         env=env,
@@ -84,8 +91,10 @@ def _cleanup(proc: subprocess.Popen[str], procs: list[psutil.Process]) -> None:
         proc.stdout.close()
 
 
-def test_sigterm_stops_every_process_of_the_stack(state_dir: Path) -> None:
-    proc = dev(state_dir, free_port())
+def test_sigterm_stops_every_process_of_the_stack_quietly(state_dir: Path, tmp_path: Path) -> None:
+    log = tmp_path / "stderr.log"
+    with log.open("w") as stderr:  # a file, not a terminal: no colour codes
+        proc = dev(state_dir, free_port(), stderr=stderr, log_level="INFO")
     procs: list[psutil.Process] = []
     try:
         wait_running(proc)
@@ -102,6 +111,14 @@ def test_sigterm_stops_every_process_of_the_stack(state_dir: Path) -> None:
         assert wait_gone(procs, timeout_s=5) == []
     finally:
         _cleanup(proc, procs)
+    # what a user reads: the banner and our own log lines, without library noise
+    text = out + log.read_text()
+    assert "Warning" not in text  # e.g. platformdirs' RuntimeDirWarning without XDG_RUNTIME_DIR
+    assert "Traceback" not in text
+    assert "\x1b[" not in text
+    assert "callback for Task" not in text  # asyncio debug chatter while stopping
+    assert "assigned to partitions" not in text  # at debug level, not info
+    assert max(map(len, text.splitlines())) < 2_000
 
 
 def test_kill_9_of_the_command_leaves_no_orphans(state_dir: Path) -> None:

@@ -7,7 +7,6 @@ import asyncio
 import os
 import socket
 import sys
-import time
 
 COMMANDS = {
     "migrate": (["migrate"], "BILLSTREAM_DATABASE_URL"),
@@ -45,8 +44,7 @@ def closed_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def billstream(args: list[str], env: dict[str, str]) -> tuple[int, str, str, float]:
-    started = time.monotonic()
+async def billstream(args: list[str], env: dict[str, str]) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "workers.cli", *args,
         env={**os.environ, **env},
@@ -54,7 +52,7 @@ async def billstream(args: list[str], env: dict[str, str]) -> tuple[int, str, st
     )  # fmt: skip
     out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
     assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode(), time.monotonic() - started
+    return proc.returncode, out.decode(), err.decode()
 
 
 def dead(*, database: bool = True, broker: bool = True) -> dict[str, str]:
@@ -76,14 +74,15 @@ def assert_one_line(name: str, code: int, out: str, err: str, setting: str) -> N
 
 async def test_every_command_fails_with_one_line_when_its_dependencies_are_down() -> None:
     results = await asyncio.gather(*(billstream(args, dead()) for args, _ in COMMANDS.values()))
-    for (name, (_, setting)), (code, out, err, took) in zip(COMMANDS.items(), results, strict=True):
+    # each one within billstream()'s 60 s: no driver retry loop (no timing asserted here:
+    # a loaded machine takes tens of seconds just to import the CLI 12 times at once)
+    for (name, (_, setting)), (code, out, err) in zip(COMMANDS.items(), results, strict=True):
         assert_one_line(name, code, out, err, setting)
-        assert took < 30, (name, took)  # the import is most of it; no driver retry loops
 
 
 async def test_a_dead_database_in_a_unix_socket_url_is_one_line(tmp_path: object) -> None:
     env = {"BILLSTREAM_DATABASE_URL": f"postgresql://postgres:@/postgres?host={tmp_path}"}
-    code, out, err, _ = await billstream(["migrate"], env)
+    code, out, err = await billstream(["migrate"], env)
     assert_one_line("migrate", code, out, err, "BILLSTREAM_DATABASE_URL")
     assert f"{tmp_path}/.s.PGSQL.5432" in err
 
@@ -97,7 +96,7 @@ async def test_a_worker_with_its_database_up_and_its_broker_down_fails_in_one_li
         port = listening.getsockname()[1]
         env = {**dead(database=False), "BILLSTREAM_DATABASE_URL":
                f"postgresql+asyncpg://u:p@127.0.0.1:{port}/db"}  # fmt: skip
-        code, out, err, _ = await billstream(["worker", "metering"], env)
+        code, out, err = await billstream(["worker", "metering"], env)
     assert_one_line("worker", code, out, err, "BILLSTREAM_KAFKA_BOOTSTRAP")
 
 
@@ -108,7 +107,7 @@ async def test_a_database_that_answers_but_fails_is_one_line_too() -> None:
     port = server.sockets[0].getsockname()[1]
     async with server:
         env = {"BILLSTREAM_DATABASE_URL": f"postgresql+asyncpg://u:p@127.0.0.1:{port}/db"}
-        code, out, err, _ = await billstream(["quarantine", "list"], env)
+        code, out, err = await billstream(["quarantine", "list"], env)
     lines = err.strip().splitlines()
     assert code == 1 and len(lines) == 1 and lines[0].startswith("error: "), err
     assert "Traceback" not in err + out
