@@ -43,6 +43,13 @@ class Settings(BaseSettings):
         description="Longest a fetch waits for data. Apache Kafka answers as soon as data "
         "arrives; the embedded broker always waits this long, so it bounds freshness there.",
     )
+    kafka_consumer_timeout_ms: int = Field(
+        default=200,
+        ge=10,
+        description="Longest an idle consumer's background fetcher sleeps before it looks at "
+        "its partitions again (aiokafka's consumer_timeout_ms); arriving data and every "
+        "fetch answer wake it sooner. Higher: an idle worker wakes less often.",
+    )
     retry_initial_s: float = 0.2
     retry_max_s: float = 30.0
     inbox_retention_days: int = Field(default=35, ge=32)

@@ -250,7 +250,10 @@ async def test_a_command_that_calls_stripe_is_queued_with_no_outcome_yet() -> No
     repo = FakePayments()
     tx = memory(repo)
     cmd = SyncCustomer(data=CustomerSyncData(customer="alice", email="a@b.example"), **envelope())
-    await handlers.on_command([message(cmd)], tx)
+    woken: list[str] = []
+    await handlers.on_command([message(cmd)], tx, wake=lambda: woken.append("collector"))
+    tx.commit()
+    assert woken == ["collector"]  # the job performs it at once
     op = repo.operations[T, cmd.id]
     assert (op.type, op.state, op.command["data"]["customer"]) == (
         "payments.sync_customer",
@@ -398,10 +401,17 @@ async def test_a_finalized_invoice_opens_its_collection_and_a_voided_one_stops_i
     await repo.set_account(T, auto_collection=True)
     tx = memory(repo)
     event = invoice_finalized(1_250)
+    woken: list[str] = []
     await handlers.on_invoice(
-        [message(event), message(invoice_finalized(0, "inv-0"))], tx, clock=lambda: NOW
+        [message(event), message(invoice_finalized(0, "inv-0"))],
+        tx,
+        clock=lambda: NOW,
+        wake=lambda: woken.append("collector"),
     )
     assert list(repo.collections) == [(T, "inv-1")]  # nothing due on inv-0: not collected
+    assert woken == []  # not before the commit
+    tx.commit()
+    assert woken == ["collector"]  # charged at once, not at the collector's next tick
     c = repo.collections[T, "inv-1"]
     assert (c.status, c.amount, c.next_attempt_at, c.correlationid) == (
         "due",

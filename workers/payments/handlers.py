@@ -4,6 +4,7 @@ payments job: decode → Tx → call → done."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from functools import partial, update_wrapper
 
 from pydantic import TypeAdapter
@@ -45,8 +46,16 @@ def decode_stripe_event(raw: bytes) -> StripeEventReceived:
     return StripeEventReceived.model_validate_json(raw, context=WIRE)
 
 
+def _nothing() -> None:
+    pass
+
+
 async def on_invoice(
-    batch: Batch[CloudEvent], tx: Tx, *, clock: service.Clock = service.utcnow
+    batch: Batch[CloudEvent],
+    tx: Tx,
+    *,
+    clock: service.Clock = service.utcnow,
+    wake: Callable[[], None] = _nothing,
 ) -> None:
     """A finalized invoice with an amount due opens its collection (auto-collection); a
     voided or otherwise closed invoice stops its dunning."""
@@ -74,9 +83,12 @@ async def on_invoice(
                 correlationid=event.correlationid or event.id,
             )
         )
+        tx.after_commit(wake)  # the collector charges it now, not at its next tick
 
 
-async def on_command(batch: Batch[PaymentsCommand], tx: Tx) -> None:
+async def on_command(
+    batch: Batch[PaymentsCommand], tx: Tx, *, wake: Callable[[], None] = _nothing
+) -> None:
     """Stripe settings, customers, payment methods, refunds, offline payments."""
     # Stripe settings and offline payments are applied here (COMMANDS); a command that calls
     # Stripe is queued for the payments job, outside this transaction (its outcome stays
@@ -87,6 +99,7 @@ async def on_command(batch: Batch[PaymentsCommand], tx: Tx) -> None:
         if type(cmd) in STRIPE_COMMANDS:
             payload = cmd.model_dump(mode="json")
             await repo.queue_operation(cmd.tenantid, cmd.id, cmd.type, payload)
+            tx.after_commit(wake)
             continue
         async with tx.command(message) as result:
             result.update(await COMMANDS[type(cmd)](cmd, tx))
@@ -104,15 +117,17 @@ async def on_stripe(batch: Batch[StripeEventReceived], tx: Tx, *, dunning: servi
 
 def register(runtime: Runtime, settings: Settings, clock: service.Clock = service.utcnow) -> None:
     dunning = service.Dunning(settings.dunning_schedule_days, clock)
+    collector = Collector(runtime.jobs, settings, clock=clock)
+    loop = runtime.job(
+        COLLECT, collector.tick, every_s=settings.payments_tick_s, close=collector.close
+    )
     runtime.consumer(
         topics.EVENTS_INVOICING, group=groups.PAYMENTS_INVOICES, decode=decode_invoice_event
-    )(update_wrapper(partial(on_invoice, clock=clock), on_invoice))
+    )(update_wrapper(partial(on_invoice, clock=clock, wake=loop.wake), on_invoice))
     runtime.consumer(
         topics.COMMANDS_PAYMENTS, group=groups.PAYMENTS_COMMANDS, decode=decode_command,
         commands=True,
-    )(on_command)  # fmt: skip
+    )(update_wrapper(partial(on_command, wake=loop.wake), on_command))  # fmt: skip
     runtime.consumer(
         topics.INTEGRATIONS_STRIPE, group=groups.PAYMENTS_STRIPE, decode=decode_stripe_event
     )(update_wrapper(partial(on_stripe, dunning=dunning), on_stripe))
-    collector = Collector(runtime.jobs, settings, clock=clock)
-    runtime.job(COLLECT, collector.tick, every_s=settings.payments_tick_s, close=collector.close)

@@ -209,6 +209,7 @@ def build_worker(name: str, settings: Settings, register: Callable[[Runtime], No
         session_timeout_ms=settings.kafka_session_timeout_ms,
         heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,
         fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
+        consumer_timeout_ms=settings.kafka_consumer_timeout_ms,
         on_committed=relay.wake,
     )
     register(runtime)

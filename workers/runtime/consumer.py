@@ -15,10 +15,12 @@ import inspect
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
+from functools import partial
+from itertools import chain
 from typing import Any, Generic, TypeVar
 
 import structlog
-from aiokafka import ConsumerRecord
+from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
@@ -229,6 +231,21 @@ class BatchProcessor(Generic[E]):
         log.warning("transient failure, retrying", attempt=attempt, error=describe(error))
 
 
+async def _poll(
+    subscription: Any, consumer: AIOKafkaConsumer
+) -> tuple[ConsumerRecord[Any, Any], ...]:
+    """The next batch of ``subscription``: FastStream's batch poll without its pause.
+
+    ``getmany`` returns as soon as records arrive, or empty after ``batch_timeout_ms``;
+    FastStream then sleeps as long again, so a record arriving meanwhile waited for the
+    sleep. Polling again at once costs nothing more and lets ``batch_timeout_ms`` be long:
+    an idle consumer wakes once per timeout, and a record never waits for it."""
+    batches = await consumer.getmany(
+        timeout_ms=subscription.batch_timeout_ms, max_records=subscription.max_records
+    )
+    return tuple(chain.from_iterable(batches.values()))
+
+
 class Runtime:
     """Holds a worker's broker and database, and registers its consumers."""
 
@@ -244,12 +261,14 @@ class Runtime:
         session_timeout_ms: int = 10_000,
         heartbeat_interval_ms: int = 3_000,
         fetch_max_wait_ms: int = 100,
+        consumer_timeout_ms: int = 200,
         on_committed: Callable[[], None] = lambda: None,
     ) -> None:
         self.broker = broker
         self.session_timeout_ms = session_timeout_ms
         self.heartbeat_interval_ms = heartbeat_interval_ms
         self.fetch_max_wait_ms = fetch_max_wait_ms
+        self.consumer_timeout_ms = consumer_timeout_ms
         self.sessions = sessions
         self.batch_max_records = batch_max_records
         self.batch_timeout_ms = batch_timeout_ms
@@ -315,7 +334,7 @@ class Runtime:
             async def noop_decoder(msg: Any) -> None:
                 return None
 
-            @self.broker.subscriber(
+            subscription = self.broker.subscriber(
                 *names,
                 group_id=group,
                 batch=True,
@@ -325,11 +344,15 @@ class Runtime:
                 session_timeout_ms=self.session_timeout_ms,
                 heartbeat_interval_ms=self.heartbeat_interval_ms,
                 fetch_max_wait_ms=self.fetch_max_wait_ms,
+                consumer_timeout_ms=self.consumer_timeout_ms,
                 ack_policy=AckPolicy.MANUAL,
                 decoder=noop_decoder,
                 title=f"{group}--{name}",  # AsyncAPI ids allow [A-Za-z0-9._-] only
                 description=inspect.getdoc(handler),  # indentation-free, wherever defined
             )
+            subscription.get_msg = partial(_poll, subscription)  # type: ignore[method-assign]
+
+            @subscription
             async def subscriber(message: KafkaMessage) -> None:
                 # message.consumer is the subscriber's AIOKafkaConsumer
                 await pipeline.submit(message.raw_message, message.consumer)
