@@ -87,17 +87,47 @@ async def test_a_dead_database_in_a_unix_socket_url_is_one_line(tmp_path: object
     assert f"{tmp_path}/.s.PGSQL.5432" in err
 
 
+async def _answer_ssl_request(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """As PostgreSQL does: one byte (no TLS) for an SSLRequest, then nothing more."""
+    await reader.readexactly(8)
+    writer.write(b"N")
+    await writer.drain()
+    await reader.read()  # until the client closes
+    writer.close()
+
+
 async def test_a_worker_with_its_database_up_and_its_broker_down_fails_in_one_line() -> None:
-    """The database's address answers (a listening socket stands in for it); the broker's
-    does not: the worker names the broker, before it starts anything."""
-    with socket.socket() as listening:
-        listening.bind(("127.0.0.1", 0))
-        listening.listen()
-        port = listening.getsockname()[1]
+    """The database's address answers as PostgreSQL does; the broker's does not: the worker
+    names the broker, before it starts anything."""
+    server = await asyncio.start_server(_answer_ssl_request, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
         env = {**dead(database=False), "BILLSTREAM_DATABASE_URL":
                f"postgresql+asyncpg://u:p@127.0.0.1:{port}/db"}  # fmt: skip
         code, out, err = await billstream(["worker", "metering"], env)
     assert_one_line("worker", code, out, err, "BILLSTREAM_KAFKA_BOOTSTRAP")
+
+
+async def test_an_address_that_accepts_but_never_answers_is_no_dependency() -> None:
+    """A port that accepts connections and says nothing (a stopped server behind a proxy,
+    a wrong port) is reported like a dead one, for the database and for the broker,
+    instead of waiting out the drivers' timeouts (a minute for ``migrate``)."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        address = f"127.0.0.1:{silent.getsockname()[1]}"
+        database, broker = await asyncio.gather(
+            billstream(
+                ["migrate"], {"BILLSTREAM_DATABASE_URL": f"postgresql+asyncpg://u:p@{address}/db"}
+            ),
+            billstream(["lag"], {"BILLSTREAM_KAFKA_BOOTSTRAP": address}),
+        )
+    for (code, out, err), setting in (
+        (database, "BILLSTREAM_DATABASE_URL"),
+        (broker, "BILLSTREAM_KAFKA_BOOTSTRAP"),
+    ):
+        assert_one_line(setting, code, out, err, setting)
+        assert err.rstrip().endswith("(no answer)"), err
 
 
 async def test_a_database_that_answers_but_fails_is_one_line_too() -> None:
