@@ -295,6 +295,10 @@ def run_dev(settings: Settings, *, port: int | None = None) -> int:
             f"  api key     {key}",
             f"  database    {database_url}",
             f"  kafka       {bootstrap}",
+            "  cli         in another shell, for billstream lag, dlq, replay …:",
+            f"    export BILLSTREAM_DATABASE_URL='{database_url}' \\",
+            f"      BILLSTREAM_KAFKA_BOOTSTRAP={bootstrap} "
+            f"BILLSTREAM_KAFKA_IDEMPOTENCE={str(idempotence).lower()}",
             *(
                 f"  {service.split()[-1]:<11} http://127.0.0.1:{p}/metrics  (/healthz, /readyz)"
                 for service, p in metrics_ports.items()
