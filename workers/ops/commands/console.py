@@ -21,6 +21,7 @@ from rich.progress import (
     TextColumn,
     TimeElapsedColumn,
 )
+from rich.table import Table
 
 from workers.ops.errors import OpsError
 from workers.settings import Settings, get_settings
@@ -29,6 +30,15 @@ T = TypeVar("T")
 
 out = Console(highlight=False, soft_wrap=True, markup=False)
 err = Console(stderr=True, highlight=False, markup=False)
+
+
+def table(t: Table) -> None:
+    """Print ``t`` on stdout: fitted to a terminal; into a pipe or a file (a script, ``less``)
+    at its natural width, never cut to rich's default of 80 columns."""
+    if out.is_terminal:
+        out.print(t)
+    else:
+        Console(file=out.file, width=100_000, highlight=False, markup=False).print(t)
 
 
 def settings() -> Settings:

@@ -58,7 +58,7 @@ def dlq_list(
             redriven,
             (s["reason"] or "")[:120],
         )
-    out.print(table)
+    console.table(table)
     out.print(f"{len(found)} dead-lettered record(s)")
 
 

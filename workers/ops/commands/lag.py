@@ -73,7 +73,7 @@ def lag(
             str(r.end),
             str(r.lag),
         )
-    out.print(table)
+    console.table(table)
     for (g, t), total in lagmod.totals(rows).items():
         out.print(f"{g} on {t}: lag {total}")
 

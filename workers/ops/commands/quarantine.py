@@ -9,7 +9,6 @@ import sys
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from storage.quarantine import Entry
@@ -21,7 +20,6 @@ quarantine_app = typer.Typer(
     help="Job items set aside after a permanent failure: list, show, release.",
     no_args_is_help=True,
 )
-out = Console(highlight=False, soft_wrap=True, markup=False)
 
 
 def _dict(entry: Entry) -> dict[str, Any]:
@@ -56,8 +54,8 @@ def quarantine_list(
             e.id, e.quarantined_at.isoformat()[:19], e.tenant_id, e.job, e.kind, e.item_id,
             e.released_at.isoformat()[:19] if e.released_at else "", e.reason[:120],
         )  # fmt: skip
-    out.print(table)
-    out.print(f"{len(found)} quarantined item(s)")
+    console.table(table)
+    console.out.print(f"{len(found)} quarantined item(s)")
 
 
 @quarantine_app.command("show")
