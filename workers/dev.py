@@ -45,9 +45,8 @@ SERVICES = (
 # value is a default the environment can override; production keeps the Settings defaults.
 IDLE_PROFILE = {
     # an idle consumer is a fetch the broker holds this long, then answers empty: ten a
-    # second at the production 100 ms, one every 3 s here. bench/idle.py measures what the
-    # first event after a lull costs (the embedded broker answers a held fetch when data
-    # arrives for it, well before the 3 s)
+    # second at the production 100 ms, one every 3 s here. The first event after a lull
+    # pays for it: visible in a median 0.5 s instead of 0.1 s (bench/idle.py)
     "BILLSTREAM_KAFKA_FETCH_MAX_WAIT_MS": "3000",
     # an empty poll and the fetcher's own check wake the worker this seldom; arriving
     # records end both at once
