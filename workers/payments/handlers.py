@@ -60,6 +60,7 @@ async def on_invoice(
     """A finalized invoice with an amount due opens its collection (auto-collection); a
     voided or otherwise closed invoice stops its dunning."""
     repo = tx.repo(PaymentsRepository)
+    opened = False
     for message in await tx.claim(batch):
         event = message.event
         if event.type in CLOSING and isinstance(event.data, dict):
@@ -83,7 +84,9 @@ async def on_invoice(
                 correlationid=event.correlationid or event.id,
             )
         )
-        tx.after_commit(wake)  # the collector charges it now, not at its next tick
+        opened = True
+    if opened:
+        tx.after_commit(wake)  # the collector charges them now, not at its next tick
 
 
 async def on_command(
@@ -94,15 +97,18 @@ async def on_command(
     # Stripe is queued for the payments job, outside this transaction (its outcome stays
     # pending until the job records it). The docstring is the AsyncAPI description.
     repo = tx.repo(PaymentsRepository)
+    queued = False
     for message in await tx.claim(batch):
         cmd = message.event
         if type(cmd) in STRIPE_COMMANDS:
             payload = cmd.model_dump(mode="json")
             await repo.queue_operation(cmd.tenantid, cmd.id, cmd.type, payload)
-            tx.after_commit(wake)
+            queued = True
             continue
         async with tx.command(message) as result:
             result.update(await COMMANDS[type(cmd)](cmd, tx))
+    if queued:
+        tx.after_commit(wake)  # the job performs them now, not at its next tick
 
 
 async def on_stripe(batch: Batch[StripeEventReceived], tx: Tx, *, dunning: service.Dunning) -> None:
