@@ -338,6 +338,16 @@ async def test_invoicing_marks_invoices_paid_by_offline_payments_and_uncollectib
 
         cash = await wait_for(lambda: invoice_status("inv-cash", "paid"), timeout_s=20)
         assert cash["amount_paid"] == 4_200
+        # a paid invoice takes no more, and none may pay more than is due: refused at the door
+        for invoice, amount, due in (("inv-cash", 1, 0), ("inv-lost", 4_201, 4_200)):
+            r = await s.api.send(
+                "POST",
+                f"/v1/invoices/{invoice}/offline-payments",
+                {"amount": amount, "method": "cash"},
+            )
+            assert r.status_code == 422, r.text
+            reason = f"exceeds the invoice's amount due ({due} in minor units of USD)"
+            assert r.json()["errors"] == [{"field": "amount", "reason": reason}]
 
         await wait_events(settings, of("payment.failed", "inv-lost"))
         await wait_events(settings, of("payment.failed", "inv-void"))
@@ -349,6 +359,11 @@ async def test_invoicing_marks_invoices_paid_by_offline_payments_and_uncollectib
             return bool(view["collection"]["status"] == "cancelled")
 
         await wait_for(cancelled, timeout_s=20)
+        r = await s.api.send(
+            "POST", "/v1/invoices/inv-void/offline-payments", {"amount": 1, "method": "cash"}
+        )
+        assert r.status_code == 409, r.text
+        assert r.json()["type"] == "urn:billstream:problem:invoice_not_payable"
         s.clock.advance(days=3, seconds=1)  # the only retry fails too
         await wait_events(settings, of("payment.dunning_exhausted", "inv-lost"))
         lost = await wait_for(lambda: invoice_status("inv-lost", "uncollectible"), timeout_s=20)

@@ -46,7 +46,11 @@ PROBLEM_TYPES: dict[int, tuple[str, list[str]]] = {
     ),
     401: ("No or a bad API key", ["unauthorized"]),
     404: ("No such resource", ["not_found", "unknown_pos_source", "http"]),
-    409: ("A request with this Idempotency-Key is in progress", ["idempotency_in_progress"]),
+    409: (
+        "A request with this Idempotency-Key is in progress, or the resource's state refuses "
+        "it (an invoice that cannot take payments)",
+        ["idempotency_in_progress", "invoice_not_payable"],
+    ),
     413: (
         "Too large",
         ["too_large", "too_many_events", "too_many_receipts", "event_too_large"],

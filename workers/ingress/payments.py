@@ -44,7 +44,7 @@ from storage.payments import PaymentsRepository
 from workers import payments
 from workers.ingress.deps import State, Tenant, Unit, read_body
 from workers.ingress.fields import Amount, Text
-from workers.ingress.problems import Problem, not_found
+from workers.ingress.problems import Problem, invalid, not_found
 from workers.ingress.routes import CommandAccepted, envelope, submit
 from workers.payments import StripeSettingsView
 
@@ -281,10 +281,19 @@ async def record_offline_payment(
     tx: Unit,
     tenant_id: Tenant,
 ) -> Response:
+    """Checked against the invoice as it is when the request arrives: a draft or void
+    invoice takes no payment (409), and none may exceed what is still due (422)."""
     repo = tx.repo(InvoicingRepository)
     invoice = await repo.invoice(tenant_id, invoice_id)
     if invoice is None:
         raise not_found("invoice", invoice_id)
+    if invoice.status in ("draft", "void"):
+        detail = f"invoice {invoice_id!r} is {invoice.status}: it cannot take payments"
+        raise Problem(409, "invoice_not_payable", "The invoice cannot take payments", detail)
+    due = max(invoice.total - invoice.amount_paid, 0)
+    if spec.amount > due:
+        why = f"exceeds the invoice's amount due ({due} in minor units of {invoice.currency})"
+        raise invalid(f"amount {why}", [{"field": "amount", "reason": why}])
     customer = (await repo.customers([invoice.customer_id]))[invoice.customer_id]
     payment_id = f"pay_{new_id()}"
     data = OfflinePaymentSpec(
