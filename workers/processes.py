@@ -5,9 +5,11 @@ A context is loaded only when its worker is built."""
 from __future__ import annotations
 
 from types import ModuleType
+from typing import TYPE_CHECKING
 
-from workers.runtime.app import Worker
-from workers.settings import Settings
+if TYPE_CHECKING:  # the CLI asks for WORKERS before any worker runs: --help stays quick
+    from workers.runtime.app import Worker
+    from workers.settings import Settings
 
 WORKERS = ("metering", "pos", "invoicing", "payments", "webhooks", "alerts")
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from workers.runtime.database import DatabaseError
-
 
 class OpsError(Exception):
     """A refusal or failure to report as ``error: <message>`` and a non-zero exit code.
@@ -30,5 +28,9 @@ class UsageError(OpsError):
 
 def database_failed(e: BaseException) -> bool:
     """Whether ``e`` means PostgreSQL failed: the network (``OSError``) or any of SQLAlchemy's
-    errors (``DatabaseError``, re-exported by the runtime: ops never imports SQLAlchemy)."""
+    errors (``DatabaseError``, re-exported by the runtime: ops never imports SQLAlchemy).
+    Imported here, not at the top: every command imports this module, and ``--help`` should
+    not wait for the runtime."""
+    from workers.runtime.database import DatabaseError
+
     return isinstance(e, OSError | DatabaseError)

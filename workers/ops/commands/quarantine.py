@@ -6,15 +6,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
 
-from storage.quarantine import Entry
-from workers.ops import quarantine
 from workers.ops.commands import console
 from workers.settings import Settings
+
+if TYPE_CHECKING:  # the commands import what they use: --help stays quick
+    from storage.quarantine import Entry
 
 quarantine_app = typer.Typer(
     help="Job items set aside after a permanent failure: list, show, release.",
@@ -44,6 +45,8 @@ def quarantine_list(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Quarantined items, newest first: job, tenant, what, why."""
+    from workers.ops import quarantine
+
     found = console.run(quarantine.entries(_settings(), tenant, released, limit))
     if as_json:
         _print_json([_dict(e) for e in found])
@@ -61,6 +64,8 @@ def quarantine_list(
 @quarantine_app.command("show")
 def quarantine_show(id: Annotated[str, typer.Argument(help="The entry's id.")]) -> None:
     """One entry in full (JSON)."""
+    from workers.ops import quarantine
+
     entry = console.run(quarantine.get(_settings(), id))
     if entry is None:
         typer.echo(f"error: no quarantine entry {id!r}", err=True)
@@ -74,6 +79,7 @@ def quarantine_release(
     actor: Annotated[str | None, typer.Option(help="Who releases it (default: OS user).")] = None,
 ) -> None:
     """Release an entry once its cause is fixed: the next run processes the item again."""
+    from workers.ops import quarantine
     from workers.ops.audit import default_actor
 
     entry = console.run(quarantine.release(_settings(), id, actor or default_actor()))
