@@ -199,9 +199,15 @@ def dev(
 ) -> None:
     """Run everything locally: embedded PostgreSQL and broker, migrations, topics,
     ingress and every worker. State lives under .billstream/. Ctrl-C stops it all."""
+    import os
+
     from workers.dev import run_dev
 
-    settings = _settings()
+    # a PostgreSQL or broker of the user's own must answer before anything starts
+    settings = _settings(
+        database="BILLSTREAM_DATABASE_URL" in os.environ,
+        broker="BILLSTREAM_KAFKA_BOOTSTRAP" in os.environ,
+    )
     raise typer.Exit(run_dev(settings, port=port))
 
 

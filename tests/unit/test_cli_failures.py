@@ -35,6 +35,8 @@ COMMANDS = {
     "quarantine show": (["quarantine", "show", "q1"], "BILLSTREAM_DATABASE_URL"),
     "lag": (["lag"], "BILLSTREAM_KAFKA_BOOTSTRAP"),
     "worker": (["worker", "metering"], "BILLSTREAM_DATABASE_URL"),
+    # given a PostgreSQL and a broker of one's own, they must answer before anything starts
+    "dev": (["dev", "--port", "1"], "BILLSTREAM_DATABASE_URL"),
 }
 
 
