@@ -49,6 +49,9 @@ TIME_MAX = datetime(2100, 1, 1, tzinfo=UTC)  # exclusive
 
 _MAX_INT = 10**MAX_INTEGER_DIGITS  # |int| <= this
 
+EXTERNAL_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@\-]{0,255}$"  # a customer's external id
+ID_PATTERN = r"^[A-Za-z0-9_\-]{1,64}$"  # ids callers choose (subscriptions, runs, grants)
+
 
 # --- JSON Schema: shown in OpenAPI and AsyncAPI, not in the published snapshots ------------------
 

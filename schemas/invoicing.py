@@ -23,6 +23,8 @@ from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import core_schema as cs
 
 from schemas.bounds import (
+    EXTERNAL_ID_PATTERN,
+    ID_PATTERN,
     LINE_PATTERN,
     Currency,
     EventTime,
@@ -32,14 +34,22 @@ from schemas.bounds import (
     optional_line,
     show_model_bounds,
 )
+from schemas.credits import (
+    ConfigureAutoTopUp,
+    CreditApplied,
+    CreditExpired,
+    CreditGranted,
+    CreditReversed,
+    CreditVoided,
+    GrantCredits,
+    VoidCreditGrant,
+)
 from schemas.decimals import DecimalStr
 from schemas.envelope import CloudEvent
 from schemas.metering import METER_KEY_PATTERN
 from schemas.pricing import NonNegDecimal, PlanSpec
 
-EXTERNAL_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@\-]{0,255}$"
 PLAN_KEY_PATTERN = METER_KEY_PATTERN
-ID_PATTERN = r"^[A-Za-z0-9_\-]{1,64}$"
 Rounding = Literal["half_even", "half_up", "half_down", "up", "down", "ceiling", "floor"]
 
 
@@ -224,6 +234,11 @@ class InvoicingConfig(_Model):
         default=1, ge=0, le=24 * 31, description="Drafts finalize this long after period end"
     )
     number_prefix: str = Field(default="INV", pattern=r"^[A-Z0-9][A-Z0-9\-]{0,15}$")
+    credits_apply: Literal["after_tax", "before_tax"] = Field(
+        default="after_tax",
+        description="after_tax: credits pay the total like a payment (the tax is the tax of "
+        "the supply); before_tax: credits reduce the taxable subtotal (docs/credits.md)",
+    )
 
 
 class ConfigureInvoicing(CloudEvent):
@@ -240,7 +255,10 @@ InvoicingCommand = Annotated[
     | RunBilling
     | VoidInvoice
     | MarkInvoiceUncollectible
-    | ConfigureInvoicing,
+    | ConfigureInvoicing
+    | GrantCredits
+    | VoidCreditGrant
+    | ConfigureAutoTopUp,
     Field(discriminator="type"),
 ]
 
@@ -334,6 +352,9 @@ class InvoiceLine(_Model):
     adjustment_for: str | None = Field(
         default=None, description="For late usage: the earlier period this line corrects"
     )
+    grant_id: str | None = Field(
+        default=None, description="For a credit line (kind 'credit'): the grant applied"
+    )
 
 
 class InvoiceData(_Model):
@@ -343,13 +364,18 @@ class InvoiceData(_Model):
     )
     status: InvoiceStatus
     customer: str
-    subscription_id: str
+    subscription_id: str | None = Field(
+        description="None for an invoice outside any subscription (a credit top-up)"
+    )
     currency: str
     period_start: datetime
     period_end: datetime
-    subtotal: int
+    subtotal: int = Field(description="The lines before credits, minor units")
     tax: int
-    total: int
+    total: int = Field(description="subtotal - credits + tax, minor units")
+    credits: int = Field(
+        default=0, description="Prepaid credits applied (the credit lines), minor units"
+    )
     amount_paid: int
     amount_due: int
     amount_refunded: int = Field(default=0, description="Refunds of its payments, minor units")
@@ -407,6 +433,9 @@ COMMANDS: tuple[type[CloudEvent], ...] = (
     VoidInvoice,
     MarkInvoiceUncollectible,
     ConfigureInvoicing,
+    GrantCredits,
+    VoidCreditGrant,
+    ConfigureAutoTopUp,
 )
 EVENTS: tuple[type[CloudEvent], ...] = (
     CustomerCreated,
@@ -422,4 +451,9 @@ EVENTS: tuple[type[CloudEvent], ...] = (
     InvoiceRefunded,
     InvoiceVoided,
     InvoiceMarkedUncollectible,
+    CreditGranted,
+    CreditVoided,
+    CreditApplied,
+    CreditReversed,
+    CreditExpired,
 )

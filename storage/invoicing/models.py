@@ -36,6 +36,7 @@ class InvoicingConfigRow(Base):
     rounding: Mapped[str] = mapped_column(String(16))
     grace_period_hours: Mapped[int] = mapped_column(Integer)
     number_prefix: Mapped[str] = mapped_column(String(16))
+    credits_apply: Mapped[str] = mapped_column(String(16), server_default="after_tax")
 
 
 class Customer(Base):
@@ -128,8 +129,10 @@ class Invoice(Base):
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
     customer_id: Mapped[str] = mapped_column(ForeignKey("customers.id"), index=True)
-    subscription_id: Mapped[str] = mapped_column(String(64))
-    plan_id: Mapped[str] = mapped_column(ForeignKey("plans.id"))
+    subscription_id: Mapped[str | None] = mapped_column(
+        String(64), comment="None: outside any subscription (a credit top-up)"
+    )
+    plan_id: Mapped[str | None] = mapped_column(ForeignKey("plans.id"))
     status: Mapped[str] = mapped_column(String(16))
     number: Mapped[str | None] = mapped_column(String(40))
     currency: Mapped[str] = mapped_column(String(3))
@@ -139,6 +142,9 @@ class Invoice(Base):
     subtotal: Mapped[int] = mapped_column(BigInteger)
     tax: Mapped[int] = mapped_column(BigInteger)
     total: Mapped[int] = mapped_column(BigInteger)
+    credits: Mapped[int] = mapped_column(
+        BigInteger, default=0, server_default="0", comment="prepaid credits applied"
+    )
     amount_paid: Mapped[int] = mapped_column(BigInteger, default=0)
     amount_refunded: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     tax_rate: Mapped[Decimal | None] = mapped_column(Numeric)
@@ -179,6 +185,7 @@ class InvoiceLineRow(Base):
     minimum_applied: Mapped[bool] = mapped_column(Boolean)
     amount: Mapped[int] = mapped_column(BigInteger)
     adjustment_for: Mapped[str | None] = mapped_column(String(64))
+    grant_id: Mapped[str | None] = mapped_column(String(64), comment="a credit line's grant")
 
 
 class InvoicePayment(Base):

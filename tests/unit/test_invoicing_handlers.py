@@ -51,6 +51,7 @@ from storage.invoicing import (
     Plan,
     Subscription,
 )
+from storage.invoicing.credits import CreditRepository
 from storage.metering import MeterRepository, UsageRepository
 from workers.invoicing import handlers, jobs
 from workers.invoicing.commands import COMMANDS
@@ -290,9 +291,27 @@ class FakeUsage:
         return out
 
 
+class NoCredits:
+    """The credit repository of customers without grants (tests/integration/test_credits.py
+    covers credits against PostgreSQL)."""
+
+    async def lock_customers(self, ids: Iterable[str]) -> None:
+        pass
+
+    async def usable(self, customer_ids: Sequence[str], as_of: datetime) -> list[Any]:
+        return []
+
+    async def grant_of_invoice(self, tenant_id: str, invoice_id: str) -> None:
+        return None
+
+    async def entries_of_invoice(self, tenant_id: str, invoice_id: str) -> list[Any]:
+        return []
+
+
 def unit(repo: FakeInvoicing, usage: FakeUsage | None = None) -> MemoryTx:
     return MemoryTx(
         {
+            CreditRepository: NoCredits(),
             InvoicingRepository: repo,
             MeterRepository: FakeMeters("calls"),
             UsageRepository: usage or FakeUsage(),

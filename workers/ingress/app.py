@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from schemas.envelope import new_id
 from storage.commands import IdempotencyRepository
 from workers.ingress import alerts as alert_routes
+from workers.ingress import credits as credit_routes
 from workers.ingress import invoicing
 from workers.ingress import payments as payment_routes
 from workers.ingress import pos as pos_routes
@@ -120,6 +121,7 @@ def create_app(settings: Settings) -> FastAPI:
     routers = [
         router,
         invoicing.router,
+        credit_routes.router,
         payment_routes.router,
         webhook_routes.router,
         pos_routes.router,

@@ -14,11 +14,9 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from schemas import topics
-from schemas.bounds import present
+from schemas.bounds import EXTERNAL_ID_PATTERN, ID_PATTERN, present
 from schemas.envelope import CloudEvent, new_id
 from schemas.invoicing import (
-    EXTERNAL_ID_PATTERN,
-    ID_PATTERN,
     PLAN_KEY_PATTERN,
     BillingRunSpec,
     CancelSpec,

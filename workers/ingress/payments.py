@@ -21,8 +21,8 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from schemas import topics
+from schemas.bounds import ID_PATTERN
 from schemas.envelope import new_id
-from schemas.invoicing import ID_PATTERN
 from schemas.payments import (
     CUSTOMER_PATTERN,
     AttachPaymentMethod,

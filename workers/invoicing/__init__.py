@@ -3,6 +3,7 @@
 Its face: what other packages may import (an import-linter contract enforces it) — the views
 of its rows the ingress answers with, and the spend of current periods alerts reads."""
 
+from workers.invoicing.credit_views import CreditBalance, credit_balances
 from workers.invoicing.views import (
     DraftPeriod,
     config_of,
@@ -13,8 +14,10 @@ from workers.invoicing.views import (
 )
 
 __all__ = [
+    "CreditBalance",
     "DraftPeriod",
     "config_of",
+    "credit_balances",
     "draft_totals",
     "invoice_data",
     "subscription_data",

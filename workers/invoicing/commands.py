@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from schemas import topics
+from schemas.credits import ConfigureAutoTopUp, CreditGrantSpec, GrantCredits, VoidCreditGrant
 from schemas.envelope import CloudEvent, new_id
 from schemas.invoicing import (
     CancelSubscription,
@@ -28,8 +29,9 @@ from schemas.invoicing import (
 )
 from schemas.pricing import FlatPrice, PlanSpec
 from storage.invoicing import Customer, InvoicingRepository, Plan, Subscription
+from storage.invoicing.credits import CreditRepository
 from storage.metering import MeterRepository
-from workers.invoicing import jobs, service, views
+from workers.invoicing import credits, jobs, ledger, service, views
 from workers.invoicing.errors import Conflict, NotFound
 from workers.runtime import Tx
 
@@ -260,6 +262,8 @@ async def _close(tx: Tx, cmd: VoidInvoice | MarkInvoiceUncollectible, to: str) -
     service.check_transition(invoice.status, to)
     await repo.close_invoice(invoice, to, cmd.time, spec.reason)
     customer = (await repo.customers([invoice.customer_id]))[invoice.customer_id]
+    if to == "void":
+        await ledger.return_credits(tx, invoice, customer, cmd.time, cmd)
     lines = (await repo.lines([invoice.id]))[invoice.id]
     data = views.invoice_data(invoice, customer.external_id, lines)
     cls: service.InvoiceEvent = InvoiceVoided if to == "void" else InvoiceMarkedUncollectible
@@ -281,6 +285,134 @@ async def configure_invoicing(cmd: ConfigureInvoicing, tx: Tx) -> Result:
     return cmd.data.model_dump()
 
 
+# --- credits ---------------------------------------------------------------------------
+
+
+def _grant_columns(
+    spec: CreditGrantSpec, tenant: str, customer: Customer, at: datetime
+) -> dict[str, Any]:
+    return {
+        "tenant_id": tenant,
+        "id": spec.id,
+        "customer_id": customer.id,
+        "currency": spec.currency,
+        "amount": spec.amount,
+        "source": spec.source,
+        "priority": spec.priority,
+        "effective_at": spec.effective_at or at,
+        "expires_at": spec.expires_at,
+        "scope": spec.scope.model_dump(mode="json") if spec.scope else None,
+        "rollover": spec.rollover.model_dump(mode="json") if spec.rollover else None,
+        "purchase_amount": spec.purchase_amount,
+        "invoice_id": None,
+        "rolled_over_from": None,
+        "description": spec.description,
+    }
+
+
+_IMMUTABLE = ("customer_id", "currency", "amount", "source", "priority", "expires_at", "scope",
+              "rollover", "purchase_amount", "description")  # fmt: skip
+
+
+async def _customer_of(tx: Tx, tenant: str, external_id: str) -> Customer:
+    customer = await tx.repo(InvoicingRepository).customer(tenant, external_id)
+    if customer is None:
+        raise NotFound(f"no customer {external_id!r}", field="customer")
+    return customer
+
+
+async def grant_credits(cmd: GrantCredits, tx: Tx) -> Result:
+    """Grants credit (a ledger entry at ``effective_at``), or for a top-up issues its
+    invoice (the grant takes effect when it is paid); emits credit.granted."""
+    spec, tenant = cmd.data, cmd.tenantid
+    customer = await _customer_of(tx, tenant, spec.customer)
+    if spec.currency != customer.currency:
+        raise Conflict(
+            f"the customer pays in {customer.currency}; a grant in {spec.currency} cannot pay "
+            "its invoices",
+            field="currency",
+        )
+    if spec.expires_at is not None and spec.expires_at <= (spec.effective_at or cmd.time):
+        raise Conflict("expires_at must be after the grant takes effect", field="expires_at")
+    repo = tx.repo(CreditRepository)
+    await repo.lock_customers([customer.id])
+    columns = _grant_columns(spec, tenant, customer, cmd.time)
+    grant = await repo.add_grant(**columns)
+    if grant is None:
+        existing = await repo.grant(tenant, spec.id)
+        assert existing is not None
+        if any(getattr(existing, c) != columns[c] for c in _IMMUTABLE):
+            raise Conflict(
+                f"grant {spec.id!r} exists with other terms; grants are immutable", field="id"
+            )
+        return {"grant_id": existing.id, "invoice_id": existing.invoice_id}
+    if spec.purchase_amount is not None:
+        config = views.config_of(await tx.repo(InvoicingRepository).config(tenant))
+        invoice_id = await ledger.issue_top_up(tx, grant, customer, config, cmd.time, cmd)
+        await repo.set_invoice(grant, invoice_id)
+        return {"grant_id": grant.id, "invoice_id": invoice_id, "status": "pending"}
+    entry = credits.entry(
+        tenant, grant.id, customer.id, "granted", grant.amount, grant.effective_at,
+        f"granted:{grant.id}",
+    )  # fmt: skip
+    await repo.add_entries([entry])
+    await ledger.emit_grant(tx, grant, customer.external_id, cmd.time, cmd)
+    return {"grant_id": grant.id, "invoice_id": None, "status": "active"}
+
+
+async def void_credit_grant(cmd: VoidCreditGrant, tx: Tx) -> Result:
+    """Voids what is left of a grant (an entry taking its balance to 0); emits
+    credit.voided. Refused for a grant applied to an invoice that stands, and for an unpaid
+    top-up (void its invoice instead)."""
+    spec, tenant = cmd.data, cmd.tenantid
+    repo = tx.repo(CreditRepository)
+    grant = await repo.grant(tenant, spec.grant_id)
+    if grant is None:
+        raise NotFound(f"no credit grant {spec.grant_id!r}", field="grant_id")
+    await repo.lock_customers([grant.customer_id])
+    customer = (await tx.repo(InvoicingRepository).customers([grant.customer_id]))[
+        grant.customer_id
+    ]
+    balance, state = await ledger.grant_state(tx, grant, cmd.time)
+    if state == "voided":
+        return {"grant_id": grant.id, "status": "voided"}
+    if state == "pending":
+        raise Conflict(
+            f"grant {grant.id!r} is a top-up not paid yet; void its invoice "
+            f"{grant.invoice_id!r} instead",
+            field="grant_id",
+        )
+    applied = await repo.applied(tenant, grant.id)
+    if applied:
+        raise Conflict(
+            f"grant {grant.id!r} paid {applied} minor units of invoices that stand; void "
+            "those invoices first (their credits return to the grant)",
+            field="grant_id",
+        )
+    if state == "expired":
+        raise Conflict(f"grant {grant.id!r} has expired", field="grant_id")
+    entry = credits.entry(
+        tenant, grant.id, grant.customer_id, "voided", -balance, cmd.time, f"voided:{grant.id}",
+        reason=spec.reason,
+    )  # fmt: skip
+    await repo.add_entries([entry])
+    await ledger.emit_grant(tx, grant, customer.external_id, cmd.time, cmd, voided=True)
+    return {"grant_id": grant.id, "status": "voided", "voided_amount": balance}
+
+
+async def configure_auto_top_up(cmd: ConfigureAutoTopUp, tx: Tx) -> Result:
+    """Sets (or turns off) a customer's automatic top-up."""
+    spec, tenant = cmd.data, cmd.tenantid
+    customer = await _customer_of(tx, tenant, spec.customer)
+    values = spec.model_dump(exclude={"customer"}) | {
+        "tenant_id": tenant,
+        "customer_id": customer.id,
+        "purchase_amount": spec.purchase_amount or spec.amount,
+    }
+    await tx.repo(CreditRepository).set_auto_top_up(values)
+    return spec.model_dump() | {"purchase_amount": values["purchase_amount"]}
+
+
 Handler = Callable[[Any, Tx], Awaitable[Result]]
 
 COMMANDS: dict[type[Any], Handler] = {
@@ -293,6 +425,9 @@ COMMANDS: dict[type[Any], Handler] = {
     VoidInvoice: void_invoice,
     MarkInvoiceUncollectible: mark_invoice_uncollectible,
     ConfigureInvoicing: configure_invoicing,
+    GrantCredits: grant_credits,
+    VoidCreditGrant: void_credit_grant,
+    ConfigureAutoTopUp: configure_auto_top_up,
 }
 
 

@@ -9,7 +9,7 @@ from schemas import groups, topics
 from schemas.envelope import WIRE
 from schemas.invoicing import InvoicingCommand
 from schemas.payments import PaymentEvent
-from workers.invoicing import commands, jobs
+from workers.invoicing import commands, credit_jobs, jobs
 from workers.invoicing.payments import PAYMENT_EVENTS
 from workers.runtime import Batch, Runtime, Tx
 from workers.settings import Settings
@@ -59,3 +59,5 @@ def register(runtime: Runtime, settings: Settings) -> None:
     runtime.job(
         jobs.BILLING, scheduler.tick, every_s=settings.invoicing_tick_s, close=scheduler.close
     )
+    credit = credit_jobs.CreditJobs(runtime.jobs, settings.invoicing_chunk)
+    runtime.job(credit_jobs.CREDITS, credit.tick, every_s=settings.invoicing_tick_s)

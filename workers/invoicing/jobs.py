@@ -29,7 +29,6 @@ from schemas.invoicing import (
     InvoicingConfig,
     SubscriptionEnded,
     SubscriptionUpdated,
-    TierLine,
 )
 from storage.invoicing import (
     BillingRun,
@@ -41,7 +40,8 @@ from storage.invoicing import (
     Subscription,
 )
 from workers.invoicing import service, views
-from workers.invoicing.lines import PLANS, InvoiceMaker, Plans
+from workers.invoicing.ledger import Wallet
+from workers.invoicing.lines import PLANS, InvoiceMaker, Plans, of_subscription
 from workers.runtime import Item, Jobs, Tx
 from workers.runtime.offsets import OffsetReader
 from workers.settings import Settings
@@ -66,34 +66,6 @@ Draft = tuple[str, str, Customer, Plan, datetime, datetime, Decimal]
 
 def _emit(tx: Tx, event: CloudEvent, tenant_id: str, customer: str) -> None:
     tx.emit(event, topic=topics.EVENTS_INVOICING, key=topics.partition_key(tenant_id, customer))
-
-
-def line_values(
-    invoice_id: str, tenant_id: str, lines: Sequence[service.Line]
-) -> list[dict[str, Any]]:
-    """The invoice_lines rows of ``lines``."""
-    return [
-        {
-            "invoice_id": invoice_id,
-            "position": i,
-            "tenant_id": tenant_id,
-            "price_key": ln.price_key,
-            "kind": ln.kind,
-            "description": ln.description,
-            "meter": ln.meter,
-            "subject": ln.subject,
-            "period_start": ln.period_start,
-            "period_end": ln.period_end,
-            "quantity": ln.quantity,
-            "unit_price": ln.unit_price,
-            "tiers": [TierLine.model_validate(vars(p)).model_dump(mode="json") for p in ln.tiers],
-            "proration": ln.proration,
-            "minimum_applied": ln.minimum_applied,
-            "amount": ln.amount,
-            "adjustment_for": ln.adjustment_for,
-        }
-        for i, ln in enumerate(lines)
-    ]
 
 
 async def create_drafts(
@@ -157,7 +129,7 @@ async def create_drafts(
             "usage_offsets": usage_offsets,
         }
         invoices.append(row)
-        lines += line_values(row["id"], tenant, plan_lines)
+        lines += service.line_values(row["id"], tenant, plan_lines)
         data[row["id"]] = service.invoice_data(
             row, customer.external_id, [ln.model() for ln in plan_lines]
         )
@@ -301,14 +273,14 @@ class Billing:
         """Finalize ``drafts`` (claimed, locked): number them, recompute their lines with
         late-usage adjustments; returns how many."""
         repo = tx.repo(InvoicingRepository)
-        plans = await repo.plans({d.plan_id for d in drafts})
+        plans = await repo.plans({of_subscription(d)[1] for d in drafts})
         customers = await repo.customers({d.customer_id for d in drafts})
         maker = InvoiceMaker(tx, self.plans)
         contexts = [
             (
                 d.tenant_id,
                 service.InvoiceContext(
-                    plan=self.plans.spec(plans[d.plan_id]),
+                    plan=self.plans.spec(plans[of_subscription(d)[1]]),
                     subject=customers[d.customer_id].external_id,
                     currency=d.currency,
                     period_start=d.period_start,
@@ -327,21 +299,24 @@ class Billing:
         for tenant in sorted({d.tenant_id for d in drafts}):
             count = sum(1 for d in drafts if d.tenant_id == tenant)
             numbers[tenant] = await repo.next_numbers(tenant, as_of.year, count)
+        wallet = await Wallet.open(tx, {d.customer_id for d in drafts}, as_of)
         new_lines: list[dict[str, Any]] = []
         changes: list[dict[str, Any]] = []
         for d, plan_lines in zip(drafts, all_lines, strict=True):
             customer = customers[d.customer_id]
-            lines = plan_lines + late[d.id]
             tax_rate = None if customer.tax_exempt else customer.tax_rate
-            t = service.totals(lines, tax_rate, d.currency, d.rounding)
+            mode = views.config_of(configs.get(d.tenant_id)).credits_apply
+            row = views.values(d)
+            lines = plan_lines + late[d.id]
+            lines += wallet.pay(row, lines, tax_rate, mode)
+            t = service.totals(lines, tax_rate, d.currency, d.rounding, mode)
             prefix = prefixes.get(d.tenant_id, service.DEFAULT_CONFIG.number_prefix)
             number = service.invoice_number(prefix, as_of.year, numbers[d.tenant_id])
             numbers[d.tenant_id] += 1
-            row = views.values(d)
             change = service.finalized(row, t, tax_rate, number, as_of, customer.net_terms_days)
             row.update(change)
             changes.append(change)
-            new_lines += line_values(d.id, d.tenant_id, lines)
+            new_lines += service.line_values(d.id, d.tenant_id, lines)
             view = service.invoice_data(
                 row, customer.external_id, [ln.model() for ln in lines], status="finalized"
             )
@@ -353,6 +328,7 @@ class Billing:
                 _emit(tx, event, d.tenant_id, customer.external_id)
         await repo.replace_lines([d.id for d in drafts], new_lines)
         await repo.update_invoices(changes)
+        await wallet.write(tx, customers)
         return len(drafts)
 
 

@@ -20,6 +20,13 @@ if TYPE_CHECKING:
     from storage.invoicing import Invoice, Plan
 
 
+def of_subscription(invoice: Invoice) -> tuple[str, str]:
+    """The subscription and plan of a subscription's invoice (every draft has both; only a
+    top-up, issued finalized, has neither)."""
+    assert invoice.subscription_id is not None and invoice.plan_id is not None, invoice.id
+    return invoice.subscription_id, invoice.plan_id
+
+
 class Plans:
     """Parsed plan specs by plan id (plans are immutable, so this never goes stale)."""
 
@@ -84,16 +91,17 @@ class InvoiceMaker:
         (within the look-back) whose usage changed since it was billed."""
         repo = self.tx.repo(InvoicingRepository)
         history = await repo.billed_history(
-            [(d.tenant_id, d.subscription_id) for d in drafts], since
+            [(d.tenant_id, of_subscription(d)[0]) for d in drafts], since
         )
         known = {p.id: p for p in plans.values()}
-        missing = {inv.plan_id for inv, _ in history} - set(known)
+        missing = {of_subscription(inv)[1] for inv, _ in history} - set(known)
         known |= await repo.plans(missing)
         billed: dict[tuple[str, str, str, datetime], service.Billed] = {}
         for inv, ln in history:
-            key = (inv.tenant_id, inv.subscription_id, ln.price_key, ln.period_start)
+            sub_id, plan_id = of_subscription(inv)
+            key = (inv.tenant_id, sub_id, ln.price_key, ln.period_start)
             if key not in billed:
-                spec = self.plans.spec(known[inv.plan_id])
+                spec = self.plans.spec(known[plan_id])
                 price = next((p for p in spec.prices if p.key == ln.price_key), None)
                 if price is None or isinstance(price, FlatPrice):
                     continue
@@ -119,7 +127,7 @@ class InvoiceMaker:
         out: dict[str, list[service.Line]] = {}
         for d in drafts:
             pairs = sorted(
-                by_sub.get((d.tenant_id, d.subscription_id), []), key=lambda p: p[0].start
+                by_sub.get((d.tenant_id, of_subscription(d)[0]), []), key=lambda p: p[0].start
             )
             out[d.id] = service.adjustments(
                 [b for b, _ in pairs], [v for _, v in pairs], d.currency

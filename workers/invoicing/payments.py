@@ -17,7 +17,7 @@ from schemas.invoicing import (
 )
 from schemas.payments import DunningExhausted, PaymentRefunded, PaymentSucceeded
 from storage.invoicing import Invoice, InvoicingRepository
-from workers.invoicing import service, views
+from workers.invoicing import ledger, service, views
 from workers.runtime import Tx
 
 
@@ -50,6 +50,9 @@ async def succeeded(event: PaymentSucceeded, tx: Tx) -> str | None:
     paid = service.becomes_paid(invoice.status, invoice.total, invoice.amount_paid + p.amount)
     await repo.apply_payment(invoice, p.amount, event.time if paid else None)
     await _emit(tx, InvoicePaid if paid else InvoicePaymentRecorded, invoice, event)
+    if paid and invoice.subscription_id is None:  # a top-up: its grant takes effect
+        customer = (await repo.customers([invoice.customer_id]))[invoice.customer_id]
+        await ledger.top_up_paid(tx, invoice, customer, event.time, event)
     return None
 
 

@@ -156,6 +156,7 @@ class Line:
     minimum_applied: bool
     amount: int
     adjustment_for: str | None = None
+    grant_id: str | None = None  # a credit line: the grant that paid
 
     def model(self) -> InvoiceLine:
         return InvoiceLine(
@@ -182,6 +183,7 @@ class Line:
             minimum_applied=self.minimum_applied,
             amount=self.amount,
             adjustment_for=self.adjustment_for,
+            grant_id=self.grant_id,
         )
 
 
@@ -198,6 +200,33 @@ def unit_price(price: Price) -> Decimal | None:
 def usage_window(start: datetime, end: datetime) -> tuple[datetime, datetime]:
     """The hour-aligned window of metered usage billed for [start, end)."""
     return start, ceil_hour(end)
+
+
+def line_values(invoice_id: str, tenant_id: str, lines: Sequence[Line]) -> list[dict[str, Any]]:
+    """The invoice_lines rows of ``lines``."""
+    return [
+        {
+            "invoice_id": invoice_id,
+            "position": i,
+            "tenant_id": tenant_id,
+            "price_key": ln.price_key,
+            "kind": ln.kind,
+            "description": ln.description,
+            "meter": ln.meter,
+            "subject": ln.subject,
+            "period_start": ln.period_start,
+            "period_end": ln.period_end,
+            "quantity": ln.quantity,
+            "unit_price": ln.unit_price,
+            "tiers": [TierLine.model_validate(vars(p)).model_dump(mode="json") for p in ln.tiers],
+            "proration": ln.proration,
+            "minimum_applied": ln.minimum_applied,
+            "amount": ln.amount,
+            "adjustment_for": ln.adjustment_for,
+            "grant_id": ln.grant_id,
+        }
+        for i, ln in enumerate(lines)
+    ]
 
 
 @dataclass(frozen=True)
@@ -315,19 +344,41 @@ def adjustments(
 
 @dataclass(frozen=True)
 class Totals:
-    subtotal: int
+    subtotal: int  # the lines before credits
     tax: int
-    total: int
+    total: int  # subtotal - credits + tax
+    credits: int = 0
 
 
 MAX_AMOUNT = 2**63 - 1  # minor units: what a BIGINT column holds
+AFTER_TAX, BEFORE_TAX = "after_tax", "before_tax"
 
 
-def totals(lines: Sequence[Line], tax_rate: Decimal | None, currency: str, rounding: str) -> Totals:
-    """The invoice's totals; ``AmountOutOfRange`` if a line or total cannot be stored."""
-    subtotal, tax, total = pricing.invoice_totals(
-        [ln.amount for ln in lines], tax_rate, currency, ROUNDING[rounding]
+def taxed(subtotal: int, tax_rate: Decimal | None, currency: str, rounding: str) -> int:
+    """The tax of ``subtotal`` (minor units), rounded once."""
+    if tax_rate is None:
+        return 0
+    return pricing.tax_minor(subtotal, tax_rate, currency, ROUNDING[rounding])
+
+
+def totals(
+    lines: Sequence[Line],
+    tax_rate: Decimal | None,
+    currency: str,
+    rounding: str,
+    credits_apply: str = AFTER_TAX,
+) -> Totals:
+    """The invoice's totals; credit lines (``grant_id`` set, negative amounts) are the
+    credits. After tax, the tax is the subtotal's and credits pay the total; before tax, the
+    tax is computed on the subtotal less the credits. ``AmountOutOfRange`` if a line or total
+    cannot be stored."""
+    subtotal, tax, _ = pricing.invoice_totals(
+        [ln.amount for ln in lines if ln.grant_id is None], tax_rate, currency, ROUNDING[rounding]
     )
+    credits = -sum(ln.amount for ln in lines if ln.grant_id is not None)
+    if credits_apply == BEFORE_TAX and credits:
+        tax = taxed(subtotal - credits, tax_rate, currency, rounding)
+    total = subtotal - credits + tax
     named = [(f"line {ln.price_key}", ln.amount) for ln in lines]
     named += [("subtotal", subtotal), ("tax", tax), ("total", total)]
     for what, amount in named:
@@ -335,7 +386,29 @@ def totals(lines: Sequence[Line], tax_rate: Decimal | None, currency: str, round
             raise AmountOutOfRange(
                 f"{what} is {amount} minor units of {currency}; at most {MAX_AMOUNT} can be stored"
             )
-    return Totals(subtotal, tax, total)
+    return Totals(subtotal, tax, total, credits)
+
+
+def credit_line(
+    grant_id: str, description: str | None, amount: int, start: datetime, end: datetime
+) -> Line:
+    """The line of an invoice that ``amount`` of grant ``grant_id`` paid (negative)."""
+    return Line(
+        price_key="credit",
+        kind="credit",
+        description=description or f"Prepaid credit {grant_id}",
+        meter=None,
+        subject=None,
+        period_start=start,
+        period_end=end,
+        quantity=Decimal(1),
+        unit_price=None,
+        tiers=(),
+        proration=Decimal(1),
+        minimum_applied=False,
+        amount=-amount,
+        grant_id=grant_id,
+    )
 
 
 def effective_tax_rate(customer: CustomerSpec) -> Decimal | None:
@@ -388,6 +461,7 @@ def invoice_data(
         subtotal=row["subtotal"],
         tax=row["tax"],
         total=row["total"],
+        credits=row.get("credits") or 0,
         amount_paid=row["amount_paid"],
         amount_due=max(row["total"] - row["amount_paid"], 0),
         amount_refunded=row.get("amount_refunded") or 0,
@@ -415,6 +489,7 @@ def finalized(
         "subtotal": t.subtotal,
         "tax": t.tax,
         "total": t.total,
+        "credits": t.credits,
         "tax_rate": tax_rate,
         "finalized_at": as_of,
         "due_at": as_of + timedelta(days=net_terms_days),

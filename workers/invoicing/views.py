@@ -39,6 +39,7 @@ __all__ = [
     "DraftPeriod",
     "config_of",
     "customer_spec",
+    "draft_amounts",
     "draft_totals",
     "invoice_data",
     "line_models",
@@ -108,6 +109,7 @@ def config_of(row: InvoicingConfigRow | None) -> InvoicingConfig:
         rounding=row.rounding,
         grace_period_hours=row.grace_period_hours,
         number_prefix=row.number_prefix,
+        credits_apply=row.credits_apply,
     )
 
 
@@ -131,6 +133,11 @@ class DraftPeriod:
 async def draft_totals(tx: Tx, periods: Sequence[DraftPeriod]) -> list[int]:
     """The total, in minor units, of the invoice each period would get if it closed now,
     computed exactly as invoicing computes a draft (usage read in one go)."""
+    return [t.total for t in await draft_amounts(tx, periods)]
+
+
+async def draft_amounts(tx: Tx, periods: Sequence[DraftPeriod]) -> list[service.Totals]:
+    """The totals of the invoice each period would get if it closed now."""
     contexts = [
         (
             p.tenant_id,
@@ -148,6 +155,6 @@ async def draft_totals(tx: Tx, periods: Sequence[DraftPeriod]) -> list[int]:
     ]
     all_lines = await InvoiceMaker(tx).lines(contexts)
     return [
-        service.totals(lines, p.tax_rate, p.currency, ctx.rounding).total
+        service.totals(lines, p.tax_rate, p.currency, ctx.rounding)
         for p, (_, ctx), lines in zip(periods, contexts, all_lines, strict=True)
     ]

@@ -1,0 +1,392 @@
+"""Prepaid credits: grants (immutable rows), the append-only ledger of their entries, and the
+automatic top-up settings; the repository holds all of their SQL.
+
+A grant's balance is the sum of its ledger entries; its balance *as of* a time, the sum of
+the entries whose ``at`` is not later. No entry is ever updated or deleted. Every entry has
+a key unique per tenant (``applied:<grant>:<invoice>``, ``expired:<grant>`` …), so writing
+one twice (a replay, a retry after kill -9) writes nothing. Credit changes of a customer
+are serialised by its customer row lock (``lock_customers``), taken after any invoice lock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+    or_,
+    select,
+    tuple_,
+)
+from sqlalchemy.dialects.postgresql import JSONB, insert
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Mapped, mapped_column
+
+from storage.db import Base
+from storage.invoicing.models import Customer, Invoice, Plan, Subscription
+from storage.quarantine import not_quarantined
+
+
+class CreditGrant(Base):
+    __tablename__ = "credit_grants"
+    __table_args__ = (
+        Index("ix_credit_grants_customer", "tenant_id", "customer_id"),
+        Index("ix_credit_grants_expiry", "expires_at", postgresql_where="expires_at IS NOT NULL"),
+    )
+
+    tenant_id: Mapped[str] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
+    )
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    customer_id: Mapped[str] = mapped_column(ForeignKey("customers.id"))
+    currency: Mapped[str] = mapped_column(String(3))
+    amount: Mapped[int] = mapped_column(BigInteger)
+    source: Mapped[str] = mapped_column(String(16))
+    priority: Mapped[int] = mapped_column(Integer)
+    effective_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    scope: Mapped[dict[str, Any] | None] = mapped_column(JSONB(none_as_null=True))
+    rollover: Mapped[dict[str, Any] | None] = mapped_column(JSONB(none_as_null=True))
+    purchase_amount: Mapped[int | None] = mapped_column(BigInteger, comment="a top-up's price")
+    invoice_id: Mapped[str | None] = mapped_column(
+        ForeignKey("invoices.id"), comment="a top-up's invoice"
+    )
+    rolled_over_from: Mapped[str | None] = mapped_column(String(64))
+    description: Mapped[str | None] = mapped_column(String(256))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class CreditEntry(Base):
+    __tablename__ = "credit_entries"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "key", name="uq_credit_entries_key"),
+        ForeignKeyConstraint(
+            ["tenant_id", "grant_id"], ["credit_grants.tenant_id", "credit_grants.id"]
+        ),
+        Index("ix_credit_entries_grant", "tenant_id", "grant_id"),
+        Index("ix_credit_entries_customer", "tenant_id", "customer_id", "seq"),
+        Index("ix_credit_entries_invoice", "invoice_id", postgresql_where="invoice_id IS NOT NULL"),
+    )
+
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(36), unique=True)
+    tenant_id: Mapped[str] = mapped_column(String(63))
+    grant_id: Mapped[str] = mapped_column(String(64))
+    customer_id: Mapped[str] = mapped_column(ForeignKey("customers.id"))
+    kind: Mapped[str] = mapped_column(
+        String(16), comment="granted | topped_up | applied | reversed | expired | voided"
+    )
+    amount: Mapped[int] = mapped_column(BigInteger, comment="signed minor units")
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), comment="counts from then")
+    invoice_id: Mapped[str | None] = mapped_column(String(36))
+    key: Mapped[str] = mapped_column(String(160), comment="unique per tenant: written once")
+    reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class AutoTopUp(Base):
+    __tablename__ = "credit_auto_top_ups"
+
+    tenant_id: Mapped[str] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
+    )
+    customer_id: Mapped[str] = mapped_column(ForeignKey("customers.id"), primary_key=True)
+    enabled: Mapped[bool] = mapped_column(Boolean)
+    threshold: Mapped[int] = mapped_column(BigInteger)
+    amount: Mapped[int] = mapped_column(BigInteger)
+    purchase_amount: Mapped[int] = mapped_column(BigInteger)
+    priority: Mapped[int] = mapped_column(Integer)
+    expires_after_days: Mapped[int | None] = mapped_column(Integer)
+    armed: Mapped[bool] = mapped_column(
+        Boolean, comment="false once it topped up, until the balance is above the threshold"
+    )
+    count: Mapped[int] = mapped_column(Integer, default=0, comment="top-ups so far")
+
+
+class CreditRepository:
+    """Every method takes the tenant or rows that carry it: no cross-tenant reads."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def lock_customers(self, ids: Iterable[str]) -> None:
+        """Lock these customers' rows (in id order: no deadlock between two lockers) for the
+        rest of the transaction: their credit balances cannot change meanwhile."""
+        await self.session.execute(
+            select(Customer.id)
+            .where(Customer.id.in_(set(ids)))
+            .order_by(Customer.id)
+            .with_for_update()
+        )
+
+    async def find_customer(self, tenant_id: str, external_id: str) -> Customer | None:
+        """A customer by external id, without locking it (reads)."""
+        return await self.session.scalar(
+            select(Customer).where(
+                Customer.tenant_id == tenant_id, Customer.external_id == external_id
+            )
+        )
+
+    async def customer_by_id(self, id: str) -> Customer:
+        customer = await self.session.get(Customer, id)
+        assert customer is not None, id
+        return customer
+
+    # grants --------------------------------------------------------------------------
+
+    async def grant(self, tenant_id: str, id: str) -> CreditGrant | None:
+        return await self.session.get(CreditGrant, (tenant_id, id))
+
+    async def add_grant(self, **columns: Any) -> CreditGrant | None:
+        """Insert a grant; None when the id is taken (the caller compares)."""
+        inserted = await self.session.scalar(
+            insert(CreditGrant)
+            .values(**columns)
+            .on_conflict_do_nothing(index_elements=["tenant_id", "id"])
+            .returning(CreditGrant.id)
+        )
+        if inserted is None:
+            return None
+        return await self.grant(columns["tenant_id"], columns["id"])
+
+    async def set_invoice(self, grant: CreditGrant, invoice_id: str) -> None:
+        """Link a top-up to its invoice (issued in the transaction that created the grant)."""
+        grant.invoice_id = invoice_id
+
+    async def applied(self, tenant_id: str, grant_id: str) -> int:
+        """What the grant pays of invoices that stand: its applications less what voided
+        invoices returned, in minor units."""
+        total = await self.session.scalar(
+            select(func.coalesce(func.sum(CreditEntry.amount), 0)).where(
+                CreditEntry.tenant_id == tenant_id,
+                CreditEntry.grant_id == grant_id,
+                CreditEntry.kind.in_(("applied", "reversed")),
+            )
+        )
+        return -int(total or 0)
+
+    async def grants(self, tenant_id: str, customer_ids: Iterable[str]) -> list[CreditGrant]:
+        return list(
+            await self.session.scalars(
+                select(CreditGrant)
+                .where(CreditGrant.tenant_id == tenant_id)
+                .where(CreditGrant.customer_id.in_(set(customer_ids)))
+                .order_by(CreditGrant.effective_at, CreditGrant.id)
+            )
+        )
+
+    async def grant_of_invoice(self, tenant_id: str, invoice_id: str) -> CreditGrant | None:
+        return await self.session.scalar(
+            select(CreditGrant).where(
+                CreditGrant.tenant_id == tenant_id, CreditGrant.invoice_id == invoice_id
+            )
+        )
+
+    async def usable(
+        self, customer_ids: Sequence[str], as_of: datetime
+    ) -> list[tuple[CreditGrant, int]]:
+        """The grants of these customers that can pay an invoice finalized ``as_of``
+        (effective by then, not expiring by then, a positive balance), each with its
+        balance: the sum of all its entries (lock the customers first)."""
+        if not customer_ids:
+            return []
+        balance = (
+            select(
+                CreditEntry.tenant_id, CreditEntry.grant_id, func.sum(CreditEntry.amount).label("b")
+            )
+            .where(CreditEntry.customer_id.in_(customer_ids))
+            .group_by(CreditEntry.tenant_id, CreditEntry.grant_id)
+            .subquery()
+        )
+        rows = await self.session.execute(
+            select(CreditGrant, balance.c.b)
+            .join(
+                balance,
+                (balance.c.tenant_id == CreditGrant.tenant_id)
+                & (balance.c.grant_id == CreditGrant.id),
+            )
+            .where(
+                CreditGrant.customer_id.in_(customer_ids),
+                CreditGrant.effective_at <= as_of,
+                or_(CreditGrant.expires_at.is_(None), CreditGrant.expires_at > as_of),
+                balance.c.b > 0,
+            )
+        )
+        return [(g, int(b)) for g, b in rows]
+
+    async def balances(
+        self, tenant_id: str, grant_ids: Iterable[str], as_of: datetime | None = None
+    ) -> dict[str, int]:
+        """Each grant's balance: the sum of its entries (up to ``as_of`` when given)."""
+        q = (
+            select(CreditEntry.grant_id, func.sum(CreditEntry.amount))
+            .where(CreditEntry.tenant_id == tenant_id, CreditEntry.grant_id.in_(set(grant_ids)))
+            .group_by(CreditEntry.grant_id)
+        )
+        if as_of is not None:
+            q = q.where(CreditEntry.at <= as_of)
+        return {g: int(b) for g, b in await self.session.execute(q)}
+
+    async def kinds(self, tenant_id: str, grant_ids: Iterable[str]) -> dict[str, set[str]]:
+        """The kinds of entry each grant has."""
+        rows = await self.session.execute(
+            select(CreditEntry.grant_id, CreditEntry.kind)
+            .where(CreditEntry.tenant_id == tenant_id, CreditEntry.grant_id.in_(set(grant_ids)))
+            .distinct()
+        )
+        out: dict[str, set[str]] = {}
+        for g, k in rows:
+            out.setdefault(g, set()).add(k)
+        return out
+
+    async def expiring(
+        self,
+        now: datetime,
+        limit: int,
+        *,
+        job: str,
+        only: Sequence[tuple[str, str]] | None = None,
+    ) -> list[CreditGrant]:
+        """Grants whose expiry has come and that have not expired yet (any tenant), leaving
+        out the ones ``job`` quarantined; ``only``: just these (tenant, id) pairs."""
+        expired = select(CreditEntry.seq).where(
+            CreditEntry.tenant_id == CreditGrant.tenant_id,
+            CreditEntry.key == func.concat("expired:", CreditGrant.id),
+        )
+        q = select(CreditGrant).where(
+            CreditGrant.expires_at <= now,
+            ~expired.exists(),
+            not_quarantined(job, "credit_grant", CreditGrant.tenant_id, CreditGrant.id),
+        )
+        if only is not None:
+            q = q.where(tuple_(CreditGrant.tenant_id, CreditGrant.id).in_(only))
+        q = q.order_by(CreditGrant.expires_at, CreditGrant.tenant_id, CreditGrant.id)
+        return list(await self.session.scalars(q.limit(limit)))
+
+    async def customers_grants(self, customer_ids: Iterable[str]) -> list[CreditGrant]:
+        """Every grant of these customers (their rows carry the tenant)."""
+        return list(
+            await self.session.scalars(
+                select(CreditGrant)
+                .where(CreditGrant.customer_id.in_(set(customer_ids)))
+                .order_by(CreditGrant.effective_at, CreditGrant.id)
+            )
+        )
+
+    async def grant_sums(
+        self, customer_ids: Iterable[str], as_of: datetime
+    ) -> dict[str, tuple[int, set[str]]]:
+        """By grant id: the sum of its entries up to ``as_of`` and the kinds of all of them."""
+        rows = await self.session.execute(
+            select(
+                CreditEntry.grant_id,
+                func.coalesce(func.sum(CreditEntry.amount).filter(CreditEntry.at <= as_of), 0),
+                func.array_agg(func.distinct(CreditEntry.kind)),
+            )
+            .where(CreditEntry.customer_id.in_(set(customer_ids)))
+            .group_by(CreditEntry.grant_id)
+        )
+        return {g: (int(b), set(k)) for g, b, k in rows}
+
+    async def unbilled(
+        self, customer_ids: Iterable[str]
+    ) -> tuple[list[Invoice], list[tuple[Subscription, Plan]]]:
+        """What these customers will be invoiced for: their drafts, and their live
+        subscriptions (with the plan of the current period)."""
+        ids = set(customer_ids)
+        drafts = await self.session.scalars(
+            select(Invoice).where(Invoice.customer_id.in_(ids), Invoice.status == "draft")
+        )
+        subs = await self.session.execute(
+            select(Subscription, Plan)
+            .join(Plan, Plan.id == Subscription.plan_id)
+            .where(Subscription.customer_id.in_(ids), Subscription.status == "active")
+        )
+        return list(drafts), [(sub, plan) for sub, plan in subs]
+
+    # the ledger -----------------------------------------------------------------------
+
+    async def add_entries(self, rows: Sequence[dict[str, Any]]) -> list[CreditEntry]:
+        """Append ledger entries; one whose key was written before is skipped. Returns the
+        entries written."""
+        if not rows:
+            return []
+        result = await self.session.scalars(
+            insert(CreditEntry)
+            .values(list(rows))
+            .on_conflict_do_nothing(constraint="uq_credit_entries_key")
+            .returning(CreditEntry)
+        )
+        return list(result)
+
+    async def entries_of_invoice(self, tenant_id: str, invoice_id: str) -> list[CreditEntry]:
+        return list(
+            await self.session.scalars(
+                select(CreditEntry)
+                .where(CreditEntry.tenant_id == tenant_id, CreditEntry.invoice_id == invoice_id)
+                .order_by(CreditEntry.seq)
+            )
+        )
+
+    async def ledger(
+        self, tenant_id: str, customer_id: str, limit: int, after: int | None
+    ) -> list[CreditEntry]:
+        q = select(CreditEntry).where(
+            CreditEntry.tenant_id == tenant_id, CreditEntry.customer_id == customer_id
+        )
+        if after is not None:
+            q = q.where(CreditEntry.seq > after)
+        return list(await self.session.scalars(q.order_by(CreditEntry.seq).limit(limit)))
+
+    # automatic top-ups ----------------------------------------------------------------
+
+    async def set_auto_top_up(self, values: dict[str, Any]) -> None:
+        """Set a customer's automatic top-up (armed again)."""
+        changes = {k: v for k, v in values.items() if k not in ("tenant_id", "customer_id")}
+        stmt = insert(AutoTopUp).values(**values, armed=True, count=0)
+        await self.session.execute(
+            stmt.on_conflict_do_update(
+                index_elements=["tenant_id", "customer_id"], set_=changes | {"armed": True}
+            )
+        )
+
+    async def auto_top_up(self, tenant_id: str, customer_id: str) -> AutoTopUp | None:
+        return await self.session.get(AutoTopUp, (tenant_id, customer_id))
+
+    async def claim_auto_top_ups(
+        self,
+        limit: int,
+        after: tuple[str, str] | None,
+        *,
+        job: str,
+        only: Sequence[tuple[str, str]] | None = None,
+    ) -> list[AutoTopUp]:
+        """Enabled automatic top-ups in key order after ``after`` (any tenant), locked (rows
+        another replica holds are skipped), leaving out the ones ``job`` quarantined."""
+        q = select(AutoTopUp).where(
+            AutoTopUp.enabled,
+            not_quarantined(job, "customer", AutoTopUp.tenant_id, AutoTopUp.customer_id),
+        )
+        if after is not None:
+            q = q.where(tuple_(AutoTopUp.tenant_id, AutoTopUp.customer_id) > tuple_(*after))
+        if only is not None:
+            q = q.where(tuple_(AutoTopUp.tenant_id, AutoTopUp.customer_id).in_(only))
+        q = q.order_by(AutoTopUp.tenant_id, AutoTopUp.customer_id).limit(limit)
+        return list(await self.session.scalars(q.with_for_update(skip_locked=True)))
+
+    async def arm(self, row: AutoTopUp, armed: bool, *, fired: bool = False) -> None:
+        row.armed = armed
+        if fired:
+            row.count += 1
