@@ -152,6 +152,34 @@ class VoidCreditGrant(CloudEvent):
     data: VoidCreditGrantSpec
 
 
+class CommitmentSpec(_Model):
+    """A contract commitment: the customer commits to spend ``amount`` over [start, end).
+    Each invoice of a period starting in the term draws it down by its subtotal; usage past
+    it is billed at the plan's rates as always; at the end of the term, what was not drawn is
+    invoiced as a shortfall true-up."""
+
+    id: str = Field(pattern=ID_PATTERN, description="Chosen by the caller (or the ingress)")
+    customer: str = Field(pattern=EXTERNAL_ID_PATTERN)
+    currency: Currency
+    amount: CreditAmount = Field(description="The commitment, minor units")
+    start: EventTime
+    end: EventTime
+    description: Line | None = Field(default=None, max_length=256)
+
+    @model_validator(mode="after")
+    def _term(self) -> CommitmentSpec:
+        if self.end <= self.start:
+            raise ValueError("end must be after start")
+        return self
+
+
+class CreateCommitment(CloudEvent):
+    """Record a commitment (immutable: the same one again is a no-op)."""
+
+    type: Literal["CreateCommitment"] = "CreateCommitment"
+    data: CommitmentSpec
+
+
 class AutoTopUpSpec(_Model):
     """Buy ``amount`` of credit for ``purchase_amount`` when the customer's projected
     balance falls below ``threshold`` (once per crossing); ``enabled: false`` turns it off."""
@@ -239,7 +267,12 @@ class CreditExpired(CloudEvent):
     data: CreditEntryData
 
 
-COMMANDS: tuple[type[CloudEvent], ...] = (GrantCredits, VoidCreditGrant, ConfigureAutoTopUp)
+COMMANDS: tuple[type[CloudEvent], ...] = (
+    GrantCredits,
+    VoidCreditGrant,
+    ConfigureAutoTopUp,
+    CreateCommitment,
+)
 EVENTS: tuple[type[CloudEvent], ...] = (
     CreditGranted,
     CreditVoided,

@@ -36,6 +36,7 @@ from schemas.bounds import (
 )
 from schemas.credits import (
     ConfigureAutoTopUp,
+    CreateCommitment,
     CreditApplied,
     CreditExpired,
     CreditGranted,
@@ -258,7 +259,8 @@ InvoicingCommand = Annotated[
     | ConfigureInvoicing
     | GrantCredits
     | VoidCreditGrant
-    | ConfigureAutoTopUp,
+    | ConfigureAutoTopUp
+    | CreateCommitment,
     Field(discriminator="type"),
 ]
 
@@ -436,6 +438,7 @@ COMMANDS: tuple[type[CloudEvent], ...] = (
     GrantCredits,
     VoidCreditGrant,
     ConfigureAutoTopUp,
+    CreateCommitment,
 )
 EVENTS: tuple[type[CloudEvent], ...] = (
     CustomerCreated,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import (
     BigInteger,
@@ -113,6 +113,54 @@ class AutoTopUp(Base):
         Boolean, comment="false once it topped up, until the balance is above the threshold"
     )
     count: Mapped[int] = mapped_column(Integer, default=0, comment="top-ups so far")
+
+
+class Commitment(Base):
+    __tablename__ = "commitments"
+    __table_args__ = (Index("ix_commitments_end", "end"),)
+
+    tenant_id: Mapped[str] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
+    )
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    customer_id: Mapped[str] = mapped_column(ForeignKey("customers.id"), index=True)
+    currency: Mapped[str] = mapped_column(String(3))
+    amount: Mapped[int] = mapped_column(BigInteger)
+    start: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    end: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    description: Mapped[str | None] = mapped_column(String(256))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class CommitmentEntry(Base):
+    __tablename__ = "commitment_entries"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "key", name="uq_commitment_entries_key"),
+        ForeignKeyConstraint(
+            ["tenant_id", "commitment_id"], ["commitments.tenant_id", "commitments.id"]
+        ),
+        Index("ix_commitment_entries_commitment", "tenant_id", "commitment_id"),
+    )
+
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    tenant_id: Mapped[str] = mapped_column(String(63))
+    commitment_id: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(16), comment="drawn | reversed | trued_up")
+    amount: Mapped[int] = mapped_column(BigInteger, comment="drawn: -, reversed: +, trued_up: -")
+    invoice_id: Mapped[str | None] = mapped_column(String(36))
+    key: Mapped[str] = mapped_column(String(160))
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class CommitmentState(NamedTuple):
+    commitment: Commitment
+    drawn: int  # what invoices drew (draws less reversals), minor units
+    trued_up: bool
+    true_up_invoice_id: str | None
+
+    @property
+    def left(self) -> int:
+        return self.commitment.amount - self.drawn
 
 
 class CreditRepository:
@@ -349,6 +397,114 @@ class CreditRepository:
         if after is not None:
             q = q.where(CreditEntry.seq > after)
         return list(await self.session.scalars(q.order_by(CreditEntry.seq).limit(limit)))
+
+    # commitments ----------------------------------------------------------------------
+
+    async def add_commitment(self, **columns: Any) -> Commitment | None:
+        """Insert a commitment; None when the id is taken (the caller compares)."""
+        inserted = await self.session.scalar(
+            insert(Commitment)
+            .values(**columns)
+            .on_conflict_do_nothing(index_elements=["tenant_id", "id"])
+            .returning(Commitment.id)
+        )
+        return None if inserted is None else await self.commitment(columns["tenant_id"], inserted)
+
+    async def commitment(self, tenant_id: str, id: str) -> Commitment | None:
+        return await self.session.get(Commitment, (tenant_id, id))
+
+    async def commitments(self, customer_ids: Iterable[str]) -> list[CommitmentState]:
+        """The commitments of these customers with what invoices drew of each (draws less
+        reversals) and whether it was trued up (and by which invoice)."""
+        drawn = func.coalesce(
+            func.sum(CommitmentEntry.amount).filter(CommitmentEntry.kind != "trued_up"), 0
+        )
+        trued = func.count().filter(CommitmentEntry.kind == "trued_up")
+        invoice = func.max(CommitmentEntry.invoice_id).filter(CommitmentEntry.kind == "trued_up")
+        sums = (
+            select(
+                CommitmentEntry.tenant_id,
+                CommitmentEntry.commitment_id,
+                drawn.label("drawn"),
+                trued.label("trued"),
+                invoice.label("invoice"),
+            )
+            .group_by(CommitmentEntry.tenant_id, CommitmentEntry.commitment_id)
+            .subquery()
+        )
+        rows = await self.session.execute(
+            select(Commitment, sums.c.drawn, sums.c.trued, sums.c.invoice)
+            .outerjoin(
+                sums,
+                (sums.c.tenant_id == Commitment.tenant_id)
+                & (sums.c.commitment_id == Commitment.id),
+            )
+            .where(Commitment.customer_id.in_(set(customer_ids)))
+            .order_by(Commitment.start, Commitment.id)
+        )
+        return [CommitmentState(c, -int(d or 0), bool(t), i) for c, d, t, i in rows]
+
+    async def add_commitment_entries(self, rows: Sequence[dict[str, Any]]) -> int:
+        """Append commitment entries (one whose key was written before is skipped)."""
+        if not rows:
+            return 0
+        written = await self.session.scalars(
+            insert(CommitmentEntry)
+            .values(list(rows))
+            .on_conflict_do_nothing(constraint="uq_commitment_entries_key")
+            .returning(CommitmentEntry.seq)
+        )
+        return len(list(written))
+
+    async def commitment_entries_of_invoice(
+        self, tenant_id: str, invoice_id: str
+    ) -> list[CommitmentEntry]:
+        return list(
+            await self.session.scalars(
+                select(CommitmentEntry).where(
+                    CommitmentEntry.tenant_id == tenant_id,
+                    CommitmentEntry.invoice_id == invoice_id,
+                    CommitmentEntry.kind == "drawn",
+                )
+            )
+        )
+
+    async def commitments_due(
+        self,
+        now: datetime,
+        limit: int,
+        *,
+        job: str,
+        only: Sequence[tuple[str, str]] | None = None,
+    ) -> list[Commitment]:
+        """Commitments whose term ended by ``now``, not trued up yet, whose customer has no
+        draft and no live subscription period starting in the term any more (every invoice
+        that draws on it is final), leaving out the ones ``job`` quarantined."""
+        trued = select(CommitmentEntry.seq).where(
+            CommitmentEntry.tenant_id == Commitment.tenant_id,
+            CommitmentEntry.key == func.concat("trued_up:", Commitment.id),
+        )
+        open_draft = select(Invoice.id).where(
+            Invoice.customer_id == Commitment.customer_id,
+            Invoice.status == "draft",
+            Invoice.period_start < Commitment.end,
+        )
+        open_period = select(Subscription.id).where(
+            Subscription.customer_id == Commitment.customer_id,
+            Subscription.status == "active",
+            Subscription.current_period_start < Commitment.end,
+        )
+        q = select(Commitment).where(
+            Commitment.end <= now,
+            ~trued.exists(),
+            ~open_draft.exists(),
+            ~open_period.exists(),
+            not_quarantined(job, "commitment", Commitment.tenant_id, Commitment.id),
+        )
+        if only is not None:
+            q = q.where(tuple_(Commitment.tenant_id, Commitment.id).in_(only))
+        q = q.order_by(Commitment.end, Commitment.tenant_id, Commitment.id).limit(limit)
+        return list(await self.session.scalars(q))
 
     # automatic top-ups ----------------------------------------------------------------
 

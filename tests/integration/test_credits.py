@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -16,10 +17,12 @@ from schemas import topics
 from schemas.payments import PaymentData, PaymentSucceeded
 from tests.conftest import TenantKey
 from tests.integration.support import producer, read_topic
-from tests.integration.test_invoicing import Stack, stack
+from tests.integration.test_invoicing import Stack, stack, usage_event
 from workers.devstack import wait_for
 from workers.invoicing.app import build as build_invoicing
+from workers.invoicing.credit_jobs import CreditJobs
 from workers.metering.app import build as build_metering
+from workers.runtime.database import database
 from workers.settings import Settings
 
 OCT = datetime(2031, 10, 1, tzinfo=UTC)
@@ -65,6 +68,20 @@ async def grant(st: Stack, who: str, **body: Any) -> dict[str, Any]:
     outcome = await st.api.outcome(r.json()["command_id"])
     assert outcome["status"] == "succeeded", outcome
     return r.json() | {"result": outcome["result"]}
+
+
+async def pay(st: Stack, invoice_id: str, who: str, amount: int) -> None:
+    """The payment event the payments worker would emit (it is not running here)."""
+    event = PaymentSucceeded(
+        source="tests",
+        tenantid=st.api.key.tenant_id,
+        data=PaymentData(
+            payment_id=f"pay-{invoice_id}", invoice_id=invoice_id, customer=who, amount=amount,
+            currency="USD", method="offline",
+        ),
+    )  # fmt: skip
+    async with producer(st.settings) as p:
+        await p.send_and_wait(topics.EVENTS_PAYMENTS, event.to_json(), key=who.encode())
 
 
 async def invoice_of(st: Stack, sub: str) -> dict[str, Any]:
@@ -222,17 +239,120 @@ async def test_a_top_up_is_invoiced_and_granted_when_paid(billing: Stack) -> Non
         body = await st.api.get("/v1/customers/cafe/credits")
         return bool(body["balance"] == 10000)
 
-    # paid (the payments worker is not running here: its payment event is what counts)
-    event = PaymentSucceeded(
-        source="tests",
-        tenantid=st.api.key.tenant_id,
-        data=PaymentData(
-            payment_id="pay-t1", invoice_id=invoice_id, customer="cafe", amount=9000,
-            currency="USD", method="offline",
-        ),
-    )  # fmt: skip
-    async with producer(st.settings) as p:
-        await p.send_and_wait(topics.EVENTS_PAYMENTS, event.to_json(), key=b"x")
+    await pay(st, invoice_id, "cafe", 9000)
     await wait_for(settled, timeout_s=20)
     credits = await st.api.get("/v1/customers/cafe/credits")
     assert credits["grants"][0]["status"] == "active"
+
+
+async def test_a_commitment_is_drawn_down_and_its_shortfall_trued_up(billing: Stack) -> None:
+    st = billing
+    await customer(st, "hotel", "USD", tax_rate="0.1")
+    await st.api.ok("POST", "/v1/plans", plan("std", "USD", "100.00", unit="0.50"))
+    r = await st.api.ok(
+        "POST",
+        "/v1/customers/hotel/commitments",
+        {"id": "c2031", "amount": 50000, "start": OCT.isoformat(), "end": DEC.isoformat()},
+    )
+    assert r["commitment_id"] == "c2031"
+    sub = await st.api.ok(
+        "POST", "/v1/subscriptions", {"customer": "hotel", "plan": "std", "start": OCT.isoformat()}
+    )
+    # October: 100.00 + 40 calls x 0.50 = 120.00; November: 100.00 flat
+    await st.send_usage(
+        [usage_event(f"h{i}", "hotel", OCT + timedelta(hours=i), "api.call") for i in range(40)]
+    )
+    await st.wait_usage("calls", "hotel", OCT, NOV, Decimal(40))
+    await st.run_billing(NOV + HOUR)
+    await st.run_billing(DEC + HOUR)
+    invoices = await st.invoices(subscription_id=sub["subscription_id"])
+    assert sorted(i["subtotal"] for i in invoices) == [10000, 12000]
+    assert all(i["credits"] == 0 for i in invoices)  # a commitment is not credit
+    [c] = await st.api.get("/v1/customers/hotel/commitments")
+    assert (c["drawn"], c["remaining"]) == (22000, 28000)
+
+    # the term is over and its invoices are final: 500.00 - 220.00 = 280.00 is trued up,
+    # taxed like the usage it stands for (10 %: 28.00), on an invoice of its own
+    async with database(st.settings) as jobs:
+        assert await CreditJobs(jobs, 100).true_up(DEC + 2 * HOUR) == 1
+        assert await CreditJobs(jobs, 100).true_up(DEC + 3 * HOUR) == 0  # once
+    [c] = await st.api.get("/v1/customers/hotel/commitments")
+    assert (c["status"], c["drawn"], c["remaining"]) == ("trued_up", 22000, 28000)
+    inv = await st.api.get(f"/v1/invoices/{c['true_up_invoice_id']}")
+    assert [(ln["kind"], ln["amount"]) for ln in inv["lines"]] == [("true_up", 28000)]
+    assert (inv["subtotal"], inv["tax"], inv["total"], inv["status"]) == (
+        28000, 2800, 30800, "finalized",
+    )  # fmt: skip
+
+
+async def test_expiry_is_exact_rolls_over_and_emits_an_event(billing: Stack) -> None:
+    st = billing
+    await customer(st, "eva", "KWD")  # exponent 3
+    end = OCT + timedelta(days=10, hours=3)
+    await grant(
+        st, "eva", id="r", amount=5_000, effective_at=OCT.isoformat(), expires_at=end.isoformat(),
+        rollover={"expires_after_days": 30, "max_amount": 2_000},
+    )  # fmt: skip
+    async with database(st.settings) as jobs:
+        assert await CreditJobs(jobs, 100).expire(end - HOUR) == 0
+        assert await CreditJobs(jobs, 100).expire(end + HOUR) == 1
+        assert await CreditJobs(jobs, 100).expire(end + 2 * HOUR) == 0
+    ledger = await st.api.get("/v1/customers/eva/credits/ledger")
+    expired = [e for e in ledger if e["kind"] == "expired"]
+    assert [(e["grant_id"], e["amount"], e["at"]) for e in expired] == [
+        ("r", -5_000, end.isoformat().replace("+00:00", "Z"))
+    ]
+    rolled = [g for g in (await st.api.get("/v1/customers/eva/credits"))["grants"]
+              if g["rolled_over_from"] == "r"]  # fmt: skip
+    assert [(g["amount"], g["expires_at"]) for g in rolled] == [
+        (2_000, (end + timedelta(days=30)).isoformat().replace("+00:00", "Z"))
+    ]
+    at = {"as_of": (end + HOUR).isoformat()}
+    assert (await st.api.get("/v1/customers/eva/credits", **at))["balance"] == 2_000
+    before = {"as_of": (end - HOUR).isoformat()}
+    assert (await st.api.get("/v1/customers/eva/credits", **before))["balance"] == 5_000
+    records = await read_topic(
+        st.settings, topics.EVENTS_INVOICING, 4
+    )  # customer, 2 x granted, expired
+    kinds = [json.loads(r.value)["type"] for r in records]
+    assert kinds.count("credit.expired") == 1 and kinds.count("credit.granted") == 2
+
+
+async def test_automatic_top_up_once_per_crossing(billing: Stack) -> None:
+    st = billing
+    await customer(st, "shop", "USD")
+    await st.api.ok(
+        "PUT",
+        "/v1/customers/shop/credits/auto-top-up",
+        {"threshold": 1000, "amount": 5000, "purchase_amount": 4500},
+    )
+
+    # the worker's job sees the projected balance 0 < 10.00 and buys credit once
+    async def fired() -> bool:
+        view = await st.api.get("/v1/customers/shop/credits/auto-top-up")
+        return bool(view["count"] == 1)
+
+    await wait_for(fired, timeout_s=20)
+    async with database(st.settings) as jobs:  # and not again while it is unpaid
+        assert await CreditJobs(jobs, 100).auto_top_up(datetime.now(UTC)) == 0
+    view = await st.api.get("/v1/customers/shop/credits/auto-top-up")
+    assert (view["armed"], view["count"]) == (False, 1)
+    [pending] = (await st.api.get("/v1/customers/shop/credits"))["grants"]
+    assert (pending["status"], pending["amount"], pending["purchase_amount"]) == (
+        "pending", 5000, 4500,
+    )  # fmt: skip
+    inv = await st.api.get(f"/v1/invoices/{pending['invoice_id']}")
+    assert (inv["total"], inv["status"]) == (4500, "finalized")
+
+    # paid: the grant takes effect, the balance is above the threshold, it is armed again
+    await pay(st, pending["invoice_id"], "shop", 4500)
+
+    async def rearmed() -> bool:
+        view = await st.api.get("/v1/customers/shop/credits/auto-top-up")
+        return bool(view["armed"])
+
+    await wait_for(rearmed, timeout_s=20)
+    credits = await st.api.get("/v1/customers/shop/credits")
+    assert (credits["balance"], credits["projected_balance"]) == (5000, 5000)
+    view = await st.api.get("/v1/customers/shop/credits/auto-top-up")
+    assert view["count"] == 1

@@ -9,7 +9,7 @@ expiry not after the grant takes effect, a float where money goes (422, naming t
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import Response
@@ -19,7 +19,9 @@ from schemas import topics
 from schemas.bounds import EXTERNAL_ID_PATTERN, ID_PATTERN
 from schemas.credits import (
     AutoTopUpSpec,
+    CommitmentSpec,
     ConfigureAutoTopUp,
+    CreateCommitment,
     CreditAmount,
     CreditGrantData,
     CreditGrantSpec,
@@ -371,3 +373,114 @@ async def get_auto_top_up(external_id: CustomerPath, tx: Unit, tenant_id: Tenant
     if row is None:
         raise not_found("automatic top-up of customer", external_id, _PENDING_HINT)
     return AutoTopUpView.model_validate(row, from_attributes=True)
+
+
+# --- commitments -----------------------------------------------------------------------
+
+
+class CommitmentIn(_In):
+    id: str | None = Field(default=None, pattern=ID_PATTERN, description="Default: generated")
+    amount: CreditAmount = Field(description="The commitment, minor units")
+    currency: str | None = Field(default=None, description="The customer's (the default)")
+    start: Instant
+    end: Instant
+    description: Text | None = Field(default=None, max_length=256)
+
+
+class CommitmentView(BaseModel):
+    commitment_id: str
+    currency: str
+    amount: int
+    start: datetime
+    end: datetime
+    drawn: int = Field(description="What invoices of periods starting in the term drew")
+    remaining: int = Field(
+        description="amount - drawn, at least 0: the shortfall the true-up invoices (or would)"
+    )
+    status: Literal["upcoming", "active", "ended", "trued_up"] = Field(
+        description="ended: the term is over, its true-up waits for its last invoices"
+    )
+    true_up_invoice_id: str | None = None
+    description: str | None = None
+
+
+@router.post(
+    "/customers/{external_id}/commitments",
+    summary="Record a customer's spend commitment over a term (command)",
+    **_ACCEPTED,
+)
+async def create_commitment(
+    request: Request,
+    external_id: CustomerPath,
+    body: CommitmentIn,
+    st: State,
+    tx: Unit,
+    tenant_id: Tenant,
+) -> Response:
+    """Invoices of periods starting in [start, end) draw it down by their subtotal; usage is
+    billed at the plan's rates throughout; after ``end``, once those invoices are final, what
+    was not drawn is invoiced as a shortfall true-up."""
+    customer = await _customer(tx, tenant_id, external_id)
+    currency = body.currency or customer.currency
+    if currency != customer.currency:
+        _refuse("currency", f"the customer pays in {customer.currency}, not {currency}")
+    if body.end <= body.start:
+        _refuse("end", "must be after start")
+    spec = CommitmentSpec(
+        id=body.id or f"commit_{new_id()}",
+        customer=external_id,
+        currency=currency,
+        amount=body.amount,
+        start=body.start,
+        end=body.end,
+        description=body.description,
+    )
+    return await _send(
+        request,
+        st,
+        tenant_id,
+        external_id,
+        CreateCommitment,
+        spec,
+        spec.id,
+        {"commitment_id": spec.id},
+    )
+
+
+@router.get(
+    "/customers/{external_id}/commitments",
+    response_model=list[CommitmentView],
+    summary="A customer's commitments: drawn, remaining, true-up",
+)
+async def list_commitments(
+    external_id: CustomerPath, tx: Unit, tenant_id: Tenant
+) -> list[CommitmentView]:
+    customer = await _customer(tx, tenant_id, external_id)
+    now = datetime.now(UTC)
+    out = []
+    for state in await tx.repo(CreditRepository).commitments([customer.id]):
+        c = state.commitment
+        status: Literal["upcoming", "active", "ended", "trued_up"] = (
+            "trued_up"
+            if state.trued_up
+            else "upcoming"
+            if now < c.start
+            else "active"
+            if now < c.end
+            else "ended"
+        )
+        out.append(
+            CommitmentView(
+                commitment_id=c.id,
+                currency=c.currency,
+                amount=c.amount,
+                start=c.start,
+                end=c.end,
+                drawn=state.drawn,
+                remaining=max(state.left, 0),
+                status=status,
+                true_up_invoice_id=state.true_up_invoice_id,
+                description=c.description,
+            )
+        )
+    return out

@@ -9,7 +9,13 @@ from datetime import datetime
 from typing import Any
 
 from schemas import topics
-from schemas.credits import ConfigureAutoTopUp, CreditGrantSpec, GrantCredits, VoidCreditGrant
+from schemas.credits import (
+    ConfigureAutoTopUp,
+    CreateCommitment,
+    CreditGrantSpec,
+    GrantCredits,
+    VoidCreditGrant,
+)
 from schemas.envelope import CloudEvent, new_id
 from schemas.invoicing import (
     CancelSubscription,
@@ -400,6 +406,34 @@ async def void_credit_grant(cmd: VoidCreditGrant, tx: Tx) -> Result:
     return {"grant_id": grant.id, "status": "voided", "voided_amount": balance}
 
 
+async def create_commitment(cmd: CreateCommitment, tx: Tx) -> Result:
+    """Records a commitment (immutable: the same one again is a no-op, other terms under the
+    same id are refused)."""
+    spec, tenant = cmd.data, cmd.tenantid
+    customer = await _customer_of(tx, tenant, spec.customer)
+    if spec.currency != customer.currency:
+        raise Conflict(
+            f"the customer pays in {customer.currency}, not {spec.currency}", field="currency"
+        )
+    repo = tx.repo(CreditRepository)
+    columns = {
+        "tenant_id": tenant,
+        "id": spec.id,
+        "customer_id": customer.id,
+        "currency": spec.currency,
+        "amount": spec.amount,
+        "start": spec.start,
+        "end": spec.end,
+        "description": spec.description,
+    }
+    if await repo.add_commitment(**columns) is None:
+        existing = await repo.commitment(tenant, spec.id)
+        assert existing is not None
+        if any(getattr(existing, k) != v for k, v in columns.items()):
+            raise Conflict(f"commitment {spec.id!r} exists with other terms", field="id")
+    return {"commitment_id": spec.id}
+
+
 async def configure_auto_top_up(cmd: ConfigureAutoTopUp, tx: Tx) -> Result:
     """Sets (or turns off) a customer's automatic top-up."""
     spec, tenant = cmd.data, cmd.tenantid
@@ -428,6 +462,7 @@ COMMANDS: dict[type[Any], Handler] = {
     GrantCredits: grant_credits,
     VoidCreditGrant: void_credit_grant,
     ConfigureAutoTopUp: configure_auto_top_up,
+    CreateCommitment: create_commitment,
 }
 
 

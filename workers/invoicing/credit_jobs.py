@@ -1,6 +1,7 @@
 """Credit jobs, on the invoicing worker's job loop: grants expire (what is left goes at
-exactly ``expires_at``, rolling over where the grant says so), and automatic top-ups buy
-credit when a customer's projected balance falls below its threshold, once per crossing.
+exactly ``expires_at``, rolling over where the grant says so), commitments whose term is over
+are trued up, and automatic top-ups buy credit when a customer's projected balance falls
+below its threshold, once per crossing.
 Each chunk is one transaction; a grant or customer that fails for good is quarantined and
 the others go on (bulkheads, ADR 0044)."""
 
@@ -13,7 +14,7 @@ import structlog
 
 from schemas.envelope import new_id
 from storage.invoicing import InvoicingRepository
-from storage.invoicing.credits import AutoTopUp, CreditGrant, CreditRepository
+from storage.invoicing.credits import AutoTopUp, Commitment, CreditGrant, CreditRepository
 from workers.invoicing import ledger, views
 from workers.invoicing.credit_views import credit_balances
 from workers.runtime import Item, Jobs, Tx
@@ -22,11 +23,16 @@ log = structlog.get_logger("billstream.invoicing.credits")
 
 CREDITS = "invoicing.credits"  # the job loop
 EXPIRE = "invoicing.credit_expiry"
+TRUE_UP = "invoicing.commitment_true_up"
 AUTO_TOP_UP = "invoicing.auto_top_up"
 
 
 def _grant(g: CreditGrant) -> Item:
     return Item(g.tenant_id, "credit_grant", g.id)
+
+
+def _commitment(c: Commitment) -> Item:
+    return Item(c.tenant_id, "commitment", c.id)
 
 
 def _auto(a: AutoTopUp) -> Item:
@@ -41,8 +47,28 @@ class CreditJobs:
     async def tick(self) -> bool:
         now = datetime.now(UTC)
         await self.expire(now)
+        await self.true_up(now)
         await self.auto_top_up(now)
         return False
+
+    async def true_up(self, now: datetime) -> int:
+        """Settle every commitment whose term is over and whose invoices are final."""
+
+        async def claim(tx: Tx, only: Sequence[Item] | None) -> list[Commitment]:
+            return await tx.repo(CreditRepository).commitments_due(
+                now,
+                self.chunk,
+                job=TRUE_UP,
+                only=None if only is None else [(i.tenant_id, i.id) for i in only],
+            )
+
+        async def apply(tx: Tx, rows: Sequence[Commitment]) -> int:
+            return await ledger.true_up(tx, rows, now)
+
+        done = 0
+        while (step := await self.jobs.claimed(TRUE_UP, claim, _commitment, apply)).claimed:
+            done += step.applied
+        return done
 
     async def expire(self, now: datetime) -> int:
         """Expire every grant whose expiry has come by ``now``; returns how many."""

@@ -126,7 +126,7 @@ def status(row: Any, kinds: set[str], balance: int, now: datetime) -> GrantStatu
         return "voided"
     if not kinds & {"granted", "topped_up"}:
         return "pending"
-    if "expired" in kinds or (row.expires_at is not None and row.expires_at <= now):
+    if row.expires_at is not None and row.expires_at <= now:
         return "expired"
     if row.effective_at > now:
         return "scheduled"

@@ -310,6 +310,7 @@ class Billing:
             lines = plan_lines + late[d.id]
             lines += wallet.pay(row, lines, tax_rate, mode)
             t = service.totals(lines, tax_rate, d.currency, d.rounding, mode)
+            wallet.draw(row, t.subtotal)
             prefix = prefixes.get(d.tenant_id, service.DEFAULT_CONFIG.number_prefix)
             number = service.invoice_number(prefix, as_of.year, numbers[d.tenant_id])
             numbers[d.tenant_id] += 1

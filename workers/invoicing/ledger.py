@@ -22,7 +22,7 @@ from schemas.envelope import CloudEvent, new_id
 from schemas.invoicing import InvoiceFinalized, InvoicingConfig
 from storage.invoicing import Customer, Invoice, InvoicingRepository
 from storage.invoicing.credits import CreditGrant, CreditRepository
-from workers.invoicing import credits, service
+from workers.invoicing import credits, service, views
 from workers.runtime import Tx
 
 
@@ -104,6 +104,9 @@ class Wallet:
     grants: dict[str, list[credits.Grant]] = field(default_factory=dict)  # by customer id
     rows: dict[str, CreditGrant] = field(default_factory=dict)  # by grant id
     entries: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (customer, row)
+    # by customer id: its commitments not trued up, with what is left of each
+    commitments: dict[str, list[list[Any]]] = field(default_factory=dict)
+    draws: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
     async def open(cls, tx: Tx, customer_ids: set[str], as_of: datetime) -> Wallet:
@@ -113,7 +116,28 @@ class Wallet:
         for row, balance in await repo.usable(sorted(customer_ids), as_of):
             wallet.rows[row.id] = row
             wallet.grants.setdefault(row.customer_id, []).append(credits.grant_of(row, balance))
+        for state in await repo.commitments(customer_ids):
+            if not state.trued_up and state.left > 0:
+                c = state.commitment
+                wallet.commitments.setdefault(c.customer_id, []).append([c, state.left])
         return wallet
+
+    def draw(self, invoice: dict[str, Any], subtotal: int) -> None:
+        """The invoice's subtotal draws down the customer's commitments whose term its
+        period starts in (in the order they start), as far as each goes."""
+        spend = max(subtotal, 0)
+        for pair in self.commitments.get(invoice["customer_id"], []):
+            c, left = pair
+            if spend <= 0:
+                break
+            if c.currency != invoice["currency"] or not c.start <= invoice["period_start"] < c.end:
+                continue
+            amount = min(left, spend)
+            if amount <= 0:
+                continue
+            pair[1] -= amount
+            spend -= amount
+            self.draws.append(commitment_entry(c, "drawn", -amount, self.as_of, invoice["id"]))
 
     def pay(
         self,
@@ -165,11 +189,28 @@ class Wallet:
         return out
 
     async def write(self, tx: Tx, customers: dict[str, Customer]) -> None:
+        await tx.repo(CreditRepository).add_commitment_entries(self.draws)
         by_customer: dict[str, list[dict[str, Any]]] = {}
         for customer_id, row in self.entries:
             by_customer.setdefault(customer_id, []).append(row)
         for customer_id, rows in by_customer.items():
             await write_entries(tx, rows, self.rows, customers[customer_id].external_id)
+
+
+def commitment_entry(
+    c: Any, kind: str, amount: int, at: datetime, invoice_id: str | None
+) -> dict[str, Any]:
+    """A commitment ledger row, keyed ``<kind>:<commitment>[:<invoice>]`` (written once)."""
+    key = f"{kind}:{c.id}" + (f":{invoice_id}" if kind != "trued_up" else "")
+    return {
+        "tenant_id": c.tenant_id,
+        "commitment_id": c.id,
+        "kind": kind,
+        "amount": amount,
+        "invoice_id": invoice_id,
+        "key": key,
+        "at": at,
+    }
 
 
 # --- voiding an invoice returns its credits --------------------------------------------
@@ -228,23 +269,11 @@ async def return_credits(
 # --- top-ups -----------------------------------------------------------------------------
 
 
-async def issue_top_up(
-    tx: Tx,
-    grant: CreditGrant,
-    customer: Customer,
-    config: InvoicingConfig,
-    at: datetime,
-    cause: CloudEvent | None,
-) -> str:
-    """The invoice of a top-up (finalized at once, collected like any other); returns its
-    id. After tax (the default), buying credit is a payment on account and carries no tax;
-    before tax, the credit reduces taxable amounts later, so its purchase is taxed."""
-    assert grant.purchase_amount is not None
-    repo = tx.repo(InvoicingRepository)
-    line = service.Line(
-        price_key="top_up",
-        kind="top_up",
-        description=grant.description or f"Prepaid credit {grant.id}",
+def one_off_line(kind: str, description: str, amount: int, at: datetime) -> service.Line:
+    return service.Line(
+        price_key=kind,
+        kind=kind,
+        description=description,
         meter=None,
         subject=None,
         period_start=at,
@@ -254,23 +283,36 @@ async def issue_top_up(
         tiers=(),
         proration=Decimal(1),
         minimum_applied=False,
-        amount=grant.purchase_amount,
+        amount=amount,
     )
-    taxable = config.credits_apply == service.BEFORE_TAX and not customer.tax_exempt
-    tax_rate = customer.tax_rate if taxable else None
-    t = service.totals([line], tax_rate, grant.currency, config.rounding)
+
+
+async def issue_invoice(
+    tx: Tx,
+    customer: Customer,
+    line: service.Line,
+    tax_rate: Decimal | None,
+    config: InvoicingConfig,
+    at: datetime,
+    cause: CloudEvent | None,
+) -> str:
+    """An invoice of one ``line`` outside any subscription (a top-up, a commitment's
+    true-up), numbered and finalized at once, collected like any other; returns its id."""
+    repo = tx.repo(InvoicingRepository)
+    tenant = customer.tenant_id
+    t = service.totals([line], tax_rate, customer.currency, config.rounding)
     number = service.invoice_number(
-        config.number_prefix, at.year, await repo.next_numbers(grant.tenant_id, at.year, 1)
+        config.number_prefix, at.year, await repo.next_numbers(tenant, at.year, 1)
     )
     row: dict[str, Any] = {
         "id": new_id(),
-        "tenant_id": grant.tenant_id,
+        "tenant_id": tenant,
         "customer_id": customer.id,
         "subscription_id": None,
         "plan_id": None,
         "status": "finalized",
         "number": number,
-        "currency": grant.currency,
+        "currency": customer.currency,
         "period_start": at,
         "period_end": at,
         "proration": Decimal(1),
@@ -286,15 +328,69 @@ async def issue_top_up(
         "finalized_at": at,
         "due_at": at + timedelta(days=customer.net_terms_days),
     }
-    await repo.insert_invoices([row], service.line_values(row["id"], grant.tenant_id, [line]))
+    await repo.insert_invoices([row], service.line_values(row["id"], tenant, [line]))
     view = service.invoice_data(row, customer.external_id, [line.model()])
-    emit(
-        tx,
-        service.invoice_event(InvoiceFinalized, view, **_envelope(grant.tenant_id, cause)),
-        grant.tenant_id,
-        customer.external_id,
-    )
+    event = service.invoice_event(InvoiceFinalized, view, **_envelope(tenant, cause))
+    emit(tx, event, tenant, customer.external_id)
     return str(row["id"])
+
+
+def _tax_rate(customer: Customer) -> Decimal | None:
+    return None if customer.tax_exempt else customer.tax_rate
+
+
+async def issue_top_up(
+    tx: Tx,
+    grant: CreditGrant,
+    customer: Customer,
+    config: InvoicingConfig,
+    at: datetime,
+    cause: CloudEvent | None,
+) -> str:
+    """The invoice of a top-up; returns its id. After tax (the default), buying credit is a
+    payment on account and carries no tax; before tax, the credit reduces taxable amounts
+    later, so its purchase is taxed."""
+    assert grant.purchase_amount is not None
+    line = one_off_line(
+        "top_up", grant.description or f"Prepaid credit {grant.id}", grant.purchase_amount, at
+    )
+    taxed = config.credits_apply == service.BEFORE_TAX
+    return await issue_invoice(
+        tx, customer, line, _tax_rate(customer) if taxed else None, config, at, cause
+    )
+
+
+async def true_up(tx: Tx, commitments: Sequence[Any], now: datetime) -> int:
+    """Commitments whose term is over and whose invoices are all final: what was not drawn
+    is invoiced as a shortfall true-up (taxed like the usage it stands for); returns how
+    many were settled (a commitment fully drawn is settled with an entry of 0)."""
+    repo = tx.repo(CreditRepository)
+    invoicing = tx.repo(InvoicingRepository)
+    customers = await invoicing.customers({c.customer_id for c in commitments})
+    await repo.lock_customers(customers)
+    states = {
+        (s.commitment.tenant_id, s.commitment.id): s for s in await repo.commitments(customers)
+    }
+    configs = await invoicing.configs({c.tenant_id for c in commitments})
+    done = 0
+    for c in commitments:
+        state = states[(c.tenant_id, c.id)]
+        if state.trued_up:
+            continue  # another replica settled it first
+        shortfall = max(state.left, 0)
+        customer = customers[c.customer_id]
+        invoice_id = None
+        if shortfall:
+            description = c.description or f"Commitment {c.id}"
+            line = one_off_line("true_up", f"{description} — shortfall true-up", shortfall, now)
+            config = views.config_of(configs.get(c.tenant_id))
+            invoice_id = await issue_invoice(
+                tx, customer, line, _tax_rate(customer), config, now, None
+            )
+        done += await repo.add_commitment_entries(
+            [commitment_entry(c, "trued_up", -shortfall, now, invoice_id)]
+        )
+    return done
 
 
 async def top_up_paid(

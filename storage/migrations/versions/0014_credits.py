@@ -1,4 +1,4 @@
-"""credits: grants, their append-only ledger and automatic top-ups; invoices carry the
+"""credits: grants, their append-only ledger, automatic top-ups and commitments; invoices carry the
 credits applied and may stand outside any subscription (a credit top-up)
 
 Revision ID: 0014
@@ -157,9 +157,46 @@ def upgrade() -> None:
         sa.Column("count", sa.Integer(), nullable=False, comment="top-ups so far"),
         sa.PrimaryKeyConstraint("tenant_id", "customer_id", name=op.f("pk_credit_auto_top_ups")),
     )
+    op.create_table(
+        "commitments",
+        sa.Column("tenant_id", sa.String(length=63), sa.ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False),
+        sa.Column("id", sa.String(length=64), nullable=False),
+        sa.Column("customer_id", sa.String(length=36), sa.ForeignKey("customers.id"), nullable=False),
+        sa.Column("currency", sa.String(length=3), nullable=False),
+        sa.Column("amount", sa.BigInteger(), nullable=False),
+        sa.Column("start", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("end", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("description", sa.String(length=256), nullable=True),
+        sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
+        sa.PrimaryKeyConstraint("tenant_id", "id", name=op.f("pk_commitments")),
+    )
+    op.create_index("ix_commitments_end", "commitments", ["end"])
+    op.create_index("ix_commitments_customer_id", "commitments", ["customer_id"])
+    op.create_table(
+        "commitment_entries",
+        sa.Column("seq", sa.BigInteger(), sa.Identity(), nullable=False),
+        sa.Column("tenant_id", sa.String(length=63), nullable=False),
+        sa.Column("commitment_id", sa.String(length=64), nullable=False),
+        sa.Column("kind", sa.String(length=16), nullable=False, comment="drawn | reversed | trued_up"),
+        sa.Column("amount", sa.BigInteger(), nullable=False, comment="drawn: -, reversed: +, trued_up: -"),
+        sa.Column("invoice_id", sa.String(length=36), nullable=True),
+        sa.Column("key", sa.String(length=160), nullable=False),
+        sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("seq", name=op.f("pk_commitment_entries")),
+        sa.UniqueConstraint("tenant_id", "key", name="uq_commitment_entries_key"),
+        sa.ForeignKeyConstraint(
+            ["tenant_id", "commitment_id"], ["commitments.tenant_id", "commitments.id"],
+            name=op.f("fk_commitment_entries_tenant_id_commitments"),
+        ),
+    )
+    op.create_index(
+        "ix_commitment_entries_commitment", "commitment_entries", ["tenant_id", "commitment_id"]
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("commitment_entries")
+    op.drop_table("commitments")
     op.drop_table("credit_auto_top_ups")
     op.drop_index("ix_credit_entries_invoice", table_name="credit_entries")
     op.drop_index("ix_credit_entries_customer", table_name="credit_entries")
