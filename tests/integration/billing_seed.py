@@ -87,3 +87,49 @@ async def invoice_numbers(sessions: Sessions, tenant: str) -> list[str]:
             {"t": tenant},
         )
         return sorted(r[0] for r in rows)
+
+
+def grant_terms(i: int) -> list[tuple[str, int, int]]:
+    """The prepaid credit ``seed_grants`` gives customer ``c<i>``, as (grant id, amount in
+    cents, priority): ``g<i>a`` of 300 to 4,300 cents, and for every even ``i`` also
+    ``g<i>b`` of 1,500 cents at priority 10 (spent first). Against two periods of 1,200 to
+    1,680 cents each: some customers' grants run out, some are left with a balance."""
+    terms = [(f"g{i}a", 300 + (i % 11) * 400, 50)]
+    if i % 2 == 0:
+        terms.append((f"g{i}b", 1500, 10))
+    return terms
+
+
+async def seed_grants(sessions: Sessions, tenant: str, n: int, effective_at: datetime) -> int:
+    """The grants of ``grant_terms(i)`` for the ``n`` customers ``c<i>`` that ``seed`` made,
+    in effect from ``effective_at``, never expiring, straight into PostgreSQL as the
+    GrantCredits command writes them: a ``credit_grants`` row and its ``granted`` ledger
+    entry keyed ``granted:<grant id>``. Returns how many grants."""
+    from storage.invoicing.credits import CreditEntry, CreditGrant
+
+    async with sessions() as session, session.begin():
+        rows = await session.execute(
+            text("SELECT external_id, id FROM customers WHERE tenant_id = :t"), {"t": tenant}
+        )
+        ids = {external: id for external, id in rows}
+        grants: list[dict[str, object]] = []
+        entries: list[dict[str, object]] = []
+        for i in range(n):
+            customer_id = ids[f"c{i}"]
+            for grant_id, amount, priority in grant_terms(i):
+                grants.append(
+                    {"tenant_id": tenant, "id": grant_id, "customer_id": customer_id,
+                     "currency": "USD", "amount": amount, "source": "promotional",
+                     "priority": priority, "effective_at": effective_at, "expires_at": None,
+                     "description": f"Credit {grant_id}"}
+                )  # fmt: skip
+                entries.append(
+                    {"id": new_id(), "tenant_id": tenant, "grant_id": grant_id,
+                     "customer_id": customer_id, "kind": "granted", "amount": amount,
+                     "at": effective_at, "invoice_id": None, "key": f"granted:{grant_id}",
+                     "reason": None}
+                )  # fmt: skip
+        for table, values in ((CreditGrant, grants), (CreditEntry, entries)):
+            for k in range(0, len(values), 5000):
+                await session.execute(insert(table), values[k : k + 5000])
+    return len(grants)
