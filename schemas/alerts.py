@@ -2,9 +2,10 @@
 (``billstream.events.alerts.v1``).
 
 A rule belongs to a tenant and says when to raise an alert: a usage or spend threshold
-crossed in the current period, an hour of anomalous usage, or an operational failure.
-An alert is raised at most once per (rule, subject, period, threshold) and lives
-``firing -> acknowledged -> resolved``.
+crossed in the current period, a customer's projected credit balance falling below a
+threshold, an hour of anomalous usage, or an operational failure. An alert is raised at
+most once per (rule, subject, period, threshold) — a credit balance alert once per
+crossing — and lives ``firing -> acknowledged -> resolved``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from decimal import Decimal
 from typing import Annotated, Literal
 
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     ConfigDict,
@@ -25,11 +27,13 @@ from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import core_schema as cs
 
 from schemas.bounds import (
+    MAX_MINOR_UNITS,
     Currency,
     Line,
     PositiveMinorUnits,
     ShowBounds,
     Text,
+    check_minor_units,
     nonempty,
     present,
     show_model_bounds,
@@ -66,6 +70,13 @@ AtLeastOne = Annotated[
     ShowBounds({"minimum": 1, "not": {"type": "string", "pattern": "^0+(\\.[0-9]+)?$"}}),
 ]
 _DISTINCT = ShowBounds({"uniqueItems": True})
+NonNegMinorUnits = Annotated[
+    int,
+    Field(ge=0),  # before the validator, so the JSON Schema still shows it
+    AfterValidator(check_minor_units),
+    ShowBounds({"maximum": MAX_MINOR_UNITS}),
+]
+CREDIT_BALANCE_LOW = "credit.balance_low"  # the condition its alerts name
 # a rule needs something to cross
 _THRESHOLDS_OR_RECURRING = {"anyOf": [nonempty("thresholds"), present("recurring_every")]}
 
@@ -163,6 +174,30 @@ class SpendThreshold(_Model):
         return self
 
 
+class CreditBalanceLow(_Model):
+    """A customer's projected credit balance (its grants' balance minus the cost of what is
+    not invoiced yet) falling below a threshold, in minor units of ``currency``: raised once
+    per crossing, re-armed when the projected balance is at or above the threshold again.
+    Only customers with credit grants, in ``currency``, are evaluated. Its alerts name the
+    condition ``credit.balance_low``."""
+
+    kind: Literal["credit_balance_low"] = "credit_balance_low"
+    currency: Currency
+    subject: Subject = None
+    thresholds: Annotated[list[NonNegMinorUnits], _DISTINCT] = Field(
+        min_length=1,
+        max_length=MAX_THRESHOLDS,
+        description="Alert when the projected balance falls below each (minor units).",
+    )
+
+    @field_validator("thresholds")
+    @classmethod
+    def _thresholds(cls, v: list[int]) -> list[int]:
+        if len(set(v)) != len(v):
+            raise ValueError("thresholds must be distinct")
+        return sorted(v)
+
+
 class Anomaly(_Model):
     """An hour's usage above ``factor`` times the mean of the same hour on the 7 days
     before (hours without usage count as 0; no alert without any usage in those days)."""
@@ -203,7 +238,7 @@ class Operational(_Model):
 
 
 RuleCondition = Annotated[
-    UsageThreshold | SpendThreshold | Anomaly | Operational,
+    UsageThreshold | SpendThreshold | CreditBalanceLow | Anomaly | Operational,
     Field(discriminator="kind"),
     ShowBounds({"required": ["kind"]}),  # the tag picks the variant: it must be given
 ]
@@ -265,7 +300,9 @@ AlertsCommand = Annotated[
 # --- events ----------------------------------------------------------------------
 
 AlertState = Literal["firing", "acknowledged", "resolved"]
-AlertKind = Literal["usage_threshold", "spend_threshold", "anomaly", "operational"]
+AlertKind = Literal[
+    "usage_threshold", "spend_threshold", "credit_balance_low", "anomaly", "operational"
+]
 
 
 class About(_Model):
@@ -285,7 +322,10 @@ class AlertData(_Model):
     alert_id: AlertId
     rule: str = Field(description="The rule's key.")
     kind: AlertKind
-    condition: str = Field(description="The meter key, or the operational condition.")
+    condition: str = Field(
+        description="The meter key, the operational condition, the currency (spend), or "
+        "'credit.balance_low'."
+    )
     subject: str | None = None
     state: AlertState
     period_start: AwareDatetime | None = None

@@ -4,8 +4,13 @@ An alert is unique per (tenant, rule, dedupe key): the dedupe key names the subj
 period and the threshold (or the failure it is about), so inserting the same alert twice,
 from a redelivery, a replay or another replica, inserts nothing the second time.
 
+A credit balance rule keeps a state per (rule, customer, threshold): whether the customer's
+projected balance is below the threshold (alerted, not re-armed yet) and how many times it
+fell below it, which names each crossing's alert.
+
 ORM models and the repository; the types it hands over (``RuleDef``, ``Alert``, ``Period``,
-``OverdueInvoice``) are the alerts service's (workers/alerts/service/domain.py).
+``OverdueInvoice``, ``CreditLevel``) are the alerts service's
+(workers/alerts/service/domain.py).
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
+    Boolean,
     DateTime,
     ForeignKey,
     Index,
@@ -25,6 +32,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     column,
+    exists,
     func,
     literal_column,
     select,
@@ -38,8 +46,10 @@ from sqlalchemy.orm import Mapped, mapped_column
 from sqlalchemy.sql.expression import ColumnClause
 
 from storage.db import Base
+from storage.invoicing import Customer
+from storage.invoicing.credits import CreditGrant
 from storage.quarantine import not_quarantined
-from workers.alerts.service.domain import Alert, OverdueInvoice, Period, RuleDef
+from workers.alerts.service.domain import Alert, CreditLevel, OverdueInvoice, Period, RuleDef
 
 
 class AlertRuleRow(Base):
@@ -91,6 +101,25 @@ class AlertRow(Base):
     acknowledged_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     resolved_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     resolution: Mapped[str | None] = mapped_column(Text)
+
+
+class AlertCreditStateRow(Base):
+    """Whether a customer's projected credit balance is below a threshold of a rule."""
+
+    __tablename__ = "alert_credit_states"
+
+    tenant_id: Mapped[str] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
+    )
+    rule_id: Mapped[str] = mapped_column(
+        ForeignKey("alert_rules.id", ondelete="CASCADE"), primary_key=True
+    )
+    subject: Mapped[str] = mapped_column(
+        String(256), primary_key=True, comment="the customer's external id"
+    )
+    threshold: Mapped[int] = mapped_column(BigInteger, primary_key=True, comment="minor units")
+    below: Mapped[bool] = mapped_column(Boolean, comment="alerted, not re-armed yet")
+    crossings: Mapped[int] = mapped_column(comment="downward crossings so far")
 
 
 _ALERT_COLUMNS = [f.name for f in fields(Alert)]
@@ -355,7 +384,97 @@ class AlertsRepository:
         rows = await self.session.execute(text(sql), params)
         return [_alert(r) for r in rows]
 
+    # --- credit balance crossings -------------------------------------------------------
+
+    async def credit_fell(self, levels: Sequence[CreditLevel]) -> list[CreditLevel]:
+        """Mark each (tenant, rule, subject, threshold) below its threshold; those that were
+        not already (a new crossing) come back with their crossing's number. Atomic per
+        row: of two transactions seeing the same crossing, one gets it."""
+        return await self._credit_levels(
+            """
+            INSERT INTO alert_credit_states AS s
+                (tenant_id, rule_id, subject, threshold, below, crossings)
+            SELECT w.t, w.r, w.s, w.th, true, 1
+            FROM unnest(CAST(:t AS text[]), CAST(:r AS text[]), CAST(:s AS text[]),
+                        CAST(:th AS bigint[])) AS w(t, r, s, th)
+            ORDER BY 1, 2, 3, 4
+            ON CONFLICT (tenant_id, rule_id, subject, threshold) DO UPDATE
+                SET below = true, crossings = s.crossings + 1
+                WHERE NOT s.below
+            RETURNING s.tenant_id, s.rule_id, s.subject, s.threshold, s.crossings
+            """,
+            levels,
+        )
+
+    async def credit_rose(self, levels: Sequence[CreditLevel]) -> list[CreditLevel]:
+        """Re-arm each (tenant, rule, subject, threshold) that was below: those come back
+        with the number of the crossing that ended."""
+        return await self._credit_levels(
+            """
+            UPDATE alert_credit_states AS s SET below = false
+            FROM unnest(CAST(:t AS text[]), CAST(:r AS text[]), CAST(:s AS text[]),
+                        CAST(:th AS bigint[])) AS w(t, r, s, th)
+            WHERE s.tenant_id = w.t AND s.rule_id = w.r AND s.subject = w.s
+              AND s.threshold = w.th AND s.below
+            RETURNING s.tenant_id, s.rule_id, s.subject, s.threshold, s.crossings
+            """,
+            levels,
+        )
+
+    async def _credit_levels(self, sql: str, levels: Sequence[CreditLevel]) -> list[CreditLevel]:
+        if not levels:
+            return []
+        rows = await self.session.execute(
+            text(sql),
+            {
+                "t": [lv.tenant_id for lv in levels],
+                "r": [lv.rule_id for lv in levels],
+                "s": [lv.subject for lv in levels],
+                "th": [lv.threshold for lv in levels],
+            },
+        )
+        return [
+            CreditLevel(r.tenant_id, r.rule_id, r.subject, r.threshold, r.crossings) for r in rows
+        ]
+
+    async def resolve_dedupes(
+        self, keys: Sequence[tuple[str, str, str]], at: datetime, resolution: str
+    ) -> list[Alert]:
+        """Resolve the open alerts of these (tenant, rule id, dedupe key)."""
+        if not keys:
+            return []
+        return await self._transition(
+            "state = 'resolved', resolved_at = :at, resolution = :why",
+            """state <> 'resolved' AND (tenant_id, rule_id, dedupe) IN (
+                   SELECT * FROM unnest(CAST(:t AS text[]), CAST(:r AS text[]),
+                                        CAST(:d AS text[])))""",
+            {
+                "at": at,
+                "why": resolution,
+                "t": [k[0] for k in keys],
+                "r": [k[1] for k in keys],
+                "d": [k[2] for k in keys],
+            },
+        )
+
     # --- what the rules look at in other contexts' read models -------------------------
+
+    async def credit_customers(self, subjects: Iterable[tuple[str, str]]) -> list[Customer]:
+        """The customers of these (tenant, external id) that have a credit grant (in any
+        state): invoicing's rows, as its face ``credit_balances`` takes them."""
+        pairs = sorted(set(subjects))
+        if not pairs:
+            return []
+        c, g = Customer, CreditGrant
+        rows = await self.session.scalars(
+            select(c)
+            .where(
+                tuple_(c.tenant_id, c.external_id).in_(pairs),
+                exists().where(g.tenant_id == c.tenant_id, g.customer_id == c.id),
+            )
+            .order_by(c.tenant_id, c.external_id)
+        )
+        return list(rows)
 
     async def current_periods(
         self, subjects: Iterable[tuple[str, str]], at: datetime

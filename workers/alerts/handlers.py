@@ -1,5 +1,5 @@
-"""Alerts subscribers (usage totals, operational events, dead letters, commands) and the
-sweep job: decode → one transaction → rules and service → publish."""
+"""Alerts subscribers (usage totals, operational and credit events, dead letters, commands)
+and the sweep job: decode → one transaction → rules and service → publish."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from pydantic import TypeAdapter
 
 from schemas import groups, topics
 from schemas.alerts import AlertsCommand
+from schemas.credits import EVENTS as CREDIT_EVENTS
 from schemas.envelope import WIRE, AnyEvent, CloudEvent
 from schemas.metering import UsageTotalsChanged
 from schemas.ops import OpsQuarantined
@@ -22,6 +23,7 @@ from storage.alerts import AlertsRepository
 from storage.tenants import TenantRepository
 from workers.alerts import service
 from workers.alerts.commands import COMMANDS
+from workers.alerts.credit import credit_subject, evaluate_credit
 from workers.alerts.evaluate import UsageRules, touched
 from workers.alerts.jobs import Sweep
 from workers.alerts.publish import publish
@@ -32,25 +34,30 @@ from workers.settings import Settings
 
 log = structlog.get_logger("billstream.alerts")
 
-OPERATIONS_TOPICS = (topics.EVENTS_PAYMENTS, topics.EVENTS_WEBHOOKS, topics.EVENTS_OPS)
+# the invoicing events for the credit ones (credit balance rules); the rest are not read
+OPERATIONS_TOPICS = (
+    topics.EVENTS_PAYMENTS,
+    topics.EVENTS_WEBHOOKS,
+    topics.EVENTS_OPS,
+    topics.EVENTS_INVOICING,
+)
 
 E = TypeVar("E", bound=CloudEvent)
 
 _commands: TypeAdapter[AlertsCommand] = TypeAdapter(AlertsCommand)
 
-_KNOWN: dict[str, type[CloudEvent]] = {
-    c.model_fields["type"].default: c
-    for c in (
-        UsageTotalsChanged,
-        PaymentFailed,
-        DunningExhausted,
-        PaymentSucceeded,
-        EndpointDisabled,
-        EndpointEnabled,
-        EndpointDeleted,
-        OpsQuarantined,  # ops.replayed and ops.redriven (tenant "*" possibly) are not read
-    )
-}
+_READ: tuple[type[CloudEvent], ...] = (
+    UsageTotalsChanged,
+    PaymentFailed,
+    DunningExhausted,
+    PaymentSucceeded,
+    EndpointDisabled,
+    EndpointEnabled,
+    EndpointDeleted,
+    OpsQuarantined,  # ops.replayed and ops.redriven (tenant "*" possibly) are not read
+    *CREDIT_EVENTS,  # other invoicing events are not read
+)
+_KNOWN: dict[str, type[CloudEvent]] = {c.model_fields["type"].default: c for c in _READ}
 
 
 def decode_event(raw: bytes) -> CloudEvent:
@@ -95,22 +102,32 @@ def decode_command(raw: bytes) -> AlertsCommand:
 
 
 async def on_usage(batch: Batch[CloudEvent], tx: Tx, clock: Clock = utc_now) -> None:
-    """Compares changed usage totals against usage, spend and anomaly rules.
+    """Compares changed usage totals against usage, spend and anomaly rules, and the
+    projected credit balances of their subjects against credit balance rules.
 
     No inbox here: these are one event per touched (subject, meter, hour) and batch, and
-    evaluating one again raises nothing new (alerts are unique), so an inbox row each
-    would only cost. Totals are read from the read model, never added up."""
+    evaluating one again raises nothing new (alerts are unique, a credit balance crossing
+    is kept once), so an inbox row each would only cost. Totals are read from the read
+    model, never added up."""
     changes = touched([m.event for m in batch if isinstance(m.event, UsageTotalsChanged)])
     found = await UsageRules(tx, clock).evaluate(changes)
     publish(tx, await tx.repo(AlertsRepository).raise_alerts(found))
+    credit = await evaluate_credit(tx, {(c.tenant_id, c.subject) for c in changes}, clock())
+    publish(tx, credit)
 
 
 async def on_operations(batch: Batch[CloudEvent], tx: Tx, clock: Clock = utc_now) -> None:
     """Raises payment, webhook-endpoint and quarantine alerts; resolves them when they
-    are fixed."""
+    are fixed. Credit events (``credit.*``) have the customer's projected credit balance
+    compared against credit balance rules."""
     repo = tx.repo(AlertsRepository)
+    credit: set[tuple[str, str]] = set()
     for m in await tx.claim([m for m in batch if not isinstance(m.event, AnyEvent)]):
         event, now = m.event, clock()
+        changed = credit_subject(event)
+        if changed is not None:
+            credit.add(changed)
+            continue
         condition = service.condition_raised_by(event)
         if condition is not None:
             rules = await repo.rules_for([event.tenantid], ["operational"], [condition])
@@ -120,6 +137,7 @@ async def on_operations(batch: Batch[CloudEvent], tx: Tx, clock: Clock = utc_now
         if fixed is not None:
             resolved = await repo.resolve_about([fixed.about], [fixed.condition], now, fixed.why)
             publish(tx, resolved, event)
+    publish(tx, await evaluate_credit(tx, credit, clock()))
 
 
 async def on_dead_letters(batch: Batch[DeadLetter], tx: Tx, clock: Clock = utc_now) -> None:

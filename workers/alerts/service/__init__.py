@@ -4,6 +4,7 @@
 - ``rules``: a rule from its command, its definition, whom it applies to
 - ``periods``: the time windows rules look at
 - ``thresholds``: what usage, spend and anomaly rules raise
+- ``credit``: what credit balance rules raise, once per crossing
 - ``operational``: what operational facts raise and resolve
 - ``events``: the event of each state an alert enters
 - ``text``: how times, numbers and money are spelled in messages
@@ -11,8 +12,16 @@
 
 from __future__ import annotations
 
+from workers.alerts.service.credit import (
+    REARMED,
+    credit_alert,
+    credit_applies,
+    credit_dedupe,
+    credit_levels,
+)
 from workers.alerts.service.domain import (
     Alert,
+    CreditLevel,
     OverdueInvoice,
     Period,
     RuleDef,
@@ -47,7 +56,13 @@ from workers.alerts.service.periods import (
     in_period,
     utc_now,
 )
-from workers.alerts.service.rules import PERIOD_KINDS, applies, ensure_same_definition, new_rule
+from workers.alerts.service.rules import (
+    CREDIT_KINDS,
+    PERIOD_KINDS,
+    applies,
+    ensure_same_definition,
+    new_rule,
+)
 from workers.alerts.service.text import money, text_of, utc_text
 from workers.alerts.service.thresholds import (
     anomaly_alert,
@@ -61,11 +76,14 @@ from workers.alerts.views import spec_of
 
 __all__ = [
     "ANOMALY_DAYS",
+    "CREDIT_KINDS",
     "HOUR",
     "PERIOD_KINDS",
+    "REARMED",
     "SOURCE",
     "Alert",
     "Clock",
+    "CreditLevel",
     "OverdueInvoice",
     "Period",
     "Resolution",
@@ -75,6 +93,10 @@ __all__ = [
     "applies",
     "calendar_month",
     "condition_raised_by",
+    "credit_alert",
+    "credit_applies",
+    "credit_dedupe",
+    "credit_levels",
     "crossed",
     "dead_letter",
     "dunning_exhausted",

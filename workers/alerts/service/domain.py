@@ -73,6 +73,18 @@ class Period:
 
 
 @dataclass(frozen=True)
+class CreditLevel:
+    """A threshold of a credit balance rule for one customer; ``crossings``: how many times
+    its projected balance fell below it (as the state holds it)."""
+
+    tenant_id: str
+    rule_id: str
+    subject: str
+    threshold: int
+    crossings: int = 0
+
+
+@dataclass(frozen=True)
 class OverdueInvoice:
     tenant_id: str
     invoice_id: str

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from schemas.alerts import CreateAlertRule
+from schemas.alerts import CREDIT_BALANCE_LOW, CreateAlertRule
 from schemas.envelope import new_id
 from workers.alerts.errors import RuleConflict
 from workers.alerts.service.domain import RuleDef
@@ -10,6 +10,8 @@ from workers.alerts.views import spec_of  # a stored rule's definition is a view
 
 # the kinds of rule evaluated against usage totals (per billing period or hour)
 PERIOD_KINDS = ("usage_threshold", "spend_threshold", "anomaly")
+# the kinds of rule evaluated against customers' credit balances
+CREDIT_KINDS = ("credit_balance_low",)
 
 
 def new_rule(command: CreateAlertRule) -> RuleDef:
@@ -20,6 +22,8 @@ def new_rule(command: CreateAlertRule) -> RuleDef:
         target = rule.condition
     elif rule.kind == "spend_threshold":
         target = rule.currency
+    elif rule.kind == "credit_balance_low":
+        target = CREDIT_BALANCE_LOW  # what its alerts name as their condition
     else:
         target = rule.meter
     return RuleDef(
