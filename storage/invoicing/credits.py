@@ -274,6 +274,29 @@ class CreditRepository:
         )
         return [(g, int(b)) for g, b in rows]
 
+    async def live_grants(self, customer_id: str, now: datetime) -> int:
+        """How many grants of the customer still have credit (or will have, once in effect
+        or paid) and have not expired by ``now``."""
+        balance = (
+            select(func.coalesce(func.sum(CreditEntry.amount), 0))
+            .where(
+                CreditEntry.tenant_id == CreditGrant.tenant_id,
+                CreditEntry.grant_id == CreditGrant.id,
+            )
+            .scalar_subquery()
+        )
+        entries = select(CreditEntry.seq).where(
+            CreditEntry.tenant_id == CreditGrant.tenant_id, CreditEntry.grant_id == CreditGrant.id
+        )
+        count = await self.session.scalar(
+            select(func.count()).where(
+                CreditGrant.customer_id == customer_id,
+                or_(CreditGrant.expires_at.is_(None), CreditGrant.expires_at > now),
+                or_(balance > 0, ~entries.exists()),
+            )
+        )
+        return int(count or 0)
+
     async def balances(
         self, tenant_id: str, grant_ids: Iterable[str], as_of: datetime | None = None
     ) -> dict[str, int]:

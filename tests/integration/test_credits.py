@@ -356,3 +356,19 @@ async def test_automatic_top_up_once_per_crossing(billing: Stack) -> None:
     assert (credits["balance"], credits["projected_balance"]) == (5000, 5000)
     view = await st.api.get("/v1/customers/shop/credits/auto-top-up")
     assert view["count"] == 1
+
+
+async def test_credits_in_a_currency_of_exponent_three(billing: Stack) -> None:
+    st = billing
+    await customer(st, "kw", "KWD", tax_rate="0.05")
+    await st.api.ok("POST", "/v1/plans", plan("kw", "KWD", "12.500"))
+    await grant(st, "kw", id="k", amount=3_250, effective_at=OCT.isoformat())
+    sub = await st.api.ok(
+        "POST", "/v1/subscriptions", {"customer": "kw", "plan": "kw", "start": OCT.isoformat()}
+    )
+    await st.run_billing(NOV + HOUR)
+    inv = await invoice_of(st, sub["subscription_id"])
+    # 12.500 KWD = 12500 fils; 5 % tax = 625; credits 3250: 9875 (9.875 KWD) due
+    assert (inv["subtotal"], inv["tax"], inv["credits"], inv["total"], inv["amount_due"]) == (
+        12_500, 625, 3_250, 9_875, 9_875,
+    )  # fmt: skip

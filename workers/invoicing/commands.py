@@ -316,6 +316,7 @@ def _grant_columns(
     }
 
 
+MAX_LIVE_GRANTS = 1000  # per customer: every invoice of it reads them all as it finalizes
 _IMMUTABLE = ("customer_id", "currency", "amount", "source", "priority", "expires_at", "scope",
               "rollover", "purchase_amount", "description")  # fmt: skip
 
@@ -343,6 +344,14 @@ async def grant_credits(cmd: GrantCredits, tx: Tx) -> Result:
     repo = tx.repo(CreditRepository)
     await repo.lock_customers([customer.id])
     columns = _grant_columns(spec, tenant, customer, cmd.time)
+    if await repo.grant(tenant, spec.id) is None:
+        live = await repo.live_grants(customer.id, cmd.time)
+        if live >= MAX_LIVE_GRANTS:
+            raise Conflict(
+                f"the customer has {live} grants with credit left; at most {MAX_LIVE_GRANTS} "
+                "(void or use some first)",
+                field="customer",
+            )
     grant = await repo.add_grant(**columns)
     if grant is None:
         existing = await repo.grant(tenant, spec.id)

@@ -246,19 +246,20 @@ async def return_credits(
     rows = []
     for e in applied:
         g = grants[e.grant_id]
+        when = max(at, e.at)  # never before the application it undoes (a run dated ahead)
         rows.append(
             credits.entry(
-                e.tenant_id, e.grant_id, customer.id, "reversed", -e.amount, at,
+                e.tenant_id, e.grant_id, customer.id, "reversed", -e.amount, when,
                 f"reversed:{e.grant_id}:{invoice.id}", invoice_id=invoice.id,
             )
         )  # fmt: skip
         gone = kinds.get(g.id, set()) & {"expired", "voided"} or (
-            g.expires_at is not None and g.expires_at <= at
+            g.expires_at is not None and g.expires_at <= when
         )
         if gone:
             rows.append(
                 credits.entry(
-                    e.tenant_id, e.grant_id, customer.id, "expired", e.amount, at,
+                    e.tenant_id, e.grant_id, customer.id, "expired", e.amount, when,
                     f"expired:{e.grant_id}:{invoice.id}", invoice_id=invoice.id,
                     reason="returned by a voided invoice after the grant ended",
                 )
