@@ -35,6 +35,7 @@ from sqlalchemy import (
     exists,
     func,
     literal_column,
+    or_,
     select,
     table,
     text,
@@ -475,6 +476,39 @@ class AlertsRepository:
             .order_by(c.tenant_id, c.external_id)
         )
         return list(rows)
+
+    async def credit_sweep(
+        self,
+        kinds: Sequence[str],
+        limit: int,
+        after: tuple[str, str] | None,
+        *,
+        job: str,
+        only: Sequence[tuple[str, str]] | None = None,
+    ) -> list[tuple[str, str]]:
+        """The next ``limit`` customers (tenant, external id) after ``after`` in that order
+        that have a credit grant (in any state) and a rule of ``kinds`` looking at them (on
+        every customer or on this one), leaving out those ``job`` quarantined; ``only``:
+        just these. Nothing is locked: evaluating a customer twice (two replicas) raises
+        nothing twice, the crossing state is kept once."""
+        c, g, r = Customer, CreditGrant, AlertRuleRow
+        q = select(c.tenant_id, c.external_id).where(
+            # the tenants with such rules first: the others' customers are never scanned
+            c.tenant_id.in_(select(r.tenant_id).where(r.kind.in_(kinds))),
+            exists().where(
+                r.tenant_id == c.tenant_id,
+                r.kind.in_(kinds),
+                or_(r.subject.is_(None), r.subject == c.external_id),
+            ),
+            exists().where(g.tenant_id == c.tenant_id, g.customer_id == c.id),
+            not_quarantined(job, "customer", c.tenant_id, c.external_id),
+        )
+        if after is not None:
+            q = q.where(tuple_(c.tenant_id, c.external_id) > tuple_(*after))
+        if only is not None:
+            q = q.where(tuple_(c.tenant_id, c.external_id).in_(list(only)))
+        q = q.order_by(c.tenant_id, c.external_id).limit(limit)
+        return [(t, s) for t, s in await self.session.execute(q)]
 
     async def current_periods(
         self, subjects: Iterable[tuple[str, str]], at: datetime

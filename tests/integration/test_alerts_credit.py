@@ -3,17 +3,25 @@ workers, against the real broker and PostgreSQL: a customer's projected credit b
 (grants - what is not invoiced yet) falls below a threshold as usage arrives -> exactly one
 alert; more usage -> none again; a new grant lifting it above re-arms the threshold (its
 alert resolves) and the next fall is a new alert. A customer without grants never alerts.
+A balance that falls with no usage and no credit event (a new subscription's flat fee) is
+found by the sweep -> exactly one alert.
 
 Customer c0 (seeded, like tests/integration/test_alerts.py) is on 10.00 USD a month +
 0.001 USD a call above 100 included, 20 % tax; its invoice-to-be with ``n`` calls, in cents:
-subtotal = 1000 + round(0.001 * (n - 100) USD), total = subtotal + round(20 %):
+subtotal = 1000 + round(0.001 * (n - 100) USD), total = subtotal + round(20 %) (half-even):
 
     calls    usage line   subtotal   tax   pending
         1          0        1000     200     1200
       501         40        1040     208     1248
-      601         50        1050     210     1260
+      525         42        1042     208     1250
+      526         43        1043     209     1252
       651         55        1055     211     1266
-     1401        130        1130     226     1356
+     1354        125        1125     225     1350
+     1355        126        1126     225     1351
+
+Usage arrives in batches of any size, so a fall is approached in one send that stays at or
+above the threshold and made by a single call: whatever the batches, the crossing's value
+is known.
 """
 
 from __future__ import annotations
@@ -29,11 +37,26 @@ from aiokafka import AIOKafkaProducer
 
 from schemas import groups, topics
 from schemas.credits import CreditGrantSpec, GrantCredits
+from schemas.envelope import CloudEvent
+from schemas.invoicing import (
+    CreatePlan,
+    CreateSubscription,
+    CustomerSpec,
+    SubscriptionSpec,
+    UpsertCustomer,
+)
 from schemas.usage import UsageEvent
 from storage.alerts import AlertCreditStateRow, AlertsRepository
-from tests.conftest import TenantKey
+from tests.conftest import TenantKey, make_tenant
 from tests.integration.alerts_support import create_rule, published, settled, stored
-from tests.integration.billing_seed import CALLS, seed
+from tests.integration.billing_seed import (
+    CALLS,
+    PLAN,
+    expected_total,
+    grant_terms,
+    seed,
+    seed_grants,
+)
 from tests.integration.support import (
     Sessions,
     command_outcome,
@@ -49,10 +72,12 @@ from tests.integration.support import (
 )
 from tests.unit.test_alerts_credit import credit_rule
 from workers.alerts.app import build as build_alerts
+from workers.alerts.jobs import SWEEP_LIMIT, CreditCursor
 from workers.alerts.service import CreditLevel
 from workers.devstack import wait_for
 from workers.invoicing.app import build as build_invoicing
 from workers.metering.app import build as build_metering
+from workers.runtime import Jobs
 from workers.settings import Settings
 
 RULE = {"kind": "credit_balance_low", "currency": "USD", "thresholds": [250, 100]}
@@ -104,20 +129,24 @@ async def test_once_per_crossing_and_rearmed_by_a_grant(
         await settled(settings, sessions)
         assert await stored(sessions, t) == []
 
-        await send_usage(p, calls_of("c0", "b", 100))  # 601 calls: 1500 - 1260 = 240 < 250
+        await send_usage(p, calls_of("c0", "b", 24))  # 525 calls: 1500 - 1250 = 250, not below
+        await settled(settings, sessions)
+        assert await stored(sessions, t) == []
+
+        await send_usage(p, calls_of("c0", "x", 1))  # 526 calls: 1500 - 1252 = 248 < 250
         await settled(settings, sessions)
         [first] = await stored(sessions, t)
         assert (first.subject, first.kind, first.condition, first.state) == (
             "c0", "credit_balance_low", "credit.balance_low", "firing",
         )  # fmt: skip
-        assert (first.threshold, first.value, first.unit) == (Decimal(250), Decimal(240), "USD")
+        assert (first.threshold, first.value, first.unit) == (Decimal(250), Decimal(248), "USD")
         assert first.message == (
             "credit.balance_low: the projected credit balance of c0 fell below 2.50 USD: "
-            "2.40 USD (balance 15.00 USD, not invoiced yet 12.60 USD)"
+            "2.48 USD (balance 15.00 USD, not invoiced yet 12.52 USD)"
         )
 
         # more usage, still below 250 (and above 100): no second alert
-        await send_usage(p, calls_of("c0", "c", 50))  # 651 calls: 1500 - 1266 = 234
+        await send_usage(p, calls_of("c0", "c", 125))  # 651 calls: 1500 - 1266 = 234
         await settled(settings, sessions)
         assert [a.id for a in await stored(sessions, t)] == [first.id]
 
@@ -128,18 +157,21 @@ async def test_once_per_crossing_and_rearmed_by_a_grant(
         assert again.resolution == "credit balance back at or above the threshold"
 
         # and falls below again: a new crossing, a new alert
-        await send_usage(p, calls_of("c0", "d", 750))  # 1401 calls: 1600 - 1356 = 244
+        await send_usage(p, calls_of("c0", "d", 703))  # 1354 calls: 1600 - 1350 = 250
+        await settled(settings, sessions)
+        assert [(a.id, a.state) for a in await stored(sessions, t)] == [(first.id, "resolved")]
+        await send_usage(p, calls_of("c0", "y", 1))  # 1355 calls: 1600 - 1351 = 249
         await settled(settings, sessions)
         alerts = await stored(sessions, t)
         assert [(a.threshold, a.value, a.state) for a in alerts] == [
-            (Decimal(250), Decimal(240), "resolved"),
-            (Decimal(250), Decimal(244), "firing"),
+            (Decimal(250), Decimal(248), "resolved"),
+            (Decimal(250), Decimal(249), "firing"),
         ]
         assert all(a.subject == "c0" for a in alerts)
 
     events = await published(settings)
     assert [(e["type"], e["data"]["value"]) for e in events] == [
-        ("alert.raised", "240"), ("alert.resolved", "240"), ("alert.raised", "244"),
+        ("alert.raised", "248"), ("alert.resolved", "248"), ("alert.raised", "249"),
     ]  # fmt: skip
     raised = events[0]
     assert raised["subject"] == "c0"
@@ -188,3 +220,112 @@ async def test_a_crossing_is_kept_once_whoever_sees_it(
         assert await AlertsRepository(session).delete_rule(t, rule.key) is not None
     async with sessions() as session:
         assert await session.get(AlertCreditStateRow, key) is None
+
+
+async def invoicing_command(
+    p: AIOKafkaProducer, sessions: Sessions, c: CloudEvent, customer: str | None
+) -> None:
+    """Send an invoicing command keyed as the ingress keys it; wait for its success."""
+    key = topics.partition_key(c.tenantid, customer) if customer else c.tenantid
+    await send_raw(p, topics.COMMANDS_INVOICING, c.to_json(), key.encode())
+    record = await command_outcome(sessions, c.tenantid, c.id)
+    assert record.status == "succeeded", record.error
+
+
+async def test_a_balance_falling_with_no_event_is_found_by_the_sweep(
+    settings: Settings, sessions: Sessions, tenant: TenantKey
+) -> None:
+    """c0 has 15.00 USD of credit and no subscription: projected 1500, above the rule's
+    500. A subscription to PLAN (10.00 USD a month flat, 20 % tax, no usage) makes its
+    invoice-to-be 1000 + 200 = 1200: projected 1500 - 1200 = 300 < 500, with no usage and
+    no credit event to say so. The sweep finds it: exactly one alert, and looking again
+    raises nothing more. c1 (no grant) is never looked at."""
+    t = tenant.tenant_id
+    fast = settings.model_copy(update={"alerts_tick_s": 0.2})
+    now = datetime.now(UTC)
+    hour = now.replace(minute=0, second=0, microsecond=0)
+    rule = {"kind": "credit_balance_low", "currency": "USD", "thresholds": [500]}
+    async with (
+        running(build_invoicing(fast)),
+        running(build_alerts(fast)),
+        producer(fast) as p,
+    ):
+        await insert_meters(sessions, t, [CALLS])
+        await create_rule(p, sessions, t, "credit-low", rule)
+        for who in ("c0", "c1"):
+            spec = CustomerSpec(external_id=who, name=who, currency="USD", tax_rate=Decimal("0.2"))
+            await invoicing_command(
+                p, sessions, UpsertCustomer(source="tests", tenantid=t, data=spec), who
+            )
+        await invoicing_command(
+            p, sessions, CreatePlan(source="tests", tenantid=t, data=PLAN), None
+        )
+        await grant(p, fast, sessions, t, "g1", 1500)
+        assert await stored(sessions, t) == []
+
+        sub = SubscriptionSpec(id="s0", customer="c0", plan=PLAN.key, start=hour)
+        await invoicing_command(
+            p, sessions, CreateSubscription(source="tests", tenantid=t, data=sub), "c0"
+        )
+        [alert] = await wait_for(lambda: stored(sessions, t), timeout_s=30)
+        assert (alert.subject, alert.condition, alert.state) == (
+            "c0", "credit.balance_low", "firing",
+        )  # fmt: skip
+        assert (alert.threshold, alert.value, alert.unit) == (Decimal(500), Decimal(300), "USD")
+        assert alert.message == (
+            "credit.balance_low: the projected credit balance of c0 fell below 5.00 USD: "
+            "3.00 USD (balance 15.00 USD, not invoiced yet 12.00 USD)"
+        )
+
+        # another pass over the watched customers (only c0: c1 has no grant) raises nothing
+        jobs = Jobs(sessions, retry_initial_s=0.01, retry_max_s=0.1)
+        assert await CreditCursor().step(jobs, datetime.now(UTC)) == 1
+        await wait_outbox_drained(sessions)
+        assert [a.id for a in await stored(sessions, t)] == [alert.id]
+
+    raised = [e for e in await published(settings) if e["tenantid"] == t]
+    assert [(e["type"], e["data"]["value"]) for e in raised] == [("alert.raised", "300")]
+
+
+async def test_the_sweep_pages_through_the_watched_customers(
+    sessions: Sessions, tenant: TenantKey
+) -> None:
+    """acme: 600 customers with grants and a rule on every customer; other: 3 with grants
+    and a rule on c1 only. A pass is 601 customers in chunks of at most SWEEP_LIMIT, the
+    cursor going on from where the last chunk stopped and starting over once a chunk is
+    short; the first pass raises each crossing (computed from the seeded grants and
+    invoices-to-be), the second nothing."""
+    t = tenant.tenant_id
+    await make_tenant(sessions, "other")
+    month = datetime.now(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    for tid, n in ((t, 600), ("other", 3)):
+        calls = (await insert_meters(sessions, tid, [CALLS]))["calls"]
+        await seed(sessions, tid, n, month, calls.id, 1)
+        await seed_grants(sessions, tid, n, month)
+    async with sessions() as session, session.begin():
+        repo = AlertsRepository(session)
+        assert await repo.add_rule(credit_rule(tenant=t)) is None  # thresholds 1000 and 0
+        assert await repo.add_rule(credit_rule(tenant="other", subject="c1")) is None
+
+    def projected(i: int) -> int:
+        return sum(amount for _, amount, _ in grant_terms(i)) - expected_total(i)
+
+    crossings = sum((projected(i) < 1000) + (projected(i) < 0) for i in range(600))
+    crossings += (projected(1) < 1000) + (projected(1) < 0)
+    assert crossings > 0
+
+    jobs = Jobs(sessions, retry_initial_s=0.01, retry_max_s=0.1)
+    cursor = CreditCursor()
+    assert SWEEP_LIMIT == 500
+    assert await cursor.step(jobs, datetime.now(UTC)) == 500
+    assert cursor.after is not None and cursor.after[0] == t
+    assert await cursor.step(jobs, datetime.now(UTC)) == 101  # acme's last 100, other's c1
+    assert cursor.after is None  # the pass is over
+    first = await stored(sessions, t, limit=1000) + await stored(sessions, "other")
+    assert len(first) == crossings
+    assert {a.subject for a in await stored(sessions, "other")} <= {"c1"}
+
+    assert await cursor.step(jobs, datetime.now(UTC)) == 500  # the next pass
+    assert await cursor.step(jobs, datetime.now(UTC)) == 101
+    again = await stored(sessions, t, limit=1000) + await stored(sessions, "other")
+    assert sorted(a.id for a in again) == sorted(a.id for a in first)

@@ -5,7 +5,9 @@ the pure service decides, the repository keeps each crossing once.
 A customer's projected balance falls as its usage arrives (``usage.totals_changed``) and
 moves with its credit (``credit.granted``, ``credit.voided``, ``credit.applied``,
 ``credit.reversed``, ``credit.expired`` on the invoicing events topic): both are evaluated
-here, as of now."""
+here, as of now. So are the customers the sweep goes through (``jobs.CreditCursor``), for a
+balance that falls with neither (a new subscription's flat fee, a new period, a grant past
+its expiry before the expiry job wrote it)."""
 
 from __future__ import annotations
 
