@@ -104,7 +104,8 @@ class Settings(BaseSettings):
         default=10.0,
         gt=0,
         description="How often the invoicing scheduler looks for ended periods, due drafts "
-        "and requested billing runs.",
+        "and requested billing runs, and the credit job for expiring grants, ended "
+        "commitments and automatic top-ups.",
     )
     invoicing_chunk: int = Field(
         default=1000, ge=1, le=10_000, description="Subscriptions or drafts per transaction."
@@ -192,8 +193,8 @@ class Settings(BaseSettings):
     alerts_tick_s: float = Field(
         default=5.0,
         gt=0,
-        description="How often the alerts worker raises overdue-invoice alerts and resolves "
-        "alerts whose period ended or whose invoice was settled.",
+        description="How often the alerts worker raises overdue-invoice alerts, checks credit "
+        "balances and resolves alerts whose period ended or whose invoice was settled.",
     )
 
     # --- payments ------------------------------------------------------------------

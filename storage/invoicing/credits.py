@@ -402,6 +402,19 @@ class CreditRepository:
         )
         return list(result)
 
+    async def append_entries(self, rows: Sequence[dict[str, Any]]) -> set[str]:
+        """Append many ledger entries in one statement (a finalizing chunk's); returns the
+        keys written (one written before is skipped)."""
+        if not rows:
+            return set()
+        result = await self.session.execute(
+            insert(CreditEntry)
+            .on_conflict_do_nothing(constraint="uq_credit_entries_key")
+            .returning(CreditEntry.key),
+            list(rows),
+        )
+        return set(result.scalars())
+
     async def entries_of_invoice(self, tenant_id: str, invoice_id: str) -> list[CreditEntry]:
         return list(
             await self.session.scalars(

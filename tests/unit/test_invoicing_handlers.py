@@ -307,6 +307,18 @@ class NoCredits:
     async def entries_of_invoice(self, tenant_id: str, invoice_id: str) -> list[Any]:
         return []
 
+    async def commitments(self, customer_ids: Iterable[str]) -> list[Any]:
+        return []
+
+    async def commitment_entries_of_invoice(self, tenant_id: str, invoice_id: str) -> list[Any]:
+        return []
+
+    async def add_commitment_entries(self, rows: Sequence[Any]) -> int:
+        return 0
+
+    async def append_entries(self, rows: Sequence[Any]) -> set[str]:
+        return set()
+
 
 def unit(repo: FakeInvoicing, usage: FakeUsage | None = None) -> MemoryTx:
     return MemoryTx(

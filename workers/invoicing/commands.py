@@ -265,7 +265,8 @@ async def _close(tx: Tx, cmd: VoidInvoice | MarkInvoiceUncollectible, to: str) -
     invoice = await repo.invoice(tenant, spec.invoice_id, lock=True)
     if invoice is None:
         raise NotFound(f"no invoice {spec.invoice_id!r}", field="invoice_id")
-    service.check_transition(invoice.status, to)
+    paid_by_credits = invoice.credits > 0 and invoice.amount_paid == 0
+    service.check_transition(invoice.status, to, paid_by_credits=paid_by_credits)
     await repo.close_invoice(invoice, to, cmd.time, spec.reason)
     customer = (await repo.customers([invoice.customer_id]))[invoice.customer_id]
     if to == "void":
@@ -406,8 +407,10 @@ async def void_credit_grant(cmd: VoidCreditGrant, tx: Tx) -> Result:
         )
     if state == "expired":
         raise Conflict(f"grant {grant.id!r} has expired", field="grant_id")
+    # never before the grant takes effect: its balance would be negative in between
+    at = max(cmd.time, grant.effective_at)
     entry = credits.entry(
-        tenant, grant.id, grant.customer_id, "voided", -balance, cmd.time, f"voided:{grant.id}",
+        tenant, grant.id, grant.customer_id, "voided", -balance, at, f"voided:{grant.id}",
         reason=spec.reason,
     )  # fmt: skip
     await repo.add_entries([entry])

@@ -94,10 +94,11 @@ class CreditJobs:
     async def auto_top_up(self, now: datetime) -> int:
         """Top up every customer whose projected balance fell below its threshold since its
         last top-up; returns how many top-ups were issued."""
-        after: tuple[str, str] | None = None
+        after: tuple[str, str] | None = None  # moves once a chunk is done (a retry re-reads it)
+        last: tuple[str, str] | None = None
 
         async def claim(tx: Tx, only: Sequence[Item] | None) -> list[AutoTopUp]:
-            nonlocal after
+            nonlocal last
             rows = await tx.repo(CreditRepository).claim_auto_top_ups(
                 self.chunk,
                 None if only is not None else after,
@@ -105,7 +106,7 @@ class CreditJobs:
                 only=None if only is None else [(i.tenant_id, i.id) for i in only],
             )
             if only is None and rows:
-                after = (rows[-1].tenant_id, rows[-1].customer_id)
+                last = (rows[-1].tenant_id, rows[-1].customer_id)
             return rows
 
         async def apply(tx: Tx, rows: Sequence[AutoTopUp]) -> int:
@@ -114,6 +115,7 @@ class CreditJobs:
         issued = 0
         while (step := await self.jobs.claimed(AUTO_TOP_UP, claim, _auto, apply)).claimed:
             issued += step.applied
+            after = last
         return issued
 
 

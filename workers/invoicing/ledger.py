@@ -103,7 +103,8 @@ class Wallet:
     as_of: datetime
     grants: dict[str, list[credits.Grant]] = field(default_factory=dict)  # by customer id
     rows: dict[str, CreditGrant] = field(default_factory=dict)  # by grant id
-    entries: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (customer, row)
+    # (customer id, ledger row, the grant's balance after it)
+    entries: list[tuple[str, dict[str, Any], int]] = field(default_factory=list)
     # by customer id: its commitments not trued up, with what is left of each
     commitments: dict[str, list[list[Any]]] = field(default_factory=dict)
     draws: list[dict[str, Any]] = field(default_factory=list)
@@ -170,6 +171,7 @@ class Wallet:
             replace(g, balance=g.balance - taken.get(g.id, 0)) for g in self.grants[customer_id]
         ]
         out: list[service.Line] = []
+        before = {g.id: g.balance for g in mine}
         for g, amount in paid:
             row = self.rows[g.id]
             out.append(
@@ -184,17 +186,25 @@ class Wallet:
                         row.tenant_id, g.id, customer_id, "applied", -amount, self.as_of,
                         credits.applied_key(g.id, invoice["id"]), invoice_id=invoice["id"],
                     ),
+                    before[g.id] - amount,
                 )
             )  # fmt: skip
         return out
 
     async def write(self, tx: Tx, customers: dict[str, Customer]) -> None:
-        await tx.repo(CreditRepository).add_commitment_entries(self.draws)
-        by_customer: dict[str, list[dict[str, Any]]] = {}
-        for customer_id, row in self.entries:
-            by_customer.setdefault(customer_id, []).append(row)
-        for customer_id, rows in by_customer.items():
-            await write_entries(tx, rows, self.rows, customers[customer_id].external_id)
+        """Append the chunk's ledger entries (one statement) and emit ``credit.applied`` for
+        each, with the grant's balance after it (known: the balances were read under the
+        customers' locks)."""
+        repo = tx.repo(CreditRepository)
+        await repo.add_commitment_entries(self.draws)
+        written = await repo.append_entries([row for _, row, _ in self.entries])
+        for customer_id, row, balance in self.entries:
+            if row["key"] not in written:
+                continue
+            customer = customers[customer_id].external_id
+            data = credits.entry_data(row, customer, self.rows[row["grant_id"]].currency, balance)
+            tenant = row["tenant_id"]
+            emit(tx, credits.entry_event(data, tenantid=tenant), tenant, customer)
 
 
 def commitment_entry(

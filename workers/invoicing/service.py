@@ -424,13 +424,15 @@ def invoice_number(prefix: str, year: int, n: int) -> str:
     return f"{prefix}-{year}-{n:06d}"
 
 
-def check_transition(status: str, to: str) -> None:
+def check_transition(status: str, to: str, *, paid_by_credits: bool = False) -> None:
     """Drafts finalize; finalized invoices are paid, voided or marked uncollectible;
-    uncollectible ones can still be paid or voided. Paid and void are final."""
+    uncollectible ones can still be paid or voided. Paid and void are final, except that an
+    invoice that credits paid in full (no payment) can be voided: its credits return."""
     allowed = {
         "draft": {"finalized", "void"},
         "finalized": {"paid", "void", "uncollectible"},
         "uncollectible": {"paid", "void"},
+        "paid": {"void"} if paid_by_credits else set(),
     }
     if to not in allowed.get(status, set()):
         raise InvalidTransition(f"a {status} invoice cannot become {to}")
