@@ -15,5 +15,6 @@ from storage import (  # noqa: F401
     webhooks,
 )
 from storage.db import Base
+from storage.invoicing import credit_models  # noqa: F401
 
 __all__ = ["Base"]

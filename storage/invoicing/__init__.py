@@ -1,5 +1,6 @@
 """Invoicing's storage: customers, plans, subscriptions, billing runs, invoices and their
-lines (``models.py``), and the repository that holds all of its SQL (``repository.py``)."""
+lines (``models.py``), and the repository that holds all of its SQL (``repository.py``);
+prepaid credits and commitments (``credit_models.py``, ``credits.py``)."""
 
 from storage.invoicing.models import (
     BillingRun,

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from workers.invoicing import service
-from workers.invoicing.credits import Grant, Payable, allocate, order
+from workers.invoicing.credits import Grant, Payable, allocate, credit_line, order
 
 FAST = settings(max_examples=300, deadline=None)
 T0 = datetime(2031, 1, 1, tzinfo=UTC)
@@ -261,9 +261,7 @@ def _credit_lines(inv: Invoice, gs: list[Grant], mode: str) -> list[service.Line
     if mode == service.AFTER_TAX:
         subtotal = sum(ln.amount for ln in inv.lines)
         ps.append(Payable(service.taxed(subtotal, inv.tax_rate, inv.currency, inv.rounding)))
-    return [
-        service.credit_line(g.id, None, amount, T0, T0 + 30 * DAY) for g, amount in allocate(gs, ps)
-    ]
+    return [credit_line(g.id, None, amount, T0, T0 + 30 * DAY) for g, amount in allocate(gs, ps)]
 
 
 @FAST

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 from schemas.credits import (
@@ -30,6 +31,7 @@ from schemas.credits import (
     Rollover,
 )
 from schemas.envelope import CloudEvent, new_id
+from workers.invoicing import service
 
 SOURCE = "billstream/invoicing"
 NEVER = datetime.max.replace(tzinfo=UTC)  # the expiry of a grant that never expires
@@ -131,6 +133,28 @@ def status(row: Any, kinds: set[str], balance: int, now: datetime) -> GrantStatu
     if row.effective_at > now:
         return "scheduled"
     return "active" if balance > 0 else "depleted"
+
+
+def credit_line(
+    grant_id: str, description: str | None, amount: int, start: datetime, end: datetime
+) -> service.Line:
+    """The line of an invoice that ``amount`` of grant ``grant_id`` paid (negative)."""
+    return service.Line(
+        price_key="credit",
+        kind="credit",
+        description=description or f"Prepaid credit {grant_id}",
+        meter=None,
+        subject=None,
+        period_start=start,
+        period_end=end,
+        quantity=Decimal(1),
+        unit_price=None,
+        tiers=(),
+        proration=Decimal(1),
+        minimum_applied=False,
+        amount=-amount,
+        grant_id=grant_id,
+    )
 
 
 # --- ledger entries ----------------------------------------------------------------------

@@ -41,7 +41,7 @@ from storage.invoicing import (
 )
 from workers.invoicing import service, views
 from workers.invoicing.ledger import Wallet
-from workers.invoicing.lines import PLANS, InvoiceMaker, Plans, of_subscription
+from workers.invoicing.lines import PLANS, InvoiceMaker, Plans, line_values, of_subscription
 from workers.runtime import Item, Jobs, Tx
 from workers.runtime.offsets import OffsetReader
 from workers.settings import Settings
@@ -129,7 +129,7 @@ async def create_drafts(
             "usage_offsets": usage_offsets,
         }
         invoices.append(row)
-        lines += service.line_values(row["id"], tenant, plan_lines)
+        lines += line_values(row["id"], tenant, plan_lines)
         data[row["id"]] = service.invoice_data(
             row, customer.external_id, [ln.model() for ln in plan_lines]
         )
@@ -317,7 +317,7 @@ class Billing:
             change = service.finalized(row, t, tax_rate, number, as_of, customer.net_terms_days)
             row.update(change)
             changes.append(change)
-            new_lines += service.line_values(d.id, d.tenant_id, lines)
+            new_lines += line_values(d.id, d.tenant_id, lines)
             view = service.invoice_data(
                 row, customer.external_id, [ln.model() for ln in lines], status="finalized"
             )

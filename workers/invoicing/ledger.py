@@ -23,6 +23,7 @@ from schemas.invoicing import InvoiceFinalized, InvoicingConfig
 from storage.invoicing import Customer, Invoice, InvoicingRepository
 from storage.invoicing.credits import CreditGrant, CreditRepository
 from workers.invoicing import credits, service, views
+from workers.invoicing.lines import line_values
 from workers.runtime import Tx
 
 
@@ -175,7 +176,7 @@ class Wallet:
         for g, amount in paid:
             row = self.rows[g.id]
             out.append(
-                service.credit_line(
+                credits.credit_line(
                     g.id, row.description, amount, invoice["period_start"], invoice["period_end"]
                 )
             )
@@ -339,7 +340,7 @@ async def issue_invoice(
         "finalized_at": at,
         "due_at": at + timedelta(days=customer.net_terms_days),
     }
-    await repo.insert_invoices([row], service.line_values(row["id"], tenant, [line]))
+    await repo.insert_invoices([row], line_values(row["id"], tenant, [line]))
     view = service.invoice_data(row, customer.external_id, [line.model()])
     event = service.invoice_event(InvoiceFinalized, view, **_envelope(tenant, cause))
     emit(tx, event, tenant, customer.external_id)

@@ -7,8 +7,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from schemas.invoicing import TierLine
 from schemas.pricing import FlatPrice, PlanSpec
 from storage.invoicing import InvoicingRepository
 from storage.metering import MeterRepository, UsageRepository
@@ -133,3 +134,32 @@ class InvoiceMaker:
                 [b for b, _ in pairs], [v for _, v in pairs], d.currency
             )
         return out
+
+
+def line_values(
+    invoice_id: str, tenant_id: str, lines: Sequence[service.Line]
+) -> list[dict[str, Any]]:
+    """The invoice_lines rows of ``lines``."""
+    return [
+        {
+            "invoice_id": invoice_id,
+            "position": i,
+            "tenant_id": tenant_id,
+            "price_key": ln.price_key,
+            "kind": ln.kind,
+            "description": ln.description,
+            "meter": ln.meter,
+            "subject": ln.subject,
+            "period_start": ln.period_start,
+            "period_end": ln.period_end,
+            "quantity": ln.quantity,
+            "unit_price": ln.unit_price,
+            "tiers": [TierLine.model_validate(vars(p)).model_dump(mode="json") for p in ln.tiers],
+            "proration": ln.proration,
+            "minimum_applied": ln.minimum_applied,
+            "amount": ln.amount,
+            "adjustment_for": ln.adjustment_for,
+            "grant_id": ln.grant_id,
+        }
+        for i, ln in enumerate(lines)
+    ]

@@ -202,33 +202,6 @@ def usage_window(start: datetime, end: datetime) -> tuple[datetime, datetime]:
     return start, ceil_hour(end)
 
 
-def line_values(invoice_id: str, tenant_id: str, lines: Sequence[Line]) -> list[dict[str, Any]]:
-    """The invoice_lines rows of ``lines``."""
-    return [
-        {
-            "invoice_id": invoice_id,
-            "position": i,
-            "tenant_id": tenant_id,
-            "price_key": ln.price_key,
-            "kind": ln.kind,
-            "description": ln.description,
-            "meter": ln.meter,
-            "subject": ln.subject,
-            "period_start": ln.period_start,
-            "period_end": ln.period_end,
-            "quantity": ln.quantity,
-            "unit_price": ln.unit_price,
-            "tiers": [TierLine.model_validate(vars(p)).model_dump(mode="json") for p in ln.tiers],
-            "proration": ln.proration,
-            "minimum_applied": ln.minimum_applied,
-            "amount": ln.amount,
-            "adjustment_for": ln.adjustment_for,
-            "grant_id": ln.grant_id,
-        }
-        for i, ln in enumerate(lines)
-    ]
-
-
 @dataclass(frozen=True)
 class InvoiceContext:
     """What an invoice is computed from, besides usage."""
@@ -387,28 +360,6 @@ def totals(
                 f"{what} is {amount} minor units of {currency}; at most {MAX_AMOUNT} can be stored"
             )
     return Totals(subtotal, tax, total, credits)
-
-
-def credit_line(
-    grant_id: str, description: str | None, amount: int, start: datetime, end: datetime
-) -> Line:
-    """The line of an invoice that ``amount`` of grant ``grant_id`` paid (negative)."""
-    return Line(
-        price_key="credit",
-        kind="credit",
-        description=description or f"Prepaid credit {grant_id}",
-        meter=None,
-        subject=None,
-        period_start=start,
-        period_end=end,
-        quantity=Decimal(1),
-        unit_price=None,
-        tiers=(),
-        proration=Decimal(1),
-        minimum_applied=False,
-        amount=-amount,
-        grant_id=grant_id,
-    )
 
 
 def effective_tax_rate(customer: CustomerSpec) -> Decimal | None:
