@@ -86,10 +86,7 @@ async def _customer(tx: Tx, tenant_id: str, external_id: str) -> Customer:
 
 
 def _refuse(field: str, message: str) -> None:
-    raise invalid(
-        f"{field}: {message}",
-        [{"field": field, "message": message, "type": "value_error"}],
-    )
+    raise invalid(f"{field}: {message}", [{"field": field, "reason": message}])
 
 
 # --- grants and top-ups --------------------------------------------------------------
@@ -142,6 +139,8 @@ async def _grant(
             "invoices",
         )
     _check_times(body.get("effective_at"), body.get("expires_at"))
+    if body.get("rollover") and not body.get("expires_at"):
+        _refuse("rollover", "a rollover needs an expires_at (it happens at the expiry)")
     grant_id = body.pop("id", None) or f"grant_{new_id()}"
     spec = CreditGrantSpec(
         **body,
