@@ -4,7 +4,7 @@
 transaction that finalizes an invoice (docs/credits.md).
 
 Money is integer minor units of the customer's currency: a JSON number with a fraction
-(``10.5`` or ``10.0``), a string or a boolean is refused where an amount is expected.
+(``10.5``), a string or a boolean is refused where an amount is expected.
 """
 
 from __future__ import annotations
@@ -34,9 +34,10 @@ class _Model(BaseModel):
 
 
 def integer_money(value: Any) -> Any:
-    """Money is an integer of minor units: never a float (not even ``10.0``), a string or
-    a boolean."""
-    if isinstance(value, bool | str | float):
+    """Money is an integer of minor units as JSON Schema means it: a number with no fraction
+    (``1000``, or ``1000.0``, which every JSON Schema calls an integer); never a number with a
+    fraction, a string or a boolean."""
+    if isinstance(value, bool | str) or (isinstance(value, float) and not value.is_integer()):
         raise ValueError(
             "must be an integer number of minor units (no fraction, no quotes): "
             "1000 is 10.00 in a currency of exponent 2"
@@ -46,8 +47,8 @@ def integer_money(value: Any) -> Any:
 
 CreditAmount = Annotated[
     int,
+    Field(gt=0),  # before the validators, so that JSON Schema (OpenAPI) shows it
     BeforeValidator(integer_money),
-    Field(gt=0),
     AfterValidator(check_minor_units),
     ShowBounds({"maximum": MAX_MINOR_UNITS}),
 ]
@@ -55,8 +56,8 @@ CreditAmount = Annotated[
 
 ThresholdAmount = Annotated[
     int,
-    BeforeValidator(integer_money),
     Field(ge=0),
+    BeforeValidator(integer_money),
     AfterValidator(check_minor_units),
     ShowBounds({"maximum": MAX_MINOR_UNITS}),
 ]

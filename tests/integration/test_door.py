@@ -41,6 +41,7 @@ SAMPLE_PATH = {
     "message_id": "msg_" + "a" * 26,
     "source": "generic",
     "alert_id": "al_" + "0" * 32,
+    "grant_id": "grant_1",
 }
 
 
