@@ -1,6 +1,7 @@
 """Imports every ORM module so ``Base.metadata`` knows every table (Alembic, tests)."""
 
 from storage import (  # noqa: F401
+    alert_credits,
     alerts,
     commands,
     inbox,

@@ -46,7 +46,8 @@ from schemas.invoicing import (
     UpsertCustomer,
 )
 from schemas.usage import UsageEvent
-from storage.alerts import AlertCreditStateRow, AlertsRepository
+from storage.alert_credits import AlertCreditStateRow, CreditAlertsRepository
+from storage.alerts import AlertsRepository
 from tests.conftest import TenantKey, make_tenant
 from tests.integration.alerts_support import create_rule, published, settled, stored
 from tests.integration.billing_seed import (
@@ -196,11 +197,15 @@ async def test_a_crossing_is_kept_once_whoever_sees_it(
 
     async def fell() -> list[int]:
         async with sessions() as session, session.begin():
-            return [lv.crossings for lv in await AlertsRepository(session).credit_fell([level])]
+            return [
+                lv.crossings for lv in await CreditAlertsRepository(session).credit_fell([level])
+            ]
 
     async def rose() -> list[int]:
         async with sessions() as session, session.begin():
-            return [lv.crossings for lv in await AlertsRepository(session).credit_rose([level])]
+            return [
+                lv.crossings for lv in await CreditAlertsRepository(session).credit_rose([level])
+            ]
 
     assert await rose() == []  # never below: nothing to re-arm
     assert await fell() == [1]
@@ -209,7 +214,9 @@ async def test_a_crossing_is_kept_once_whoever_sees_it(
     assert await rose() == []
     async with sessions() as s1:
         async with s1.begin():
-            assert [lv.crossings for lv in await AlertsRepository(s1).credit_fell([level])] == [2]
+            assert [
+                lv.crossings for lv in await CreditAlertsRepository(s1).credit_fell([level])
+            ] == [2]
             other = asyncio.ensure_future(fell())
             await wait_for(lambda: waiting_on_lock(sessions))  # blocked on s1's row
         assert await other == []  # it sees crossing 2 committed: nothing new

@@ -22,6 +22,7 @@ from schemas.credits import (
     CreditVoided,
 )
 from schemas.envelope import CloudEvent
+from storage.alert_credits import CreditAlertsRepository
 from storage.alerts import AlertsRepository
 from workers import invoicing
 from workers.alerts import service
@@ -59,7 +60,7 @@ async def evaluate_credit(
     }
     if not watched:
         return []
-    customers = await repo.credit_customers(watched)
+    customers = await tx.repo(CreditAlertsRepository).credit_customers(watched)
     if not customers:
         return []
     balances = await invoicing.credit_balances(tx, customers, now)
@@ -82,9 +83,9 @@ async def evaluate_credit(
             pending=found[(lv.tenant_id, lv.subject)].pending,
             now=now,
         )
-        for lv in await repo.credit_fell(below)
+        for lv in await tx.repo(CreditAlertsRepository).credit_fell(below)
     ]
-    rearmed = await repo.credit_rose(above)
+    rearmed = await tx.repo(CreditAlertsRepository).credit_rose(above)
     resolved = await repo.resolve_dedupes(
         [(lv.tenant_id, lv.rule_id, service.credit_dedupe(lv)) for lv in rearmed],
         now,

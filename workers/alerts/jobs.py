@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
 
+from storage.alert_credits import CreditAlertsRepository
 from storage.alerts import AlertsRepository
 from workers.alerts import service
 from workers.alerts.credit import evaluate_credit
@@ -104,7 +105,7 @@ async def claim_credit(
     """The next customers (tenant, external id) after ``after`` that have a credit grant
     and a credit balance rule looking at them."""
     pairs = [(i.tenant_id, i.id) for i in only] if only is not None else None
-    return await tx.repo(AlertsRepository).credit_sweep(
+    return await tx.repo(CreditAlertsRepository).credit_sweep(
         service.CREDIT_KINDS, SWEEP_LIMIT, after if only is None else None, job=CREDIT, only=pairs
     )
 

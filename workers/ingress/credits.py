@@ -15,7 +15,6 @@ from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from schemas import topics
 from schemas.bounds import EXTERNAL_ID_PATTERN, ID_PATTERN
 from schemas.credits import (
     AutoTopUpSpec,
@@ -34,14 +33,15 @@ from schemas.credits import (
     VoidCreditGrant,
     VoidCreditGrantSpec,
 )
-from schemas.envelope import CloudEvent, new_id
+from schemas.envelope import new_id
 from schemas.topics import partition_key
 from storage.invoicing.credits import CreditRepository
 from workers import invoicing
 from workers.ingress.deps import State, Tenant, Unit
 from workers.ingress.fields import Instant, Text
+from workers.ingress.invoicing import send
 from workers.ingress.problems import invalid, not_found
-from workers.ingress.routes import CommandAccepted, envelope, submit
+from workers.ingress.routes import CommandAccepted
 from workers.runtime import Tx
 
 if TYPE_CHECKING:
@@ -53,29 +53,6 @@ CustomerPath = Annotated[str, Path(pattern=EXTERNAL_ID_PATTERN)]
 GrantIdPath = Annotated[str, Path(pattern=ID_PATTERN)]
 _PENDING_HINT = " (if its create command is still pending, retry when it has succeeded)"
 _ACCEPTED: dict[str, Any] = {"status_code": 202, "response_model": CommandAccepted}
-
-
-async def _send(
-    request: Request,
-    st: State,
-    tenant_id: str,
-    customer: str,
-    command: type[CloudEvent],
-    data: BaseModel,
-    subject: str,
-    extra: dict[str, Any] | None = None,
-) -> Response:
-    event = command(data=data, **envelope(request, tenant_id, subject))
-    return await submit(
-        request,
-        st,
-        tenant_id,
-        event,
-        topic=topics.COMMANDS_INVOICING,
-        key=partition_key(tenant_id, customer),
-        body=data.model_dump_json().encode(),
-        extra=extra,
-    )
 
 
 async def _customer(tx: Tx, tenant_id: str, external_id: str) -> Customer:
@@ -148,8 +125,15 @@ async def _grant(
         customer=external_id,
         currency=currency,
     )
-    return await _send(
-        request, st, tenant_id, external_id, GrantCredits, spec, spec.id, {"grant_id": spec.id}
+    return await send(
+        request,
+        st,
+        tenant_id,
+        GrantCredits,
+        spec,
+        partition_key(tenant_id, external_id),
+        spec.id,
+        {"grant_id": spec.id},
     )
 
 
@@ -222,8 +206,14 @@ async def void_grant(
     grant = await _grant_row(tx, tenant_id, grant_id)
     customer = await tx.repo(CreditRepository).customer_by_id(grant.customer_id)
     spec = VoidCreditGrantSpec(grant_id=grant_id, reason=body.reason)
-    return await _send(
-        request, st, tenant_id, customer.external_id, VoidCreditGrant, spec, grant_id
+    return await send(
+        request,
+        st,
+        tenant_id,
+        VoidCreditGrant,
+        spec,
+        partition_key(tenant_id, customer.external_id),
+        grant_id,
     )
 
 
@@ -358,7 +348,15 @@ async def set_auto_top_up(
     balance falls below ``threshold``, at most once per crossing."""
     await _customer(tx, tenant_id, external_id)
     spec = AutoTopUpSpec(customer=external_id, **body.model_dump())
-    return await _send(request, st, tenant_id, external_id, ConfigureAutoTopUp, spec, external_id)
+    return await send(
+        request,
+        st,
+        tenant_id,
+        ConfigureAutoTopUp,
+        spec,
+        partition_key(tenant_id, external_id),
+        external_id,
+    )
 
 
 @router.get(
@@ -434,13 +432,13 @@ async def create_commitment(
         end=body.end,
         description=body.description,
     )
-    return await _send(
+    return await send(
         request,
         st,
         tenant_id,
-        external_id,
         CreateCommitment,
         spec,
+        partition_key(tenant_id, external_id),
         spec.id,
         {"commitment_id": spec.id},
     )

@@ -61,7 +61,7 @@ InvoiceIdPath = Annotated[str, Path(pattern=ID_PATTERN)]
 _PENDING_HINT = " (if its create command is still pending, retry when it has succeeded)"
 
 
-async def _send(
+async def send(
     request: Request,
     st: State,
     tenant_id: str,
@@ -107,7 +107,7 @@ async def upsert_customer(
     """The customer is identified by ``external_id`` (the ``subject`` of its usage events).
     Changing the currency of a customer with live subscriptions fails."""
     key = partition_key(tenant_id, spec.external_id)
-    return await _send(request, st, tenant_id, UpsertCustomer, spec, key, spec.external_id)
+    return await send(request, st, tenant_id, UpsertCustomer, spec, key, spec.external_id)
 
 
 @router.get("/customers", response_model=list[CustomerView], summary="List customers")
@@ -144,7 +144,7 @@ class PlanView(PlanSpec):
 async def create_plan(request: Request, spec: PlanSpec, st: State, tenant_id: Tenant) -> Response:
     """Plans are immutable: re-sending the identical plan succeeds, another definition under
     the same key fails. Every metered price's meter must exist."""
-    return await _send(request, st, tenant_id, CreatePlan, spec, tenant_id, spec.key)
+    return await send(request, st, tenant_id, CreatePlan, spec, tenant_id, spec.key)
 
 
 @router.get("/plans", response_model=list[PlanView], summary="List plans")
@@ -193,7 +193,7 @@ async def create_subscription(
         start=body.start or now,
     )
     key = partition_key(tenant_id, spec.customer)
-    return await _send(
+    return await send(
         request,
         st,
         tenant_id,
@@ -246,7 +246,7 @@ async def cancel_subscription(
     to the second and bills usage up to the end of that hour."""
     spec = CancelSpec(subscription_id=subscription_id, mode=body.mode, at=body.at)
     key = await _subscription_key(tx, tenant_id, subscription_id)
-    return await _send(request, st, tenant_id, CancelSubscription, spec, key, subscription_id)
+    return await send(request, st, tenant_id, CancelSubscription, spec, key, subscription_id)
 
 
 class ChangePlanIn(BaseModel):
@@ -270,7 +270,7 @@ async def change_plan(
 ) -> Response:
     spec = PlanChangeSpec(subscription_id=subscription_id, plan=body.plan)
     key = await _subscription_key(tx, tenant_id, subscription_id)
-    return await _send(request, st, tenant_id, ChangeSubscriptionPlan, spec, key, subscription_id)
+    return await send(request, st, tenant_id, ChangeSubscriptionPlan, spec, key, subscription_id)
 
 
 async def _subscription_view(tx: Tx, sub: Subscription) -> SubscriptionData:
@@ -336,7 +336,7 @@ async def run_billing(
     """Bills this tenant's periods that ended by ``as_of`` and finalizes its drafts that are
     due by then. Follow ``billing_run_url`` for progress."""
     spec = BillingRunSpec(id=body.id or f"run_{new_id()}", as_of=body.as_of or datetime.now(UTC))
-    return await _send(
+    return await send(
         request,
         st,
         tenant_id,
@@ -448,7 +448,7 @@ async def _invoice_action(
     ]
     spec = InvoiceActionSpec(invoice_id=invoice_id, reason=body.reason)
     key = partition_key(tenant_id, customer.external_id)
-    return await _send(request, st, tenant_id, command, spec, key, invoice_id)
+    return await send(request, st, tenant_id, command, spec, key, invoice_id)
 
 
 @router.post("/invoices/{invoice_id}/void", summary="Void an invoice (command)", **_ACCEPTED)
@@ -490,7 +490,7 @@ async def mark_uncollectible(
 async def configure(
     request: Request, config: InvoicingConfig, st: State, tenant_id: Tenant
 ) -> Response:
-    return await _send(request, st, tenant_id, ConfigureInvoicing, config, tenant_id, tenant_id)
+    return await send(request, st, tenant_id, ConfigureInvoicing, config, tenant_id, tenant_id)
 
 
 @router.get("/invoicing/config", response_model=InvoicingConfig, summary="Invoicing settings")

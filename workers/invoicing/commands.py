@@ -373,7 +373,8 @@ async def grant_credits(cmd: GrantCredits, tx: Tx) -> Result:
     )  # fmt: skip
     await repo.add_entries([entry])
     await ledger.emit_grant(tx, grant, customer.external_id, cmd.time, cmd)
-    return {"grant_id": grant.id, "invoice_id": None, "status": "active"}
+    status = "scheduled" if grant.effective_at > cmd.time else "active"
+    return {"grant_id": grant.id, "invoice_id": None, "status": status}
 
 
 async def void_credit_grant(cmd: VoidCreditGrant, tx: Tx) -> Result:
