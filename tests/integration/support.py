@@ -9,9 +9,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator, Iterable, Sequence
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -441,3 +445,33 @@ async def send_records(
     """Send (key, value) pairs and wait for every acknowledgement."""
     futures = [await p.send(topic, value, key=key) for key, value in records]
     await asyncio.gather(*futures)
+
+
+@contextlib.contextmanager
+def worker_process(
+    name: str, env: dict[str, str], log: Path, *, graceful: bool = True
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``billstream worker <name>`` as a process of its own (``env``: ``worker_env`` and
+    more), its output in ``log``. On the way out, one still running is stopped: SIGTERM
+    (killed if it takes over 15 s), or at once with ``graceful=False``."""
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "workers.cli", "worker", name],
+            env=env,
+            cwd=log.parent,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            if graceful:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+            else:
+                proc.kill()
+            proc.wait()

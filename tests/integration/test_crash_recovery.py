@@ -15,10 +15,9 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -44,6 +43,7 @@ from tests.integration.support import (
     topic_size,
     wait_committed_to_end,
     worker_env,
+    worker_process,
 )
 from workers.devstack import EmbeddedPostgres, wait_for
 from workers.settings import Settings
@@ -67,22 +67,10 @@ def amount(i: int) -> str:
     return f"{i % 1000}.{i % 7:02d}"  # decimals: a float anywhere would show
 
 
-@contextlib.contextmanager
-def worker_process(settings: Settings, log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "workers.cli", "worker", "metering"],
-            env=worker_env(settings),
-            cwd=log.parent,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+def metering_process(
+    settings: Settings, log: Path
+) -> contextlib.AbstractContextManager[subprocess.Popen[bytes]]:
+    return worker_process("metering", worker_env(settings), log, graceful=False)
 
 
 async def counted(sessions: Sessions) -> int:
@@ -191,14 +179,14 @@ async def test_kill_9_of_worker_and_postgres_under_load_loses_nothing_and_counts
             proc.wait()
 
         # 1. kill -9 the worker mid-stream
-        with worker_process(chaos, log) as proc:
+        with metering_process(chaos, log) as proc:
             await until(proc, 0.15)
             kill_9(proc)
         progress.append(await counted(sessions))
 
         # 2. kill -9 PostgreSQL under the worker's feet; the worker rides it out on its own
         #    (transient retries) and carries on once the server is back; then kill -9 it too
-        with worker_process(chaos, log) as proc:
+        with metering_process(chaos, log) as proc:
             await until(proc, 0.35)
             kill_9_postgres(own_postgres)
             assert not await reachable(sessions)
@@ -210,7 +198,7 @@ async def test_kill_9_of_worker_and_postgres_under_load_loses_nothing_and_counts
         progress.append(await counted(sessions))
 
         # 3. and once more
-        with worker_process(chaos, log) as proc:
+        with metering_process(chaos, log) as proc:
             await until(proc, 0.8)
             kill_9(proc)
         progress.append(await counted(sessions))
@@ -218,7 +206,7 @@ async def test_kill_9_of_worker_and_postgres_under_load_loses_nothing_and_counts
         assert progress == sorted(progress)
 
         # a final, undisturbed run works through the rest and stops gracefully
-        with worker_process(chaos, log) as proc:
+        with metering_process(chaos, log) as proc:
             await wait_committed_to_end(chaos, USAGE_GROUP, topics.USAGE, timeout_s=60)
             proc.send_signal(signal.SIGTERM)
             await wait_for(lambda: proc.poll() is not None, timeout_s=20)

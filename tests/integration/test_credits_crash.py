@@ -13,9 +13,7 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from collections import Counter, defaultdict
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -40,6 +38,7 @@ from tests.integration.support import (
     read_all,
     wait_outbox_drained,
     worker_env,
+    worker_process,
 )
 from workers.devstack import wait_for
 from workers.invoicing import service
@@ -52,30 +51,14 @@ AS_OF = datetime(2031, 3, 1, 2, tzinfo=UTC)  # both ended, the grace hour passed
 COUNT = N * PERIODS
 
 
-@contextlib.contextmanager
-def worker_process(settings: Settings, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+def invoicing_process(
+    settings: Settings, log: Path
+) -> contextlib.AbstractContextManager[subprocess.Popen[bytes]]:
     env = worker_env(settings) | {
         "BILLSTREAM_INVOICING_TICK_S": "0.05",
         "BILLSTREAM_INVOICING_CHUNK": "10",
     }
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "workers.cli", "worker", "invoicing"],
-            env=env,
-            cwd=log.parent,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    return worker_process("invoicing", env, log)
 
 
 async def scalar(sessions: Sessions, sql: str, **params: object) -> int:
@@ -128,7 +111,7 @@ async def test_kill_9_while_credits_are_applied_spends_no_grant_twice_and_loses_
     # (spending what the first period left of a grant) are being finalized
     seen: list[tuple[int, int]] = []
     for at_least in (1, N + 1):
-        with worker_process(settings, log) as proc:
+        with invoicing_process(settings, log) as proc:
 
             async def finalizing(at_least: int = at_least) -> bool:
                 assert proc.poll() is None, log.read_text()[-3000:]
@@ -145,7 +128,7 @@ async def test_kill_9_while_credits_are_applied_spends_no_grant_twice_and_loses_
     async with sessions() as db:
         assert await db.scalar(text(status)) == "pending"  # the dead worker's run
 
-    with worker_process(settings, log) as proc:
+    with invoicing_process(settings, log) as proc:
 
         async def completed() -> bool:
             assert proc.poll() is None, log.read_text()[-3000:]

@@ -10,9 +10,7 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from collections import Counter
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -36,7 +34,7 @@ from tests.integration.payments_support import (
     payments_settings,
     publish_invoices,
 )
-from tests.integration.support import Sessions, worker_env
+from tests.integration.support import Sessions, worker_env, worker_process
 from workers.devstack import wait_for
 from workers.payments import secrets
 from workers.payments.gateway import Gateway
@@ -47,8 +45,9 @@ from workers.settings import Settings
 N = 40
 
 
-@contextlib.contextmanager
-def worker_process(settings: Settings, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+def payments_process(
+    settings: Settings, log: Path
+) -> contextlib.AbstractContextManager[subprocess.Popen[bytes]]:
     env = worker_env(settings)
     assert settings.secrets_key is not None
     env.update(
@@ -59,23 +58,7 @@ def worker_process(settings: Settings, log: Path) -> Iterator[subprocess.Popen[b
             "BILLSTREAM_PAYMENTS_ATTEMPT_LEASE_S": str(settings.payments_attempt_lease_s),
         }
     )
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "workers.cli", "worker", "payments"],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    return worker_process("payments", env, log)
 
 
 async def statuses(sessions: Sessions, tenant: str) -> Counter[str]:
@@ -122,7 +105,7 @@ async def test_kill_9_mid_collection_then_two_replicas_never_charge_an_invoice_t
             [finalized(tenant.tenant_id, i, "erin", 1_000 + n) for n, i in enumerate(invoices)],
         )
         log = tmp_path / "worker.log"
-        with worker_process(settings, log) as first:
+        with payments_process(settings, log) as first:
 
             async def charging() -> bool:
                 charged = [i for i in await intents(stripe_base) if i["status"] == "succeeded"]
@@ -141,7 +124,7 @@ async def test_kill_9_mid_collection_then_two_replicas_never_charge_an_invoice_t
         assert len(charged_before) > after_kill["succeeded"], (after_kill, len(charged_before))
 
         # two replicas resume: they share the expired leases (FOR UPDATE SKIP LOCKED)
-        with worker_process(settings, log), worker_process(settings, tmp_path / "worker2.log"):
+        with payments_process(settings, log), payments_process(settings, tmp_path / "worker2.log"):
 
             async def all_collected() -> bool:
                 return (await statuses(sessions, tenant.tenant_id))["succeeded"] == N
