@@ -367,7 +367,9 @@ class InvoiceData(_Model):
     status: InvoiceStatus
     customer: str
     subscription_id: str | None = Field(
-        description="None for an invoice outside any subscription (a credit top-up)"
+        default=None,
+        description="None (absent on the wire) for an invoice outside any subscription: a "
+        "credit top-up or a commitment's true-up",
     )
     currency: str
     period_start: datetime
