@@ -44,7 +44,7 @@ from typing import Any
 
 import psutil  # type: ignore[import-untyped]
 from aiokafka import AIOKafkaProducer
-from sqlalchemy import insert, text
+from sqlalchemy import text
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script: make `bench` and `tests` importable
@@ -52,13 +52,11 @@ if str(ROOT) not in sys.path:  # run as a script: make `bench` and `tests` impor
 
 from bench._common import machine  # noqa: E402
 from schemas import topics  # noqa: E402
-from schemas.envelope import new_id  # noqa: E402
 from schemas.invoicing import BillingRunSpec, RunBilling  # noqa: E402
 from storage.db import Sessions, create_engine, migrate, session_factory  # noqa: E402
-from storage.invoicing.credits import CreditEntry, CreditGrant  # noqa: E402
 from storage.metering import MeterDef, MeterRepository  # noqa: E402
 from storage.tenants import TenantRepository  # noqa: E402
-from tests.integration.billing_seed import expected_total, seed  # noqa: E402
+from tests.integration.billing_seed import expected_total, insert_grants, seed  # noqa: E402
 from workers.devstack import EmbeddedKafka, EmbeddedPostgres  # noqa: E402
 from workers.runtime.topics import ensure_topics  # noqa: E402
 
@@ -90,34 +88,13 @@ def credit_terms(i: int) -> list[dict[str, Any]]:
 
 async def seed_credits(sessions: Sessions, tenant: str, indices: Sequence[int]) -> int:
     """For each customer ``c<i>`` (``i`` in ``indices``, made by ``billing_seed.seed``) the
-    grants of ``credit_terms(i)``, in effect from GRANTED_AT, each with its ``granted``
-    ledger entry (key ``granted:<grant id>``), as the GrantCredits command writes them.
-    Returns how many grants."""
-    async with sessions() as session, session.begin():
-        rows = await session.execute(
-            text("SELECT external_id, id FROM customers WHERE tenant_id = :t"), {"t": tenant}
-        )
-        ids = {external: id for external, id in rows}
-        grants: list[dict[str, Any]] = []
-        entries: list[dict[str, Any]] = []
-        for i in indices:
-            customer_id = ids[f"c{i}"]
-            for g in credit_terms(i):
-                grants.append(
-                    {"tenant_id": tenant, "customer_id": customer_id, "currency": "USD",
-                     "effective_at": GRANTED_AT, "description": f"{g['source']} credit",
-                     **g}
-                )  # fmt: skip
-                entries.append(
-                    {"id": new_id(), "tenant_id": tenant, "grant_id": g["id"],
-                     "customer_id": customer_id, "kind": "granted", "amount": g["amount"],
-                     "at": GRANTED_AT, "invoice_id": None, "key": f"granted:{g['id']}",
-                     "reason": None}
-                )  # fmt: skip
-        for table, values in ((CreditGrant, grants), (CreditEntry, entries)):
-            for k in range(0, len(values), 5000):
-                await session.execute(insert(table), values[k : k + 5000])
-    return len(grants)
+    grants of ``credit_terms(i)``, in effect from GRANTED_AT, as the GrantCredits command
+    writes them. Returns how many grants."""
+    terms = {
+        f"c{i}": [g | {"description": f"{g['source']} credit"} for g in credit_terms(i)]
+        for i in indices
+    }
+    return await insert_grants(sessions, tenant, terms, GRANTED_AT)
 
 
 def cpu(pid: int) -> tuple[float, float]:

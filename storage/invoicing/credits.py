@@ -229,16 +229,6 @@ class CreditRepository:
         q = q.order_by(CreditGrant.expires_at, CreditGrant.tenant_id, CreditGrant.id)
         return list(await self.session.scalars(q.limit(limit)))
 
-    async def customers_grants(self, customer_ids: Iterable[str]) -> list[CreditGrant]:
-        """Every grant of these customers (their rows carry the tenant)."""
-        return list(
-            await self.session.scalars(
-                select(CreditGrant)
-                .where(CreditGrant.customer_id.in_(set(customer_ids)))
-                .order_by(CreditGrant.effective_at, CreditGrant.id)
-            )
-        )
-
     async def grant_sums(
         self, customer_ids: Iterable[str], as_of: datetime
     ) -> dict[str, tuple[int, set[str]]]:

@@ -3,8 +3,10 @@ minutes for thousands), with hourly usage for each: for replica, crash and bench
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 from sqlalchemy import insert, text
 
@@ -12,6 +14,7 @@ from schemas.envelope import new_id
 from schemas.pricing import PlanSpec
 from storage.db import Sessions
 from storage.invoicing import Customer, Plan, Subscription
+from storage.invoicing.credits import CreditEntry, CreditGrant
 from storage.metering import UsageHourly
 from workers.invoicing import service
 
@@ -102,31 +105,47 @@ def grant_terms(i: int) -> list[tuple[str, int, int]]:
 
 async def seed_grants(sessions: Sessions, tenant: str, n: int, effective_at: datetime) -> int:
     """The grants of ``grant_terms(i)`` for the ``n`` customers ``c<i>`` that ``seed`` made,
-    in effect from ``effective_at``, never expiring, straight into PostgreSQL as the
-    GrantCredits command writes them: a ``credit_grants`` row and its ``granted`` ledger
-    entry keyed ``granted:<grant id>``. Returns how many grants."""
-    from storage.invoicing.credits import CreditEntry, CreditGrant
+    promotional, in effect from ``effective_at``, never expiring. Returns how many grants."""
+    terms = {
+        f"c{i}": [
+            {"id": grant_id, "amount": amount, "source": "promotional", "priority": priority,
+             "expires_at": None, "description": f"Credit {grant_id}"}
+            for grant_id, amount, priority in grant_terms(i)
+        ]
+        for i in range(n)
+    }  # fmt: skip
+    return await insert_grants(sessions, tenant, terms, effective_at)
 
+
+async def insert_grants(
+    sessions: Sessions,
+    tenant: str,
+    terms: Mapping[str, Sequence[dict[str, Any]]],
+    effective_at: datetime,
+) -> int:
+    """Grants straight into PostgreSQL as the GrantCredits command writes them: for each
+    customer (by external id) its grants (``id``, ``amount``, ``source``, ``priority``,
+    ``expires_at``, ``description``) in USD, in effect from ``effective_at``, each a
+    ``credit_grants`` row and its ``granted`` ledger entry keyed ``granted:<grant id>``.
+    Returns how many grants."""
     async with sessions() as session, session.begin():
         rows = await session.execute(
             text("SELECT external_id, id FROM customers WHERE tenant_id = :t"), {"t": tenant}
         )
         ids = {external: id for external, id in rows}
-        grants: list[dict[str, object]] = []
-        entries: list[dict[str, object]] = []
-        for i in range(n):
-            customer_id = ids[f"c{i}"]
-            for grant_id, amount, priority in grant_terms(i):
+        grants: list[dict[str, Any]] = []
+        entries: list[dict[str, Any]] = []
+        for external, mine in terms.items():
+            customer_id = ids[external]
+            for g in mine:
                 grants.append(
-                    {"tenant_id": tenant, "id": grant_id, "customer_id": customer_id,
-                     "currency": "USD", "amount": amount, "source": "promotional",
-                     "priority": priority, "effective_at": effective_at, "expires_at": None,
-                     "description": f"Credit {grant_id}"}
+                    {"tenant_id": tenant, "customer_id": customer_id, "currency": "USD",
+                     "effective_at": effective_at, **g}
                 )  # fmt: skip
                 entries.append(
-                    {"id": new_id(), "tenant_id": tenant, "grant_id": grant_id,
-                     "customer_id": customer_id, "kind": "granted", "amount": amount,
-                     "at": effective_at, "invoice_id": None, "key": f"granted:{grant_id}",
+                    {"id": new_id(), "tenant_id": tenant, "grant_id": g["id"],
+                     "customer_id": customer_id, "kind": "granted", "amount": g["amount"],
+                     "at": effective_at, "invoice_id": None, "key": f"granted:{g['id']}",
                      "reason": None}
                 )  # fmt: skip
         for table, values in ((CreditGrant, grants), (CreditEntry, entries)):

@@ -51,7 +51,11 @@ async def credit_balances(
         return []
     repo = tx.repo(CreditRepository)
     ids = [c.id for c in customers]
-    grants = await repo.customers_grants(ids)
+    grants = [
+        g
+        for tenant in sorted({c.tenant_id for c in customers})
+        for g in await repo.grants(tenant, [c.id for c in customers if c.tenant_id == tenant])
+    ]
     sums = await repo.grant_sums(ids, as_of)
     drafts, subs = await repo.unbilled(ids)
     configs = await tx.repo(InvoicingRepository).configs({c.tenant_id for c in customers})
