@@ -325,6 +325,7 @@ class SubscriptionEnded(CloudEvent):
 
 
 InvoiceStatus = Literal["draft", "finalized", "paid", "void", "uncollectible"]
+InvoiceKind = Literal["subscription", "one_off", "adjustment", "top_up", "true_up"]
 
 
 class TierLine(_Model):
@@ -357,6 +358,17 @@ class InvoiceLine(_Model):
     grant_id: str | None = Field(
         default=None, description="For a credit line (kind 'credit'): the grant applied"
     )
+    tax_rate: DecimalStr | None = Field(
+        default=None,
+        description="The line's own tax rate (a one-off invoice's line); None: the invoice's",
+    )
+    applies_to: int | None = Field(
+        default=None,
+        description="For a discount line (kind 'discount'): the position of the line it reduces",
+    )
+    discount_id: str | None = Field(
+        default=None, description="For a discount line: the discount (of a coupon) applied"
+    )
 
 
 class InvoiceData(_Model):
@@ -371,17 +383,28 @@ class InvoiceData(_Model):
         description="None (absent on the wire) for an invoice outside any subscription: a "
         "credit top-up or a commitment's true-up",
     )
+    kind: InvoiceKind = Field(
+        default="subscription",
+        description="subscription: a period of a subscription; one_off: lines given by the "
+        "caller; adjustment: late usage of an ended subscription; top_up, true_up: credits",
+    )
     currency: str
     period_start: datetime
     period_end: datetime
-    subtotal: int = Field(description="The lines before credits, minor units")
+    subtotal: int = Field(description="The charge lines, before discounts and credits, minor units")
+    discount: int = Field(
+        default=0, description="Discounts applied (the discount lines), minor units"
+    )
     tax: int
-    total: int = Field(description="subtotal - credits + tax, minor units")
+    total: int = Field(description="subtotal - discount - credits + tax, minor units")
     credits: int = Field(
         default=0, description="Prepaid credits applied (the credit lines), minor units"
     )
     amount_paid: int
-    amount_due: int
+    amount_credited: int = Field(
+        default=0, description="Credit notes that reduced what is due (not refunds), minor units"
+    )
+    amount_due: int = Field(description="total - amount_paid - amount_credited, at least 0")
     amount_refunded: int = Field(default=0, description="Refunds of its payments, minor units")
     tax_rate: DecimalStr | None = None
     due_at: datetime | None = None

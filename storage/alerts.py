@@ -433,14 +433,14 @@ class AlertsRepository:
                 literal_column("i.number").label("number"),
                 literal_column("c.external_id").label("subject"),
                 literal_column("i.due_at").label("due_at"),
-                literal_column("i.total - i.amount_paid").label("amount_due"),
+                literal_column("i.total - i.amount_paid - i.amount_credited").label("amount_due"),
                 literal_column("i.currency").label("currency"),
             )
             .select_from(text("invoices i JOIN customers c ON c.id = i.customer_id"))
             .where(
                 text(
                     """i.status = 'finalized' AND i.due_at < :now
-                  AND i.total > i.amount_paid
+                  AND i.total > i.amount_paid + i.amount_credited
                   AND EXISTS (
                       SELECT 1 FROM alert_rules r
                       WHERE r.tenant_id = i.tenant_id AND r.kind = 'operational'

@@ -134,12 +134,18 @@ class Invoice(Base):
     )
     plan_id: Mapped[str | None] = mapped_column(ForeignKey("plans.id"))
     status: Mapped[str] = mapped_column(String(16))
+    kind: Mapped[str] = mapped_column(
+        String(16), default="subscription", server_default="subscription"
+    )
     number: Mapped[str | None] = mapped_column(String(40))
     currency: Mapped[str] = mapped_column(String(3))
     period_start: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     period_end: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     proration: Mapped[Decimal] = mapped_column(Numeric, comment="share of the flat fees billed")
     subtotal: Mapped[int] = mapped_column(BigInteger)
+    discount: Mapped[int] = mapped_column(
+        BigInteger, default=0, server_default="0", comment="discounts applied"
+    )
     tax: Mapped[int] = mapped_column(BigInteger)
     total: Mapped[int] = mapped_column(BigInteger)
     credits: Mapped[int] = mapped_column(
@@ -147,6 +153,9 @@ class Invoice(Base):
     )
     amount_paid: Mapped[int] = mapped_column(BigInteger, default=0)
     amount_refunded: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    amount_credited: Mapped[int] = mapped_column(
+        BigInteger, default=0, server_default="0", comment="credit notes reducing the amount due"
+    )
     tax_rate: Mapped[Decimal | None] = mapped_column(Numeric)
     rounding: Mapped[str] = mapped_column(String(16))
     finalize_after: Mapped[datetime] = mapped_column(DateTime(timezone=True))
@@ -186,6 +195,11 @@ class InvoiceLineRow(Base):
     amount: Mapped[int] = mapped_column(BigInteger)
     adjustment_for: Mapped[str | None] = mapped_column(String(64))
     grant_id: Mapped[str | None] = mapped_column(String(64), comment="a credit line's grant")
+    tax_rate: Mapped[Decimal | None] = mapped_column(Numeric, comment="the line's own tax rate")
+    applies_to: Mapped[int | None] = mapped_column(
+        Integer, comment="a discount line: the position of the line it reduces"
+    )
+    discount_id: Mapped[str | None] = mapped_column(String(64), comment="a discount line's")
 
 
 class InvoicePayment(Base):

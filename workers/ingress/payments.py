@@ -290,7 +290,7 @@ async def record_offline_payment(
     if invoice.status in ("draft", "void"):
         detail = f"invoice {invoice_id!r} is {invoice.status}: it cannot take payments"
         raise Problem(409, "invoice_not_payable", "The invoice cannot take payments", detail)
-    due = max(invoice.total - invoice.amount_paid, 0)
+    due = max(invoice.total - invoice.amount_paid - invoice.amount_credited, 0)
     if spec.amount > due:
         why = f"exceeds the invoice's amount due ({due} in minor units of {invoice.currency})"
         raise invalid(f"amount {why}", [{"field": "amount", "reason": why}])

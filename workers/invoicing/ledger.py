@@ -160,12 +160,8 @@ class Wallet:
             return []
         payables = [credits.Payable(ln.amount, ln.price_key, ln.meter) for ln in lines]
         if mode == service.AFTER_TAX:
-            subtotal = sum(ln.amount for ln in lines)
-            payables.append(
-                credits.Payable(
-                    service.taxed(subtotal, tax_rate, invoice["currency"], invoice["rounding"])
-                )
-            )
+            tax = service.totals(lines, tax_rate, invoice["currency"], invoice["rounding"]).tax
+            payables.append(credits.Payable(tax))
         paid = credits.allocate(mine, payables)
         taken = {g.id: amount for g, amount in paid}
         self.grants[customer_id] = [
@@ -322,6 +318,7 @@ async def issue_invoice(
         "customer_id": customer.id,
         "subscription_id": None,
         "plan_id": None,
+        "kind": line.kind,
         "status": "finalized",
         "number": number,
         "currency": customer.currency,

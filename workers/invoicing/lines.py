@@ -160,6 +160,9 @@ def line_values(
             "amount": ln.amount,
             "adjustment_for": ln.adjustment_for,
             "grant_id": ln.grant_id,
+            "tax_rate": ln.tax_rate,
+            "applies_to": ln.applies_to,
+            "discount_id": ln.discount_id,
         }
         for i, ln in enumerate(lines)
     ]

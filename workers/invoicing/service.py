@@ -21,6 +21,7 @@ from decimal import (
 )
 from typing import Any, Literal
 
+from schemas.currency import exponent
 from schemas.envelope import CloudEvent
 from schemas.invoicing import (
     CreatePlan,
@@ -157,6 +158,9 @@ class Line:
     amount: int
     adjustment_for: str | None = None
     grant_id: str | None = None  # a credit line: the grant that paid
+    tax_rate: Decimal | None = None  # the line's own rate (one-off lines); None: the invoice's
+    applies_to: int | None = None  # a discount line: the position of the line it reduces
+    discount_id: str | None = None  # a discount line: the discount applied
 
     def model(self) -> InvoiceLine:
         return InvoiceLine(
@@ -184,6 +188,9 @@ class Line:
             amount=self.amount,
             adjustment_for=self.adjustment_for,
             grant_id=self.grant_id,
+            tax_rate=self.tax_rate,
+            applies_to=self.applies_to,
+            discount_id=self.discount_id,
         )
 
 
@@ -317,14 +324,16 @@ def adjustments(
 
 @dataclass(frozen=True)
 class Totals:
-    subtotal: int  # the lines before credits
+    subtotal: int  # the charge lines, before discounts and credits
     tax: int
-    total: int  # subtotal - credits + tax
+    total: int  # subtotal - discount - credits + tax
     credits: int = 0
+    discount: int = 0
 
 
 MAX_AMOUNT = 2**63 - 1  # minor units: what a BIGINT column holds
 AFTER_TAX, BEFORE_TAX = "after_tax", "before_tax"
+CREDIT, DISCOUNT = "credit", "discount"  # the kinds of the lines that are not charges
 
 
 def taxed(subtotal: int, tax_rate: Decimal | None, currency: str, rounding: str) -> int:
@@ -334,6 +343,17 @@ def taxed(subtotal: int, tax_rate: Decimal | None, currency: str, rounding: str)
     return pricing.tax_minor(subtotal, tax_rate, currency, ROUNDING[rounding])
 
 
+def tax_bases(lines: Sequence[Line], tax_rate: Decimal | None) -> dict[Decimal | None, int]:
+    """What each tax rate is charged on: the charge and discount lines, by their own rate
+    (``Line.tax_rate``), else the invoice's ``tax_rate``; in order of first appearance."""
+    bases: dict[Decimal | None, int] = {}
+    for ln in lines:
+        if ln.grant_id is None:
+            rate = ln.tax_rate if ln.tax_rate is not None else tax_rate
+            bases[rate] = bases.get(rate, 0) + ln.amount
+    return bases
+
+
 def totals(
     lines: Sequence[Line],
     tax_rate: Decimal | None,
@@ -341,17 +361,24 @@ def totals(
     rounding: str,
     credits_apply: str = AFTER_TAX,
 ) -> Totals:
-    """The invoice's totals; credit lines (``grant_id`` set, negative amounts) are the
-    credits. After tax, the tax is the subtotal's and credits pay the total; before tax, the
-    tax is computed on the subtotal less the credits. ``AmountOutOfRange`` if a line or total
+    """The invoice's totals. ``subtotal`` is the charge lines; discount lines (kind
+    ``discount``) and credit lines (``grant_id`` set) are negative. Tax is computed once per
+    rate (a line's own, else ``tax_rate``) on what the lines at that rate come to after their
+    discounts. After tax, credits pay the total; before tax, they reduce the taxed amounts
+    first (rate by rate, in order of the lines). ``AmountOutOfRange`` if a line or total
     cannot be stored."""
-    subtotal, tax, _ = pricing.invoice_totals(
-        [ln.amount for ln in lines if ln.grant_id is None], tax_rate, currency, ROUNDING[rounding]
-    )
+    exponent(currency)  # a known currency, or ValueError
+    subtotal = sum(ln.amount for ln in lines if ln.grant_id is None and ln.kind != DISCOUNT)
+    discount = -sum(ln.amount for ln in lines if ln.grant_id is None and ln.kind == DISCOUNT)
     credits = -sum(ln.amount for ln in lines if ln.grant_id is not None)
-    if credits_apply == BEFORE_TAX and credits:
-        tax = taxed(subtotal - credits, tax_rate, currency, rounding)
-    total = subtotal - credits + tax
+    bases = tax_bases(lines, tax_rate)
+    if credits_apply == BEFORE_TAX:
+        left = credits
+        for rate, base in bases.items():
+            take = min(max(base, 0), left)
+            bases[rate], left = base - take, left - take
+    tax = sum(taxed(base, rate, currency, rounding) for rate, base in bases.items())
+    total = subtotal - discount - credits + tax
     named = [(f"line {ln.price_key}", ln.amount) for ln in lines]
     named += [("subtotal", subtotal), ("tax", tax), ("total", total)]
     for what, amount in named:
@@ -359,7 +386,7 @@ def totals(
             raise AmountOutOfRange(
                 f"{what} is {amount} minor units of {currency}; at most {MAX_AMOUNT} can be stored"
             )
-    return Totals(subtotal, tax, total, credits)
+    return Totals(subtotal, tax, total, credits, discount)
 
 
 def effective_tax_rate(customer: CustomerSpec) -> Decimal | None:
@@ -408,20 +435,29 @@ def invoice_data(
         status=status or row["status"],
         customer=customer,
         subscription_id=row["subscription_id"],
+        kind=row.get("kind") or "subscription",
         currency=row["currency"],
         period_start=row["period_start"],
         period_end=row["period_end"],
         subtotal=row["subtotal"],
+        discount=row.get("discount") or 0,
         tax=row["tax"],
         total=row["total"],
         credits=row.get("credits") or 0,
         amount_paid=row["amount_paid"],
-        amount_due=max(row["total"] - row["amount_paid"], 0),
+        amount_credited=row.get("amount_credited") or 0,
+        amount_due=amount_due(row),
         amount_refunded=row.get("amount_refunded") or 0,
         tax_rate=row["tax_rate"],
         due_at=row.get("due_at"),
         lines=list(lines),
     )
+
+
+def amount_due(row: Mapping[str, Any]) -> int:
+    """What is still to pay: the total less payments and credit notes that reduced it."""
+    due: int = row["total"] - row["amount_paid"] - (row.get("amount_credited") or 0)
+    return max(due, 0)
 
 
 def finalized(
@@ -443,6 +479,7 @@ def finalized(
         "tax": t.tax,
         "total": t.total,
         "credits": t.credits,
+        "discount": t.discount,
         "tax_rate": tax_rate,
         "finalized_at": as_of,
         "due_at": as_of + timedelta(days=net_terms_days),
