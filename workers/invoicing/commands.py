@@ -4,11 +4,9 @@ and rolls back everything it wrote (the runtime runs each in a savepoint)."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
-from schemas import topics
 from schemas.credits import (
     ConfigureAutoTopUp,
     CreateCommitment,
@@ -37,17 +35,20 @@ from schemas.pricing import FlatPrice, PlanSpec
 from storage.invoicing import Customer, InvoicingRepository, Plan, Subscription
 from storage.invoicing.credits import CreditRepository
 from storage.metering import MeterRepository
-from workers.invoicing import credits, jobs, ledger, service, views
+from workers.invoicing import (
+    credit_notes,
+    credits,
+    discounting,
+    jobs,
+    ledger,
+    one_off,
+    service,
+    views,
+)
+from workers.invoicing.base import Handler, Result
+from workers.invoicing.base import emit as _emit
 from workers.invoicing.errors import Conflict, NotFound
 from workers.runtime import Tx
-
-Result = dict[str, Any]
-
-
-def _emit(tx: Tx, event: CloudEvent, *scope: str) -> None:
-    """Publish ``event`` keyed by its tenant and (``scope``) its customer's external id."""
-    tx.emit(event, topic=topics.EVENTS_INVOICING, key=topics.partition_key(event.tenantid, *scope))
-
 
 # --- customers -------------------------------------------------------------------------
 
@@ -460,8 +461,6 @@ async def configure_auto_top_up(cmd: ConfigureAutoTopUp, tx: Tx) -> Result:
     return spec.model_dump() | {"purchase_amount": values["purchase_amount"]}
 
 
-Handler = Callable[[Any, Tx], Awaitable[Result]]
-
 COMMANDS: dict[type[Any], Handler] = {
     UpsertCustomer: upsert_customer,
     CreatePlan: create_plan,
@@ -476,6 +475,9 @@ COMMANDS: dict[type[Any], Handler] = {
     VoidCreditGrant: void_credit_grant,
     ConfigureAutoTopUp: configure_auto_top_up,
     CreateCommitment: create_commitment,
+    **discounting.COMMANDS,
+    **credit_notes.COMMANDS,
+    **one_off.COMMANDS,
 }
 
 

@@ -1,0 +1,9 @@
+"""Coupons, promotion codes and discounts: their commands (to be built)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from workers.invoicing.base import Handler
+
+COMMANDS: dict[type[Any], Handler] = {}
