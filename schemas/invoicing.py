@@ -240,6 +240,13 @@ class InvoicingConfig(_Model):
         description="after_tax: credits pay the total like a payment (the tax is the tax of "
         "the supply); before_tax: credits reduce the taxable subtotal (docs/credits.md)",
     )
+    late_usage_grace_hours: int = Field(
+        default=72,
+        ge=0,
+        le=24 * 31,
+        description="Late usage of an ended subscription is billed on one adjustment invoice "
+        "this long after it ended",
+    )
 
 
 class ConfigureInvoicing(CloudEvent):

@@ -37,6 +37,7 @@ class InvoicingConfigRow(Base):
     grace_period_hours: Mapped[int] = mapped_column(Integer)
     number_prefix: Mapped[str] = mapped_column(String(16))
     credits_apply: Mapped[str] = mapped_column(String(16), server_default="after_tax")
+    late_usage_grace_hours: Mapped[int] = mapped_column(Integer, server_default="72")
 
 
 class Customer(Base):
@@ -74,6 +75,11 @@ class Subscription(Base):
     __tablename__ = "subscriptions"
     __table_args__ = (
         Index("ix_subscriptions_due", "current_period_end", postgresql_where="status = 'active'"),
+        Index(
+            "ix_subscriptions_late_usage",
+            "ended_at",
+            postgresql_where="status = 'ended' AND late_usage_checked_at IS NULL",
+        ),
     )
 
     tenant_id: Mapped[str] = mapped_column(
@@ -93,6 +99,9 @@ class Subscription(Base):
     current_period_end: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     cancel_at_period_end: Mapped[bool] = mapped_column(Boolean, default=False)
     ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    late_usage_checked_at: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True), comment="ended: when its late-usage invoice was drafted"
+    )
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 

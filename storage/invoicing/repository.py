@@ -247,6 +247,13 @@ class InvoicingRepository:
         )
         await self.insert_lines(lines)
 
+    async def delete_drafts(self, ids: Sequence[str]) -> None:
+        """Drop drafts that are not to be issued (lines go with them)."""
+        if ids:
+            await self.session.execute(
+                delete(Invoice).where(Invoice.id.in_(ids), Invoice.status == "draft")
+            )
+
     async def snapshot_offsets(self, usage_ends: dict[int, int]) -> int:
         """Record the usage topic's end offsets on the drafts that have none yet: usage up
         to their period end was appended before this moment."""
@@ -338,8 +345,9 @@ class InvoicingRepository:
     async def billed_history(
         self, keys: Sequence[tuple[str, str]], since: datetime
     ) -> list[tuple[Invoice, InvoiceLineRow]]:
-        """Usage lines (original and adjustments) of the not-void issued invoices of these
-        (tenant, subscription) pairs whose usage period ends after ``since``."""
+        """Usage lines (original and adjustments, not discounts) of the not-void issued
+        invoices of these (tenant, subscription) pairs whose usage period ends after
+        ``since``."""
         if not keys:
             return []
         q = (
@@ -349,6 +357,7 @@ class InvoicingRepository:
             .where(
                 Invoice.status.in_(("finalized", "paid", "uncollectible")),
                 InvoiceLineRow.meter.is_not(None),
+                InvoiceLineRow.kind != "discount",  # a discount reduces a line, not usage
                 InvoiceLineRow.period_end > since,
             )
             .order_by(Invoice.period_start, InvoiceLineRow.position)  # the original line first

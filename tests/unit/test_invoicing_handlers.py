@@ -204,6 +204,12 @@ class FakeInvoicing:
         )
         return inserted
 
+    async def delete_drafts(self, ids: Sequence[str]) -> None:
+        for i in ids:
+            if self.invoices[i].status == "draft":
+                del self.invoices[i]
+                self.lines_.pop(i, None)
+
     async def replace_lines(self, ids: Sequence[str], lines: Sequence[dict[str, Any]]) -> None:
         for i in ids:
             self.lines_[i] = [InvoiceLineRow(**ln) for ln in lines if ln["invoice_id"] == i]

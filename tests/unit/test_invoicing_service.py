@@ -356,7 +356,8 @@ def test_no_usage_none_or_a_negative_value_is_billed_as_zero(value: Any) -> None
     lines = lines_by_key(context(plan), usage)
     for key in ("tokens", "api"):
         assert lines[key].amount == 0
-        assert lines[key].quantity == 0
+        # the line shows the metered value as /usage gives it, a negative one too
+        assert lines[key].quantity == (value if isinstance(value, Decimal) else 0)
     assert lines["api"].tiers == ()  # no tier entered: no flat fee either
 
 
@@ -539,22 +540,40 @@ def test_no_adjustment_when_the_amount_is_unchanged() -> None:
     assert service.adjustments([billed(jan, price, D(0))], [D(0)], "USD") == []
 
 
-def test_no_adjustment_when_usage_grew_within_the_included_quantity() -> None:
+def test_usage_that_grew_within_the_included_quantity_gets_a_line_of_zero() -> None:
+    """Every period whose metered value changed gets a line (docs/invoicing.md, ADR 0008),
+    even when the amount does not change."""
     price = per_unit("tokens", "0.01", included="1000")
     jan = context(make_plan(price))
-    assert service.adjustments([billed(jan, price, D(200))], [D(900)], "USD") == []
+    (line,) = service.adjustments([billed(jan, price, D(200))], [D(900)], "USD")
+    assert (line.amount, line.quantity, line.adjustment_for) == (0, D(700), JAN_LABEL)
     (line,) = service.adjustments([billed(jan, price, D(200))], [D(1100)], "USD")
-    assert (line.amount, line.quantity) == (100, D(900))
+    assert (line.amount, line.quantity) == (100, D(900))  # (1100 - 1000) x 0.01 = 1.00
 
 
-def test_no_adjustment_when_usage_grew_within_a_started_package() -> None:
+def test_usage_that_grew_within_a_started_package_gets_a_line_of_zero() -> None:
     price = PackagePrice(
         key="storage", name="Storage", meter="storage_gb", package_size=10, package_price=D(5)
     )
     jan = context(make_plan(price))
-    assert service.adjustments([billed(jan, price, D(3))], [D(10)], "USD") == []
+    (line,) = service.adjustments([billed(jan, price, D(3))], [D(10)], "USD")
+    assert (line.amount, line.quantity) == (0, D(7))
     (line,) = service.adjustments([billed(jan, price, D(3))], [D(11)], "USD")
-    assert line.amount == 500
+    assert (line.amount, line.quantity) == (500, D(8))  # 2 packages now, 1 billed: 5.00
+
+
+def test_the_adjustment_of_a_negative_value_is_the_change_of_the_metered_value() -> None:
+    """A period metered at -250 was billed 0 with quantity -250; the adjustment shows the
+    change of the metered value (ADR 0008), priced on what is billable (never below 0)."""
+    price = per_unit("tokens", "0.01")
+    jan = context(make_plan(price))
+    entry = billed(jan, price, D(-250))
+    assert (entry.amount, entry.quantity) == (0, D(-250))
+    (line,) = service.adjustments([entry], [D(-100)], "USD")
+    assert (line.amount, line.quantity) == (0, D(150))  # still negative: still 0
+    (line,) = service.adjustments([entry], [D(100)], "USD")
+    assert (line.amount, line.quantity) == (100, D(350))  # 100 x 0.01 = 1.00 now, 0 billed
+    assert service.adjustments([entry], [D(-250)], "USD") == []
 
 
 def test_usage_that_went_down_gives_a_credit() -> None:
@@ -613,9 +632,9 @@ def test_billed_plus_adjustment_is_what_a_fresh_invoice_charges(
     entry = billed(jan, ADJ_PRICE, q1)
     lines = service.adjustments([entry], [q2], "USD")
     expected = fresh_amount(jan, ADJ_PRICE, q2)
-    if expected == entry.amount:
+    if q2 == q1:
         assert lines == []
-    else:
+    else:  # a line whenever the metered value changed, even for an unchanged amount
         (line,) = lines
         assert entry.amount + line.amount == expected
         assert line.quantity == q2 - q1

@@ -39,7 +39,9 @@ from storage.invoicing import (
     Plan,
     Subscription,
 )
-from workers.invoicing import service, views
+from storage.invoicing.late_usage import LateUsageRepository
+from workers.invoicing import late_usage, service, views
+from workers.invoicing.late_usage import ADJUSTMENT
 from workers.invoicing.ledger import Wallet
 from workers.invoicing.lines import PLANS, InvoiceMaker, Plans, line_values, of_subscription
 from workers.runtime import Item, Jobs, Tx
@@ -201,6 +203,23 @@ class Billing:
         ).claimed:
             result.invoices_created += step.applied
 
+        async def claim_ended(tx: Tx, only: Sequence[Item] | None) -> list[Subscription]:
+            return await tx.repo(LateUsageRepository).claim_ended(
+                as_of,
+                tenant_id,
+                self.chunk,
+                job=late_usage.LATE_USAGE,
+                only=None if only is None else [(i.tenant_id, i.id) for i in only],
+            )
+
+        async def draft(tx: Tx, subs: Sequence[Subscription]) -> int:
+            return await late_usage.draft(tx, subs, as_of, self.lookback)
+
+        while (
+            await self.jobs.claimed(late_usage.LATE_USAGE, claim_ended, _subscription, draft)
+        ).claimed:
+            pass
+
         await self.jobs.run(
             "invoicing.snapshot",
             lambda tx: tx.repo(InvoicingRepository).snapshot_offsets(usage_ends),
@@ -271,11 +290,16 @@ class Billing:
 
     async def finalize(self, tx: Tx, drafts: Sequence[Invoice], as_of: datetime) -> int:
         """Finalize ``drafts`` (claimed, locked): number them, recompute their lines with
-        late-usage adjustments; returns how many."""
+        late-usage adjustments; returns how many. An ended subscription's adjustment draft
+        with no late usage is dropped instead (it never had a number or an event)."""
         repo = tx.repo(InvoicingRepository)
         plans = await repo.plans({of_subscription(d)[1] for d in drafts})
         customers = await repo.customers({d.customer_id for d in drafts})
         maker = InvoiceMaker(tx, self.plans)
+        late = await maker.adjustments(drafts, as_of - self.lookback, plans)
+        dropped = [d.id for d in drafts if d.kind == ADJUSTMENT and not late[d.id]]
+        await repo.delete_drafts(dropped)
+        drafts = [d for d in drafts if d.id not in dropped]
         contexts = [
             (
                 d.tenant_id,
@@ -290,9 +314,10 @@ class Billing:
                 ),
             )
             for d in drafts
+            if d.kind != ADJUSTMENT  # late usage only: no plan lines of its own
         ]
-        all_lines = await maker.lines(contexts)
-        late = await maker.adjustments(drafts, as_of - self.lookback, plans)
+        computed = iter(await maker.lines(contexts))
+        all_lines = [[] if d.kind == ADJUSTMENT else next(computed) for d in drafts]
         configs = await repo.configs({d.tenant_id for d in drafts})
         prefixes = {t: views.config_of(configs.get(t)).number_prefix for t in configs}
         numbers: dict[str, int] = {}

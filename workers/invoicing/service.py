@@ -239,9 +239,9 @@ def _priced_line(
 ) -> tuple[pricing.Priced, Line]:
     meter = None if isinstance(price, FlatPrice) else price.meter
     metered = meter is not None
-    priced = pricing.price_usage(
-        price, max(quantity, Decimal(0)), proration=ctx.proration
-    )  # prorates flat fees and minimum spends, never usage
+    # a negative metered value (a sum meter with refunds) bills as 0 but is shown as it is
+    # (the value /usage gives); proration scales flat fees and minimum spends, never usage
+    priced = pricing.price_usage(price, max(quantity, Decimal(0)), proration=ctx.proration)
     line = Line(
         price_key=price.key,
         kind=price.kind,
@@ -250,7 +250,7 @@ def _priced_line(
         subject=ctx.subject if metered else None,
         period_start=start,
         period_end=end,
-        quantity=priced.quantity,
+        quantity=quantity if metered else priced.quantity,
         unit_price=unit_price(price),
         tiers=priced.parts,
         proration=ctx.proration,
@@ -290,15 +290,18 @@ def adjustments(
     billed: Sequence[Billed], current: Sequence[Decimal | None], currency: str
 ) -> list[Line]:
     """Late usage: for each earlier period whose metered value changed since it was billed,
-    a line for the difference (labelled with that period). The amount is what the period
-    costs now minus what was billed for it, so the period's lines always sum to its price."""
+    a line for the difference (labelled with that period), even when the amount does not
+    change (usage within the included quantity, a value that stays negative). ``quantity``
+    is the change of the metered value; the amount is what the period costs now minus what
+    was billed for it, so the period's lines always sum to its price (ADR 0008)."""
     lines: list[Line] = []
     for b, now in zip(billed, current, strict=True):
         if b.ctx.currency != currency:
             continue  # billed under another currency: never mixed into this invoice
-        priced, full = _priced_line(b.ctx, b.price, now or Decimal(0), b.start, b.end)
+        value = now or Decimal(0)
+        priced, full = _priced_line(b.ctx, b.price, value, b.start, b.end)
         amount = full.amount - b.amount
-        if amount == 0:
+        if amount == 0 and value == b.quantity:
             continue
         label = period_label(b.ctx.period_start, b.ctx.period_end)
         lines.append(
@@ -310,7 +313,7 @@ def adjustments(
                 subject=b.ctx.subject,
                 period_start=b.start,
                 period_end=b.end,
-                quantity=priced.quantity - b.quantity,
+                quantity=value - b.quantity,
                 unit_price=unit_price(b.price),
                 tiers=(),
                 proration=b.ctx.proration,

@@ -110,6 +110,7 @@ def config_of(row: InvoicingConfigRow | None) -> InvoicingConfig:
         grace_period_hours=row.grace_period_hours,
         number_prefix=row.number_prefix,
         credits_apply=row.credits_apply,
+        late_usage_grace_hours=row.late_usage_grace_hours,
     )
 
 
