@@ -18,10 +18,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from schemas.envelope import new_id
 from storage.commands import IdempotencyRepository
 from workers.ingress import alerts as alert_routes
+from workers.ingress import credit_notes as credit_note_routes
 from workers.ingress import credits as credit_routes
+from workers.ingress import discounts as discount_routes
 from workers.ingress import invoicing
 from workers.ingress import payments as payment_routes
 from workers.ingress import pos as pos_routes
+from workers.ingress import subscriptions as subscription_routes
 from workers.ingress import webhooks as webhook_routes
 from workers.ingress.deps import IngressState, KeyCache, correlation_id
 from workers.ingress.door import Door
@@ -121,7 +124,10 @@ def create_app(settings: Settings) -> FastAPI:
     routers = [
         router,
         invoicing.router,
+        subscription_routes.router,
         credit_routes.router,
+        credit_note_routes.router,
+        discount_routes.router,
         payment_routes.router,
         webhook_routes.router,
         pos_routes.router,
