@@ -34,6 +34,12 @@ from schemas.bounds import (
     optional_line,
     show_model_bounds,
 )
+from schemas.credit_notes import (
+    CreditNoteIssued,
+    CreditNoteVoided,
+    IssueCreditNote,
+    VoidCreditNote,
+)
 from schemas.credits import (
     ConfigureAutoTopUp,
     CreateCommitment,
@@ -46,6 +52,16 @@ from schemas.credits import (
     VoidCreditGrant,
 )
 from schemas.decimals import DecimalStr
+from schemas.discounts import (
+    ApplyDiscount,
+    CouponCreated,
+    CreateCoupon,
+    CreatePromotionCode,
+    DiscountApplied,
+    DiscountRemoved,
+    PromotionCodeCreated,
+    RemoveDiscount,
+)
 from schemas.envelope import CloudEvent
 from schemas.metering import METER_KEY_PATTERN
 from schemas.pricing import NonNegDecimal, PlanSpec
@@ -235,6 +251,11 @@ class InvoicingConfig(_Model):
         default=1, ge=0, le=24 * 31, description="Drafts finalize this long after period end"
     )
     number_prefix: str = Field(default="INV", pattern=r"^[A-Z0-9][A-Z0-9\-]{0,15}$")
+    credit_note_prefix: str = Field(
+        default="CN",
+        pattern=r"^[A-Z0-9][A-Z0-9\-]{0,15}$",
+        description="Credit notes are numbered <prefix>-<year>-<6 digits>, gapless",
+    )
     credits_apply: Literal["after_tax", "before_tax"] = Field(
         default="after_tax",
         description="after_tax: credits pay the total like a payment (the tax is the tax of "
@@ -267,7 +288,13 @@ InvoicingCommand = Annotated[
     | GrantCredits
     | VoidCreditGrant
     | ConfigureAutoTopUp
-    | CreateCommitment,
+    | CreateCommitment
+    | CreateCoupon
+    | CreatePromotionCode
+    | ApplyDiscount
+    | RemoveDiscount
+    | IssueCreditNote
+    | VoidCreditNote,
     Field(discriminator="type"),
 ]
 
@@ -471,6 +498,12 @@ COMMANDS: tuple[type[CloudEvent], ...] = (
     VoidCreditGrant,
     ConfigureAutoTopUp,
     CreateCommitment,
+    CreateCoupon,
+    CreatePromotionCode,
+    ApplyDiscount,
+    RemoveDiscount,
+    IssueCreditNote,
+    VoidCreditNote,
 )
 EVENTS: tuple[type[CloudEvent], ...] = (
     CustomerCreated,
@@ -491,4 +524,10 @@ EVENTS: tuple[type[CloudEvent], ...] = (
     CreditApplied,
     CreditReversed,
     CreditExpired,
+    CouponCreated,
+    PromotionCodeCreated,
+    DiscountApplied,
+    DiscountRemoved,
+    CreditNoteIssued,
+    CreditNoteVoided,
 )

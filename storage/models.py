@@ -16,6 +16,10 @@ from storage import (  # noqa: F401
     webhooks,
 )
 from storage.db import Base
-from storage.invoicing import credit_models  # noqa: F401
+from storage.invoicing import (
+    credit_models,  # noqa: F401
+    credit_note_models,  # noqa: F401
+    discount_models,  # noqa: F401
+)
 
 __all__ = ["Base"]

@@ -3,7 +3,9 @@
 Its face: what other packages may import (an import-linter contract enforces it) — the views
 of its rows the ingress answers with, and the spend of current periods alerts reads."""
 
+from workers.invoicing.credit_note_views import find_credit_notes
 from workers.invoicing.credit_views import CreditBalance, credit_balances
+from workers.invoicing.discounts import coupon_data, discount_data
 from workers.invoicing.views import (
     DraftPeriod,
     config_of,
@@ -17,8 +19,11 @@ __all__ = [
     "CreditBalance",
     "DraftPeriod",
     "config_of",
+    "coupon_data",
     "credit_balances",
+    "discount_data",
     "draft_totals",
+    "find_credit_notes",
     "invoice_data",
     "subscription_data",
     "usage_window",

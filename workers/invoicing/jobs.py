@@ -41,6 +41,7 @@ from storage.invoicing import (
 )
 from storage.invoicing.late_usage import LateUsageRepository
 from workers.invoicing import late_usage, service, views
+from workers.invoicing.discounting import Discounts
 from workers.invoicing.late_usage import ADJUSTMENT
 from workers.invoicing.ledger import Wallet
 from workers.invoicing.lines import PLANS, InvoiceMaker, Plans, line_values, of_subscription
@@ -324,6 +325,7 @@ class Billing:
         for tenant in sorted({d.tenant_id for d in drafts}):
             count = sum(1 for d in drafts if d.tenant_id == tenant)
             numbers[tenant] = await repo.next_numbers(tenant, as_of.year, count)
+        discounts = await Discounts.open(tx, drafts, as_of)
         wallet = await Wallet.open(tx, {d.customer_id for d in drafts}, as_of)
         new_lines: list[dict[str, Any]] = []
         changes: list[dict[str, Any]] = []
@@ -333,6 +335,7 @@ class Billing:
             mode = views.config_of(configs.get(d.tenant_id)).credits_apply
             row = views.values(d)
             lines = plan_lines + late[d.id]
+            lines += discounts.lines(row, lines)
             lines += wallet.pay(row, lines, tax_rate, mode)
             t = service.totals(lines, tax_rate, d.currency, d.rounding, mode)
             wallet.draw(row, t.subtotal)
@@ -355,6 +358,7 @@ class Billing:
         await repo.replace_lines([d.id for d in drafts], new_lines)
         await repo.update_invoices(changes)
         await wallet.write(tx, customers)
+        await discounts.write(tx)
         return len(drafts)
 
 

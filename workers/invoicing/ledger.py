@@ -22,7 +22,7 @@ from schemas.envelope import CloudEvent, new_id
 from schemas.invoicing import InvoiceFinalized, InvoicingConfig
 from storage.invoicing import Customer, Invoice, InvoicingRepository
 from storage.invoicing.credits import CreditGrant, CreditRepository
-from workers.invoicing import credits, service, views
+from workers.invoicing import credits, discounts, service, views
 from workers.invoicing.lines import line_values
 from workers.runtime import Tx
 
@@ -158,7 +158,9 @@ class Wallet:
         ]
         if not mine:
             return []
-        payables = [credits.Payable(ln.amount, ln.price_key, ln.meter) for ln in lines]
+        payables = [
+            credits.Payable(net, ln.price_key, ln.meter) for ln, net in discounts.net_charges(lines)
+        ]
         if mode == service.AFTER_TAX:
             tax = service.totals(lines, tax_rate, invoice["currency"], invoice["rounding"]).tax
             payables.append(credits.Payable(tax))
