@@ -51,7 +51,9 @@ from storage.invoicing import (
     Plan,
     Subscription,
 )
+from storage.invoicing.credit_notes import CreditNoteRepository
 from storage.invoicing.credits import CreditRepository
+from storage.invoicing.discounts import DiscountRepository
 from storage.metering import MeterRepository, UsageRepository
 from workers.invoicing import handlers, jobs
 from workers.invoicing.commands import COMMANDS
@@ -326,10 +328,31 @@ class NoCredits:
         return set()
 
 
+class NoCreditNotes:
+    """The credit-note repository of invoices without notes (tests/integration/
+    test_credit_notes.py covers notes against PostgreSQL)."""
+
+    async def of_invoice(self, tenant_id: str, invoice_id: str) -> list[Any]:
+        return []
+
+
+class NoDiscounts:
+    """The discount repository of customers without discounts (tests/integration/
+    test_discounts.py covers discounts against PostgreSQL)."""
+
+    async def active(self, customer_ids: Iterable[str]) -> list[Any]:
+        return []
+
+    async def add_applications(self, rows: Sequence[Any]) -> int:
+        return 0
+
+
 def unit(repo: FakeInvoicing, usage: FakeUsage | None = None) -> MemoryTx:
     return MemoryTx(
         {
+            DiscountRepository: NoDiscounts(),
             CreditRepository: NoCredits(),
+            CreditNoteRepository: NoCreditNotes(),
             InvoicingRepository: repo,
             MeterRepository: FakeMeters("calls"),
             UsageRepository: usage or FakeUsage(),
