@@ -62,7 +62,7 @@ ThresholdAmount = Annotated[
     ShowBounds({"maximum": MAX_MINOR_UNITS}),
 ]
 
-CreditSource = Literal["purchased", "promotional", "contract"]
+CreditSource = Literal["purchased", "promotional", "contract", "credit_note"]
 GrantStatus = Literal["pending", "scheduled", "active", "depleted", "expired", "voided"]
 EntryKind = Literal["granted", "topped_up", "applied", "reversed", "expired", "voided"]
 MAX_SCOPE_KEYS = 100

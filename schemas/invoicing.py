@@ -76,6 +76,9 @@ def hour_aligned(t: datetime | None) -> datetime | None:
     return t
 
 
+MAX_TRIAL_DAYS = 730
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -173,8 +176,33 @@ class SubscriptionSpec(_Model):
     customer: str = Field(pattern=EXTERNAL_ID_PATTERN, description="The customer's external_id")
     plan: str = Field(pattern=PLAN_KEY_PATTERN, description="The plan's key")
     start: EventTime = Field(description="The billing anchor: periods start here (UTC hour)")
+    trial_days: int | None = Field(
+        default=None,
+        ge=0,
+        le=MAX_TRIAL_DAYS,
+        description="A trial of this many days from 'start' (0: none), overriding the plan's",
+    )
+    trial_end: EventTime | None = Field(
+        default=None, description="The trial ends here (a whole UTC hour after 'start')"
+    )
+    trial_end_behavior: Literal["convert", "cancel"] = Field(
+        default="convert",
+        description="At the trial's end: convert (paid periods start there) or cancel (the "
+        "subscription ends there)",
+    )
+    bill_trial_usage: bool = Field(
+        default=False, description="Bill the usage of the trial (its flat fees are never billed)"
+    )
 
-    _start = field_validator("start")(hour_aligned)
+    _start = field_validator("start", "trial_end")(hour_aligned)
+
+    @model_validator(mode="after")
+    def _one_trial(self) -> SubscriptionSpec:
+        if self.trial_end is not None and self.trial_days is not None:
+            raise ValueError("give 'trial_days' or 'trial_end', not both")
+        if self.trial_end is not None and self.trial_end <= self.start:
+            raise ValueError("'trial_end' must be after 'start'")
+        return self
 
 
 class CreateSubscription(CloudEvent):
@@ -206,10 +234,28 @@ class CancelSubscription(CloudEvent):
 class PlanChangeSpec(_Model):
     subscription_id: str = Field(pattern=ID_PATTERN)
     plan: str = Field(pattern=PLAN_KEY_PATTERN)
+    mode: Literal["at_period_end", "immediately"] = Field(
+        default="at_period_end",
+        description="at_period_end: the new plan starts at the next period boundary; "
+        "immediately: the current period is cut at 'at' on the old plan and the new plan "
+        "starts there, both prorated to the second",
+    )
+    at: EventTime | None = Field(
+        default=None,
+        description="For 'immediately': when (default: when the command is handled), in the "
+        "current period",
+    )
+
+    @model_validator(mode="after")
+    def _at_only_immediately(self) -> PlanChangeSpec:
+        if self.at is not None and self.mode != "immediately":
+            raise ValueError("'at' applies to mode 'immediately' only")
+        return self
 
 
 class ChangeSubscriptionPlan(CloudEvent):
-    """Switch plans at the next period boundary (the current period is billed on the old)."""
+    """Switch plans at the next period boundary (the current period is billed on the old),
+    or immediately (both plans prorated to the second)."""
 
     type: Literal["ChangeSubscriptionPlan"] = "ChangeSubscriptionPlan"
     data: PlanChangeSpec
@@ -267,6 +313,12 @@ class InvoicingConfig(_Model):
         le=24 * 31,
         description="Late usage of an ended subscription is billed on one adjustment invoice "
         "this long after it ended",
+    )
+    trial_will_end_days: int = Field(
+        default=3,
+        ge=0,
+        le=30,
+        description="subscription.trial_will_end is emitted this many days before a trial ends",
     )
 
 
@@ -339,6 +391,10 @@ class SubscriptionData(_Model):
     cancel_at_period_end: bool
     next_plan: str | None = None
     ended_at: datetime | None = None
+    trial_start: datetime | None = None
+    trial_end: datetime | None = Field(
+        default=None, description="Set for a subscription with a trial: when it ends"
+    )
 
 
 class SubscriptionCreated(CloudEvent):
@@ -355,6 +411,13 @@ class SubscriptionUpdated(CloudEvent):
 
 class SubscriptionEnded(CloudEvent):
     type: Literal["subscription.ended"] = "subscription.ended"
+    data: SubscriptionData
+
+
+class SubscriptionTrialWillEnd(CloudEvent):
+    """A trial ends in InvoicingConfig.trial_will_end_days days (once per subscription)."""
+
+    type: Literal["subscription.trial_will_end"] = "subscription.trial_will_end"
     data: SubscriptionData
 
 
@@ -512,6 +575,7 @@ EVENTS: tuple[type[CloudEvent], ...] = (
     SubscriptionCreated,
     SubscriptionUpdated,
     SubscriptionEnded,
+    SubscriptionTrialWillEnd,
     InvoiceCreated,
     InvoiceFinalized,
     InvoicePaid,

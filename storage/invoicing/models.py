@@ -36,8 +36,10 @@ class InvoicingConfigRow(Base):
     rounding: Mapped[str] = mapped_column(String(16))
     grace_period_hours: Mapped[int] = mapped_column(Integer)
     number_prefix: Mapped[str] = mapped_column(String(16))
+    credit_note_prefix: Mapped[str] = mapped_column(String(16), server_default="CN")
     credits_apply: Mapped[str] = mapped_column(String(16), server_default="after_tax")
     late_usage_grace_hours: Mapped[int] = mapped_column(Integer, server_default="72")
+    trial_will_end_days: Mapped[int] = mapped_column(Integer, server_default="3")
 
 
 class Customer(Base):
@@ -80,6 +82,12 @@ class Subscription(Base):
             "ended_at",
             postgresql_where="status = 'ended' AND late_usage_checked_at IS NULL",
         ),
+        Index(
+            "ix_subscriptions_trial_will_end",
+            "trial_end",
+            postgresql_where="status = 'active' AND trial_end IS NOT NULL "
+            "AND trial_will_end_sent_at IS NULL",
+        ),
     )
 
     tenant_id: Mapped[str] = mapped_column(
@@ -101,6 +109,14 @@ class Subscription(Base):
     ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     late_usage_checked_at: Mapped[datetime | None] = mapped_column(
         DateTime(timezone=True), comment="ended: when its late-usage invoice was drafted"
+    )
+    # trials and immediate plan changes (ADR 0049)
+    trial_end: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    trial_end_behavior: Mapped[str] = mapped_column(String(16), server_default="convert")
+    bill_trial_usage: Mapped[bool] = mapped_column(Boolean, server_default="false")
+    trial_will_end_sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    period_proration: Mapped[Decimal] = mapped_column(
+        Numeric, server_default="1", comment="share of the flat fees the current period bills"
     )
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
@@ -151,6 +167,9 @@ class Invoice(Base):
     period_start: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     period_end: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     proration: Mapped[Decimal] = mapped_column(Numeric, comment="share of the flat fees billed")
+    usage_billed: Mapped[bool] = mapped_column(
+        Boolean, default=True, server_default="true", comment="false: a trial's usage, shown at 0"
+    )
     subtotal: Mapped[int] = mapped_column(BigInteger)
     discount: Mapped[int] = mapped_column(
         BigInteger, default=0, server_default="0", comment="discounts applied"

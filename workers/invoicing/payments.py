@@ -47,7 +47,8 @@ async def succeeded(event: PaymentSucceeded, tx: Tx) -> str | None:
         return f"invoice {invoice.id} is {invoice.status}: it cannot take payments"
     if not await repo.add_payment(tenant, p.payment_id, invoice.id, p.amount, p.currency, p.method):
         return None  # recorded before (the same payment in another event)
-    paid = service.becomes_paid(invoice.status, invoice.total, invoice.amount_paid + p.amount)
+    due = invoice.total - invoice.amount_credited  # credit notes took amount_credited off
+    paid = service.becomes_paid(invoice.status, due, invoice.amount_paid + p.amount)
     await repo.apply_payment(invoice, p.amount, event.time if paid else None)
     await _emit(tx, InvoicePaid if paid else InvoicePaymentRecorded, invoice, event)
     if paid and invoice.subscription_id is None:  # a top-up: its grant takes effect

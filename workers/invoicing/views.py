@@ -65,6 +65,8 @@ def subscription_data(
         cancel_at_period_end=sub.cancel_at_period_end,
         next_plan=plans[sub.next_plan_id].key if sub.next_plan_id else None,
         ended_at=sub.ended_at,
+        trial_start=sub.start if sub.trial_end else None,
+        trial_end=sub.trial_end,
     )
 
 
@@ -109,8 +111,10 @@ def config_of(row: InvoicingConfigRow | None) -> InvoicingConfig:
         rounding=row.rounding,
         grace_period_hours=row.grace_period_hours,
         number_prefix=row.number_prefix,
+        credit_note_prefix=row.credit_note_prefix,
         credits_apply=row.credits_apply,
         late_usage_grace_hours=row.late_usage_grace_hours,
+        trial_will_end_days=row.trial_will_end_days,
     )
 
 

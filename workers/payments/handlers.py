@@ -14,7 +14,7 @@ from schemas.envelope import WIRE, CloudEvent
 from schemas.invoicing import InvoiceFinalized
 from schemas.payments import PaymentsCommand, StripeEventReceived
 from storage.payments import Collection, PaymentsRepository
-from workers.payments import service
+from workers.payments import credit_notes, service
 from workers.payments.commands import COMMANDS, STRIPE_COMMANDS
 from workers.payments.jobs import COLLECT, Collector
 from workers.payments.stripe_events import STRIPE_EVENTS
@@ -63,6 +63,9 @@ async def on_invoice(
     opened = False
     for message in await tx.claim(batch):
         event = message.event
+        if event.type in credit_notes.EVENTS:
+            opened = await credit_notes.on_credit_note(event, tx) or opened
+            continue
         if event.type in CLOSING and isinstance(event.data, dict):
             await repo.stop_collection(event.tenantid, str(event.data.get("invoice_id")))
             continue
