@@ -280,6 +280,9 @@ class PlanSpec(BaseModel):
     interval: Literal["month", "year"]
     prices: list[Price] = Field(min_length=1, max_length=MAX_PRICES)
     description: Text | None = Field(default=None, max_length=2048)
+    trial_days: int | None = Field(
+        default=None, ge=1, le=730, description="Subscriptions start with a trial this long"
+    )
 
     @field_validator("prices")
     @classmethod

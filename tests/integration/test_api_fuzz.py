@@ -76,6 +76,7 @@ UNSAYABLE_REASONS = (
     "the net amount (total - tax)",
     "must be a whole hour",  # in UTC, whatever the offset it is written with
     "thresholds must be distinct",  # as numbers: "1" and "1.0" are the same threshold
+    "'trial_end' must be after 'start'",  # a subscription's trial (start: default now)
 )
 
 

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from schemas.bounds import EXTERNAL_ID_PATTERN, ID_PATTERN, present
 from schemas.envelope import new_id
 from schemas.invoicing import (
+    MAX_TRIAL_DAYS,
     PLAN_KEY_PATTERN,
     CancelSpec,
     CancelSubscription,
@@ -41,7 +42,11 @@ SubscriptionIdPath = Annotated[str, Path(pattern=ID_PATTERN)]
 
 
 class SubscriptionIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # a trial is given in days or by its end, not both: said in OpenAPI
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"not": {"allOf": [present("trial_days"), present("trial_end")]}},
+    )
 
     id: str | None = Field(default=None, pattern=ID_PATTERN, description="Default: generated")
     customer: str = Field(pattern=EXTERNAL_ID_PATTERN, description="The customer's external_id")
@@ -49,8 +54,24 @@ class SubscriptionIn(BaseModel):
     start: Instant | None = Field(
         default=None, description="Billing anchor, a whole UTC hour (default: this hour)"
     )
+    trial_days: int | None = Field(
+        default=None,
+        ge=0,
+        le=MAX_TRIAL_DAYS,
+        description="A trial of this many days from 'start', overriding the plan's (0: none)",
+    )
+    trial_end: Instant | None = Field(
+        default=None, description="The trial ends here (a whole UTC hour after 'start')"
+    )
+    trial_end_behavior: Literal["convert", "cancel"] = Field(
+        default="convert",
+        description="convert: paid periods start at the trial's end; cancel: it ends there",
+    )
+    bill_trial_usage: bool = Field(
+        default=False, description="Bill the trial's usage (its flat fees are never billed)"
+    )
 
-    _start = field_validator("start")(hour_aligned)
+    _start = field_validator("start", "trial_end")(hour_aligned)
 
 
 @router.post("/subscriptions", summary="Subscribe a customer to a plan (command)", **_ACCEPTED)
@@ -65,6 +86,10 @@ async def create_subscription(
         customer=body.customer,
         plan=body.plan,
         start=body.start or now,
+        trial_days=body.trial_days,
+        trial_end=body.trial_end,
+        trial_end_behavior=body.trial_end_behavior,
+        bill_trial_usage=body.bill_trial_usage,
     )
     key = partition_key(tenant_id, spec.customer)
     return await send(
@@ -124,14 +149,23 @@ async def cancel_subscription(
 
 
 class ChangePlanIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # 'at' goes with 'immediately' only (PlanChangeSpec refuses it otherwise): said in OpenAPI
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "if": present("at"),
+            "then": {"properties": {"mode": {"const": "immediately"}}, "required": ["mode"]},
+        },
+    )
 
     plan: str = Field(pattern=PLAN_KEY_PATTERN)
+    mode: Literal["at_period_end", "immediately"] = "at_period_end"
+    at: Instant | None = None
 
 
 @router.post(
     "/subscriptions/{subscription_id}/change-plan",
-    summary="Change plans at the next period boundary (command)",
+    summary="Change plans at the next period boundary or immediately (command)",
     **_ACCEPTED,
 )
 async def change_plan(
@@ -142,7 +176,13 @@ async def change_plan(
     tx: Unit,
     tenant_id: Tenant,
 ) -> Response:
-    spec = PlanChangeSpec(subscription_id=subscription_id, plan=body.plan)
+    """``at_period_end`` (the default): the new plan starts at the next period boundary.
+    ``immediately``: the current period is cut at ``at`` (default: now) and invoiced on the
+    old plan (flat fees prorated to the second, usage up to the end of that hour); the new
+    plan starts at ``at``, its first period prorated for the rest (docs/subscriptions.md)."""
+    spec = PlanChangeSpec(
+        subscription_id=subscription_id, plan=body.plan, mode=body.mode, at=body.at
+    )
     key = await _subscription_key(tx, tenant_id, subscription_id)
     return await send(request, st, tenant_id, ChangeSubscriptionPlan, spec, key, subscription_id)
 

@@ -40,7 +40,7 @@ from storage.invoicing import (
     Subscription,
 )
 from storage.invoicing.late_usage import LateUsageRepository
-from workers.invoicing import late_usage, service, views
+from workers.invoicing import late_usage, lifecycle, service, trials, views
 from workers.invoicing.discounting import Discounts
 from workers.invoicing.late_usage import ADJUSTMENT
 from workers.invoicing.ledger import Wallet
@@ -59,12 +59,13 @@ REQUESTED_RUNS = "invoicing.requested_runs"
 # what closing a period changes of a subscription (written back in one statement)
 SUB_STATE = (
     "tenant_id", "id", "plan_id", "next_plan_id", "status", "anchor", "period_index",
-    "current_period_start", "current_period_end", "ended_at",
+    "current_period_start", "current_period_end", "ended_at", "period_proration",
 )  # fmt: skip
-_STATE_FIELDS = tuple(f.name for f in fields(service.SubscriptionState))
+_STATE_FIELDS = tuple(f.name for f in fields(lifecycle.SubscriptionState))
 
 # a draft to create: tenant, subscription id, customer, plan, period start, end, proration
-Draft = tuple[str, str, Customer, Plan, datetime, datetime, Decimal]
+# (the share of the flat fees billed), whether its usage is billed (not: a trial's)
+Draft = tuple[str, str, Customer, Plan, datetime, datetime, Decimal, bool]
 
 
 def _emit(tx: Tx, event: CloudEvent, tenant_id: str, customer: str) -> None:
@@ -97,15 +98,16 @@ async def create_drafts(
                 period_end=end,
                 proration=proration,
                 rounding=settings[tenant].rounding,
+                usage_billed=usage_billed,
             ),
         )
-        for tenant, _, customer, plan, start, end, proration in drafts
+        for tenant, _, customer, plan, start, end, proration, usage_billed in drafts
     ]
     all_lines = await InvoiceMaker(tx, plans).lines(contexts)
     invoices: list[dict[str, Any]] = []
     lines: list[dict[str, Any]] = []
     data: dict[str, InvoiceData] = {}
-    for (tenant, sub_id, customer, plan, start, end, proration), (_, ctx), plan_lines in zip(
+    for (tenant, sub_id, customer, plan, start, end, proration, _), (_, ctx), plan_lines in zip(
         drafts, contexts, all_lines, strict=True
     ):
         tax_rate = None if customer.tax_exempt else customer.tax_rate
@@ -122,6 +124,7 @@ async def create_drafts(
             "period_start": start,
             "period_end": end,
             "proration": proration,
+            "usage_billed": ctx.usage_billed,
             "subtotal": t.subtotal,
             "tax": t.tax,
             "total": t.total,
@@ -186,6 +189,7 @@ class Billing:
         A subscription or draft that fails (its data cannot be billed) is quarantined and
         the others are billed (bulkheads, ADR 0044)."""
         result = RunResult()
+        await trials.notify(self.jobs, as_of, tenant_id, self.chunk)  # trial_will_end
 
         async def claim_due(tx: Tx, only: Sequence[Item] | None) -> list[Subscription]:
             return await tx.repo(InvoicingRepository).claim_due(
@@ -265,7 +269,7 @@ class Billing:
             return self.plans.spec(plans[plan_id]).interval
 
         states = [
-            service.SubscriptionState(**{f: getattr(s, f) for f in _STATE_FIELDS}) for s in subs
+            lifecycle.SubscriptionState(**{f: getattr(s, f) for f in _STATE_FIELDS}) for s in subs
         ]
         drafts: list[Draft] = []
         for sub in states:
@@ -274,10 +278,11 @@ class Billing:
                 drafts.append(
                     (
                         sub.tenant_id, sub.id, customer, plans[sub.plan_id],
-                        sub.current_period_start, sub.current_period_end, Decimal(1),
+                        sub.current_period_start, sub.current_period_end, sub.flat_share(),
+                        sub.usage_billed(),
                     )
                 )  # fmt: skip
-                changed = service.advance(sub, interval)
+                changed = lifecycle.advance(sub, interval)
                 if changed is not None:
                     cls = SubscriptionEnded if changed == "ended" else SubscriptionUpdated
                     data = views.subscription_data(sub, customer.external_id, plans)
@@ -312,6 +317,7 @@ class Billing:
                     period_end=d.period_end,
                     proration=d.proration,
                     rounding=d.rounding,
+                    usage_billed=d.usage_billed,
                 ),
             )
             for d in drafts

@@ -114,6 +114,7 @@ class InvoiceMaker:
                     period_end=inv.period_end,
                     proration=inv.proration,
                     rounding=inv.rounding,
+                    usage_billed=inv.usage_billed,
                 )
                 billed[key] = service.Billed(ctx, price, ln.period_start, ln.period_end)
             billed[key].quantity += ln.quantity

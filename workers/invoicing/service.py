@@ -6,11 +6,11 @@ data (ARCHITECTURE.md §1)."""
 from __future__ import annotations
 
 import calendar
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Any
 
 from schemas.envelope import CloudEvent
 from schemas.invoicing import (
@@ -34,6 +34,7 @@ from schemas.invoicing import (
     SubscriptionCreated,
     SubscriptionData,
     SubscriptionEnded,
+    SubscriptionTrialWillEnd,
     SubscriptionUpdated,
     UpsertCustomer,
 )
@@ -84,47 +85,6 @@ def proration(start: datetime, end: datetime, cut: datetime) -> Decimal:
     return used / whole if whole else Decimal(0)
 
 
-# --- subscriptions -------------------------------------------------------------------
-
-
-@dataclass
-class SubscriptionState:
-    """A subscription as a billing run moves it from period to period."""
-
-    tenant_id: str
-    id: str
-    customer_id: str
-    plan_id: str
-    next_plan_id: str | None
-    status: str
-    start: datetime
-    anchor: datetime
-    period_index: int
-    current_period_start: datetime
-    current_period_end: datetime
-    cancel_at_period_end: bool
-    ended_at: datetime | None
-
-
-def advance(
-    sub: SubscriptionState, interval: Callable[[str], str]
-) -> Literal["ended", "updated"] | None:
-    """Move ``sub`` past its current period: end it (``"ended"``), switch to its next plan
-    (``"updated"``: a new anchor) or renew (None). ``interval``: a plan id's interval."""
-    if sub.cancel_at_period_end:
-        sub.status, sub.ended_at = "ended", sub.current_period_end
-        return "ended"
-    if sub.next_plan_id:
-        sub.plan_id, sub.next_plan_id = sub.next_plan_id, None
-        sub.anchor, sub.period_index = sub.current_period_end, 0
-    else:
-        sub.period_index += 1
-    sub.current_period_start, sub.current_period_end = period(
-        sub.anchor, interval(sub.plan_id), sub.period_index
-    )
-    return "updated" if sub.period_index == 0 else None
-
-
 # --- invoice lines ------------------------------------------------------------------
 
 
@@ -139,8 +99,10 @@ def unit_price(price: Price) -> Decimal | None:
 
 
 def usage_window(start: datetime, end: datetime) -> tuple[datetime, datetime]:
-    """The hour-aligned window of metered usage billed for [start, end)."""
-    return start, ceil_hour(end)
+    """The hour-aligned window of metered usage billed for [start, end): a period cut
+    inside an hour (an immediate cancel or plan change) bills that hour's usage before the
+    cut, the period after it from the next hour (no hour billed twice, none lost)."""
+    return ceil_hour(start), ceil_hour(end)
 
 
 @dataclass(frozen=True)
@@ -154,6 +116,7 @@ class InvoiceContext:
     period_end: datetime
     proration: Decimal
     rounding: str
+    usage_billed: bool = True  # False: a trial's usage, shown with amount 0
 
 
 def period_label(start: datetime, end: datetime) -> str:
@@ -191,6 +154,8 @@ def _priced_line(
         minimum_applied=priced.minimum_applied,
         amount=pricing.to_minor(priced.amount, ctx.currency, ROUNDING[ctx.rounding]),
     )
+    if metered and not ctx.usage_billed:  # a trial's usage: shown, not billed
+        line = replace(line, amount=0, tiers=(), minimum_applied=False)
     return priced, line
 
 
@@ -320,6 +285,7 @@ def invoice_data(
         amount_refunded=row.get("amount_refunded") or 0,
         tax_rate=row["tax_rate"],
         due_at=row.get("due_at"),
+        memo=row.get("memo"),
         lines=list(lines),
     )
 
@@ -361,7 +327,12 @@ def finalized(
 # ``envelope``: the tenant and, for what a message caused, its correlation and causation
 # (``message.caused()``).
 
-SubscriptionEvent = type[SubscriptionCreated] | type[SubscriptionUpdated] | type[SubscriptionEnded]
+SubscriptionEvent = (
+    type[SubscriptionCreated]
+    | type[SubscriptionUpdated]
+    | type[SubscriptionEnded]
+    | type[SubscriptionTrialWillEnd]
+)
 InvoiceEvent = (
     type[InvoiceCreated]
     | type[InvoiceFinalized]

@@ -4,7 +4,9 @@ each applies one command in one transaction and returns its result (merged into
 
 from __future__ import annotations
 
+from dataclasses import fields
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from schemas.envelope import CloudEvent
@@ -17,11 +19,15 @@ from schemas.invoicing import (
     SubscriptionUpdated,
 )
 from storage.invoicing import Customer, InvoicingRepository, Plan, Subscription
-from workers.invoicing import jobs, service, views
+from storage.invoicing.trials import TrialRepository
+from workers.invoicing import jobs, lifecycle, service, views
 from workers.invoicing.base import Handler, Result
 from workers.invoicing.base import emit as _emit
 from workers.invoicing.errors import Conflict, NotFound
+from workers.invoicing.lines import PLANS
 from workers.runtime import Tx
+
+_STATE_FIELDS = tuple(f.name for f in fields(lifecycle.SubscriptionState))
 
 
 async def _plan(repo: InvoicingRepository, tenant: str, key: str, field: str) -> Plan:
@@ -72,7 +78,10 @@ async def create_subscription(cmd: CreateSubscription, tx: Tx) -> Result:
             f"the customer already has subscription {overlap!r} to plan {plan.key!r}",
             field="plan",
         )
-    start, end = service.period(spec.start, plan.interval, 0)
+    trial = lifecycle.trial_end(
+        spec.start, spec.trial_end, spec.trial_days, PLANS.spec(plan).trial_days
+    )
+    start, end = lifecycle.first_period(spec.start, plan.interval, trial)
     sub = await repo.add_subscription(
         tenant_id=tenant,
         id=spec.id,
@@ -86,6 +95,10 @@ async def create_subscription(cmd: CreateSubscription, tx: Tx) -> Result:
         current_period_start=start,
         current_period_end=end,
         cancel_at_period_end=False,
+        trial_end=trial,
+        trial_end_behavior=spec.trial_end_behavior,
+        bill_trial_usage=spec.bill_trial_usage,
+        period_proration=Decimal(1),
     )
     _subscription_event(tx, SubscriptionCreated, cmd, sub, customer, {plan.id: plan})
     return {"subscription_id": sub.id}
@@ -122,19 +135,22 @@ async def cancel_subscription(cmd: CancelSubscription, tx: Tx) -> Result:
             f"{sub.current_period_end.isoformat()}); use mode 'at_period_end' for its end",
             field="at",
         )
-    share = service.proration(sub.current_period_start, sub.current_period_end, at)
+    state = _state(sub)
+    share = lifecycle.split(
+        state.flat_share(), sub.current_period_start, state.current_period_end, at
+    )[0]
     configs = await repo.configs([tenant])
     start = sub.current_period_start
     await repo.end_subscription(sub, at)
-    await jobs.create_drafts(
-        tx, [(tenant, sub.id, customer, plans[sub.plan_id], start, at, share)], configs
-    )
+    draft = (tenant, sub.id, customer, plans[sub.plan_id], start, at, share, state.usage_billed())
+    await jobs.create_drafts(tx, [draft], configs)
     _subscription_event(tx, SubscriptionEnded, cmd, sub, customer, plans)
     return {"subscription_id": sub.id, "ended_at": at.isoformat(), "proration": str(share)}
 
 
 async def change_subscription_plan(cmd: ChangeSubscriptionPlan, tx: Tx) -> Result:
-    """Switches plans at the next period boundary (changing back before it: stay)."""
+    """Switches plans at the next period boundary (changing back before it: stay), or
+    immediately (``change_now``)."""
     repo = tx.repo(InvoicingRepository)
     spec, tenant = cmd.data, cmd.tenantid
     sub, customer, plans = await _live(repo, tenant, spec.subscription_id)
@@ -146,6 +162,8 @@ async def change_subscription_plan(cmd: ChangeSubscriptionPlan, tx: Tx) -> Resul
         )
     if sub.cancel_at_period_end:
         raise Conflict("the subscription ends at this period's end", field="subscription_id")
+    if spec.mode == "immediately":
+        return await change_now(cmd, tx, sub, customer, plans | {plan.id: plan}, plan)
     if plan.id == sub.plan_id:
         if sub.next_plan_id is None:
             return {"subscription_id": sub.id, "effective_at": None}
@@ -155,6 +173,54 @@ async def change_subscription_plan(cmd: ChangeSubscriptionPlan, tx: Tx) -> Resul
     plans[plan.id] = plan
     _subscription_event(tx, SubscriptionUpdated, cmd, sub, customer, plans)
     return {"subscription_id": sub.id, "effective_at": sub.current_period_end.isoformat()}
+
+
+def _state(sub: Subscription) -> lifecycle.SubscriptionState:
+    return lifecycle.SubscriptionState(**{f: getattr(sub, f) for f in _STATE_FIELDS})
+
+
+async def change_now(
+    cmd: ChangeSubscriptionPlan,
+    tx: Tx,
+    sub: Subscription,
+    customer: Customer,
+    plans: dict[str, Plan],
+    plan: Plan,
+) -> Result:
+    """The current period is cut at ``at`` on the old plan (a draft for [its start, ``at``)
+    prorated to the second, usage up to the end of the hour of ``at``, as an immediate
+    cancel) and the new plan starts at ``at`` (``lifecycle.change_now``). The same plan
+    again: nothing changes (a redelivered command finds it done)."""
+    repo = tx.repo(InvoicingRepository)
+    at: datetime = cmd.data.at or cmd.time
+    if plan.id == sub.plan_id:
+        if sub.next_plan_id is not None:
+            await repo.set_next_plan(sub, None)
+            _subscription_event(tx, SubscriptionUpdated, cmd, sub, customer, plans)
+        return {"subscription_id": sub.id, "effective_at": None}
+    if not sub.current_period_start <= at < sub.current_period_end:
+        raise Conflict(
+            f"'at' must fall in the current period [{sub.current_period_start.isoformat()}, "
+            f"{sub.current_period_end.isoformat()}); use mode 'at_period_end' for its end",
+            field="at",
+        )
+    state = _state(sub)
+    old = plans[sub.plan_id]
+    start, share, usage = lifecycle.change_now(
+        state, plan.id, at, PLANS.spec(old).interval, PLANS.spec(plan).interval
+    )
+    await tx.repo(TrialRepository).move(sub, {c: getattr(state, c) for c in jobs.SUB_STATE})
+    if at > start:  # [start, start) bills nothing: the new plan takes the whole period
+        draft = (cmd.tenantid, sub.id, customer, old, start, at, share, usage)
+        await jobs.create_drafts(tx, [draft], await repo.configs([cmd.tenantid]))
+    _subscription_event(tx, SubscriptionUpdated, cmd, sub, customer, plans)
+    return {
+        "subscription_id": sub.id,
+        "effective_at": at.isoformat(),
+        "proration": str(share),
+        "new_period_end": sub.current_period_end.isoformat(),
+        "new_proration": str(state.flat_share()),
+    }
 
 
 COMMANDS: dict[type[Any], Handler] = {

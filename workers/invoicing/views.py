@@ -34,6 +34,7 @@ if TYPE_CHECKING:
         Plan,
         Subscription,
     )
+    from workers.invoicing.lifecycle import SubscriptionState
 
 __all__ = [
     "DraftPeriod",
@@ -50,7 +51,7 @@ __all__ = [
 
 
 def subscription_data(
-    sub: Subscription | service.SubscriptionState, customer: str, plans: Mapping[str, Plan]
+    sub: Subscription | SubscriptionState, customer: str, plans: Mapping[str, Plan]
 ) -> SubscriptionData:
     """``sub`` as the API and the subscription events show it (``customer``: its external
     id; ``plans``: by id, with the plan and the next plan of ``sub``)."""
