@@ -64,6 +64,7 @@ from schemas.discounts import (
 )
 from schemas.envelope import CloudEvent
 from schemas.metering import METER_KEY_PATTERN
+from schemas.one_off import CreateInvoice, FinalizeInvoice
 from schemas.pricing import NonNegDecimal, PlanSpec
 
 PLAN_KEY_PATTERN = METER_KEY_PATTERN
@@ -346,7 +347,9 @@ InvoicingCommand = Annotated[
     | ApplyDiscount
     | RemoveDiscount
     | IssueCreditNote
-    | VoidCreditNote,
+    | VoidCreditNote
+    | CreateInvoice
+    | FinalizeInvoice,
     Field(discriminator="type"),
 ]
 
@@ -505,6 +508,7 @@ class InvoiceData(_Model):
     amount_refunded: int = Field(default=0, description="Refunds of its payments, minor units")
     tax_rate: DecimalStr | None = None
     due_at: datetime | None = None
+    memo: str | None = Field(default=None, description="A one-off invoice's memo")
     lines: list[InvoiceLine]
 
 
@@ -567,6 +571,8 @@ COMMANDS: tuple[type[CloudEvent], ...] = (
     RemoveDiscount,
     IssueCreditNote,
     VoidCreditNote,
+    CreateInvoice,
+    FinalizeInvoice,
 )
 EVENTS: tuple[type[CloudEvent], ...] = (
     CustomerCreated,

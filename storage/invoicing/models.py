@@ -149,6 +149,13 @@ class Invoice(Base):
             ["tenant_id", "subscription_id"], ["subscriptions.tenant_id", "subscriptions.id"]
         ),
         Index("ix_invoices_drafts", "finalize_after", postgresql_where="status = 'draft'"),
+        Index(
+            "uq_invoices_idempotency_key",
+            "tenant_id",
+            "idempotency_key",
+            unique=True,
+            postgresql_where="idempotency_key IS NOT NULL",
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
@@ -198,6 +205,10 @@ class Invoice(Base):
         DateTime(timezone=True), comment="voided or marked uncollectible"
     )
     status_reason: Mapped[str | None] = mapped_column(Text)
+    # one-off invoices (docs/one-off-invoices.md): unique per tenant where set
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    request_digest: Mapped[str | None] = mapped_column(String(64), comment="what was asked")
+    memo: Mapped[str | None] = mapped_column(Text)
 
 
 class InvoiceLineRow(Base):

@@ -35,6 +35,7 @@ from storage.quarantine import not_quarantined
 
 LINE_COLUMNS = [c.name for c in InvoiceLineRow.__table__.columns]
 INVOICE_COLUMNS = [c.name for c in Invoice.__table__.columns]
+_BILLED_BY_RUNS = Invoice.kind != "one_off"  # a one-off draft is finalized by its command
 
 
 class InvoicingRepository:
@@ -259,7 +260,7 @@ class InvoicingRepository:
         to their period end was appended before this moment."""
         result = await self.session.execute(
             update(Invoice)
-            .where(Invoice.status == "draft", Invoice.usage_offsets.is_(None))
+            .where(Invoice.status == "draft", Invoice.usage_offsets.is_(None), _BILLED_BY_RUNS)
             .values(usage_offsets={str(p): o for p, o in usage_ends.items()})
         )
         return int(result.rowcount)  # type: ignore[attr-defined]
@@ -288,6 +289,7 @@ class InvoicingRepository:
         ).bindparams(committed=json.dumps({str(p): o for p, o in committed.items()}))
         q = select(Invoice).where(
             Invoice.status == "draft",
+            _BILLED_BY_RUNS,
             Invoice.finalize_after <= as_of,
             Invoice.usage_offsets.is_not(None),
             caught_up,
@@ -480,7 +482,9 @@ class InvoicingRepository:
         )
 
     async def drafts_waiting(self, tenant_id: str | None, as_of: datetime) -> int:
-        q = select(func.count()).where(Invoice.status == "draft", Invoice.finalize_after <= as_of)
+        q = select(func.count()).where(
+            Invoice.status == "draft", Invoice.finalize_after <= as_of, _BILLED_BY_RUNS
+        )
         if tenant_id is not None:
             q = q.where(Invoice.tenant_id == tenant_id)
         return int(await self.session.scalar(q) or 0)

@@ -22,6 +22,7 @@ from workers.ingress import credit_notes as credit_note_routes
 from workers.ingress import credits as credit_routes
 from workers.ingress import discounts as discount_routes
 from workers.ingress import invoicing
+from workers.ingress import one_off as one_off_routes
 from workers.ingress import payments as payment_routes
 from workers.ingress import pos as pos_routes
 from workers.ingress import subscriptions as subscription_routes
@@ -124,6 +125,7 @@ def create_app(settings: Settings) -> FastAPI:
     routers = [
         router,
         invoicing.router,
+        one_off_routes.router,
         subscription_routes.router,
         credit_routes.router,
         credit_note_routes.router,

@@ -24,8 +24,6 @@ from schemas.envelope import CloudEvent, new_id
 from schemas.invoicing import (
     InvoiceCreated,
     InvoiceData,
-    InvoiceFinalized,
-    InvoicePaid,
     InvoicingConfig,
     SubscriptionEnded,
     SubscriptionUpdated,
@@ -40,7 +38,7 @@ from storage.invoicing import (
     Subscription,
 )
 from storage.invoicing.late_usage import LateUsageRepository
-from workers.invoicing import late_usage, lifecycle, service, trials, views
+from workers.invoicing import finalizing, late_usage, lifecycle, service, trials, views
 from workers.invoicing.discounting import Discounts
 from workers.invoicing.late_usage import ADJUSTMENT
 from workers.invoicing.ledger import Wallet
@@ -326,7 +324,6 @@ class Billing:
         computed = iter(await maker.lines(contexts))
         all_lines = [[] if d.kind == ADJUSTMENT else next(computed) for d in drafts]
         configs = await repo.configs({d.tenant_id for d in drafts})
-        prefixes = {t: views.config_of(configs.get(t)).number_prefix for t in configs}
         numbers: dict[str, int] = {}
         for tenant in sorted({d.tenant_id for d in drafts}):
             count = sum(1 for d in drafts if d.tenant_id == tenant)
@@ -336,31 +333,18 @@ class Billing:
         new_lines: list[dict[str, Any]] = []
         changes: list[dict[str, Any]] = []
         for d, plan_lines in zip(drafts, all_lines, strict=True):
-            customer = customers[d.customer_id]
-            tax_rate = None if customer.tax_exempt else customer.tax_rate
-            mode = views.config_of(configs.get(d.tenant_id)).credits_apply
             row = views.values(d)
             lines = plan_lines + late[d.id]
             lines += discounts.lines(row, lines)
-            lines += wallet.pay(row, lines, tax_rate, mode)
-            t = service.totals(lines, tax_rate, d.currency, d.rounding, mode)
-            wallet.draw(row, t.subtotal)
-            prefix = prefixes.get(d.tenant_id, service.DEFAULT_CONFIG.number_prefix)
-            number = service.invoice_number(prefix, as_of.year, numbers[d.tenant_id])
+            config = views.config_of(configs.get(d.tenant_id))
+            number = service.invoice_number(config.number_prefix, as_of.year, numbers[d.tenant_id])
             numbers[d.tenant_id] += 1
-            change = service.finalized(row, t, tax_rate, number, as_of, customer.net_terms_days)
-            row.update(change)
+            change, lines = finalizing.settle(
+                tx, row, lines, customers[d.customer_id], config, number, as_of, wallet,
+                tenantid=d.tenant_id,
+            )  # fmt: skip
             changes.append(change)
             new_lines += line_values(d.id, d.tenant_id, lines)
-            view = service.invoice_data(
-                row, customer.external_id, [ln.model() for ln in lines], status="finalized"
-            )
-            event = service.invoice_event(InvoiceFinalized, view, tenantid=d.tenant_id)
-            _emit(tx, event, d.tenant_id, customer.external_id)
-            if change["status"] == "paid":
-                paid = view.model_copy(update={"status": "paid"})
-                event = service.invoice_event(InvoicePaid, paid, tenantid=d.tenant_id)
-                _emit(tx, event, d.tenant_id, customer.external_id)
         await repo.replace_lines([d.id for d in drafts], new_lines)
         await repo.update_invoices(changes)
         await wallet.write(tx, customers)
