@@ -15,9 +15,27 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetJsonSchemaHandler,
+    model_validator,
+)
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import core_schema as cs
 
-from schemas.bounds import EXTERNAL_ID_PATTERN, ID_PATTERN, Currency, EventTime, Line
+from schemas.bounds import (
+    EXTERNAL_ID_PATTERN,
+    ID_PATTERN,
+    Currency,
+    EventTime,
+    Line,
+    ShowBounds,
+    nonempty,
+    show_model_bounds,
+)
 from schemas.credits import CreditAmount
 from schemas.envelope import CloudEvent
 from schemas.pricing import KEY_PATTERN, NonNegDecimal, PriceKey
@@ -38,7 +56,18 @@ def _percent(value: Decimal) -> Decimal:
     return value
 
 
-Percent = Annotated[NonNegDecimal, AfterValidator(_percent)]
+Percent = Annotated[
+    NonNegDecimal,
+    AfterValidator(_percent),
+    ShowBounds(  # beside the anyOf: the pattern bounds the string form, the rest the integer
+        {
+            "pattern": r"^0*(100(\.0+)?|[0-9]{1,2}(\.[0-9]{1,12}0*)?)$",
+            "not": {"type": "string", "pattern": r"^0+(\.0+)?$"},
+            "exclusiveMinimum": 0,
+            "maximum": 100,
+        }
+    ),
+]
 """A percentage as an exact decimal string: ``"20"`` is 20 % off; ``0 < p <= 100``."""
 
 PlanKey = Annotated[str, Field(pattern=KEY_PATTERN, description="A plan's key")]
@@ -51,6 +80,13 @@ class CouponScope(_Model):
 
     plans: list[PlanKey] = Field(default_factory=list, max_length=MAX_SCOPE_KEYS)
     prices: list[PriceKey] = Field(default_factory=list, max_length=MAX_SCOPE_KEYS)
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, core_schema: cs.CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        either = {"anyOf": [nonempty("plans"), nonempty("prices")]}  # what _not_empty says
+        return show_model_bounds(cls is CouponScope, core_schema, handler, either)
 
     @model_validator(mode="after")
     def _not_empty(self) -> CouponScope:

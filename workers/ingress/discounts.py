@@ -15,9 +15,18 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, GetJsonSchemaHandler, ValidationError
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import core_schema as cs
 
-from schemas.bounds import EXTERNAL_ID_PATTERN, ID_PATTERN, Currency, Line
+from schemas.bounds import (
+    EXTERNAL_ID_PATTERN,
+    ID_PATTERN,
+    Currency,
+    Line,
+    present,
+    show_model_bounds,
+)
 from schemas.credits import CreditAmount
 from schemas.discounts import (
     MAX_PERIODS,
@@ -91,6 +100,25 @@ class CouponIn(_In):
     max_redemptions: int | None = Field(default=None, ge=1, le=MAX_REDEMPTIONS)
     redeem_by: Instant | None = None
 
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, core_schema: cs.CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        # what _check_coupon refuses, said in OpenAPI
+        repeating = {"required": ["duration"], "properties": {"duration": {"const": "repeating"}}}
+        rules = [
+            {"oneOf": [present("percent_off"), present("amount_off")]},
+            {"if": present("amount_off"), "then": present("currency"), "else": _null("currency")},
+            {"if": repeating, "then": present("duration_in_periods"),
+             "else": _null("duration_in_periods")},
+        ]  # fmt: skip
+        return show_model_bounds(cls is CouponIn, core_schema, handler, {"allOf": rules})
+
+
+def _null(name: str) -> dict[str, Any]:
+    """JSON Schema: property ``name`` is absent or null."""
+    return {"properties": {name: {"type": "null"}}}
+
 
 def _check_coupon(body: CouponIn) -> None:
     if body.percent_off is not None and body.amount_off is not None:
@@ -152,11 +180,11 @@ async def get_coupon(coupon_id: IdPath, tx: Unit, tenant_id: Tenant) -> CouponDa
 
 @router.post("/promotion-codes", summary="Define a promotion code (command)", **_ACCEPTED)
 async def create_promotion_code(
-    request: Request, body: PromotionCodeSpec, st: State, tx: Unit, tenant_id: Tenant
+    request: Request, body: PromotionCodeSpec, st: State, tenant_id: Tenant
 ) -> Response:
     """A customer-facing code (unique per tenant in any letter case) that redeems a coupon;
-    optionally limited in redemptions and time. 404 for an unknown coupon."""
-    await _coupon(tx, tenant_id, body.coupon)
+    optionally limited in redemptions and time. An unknown coupon fails the command
+    (``not_found``, field ``coupon``)."""
     return await send(
         request, st, tenant_id, CreatePromotionCode, body, tenant_id, body.code,
         {"code": body.code},
@@ -198,6 +226,13 @@ class DiscountIn(_In):
         default=None, pattern=ID_PATTERN, description="Omit: every subscription of the customer"
     )
     id: str | None = Field(default=None, pattern=ID_PATTERN, description="Default: generated")
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, core_schema: cs.CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        either = {"oneOf": [present("coupon"), present("promotion_code")]}
+        return show_model_bounds(cls is DiscountIn, core_schema, handler, either)
 
 
 @router.post(
