@@ -288,3 +288,47 @@ async def test_an_immediate_downgrade_and_a_change_during_a_trial(billing: Stack
     ]  # fmt: skip
     view = await st.api.get("/v1/subscriptions/s-r")
     assert (view["plan"], view["current_period_start"]) == ("small", z(NOV + 14 * DAY))
+
+
+async def test_bad_trials_and_plan_changes_are_refused_naming_the_field(billing: Stack) -> None:
+    st = billing
+    await st.api.ok("POST", "/v1/plans", plan("us", "USD", "10.00", "0.01"))
+    await st.api.ok("POST", "/v1/plans", plan("eu", "EUR", "10.00", "0.01"))
+    await customer(st, "ana", "USD")
+    # at the door: 422 naming the field, nothing published
+    cases = [
+        ({"trial_days": 7, "trial_end": z(OCT + DAY)}, "trial_days"),
+        ({"trial_end": z(OCT)}, "trial_end"),  # not after 'start'
+        ({"trial_end": z(OCT + DAY + timedelta(minutes=30))}, "trial_end"),  # not a whole hour
+        ({"trial_days": 731}, "trial_days"),
+        ({"trial_end_behavior": "pause"}, "trial_end_behavior"),
+    ]
+    for extra, field in cases:
+        body = {"customer": "ana", "plan": "us", "start": z(OCT)} | extra
+        r = await st.api.send("POST", "/v1/subscriptions", body)
+        assert r.status_code == 422, (extra, r.text)
+        assert any(field in e["field"] for e in r.json()["errors"]), r.json()
+    await st.api.ok("POST", "/v1/subscriptions",
+                    {"customer": "ana", "plan": "us", "start": z(OCT), "id": "s-a"})  # fmt: skip
+    r = await st.api.send("POST", "/v1/subscriptions/s-a/change-plan",
+                          {"plan": "eu", "at": z(OCT + DAY)})  # fmt: skip
+    assert r.status_code == 422  # 'at' goes with 'immediately' only
+    # with state: the command fails naming the field, and nothing changes
+    failures = [
+        ({"plan": "eu", "mode": "immediately"}, "plan"),  # another currency
+        ({"plan": "us", "mode": "immediately", "at": z(NOV + DAY)}, None),  # the same plan
+    ]
+    for body, field in failures:
+        outcome = await st.api.command("POST", "/v1/subscriptions/s-a/change-plan", body)
+        if field is None:
+            assert outcome["result"]["effective_at"] is None  # nothing to change
+        else:
+            assert outcome["status"] == "failed"
+            assert outcome["error"]["field"] == field, outcome
+    await st.api.ok("POST", "/v1/plans", plan("us2", "USD", "20.00", "0.01"))
+    body = {"plan": "us2", "mode": "immediately", "at": z(NOV + DAY)}
+    outcome = await st.api.command("POST", "/v1/subscriptions/s-a/change-plan", body)
+    assert (outcome["status"], outcome["error"]["field"]) == ("failed", "at")  # not in Oct
+    view = await st.api.get("/v1/subscriptions/s-a")
+    assert (view["plan"], view["current_period_start"]) == ("us", z(OCT))
+    assert await st.invoices() == []

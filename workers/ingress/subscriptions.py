@@ -31,7 +31,7 @@ from workers import invoicing
 from workers.ingress.deps import State, Tenant, Unit
 from workers.ingress.fields import Instant
 from workers.ingress.invoicing import _ACCEPTED, _PENDING_HINT, _customer, send
-from workers.ingress.problems import not_found
+from workers.ingress.problems import invalid, not_found
 from workers.runtime import Tx
 
 if TYPE_CHECKING:
@@ -74,6 +74,10 @@ class SubscriptionIn(BaseModel):
     _start = field_validator("start", "trial_end")(hour_aligned)
 
 
+def _refuse(field: str, message: str) -> None:
+    raise invalid(f"{field}: {message}", [{"field": field, "reason": message}])
+
+
 @router.post("/subscriptions", summary="Subscribe a customer to a plan (command)", **_ACCEPTED)
 async def create_subscription(
     request: Request, body: SubscriptionIn, st: State, tenant_id: Tenant
@@ -81,6 +85,10 @@ async def create_subscription(
     """Answers with the ``subscription_id`` at once; the command fails for an unknown
     customer or plan, a plan in another currency, or a live subscription to the same plan."""
     now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    if body.trial_days is not None and body.trial_end is not None:
+        _refuse("trial_days", "give 'trial_days' or 'trial_end', not both")
+    if body.trial_end is not None and body.trial_end <= (body.start or now):
+        _refuse("trial_end", "'trial_end' must be after 'start'")
     spec = SubscriptionSpec(
         id=body.id or f"sub_{new_id()}",
         customer=body.customer,
