@@ -12,11 +12,19 @@ customer's currency with the tenant's rounding.
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from schemas.bounds import EXTERNAL_ID_PATTERN, ID_PATTERN, Currency, EventTime, Line, Text
+from schemas.bounds import (
+    EXTERNAL_ID_PATTERN,
+    ID_PATTERN,
+    Currency,
+    EventTime,
+    Line,
+    ShowBounds,
+    Text,
+)
 from schemas.envelope import CloudEvent
 from schemas.metering import METER_KEY_PATTERN
 from schemas.pricing import NonNegDecimal
@@ -25,6 +33,10 @@ MAX_ONE_OFF_LINES = 250
 INVOICE_ID_PATTERN = ID_PATTERN  # and at most 36 characters (the invoices' key)
 MAX_INVOICE_ID = 36
 MAX_IDEMPOTENCY_KEY = 255
+# OpenAPI only (what the validator refuses, where JSON Schema can say it): 0 to 1
+LineTaxRate = Annotated[
+    NonNegDecimal, ShowBounds({"maximum": 1, "pattern": "^0*(1(\\.0+)?|0(\\.[0-9]+)?)$"})
+]
 
 
 class _Model(BaseModel):
@@ -39,7 +51,7 @@ class OneOffLine(_Model):
     unit_price: NonNegDecimal = Field(
         description="Major units of the currency ('12.50'); 0 for a free line, never negative"
     )
-    tax_rate: NonNegDecimal | None = Field(
+    tax_rate: LineTaxRate | None = Field(
         default=None,
         description="The line's own tax rate, a fraction 0..1 ('0.08' is 8 %); omit for the "
         "customer's rate",

@@ -223,12 +223,6 @@ async def test_a_retried_request_bills_once(billing: Stack) -> None:
     failed = await outcome(st, c)
     assert failed["status"] == "failed", failed
     assert (failed["error"]["code"], failed["error"]["field"]) == ("conflict", "idempotency_key")
-    # header and body keys that disagree: 422
-    r = await st.api.http.post(
-        "/v1/invoices", json=keyed, headers=st.api.auth | {"Idempotency-Key": "other"}
-    )
-    assert r.status_code == 422 and "idempotency_key" in r.text, r.text
-
     invoices = await st.invoices(customer="bistro")
     assert sorted(i["number"] for i in invoices) == [f"INV-{YEAR}-00000{k}" for k in (1, 2)]
 

@@ -8,7 +8,8 @@ error shape). This rewrites each operation's responses from what the service can
 - operations that need an API key: 401 (with ``security``: bearer);
 - operations that read a body or honour ``Idempotency-Key``: 400 (malformed JSON, JSON
   nested too deeply, a bad ``Idempotency-Key``) and 413 (body too large, too many items);
-- operations with a path parameter, or a ``customer`` filter: 404;
+- operations with a path parameter, a ``customer`` filter, or a body naming a resource the
+  door looks up (``BODY_LOOKUPS``): 404;
 - writes that honour ``Idempotency-Key``: 409 (a request with the same key in progress);
 - the ingest endpoints: 429 (the tenant's rate limit, ``Retry-After``).
 
@@ -66,6 +67,8 @@ PROBLEM_TYPES: dict[int, tuple[str, list[str]]] = {
 RATE_LIMITED = {("POST", "/v1/events"), ("POST", "/v1/integrations/pos/{source}/transactions")}
 UNAUTHENTICATED_WEBHOOK = ("POST", "/v1/integrations/stripe/{token}")
 WRITE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
+# writes whose body names a resource the door looks up (an unknown customer: 404)
+BODY_LOOKUPS = {("POST", "/v1/invoices")}
 
 _PROBLEM: dict[str, Any] = {
     "type": "object",
@@ -166,6 +169,8 @@ def _statuses(route: APIRoute, method: str, op: dict[str, Any], auth: bool) -> s
         statuses |= {400, 413}
     params = op.get("parameters", [])
     if any(p["in"] == "path" for p in params) or any(p["name"] == "customer" for p in params):
+        statuses.add(404)
+    if key in BODY_LOOKUPS:
         statuses.add(404)
     if idempotent:
         statuses.add(409)
