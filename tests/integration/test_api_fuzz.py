@@ -77,6 +77,11 @@ UNSAYABLE_REASONS = (
     "must be a whole hour",  # in UTC, whatever the offset it is written with
     "thresholds must be distinct",  # as numbers: "1" and "1.0" are the same threshold
     "'trial_end' must be after 'start'",  # a subscription's trial (start: default now)
+    # a one-off invoice's line: a quantity more than 0 (a string's value), a period given
+    # whole and in order
+    "must be more than 0",
+    "give both 'period_start' and 'period_end', or neither",
+    "'period_end' must not be before 'period_start'",
 )
 
 
