@@ -338,3 +338,38 @@ async def test_a_redelivered_command_creates_no_second_invoice(
     ]
     got = sorted(e["type"] for e in await events(st) if e["type"].startswith("invoice."))
     assert got == ["invoice.created", "invoice.finalized"]
+
+
+async def test_prepaid_credits_pay_a_one_off_invoice_and_a_total_of_0_is_paid(
+    billing: Stack,
+) -> None:
+    st = billing
+    await customer(st, "bistro", "USD")  # no tax
+    r = await st.api.command(
+        "POST", "/v1/customers/bistro/credits/grants", {"id": "promo", "amount": 1000}
+    )
+    assert r["status"] == "succeeded", r
+    # 2 x 12.50 = 25.00 = 2500 cents; the grant pays 1000 of it: 1500 due
+    a = await create(st, {"customer": "bistro", "lines": [line("Catering", "2", "12.50")]})
+    await outcome(st, a)
+    done = await st.api.ok("POST", f"/v1/invoices/{a['invoice_id']}/finalize", {})
+    assert (done["status"], done["total"], done["amount_due"]) == ("finalized", 1500, 1500)
+    inv = await invoice(st, a["invoice_id"])
+    assert [(ln["kind"], ln["amount"]) for ln in inv["lines"]] == [
+        ("one_off", 2500), ("credit", -1000),
+    ]  # fmt: skip
+    assert (inv["subtotal"], inv["credits"], inv["total"]) == (2500, 1000, 1500)
+
+    # a free line: 3 x 0 = 0, finalized and paid at once
+    b = await create(st, {"customer": "bistro", "finalize": True,
+                          "lines": [line("Tasting", "3", "0")]})  # fmt: skip
+    result = (await outcome(st, b))["result"]
+    assert (result["status"], result["total"], result["amount_due"]) == ("paid", 0, 0)
+
+    async def paid_event() -> bool:
+        return any(
+            e["type"] == "invoice.paid" and e["data"]["invoice_id"] == b["invoice_id"]
+            for e in await events(st)
+        )
+
+    await wait_for(paid_event, timeout_s=20)
