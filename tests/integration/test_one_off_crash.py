@@ -48,7 +48,8 @@ def invoicing_process(
 
 
 def command(tenant: str, i: int, invoice_id: str) -> CreateInvoice:
-    # one line of 3 x 1.005 USD = 3.015 -> 301.5 cents -> 302 (half-even), plus (i + 1) x 0.01 = i + 1 cents
+    # 3 x 1.005 USD = 3.015 -> 301.5 cents -> 302 (half-even), plus (i + 1) x 0.01 USD:
+    # 303 + i cents
     lines = [
         OneOffLine(description="Booking", quantity=Decimal("3"), unit_price=Decimal("1.005")),
         OneOffLine(description="Fee", quantity=Decimal(i + 1), unit_price=Decimal("0.01")),
