@@ -95,7 +95,9 @@ class VoidCreditNote(CloudEvent):
 
 
 class CreditNoteLine(_Model):
-    line: int | None = Field(description="The invoice line's position; None for an amount note")
+    line: int | None = Field(
+        default=None, description="The invoice line's position; None for an amount note"
+    )
     description: str
     amount: int = Field(description="Minor units, excluding tax")
     tax_rate: DecimalStr | None = None
@@ -106,7 +108,7 @@ class CreditNoteData(_Model):
     credit_note_id: str
     number: str = Field(description="Gapless per tenant and year: CN-2026-000001")
     invoice_id: str
-    invoice_number: str | None
+    invoice_number: str | None = None
     customer: str = Field(description="The customer's external_id")
     currency: str
     reason: CreditReason

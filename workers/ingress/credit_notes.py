@@ -13,9 +13,11 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, GetJsonSchemaHandler
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import core_schema as cs
 
-from schemas.bounds import EXTERNAL_ID_PATTERN, ID_PATTERN
+from schemas.bounds import EXTERNAL_ID_PATTERN, ID_PATTERN, present, show_model_bounds
 from schemas.credit_notes import (
     MAX_NOTE_LINES,
     CreditNoteData,
@@ -70,6 +72,13 @@ class CreditNoteIn(_In):
         description="The part already paid: refund (through payments) or credit (a grant "
         "to the customer's credit balance)",
     )
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, core_schema: cs.CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        either = {"oneOf": [present("lines"), present("amount")]}  # what the route refuses
+        return show_model_bounds(cls is CreditNoteIn, core_schema, handler, either)
 
 
 def _refuse(field: str, message: str) -> None:

@@ -47,7 +47,7 @@ async def succeeded(event: PaymentSucceeded, tx: Tx) -> str | None:
         return f"invoice {invoice.id} is {invoice.status}: it cannot take payments"
     if not await repo.add_payment(tenant, p.payment_id, invoice.id, p.amount, p.currency, p.method):
         return None  # recorded before (the same payment in another event)
-    due = invoice.total - invoice.amount_credited  # credit notes took amount_credited off
+    due = invoice.total - (invoice.amount_credited or 0)  # credit notes took this off
     paid = service.becomes_paid(invoice.status, due, invoice.amount_paid + p.amount)
     await repo.apply_payment(invoice, p.amount, event.time if paid else None)
     await _emit(tx, InvoicePaid if paid else InvoicePaymentRecorded, invoice, event)
