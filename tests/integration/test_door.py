@@ -42,6 +42,10 @@ SAMPLE_PATH = {
     "source": "generic",
     "alert_id": "al_" + "0" * 32,
     "grant_id": "grant_1",
+    "coupon_id": "twenty",
+    "code": "LAUNCH",
+    "discount_id": "disc_1",
+    "credit_note_id": "cn_1",
 }
 
 
