@@ -254,6 +254,44 @@ async def test_idempotency_key_replays_the_first_response(api: Api, tenant: Tena
     assert other.status_code == 422 and "different request" in other.json()["detail"]
 
 
+@pytest.mark.parametrize(
+    ("path", "body", "change", "generated"),
+    [
+        (
+            "/v1/billing-runs",
+            {"as_of": "2031-01-01T00:00:00Z"},
+            {"as_of": "2031-01-02T00:00:00Z"},
+            "billing_run_id",
+        ),
+        (
+            "/v1/coupons",
+            {"name": "Ten", "percent_off": "10", "duration": "once"},
+            {"name": "Tan"},
+            "coupon_id",
+        ),
+    ],
+)
+async def test_a_retry_of_a_request_whose_id_the_ingress_generates_gets_the_first_answer(
+    api: Api,
+    tenant: TenantKey,
+    path: str,
+    body: dict[str, Any],
+    change: dict[str, Any],
+    generated: str,
+) -> None:
+    """The key stands for the request as sent, not for the command the ingress built from
+    it (which carries a fresh id every time)."""
+    headers = {**api.auth(tenant), "Idempotency-Key": f"retry-{generated}"}
+    first = await api.client.post(path, json=body, headers=headers)
+    second = await api.client.post(path, json=body, headers=headers)
+    assert first.status_code == second.status_code == 202, second.text
+    assert second.headers.get("idempotent-replayed") == "true"
+    assert first.json()[generated] == second.json()[generated]
+    assert first.json()["command_id"] == second.json()["command_id"]
+    other = await api.client.post(path, json=body | change, headers=headers)
+    assert other.status_code == 422 and "different request" in other.json()["detail"]
+
+
 async def test_usage_query_validation(api: Api, tenant: TenantKey) -> None:
     await api.create_meter(tenant)
     r = await api.client.get(

@@ -50,11 +50,9 @@ AlertIdPath = Annotated[str, Path(pattern=ALERT_ID_PATTERN, description="al_ + 3
 _ACCEPTED: dict[str, Any] = {"status_code": 202, "response_model": CommandAccepted}
 
 
-async def _send(
-    request: Request, st: State, tenant_id: str, command: CloudEvent, body: bytes
-) -> Response:
+async def _send(request: Request, st: State, tenant_id: str, command: CloudEvent) -> Response:
     return await submit(
-        request, st, tenant_id, command, topic=topics.COMMANDS_ALERTS, key=tenant_id, body=body
+        request, st, tenant_id, command, topic=topics.COMMANDS_ALERTS, key=tenant_id
     )
 
 
@@ -68,7 +66,7 @@ async def create_rule(request: Request, spec: RuleSpec, st: State, tenant_id: Te
     under the same key fails (delete the rule first). An invalid rule is refused with a 422
     naming the field, and nothing is published."""
     command = CreateAlertRule(data=spec, **envelope(request, tenant_id, spec.key))
-    return await _send(request, st, tenant_id, command, spec.model_dump_json().encode())
+    return await _send(request, st, tenant_id, command)
 
 
 @router.get("/alert-rules", response_model=list[alerts.AlertRuleView], summary="List alert rules")
@@ -95,7 +93,7 @@ async def delete_rule(request: Request, key: RuleKeyPath, st: State, tenant_id: 
     """Publishes a ``DeleteAlertRule`` command. The rule's open alerts are resolved
     (resolution ``rule deleted``); the command fails if there is no such rule."""
     command = DeleteAlertRule(data=RuleRef(key=key), **envelope(request, tenant_id, key))
-    return await _send(request, st, tenant_id, command, b"")
+    return await _send(request, st, tenant_id, command)
 
 
 # --- alerts --------------------------------------------------------------------------
@@ -209,7 +207,7 @@ async def _alert_command(
         data=AlertRef(alert_id=alert_id, note=body.note),
         **envelope(request, tenant_id, alert_id),
     )
-    return await _send(request, st, tenant_id, event, body.model_dump_json().encode())
+    return await _send(request, st, tenant_id, event)
 
 
 @router.post(

@@ -70,7 +70,6 @@ async def send(
         event,
         topic=topics.COMMANDS_INVOICING,
         key=key,
-        body=data.model_dump_json().encode(),
         extra=extra,
     )
 

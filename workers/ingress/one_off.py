@@ -124,7 +124,6 @@ async def create_invoice(
         command,
         topic=topics.COMMANDS_INVOICING,
         key=partition_key(tenant_id, body.customer),
-        body=await request.body(),  # what the Idempotency-Key stands for: the request
         extra={"invoice_id": spec.invoice_id},
     )
 
@@ -158,6 +157,5 @@ async def finalize_invoice(
         command,
         topic=topics.COMMANDS_INVOICING,
         key=partition_key(tenant_id, customer.external_id),
-        body=b"",
         extra=extra,
     )

@@ -135,7 +135,6 @@ async def _send(
     tenant_id: str,
     event: Any,
     key: str,
-    body: bytes,
     extra: dict[str, Any] | None = None,
 ) -> Response:
     return await submit(
@@ -145,7 +144,6 @@ async def _send(
         event,
         topic=topics.COMMANDS_PAYMENTS,
         key=key,
-        body=body,
         extra=extra,
     )
 
@@ -173,9 +171,8 @@ async def configure_stripe(
     except payments.SecretsKeyMissing:
         raise _no_key() from None
     command = ConfigureStripe(data=data, **envelope(request, tenant_id, "stripe"))
-    body = json.dumps(spec.model_dump(), sort_keys=True).encode()
     extra = {"webhook_path": payments.webhook_path(token)}
-    return await _send(request, st, tenant_id, command, partition_key(tenant_id), body, extra)
+    return await _send(request, st, tenant_id, command, partition_key(tenant_id), extra)
 
 
 @router.get("/integrations/stripe", response_model=StripeSettingsView, summary="Stripe settings")
@@ -195,7 +192,7 @@ async def sync_customer(
     data = CustomerSyncData(customer=customer, email=spec.email, name=spec.name)
     command = SyncCustomer(data=data, **envelope(request, tenant_id, customer))
     key = partition_key(tenant_id, customer)
-    return await _send(request, st, tenant_id, command, key, data.model_dump_json().encode())
+    return await _send(request, st, tenant_id, command, key)
 
 
 @router.post(
@@ -209,7 +206,7 @@ async def attach_payment_method(
     data = PaymentMethodData(customer=customer, payment_method=spec.payment_method)
     command = AttachPaymentMethod(data=data, **envelope(request, tenant_id, customer))
     key = partition_key(tenant_id, customer)
-    return await _send(request, st, tenant_id, command, key, data.model_dump_json().encode())
+    return await _send(request, st, tenant_id, command, key)
 
 
 # --- payments, refunds, offline payments ---------------------------------------------------
@@ -264,8 +261,7 @@ async def refund_payment(
     )
     command = RefundPayment(data=data, **envelope(request, tenant_id, payment.invoice_id))
     key = partition_key(tenant_id, payment.customer)
-    body = spec.model_dump_json().encode() + payment_id.encode()
-    return await _send(request, st, tenant_id, command, key, body, {"refund_id": refund_id})
+    return await _send(request, st, tenant_id, command, key, {"refund_id": refund_id})
 
 
 @router.post(
@@ -307,8 +303,7 @@ async def record_offline_payment(
     )
     command = RecordOfflinePayment(data=data, **envelope(request, tenant_id, invoice_id))
     key = partition_key(tenant_id, customer.external_id)
-    body = spec.model_dump_json().encode() + invoice_id.encode()
-    return await _send(request, st, tenant_id, command, key, body, {"payment_id": payment_id})
+    return await _send(request, st, tenant_id, command, key, {"payment_id": payment_id})
 
 
 # --- inbound Stripe webhooks ---------------------------------------------------------------

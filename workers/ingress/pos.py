@@ -152,10 +152,7 @@ async def set_mapping(
         data=PosMappingData.model_validate({**spec.model_dump(), "source": source}),
         correlationid=correlation_id(request),
     )
-    body = source.encode() + b"\n" + spec.model_dump_json().encode()
-    return await submit(
-        request, st, tenant_id, command, topic=topics.COMMANDS_POS, key=tenant_id, body=body
-    )
+    return await submit(request, st, tenant_id, command, topic=topics.COMMANDS_POS, key=tenant_id)
 
 
 @router.get("/{source}/mapping", response_model=PosMappingSpec, summary="A POS source's mapping")

@@ -210,13 +210,13 @@ async def submit(
     *,
     topic: str,
     key: str,
-    body: bytes,
     extra: dict[str, Any] | None = None,
 ) -> Response:
     """Accept a command: record it as pending and publish it (the pending row commits only
-    if the broker acknowledged the command); 202 with its id and ``Location``. ``body``
-    fingerprints the request for ``Idempotency-Key``; ``extra`` adds ids the caller needs
-    now (e.g. a generated subscription id)."""
+    if the broker acknowledged the command); 202 with its id and ``Location``. The request's
+    own bytes fingerprint it for ``Idempotency-Key`` (not the command, which carries ids
+    the ingress generated: a retry must match its first attempt); ``extra`` adds ids the
+    caller needs now (e.g. a generated subscription id)."""
 
     async def accept() -> tuple[int, dict[str, Any]]:
         async with st.jobs.transaction("ingress") as tx:
@@ -227,7 +227,7 @@ async def submit(
         )
         return 202, accepted.model_dump() | (extra or {})
 
-    response = await idempotent(request, st, tenant_id, body, accept)
+    response = await idempotent(request, st, tenant_id, await request.body(), accept)
     response.headers["Location"] = f"/v1/commands/{command.id}"
     return response
 
@@ -248,9 +248,8 @@ async def create_meter(request: Request, spec: MeterSpec, st: State, tenant_id: 
         data=spec,
         correlationid=correlation_id(request),
     )
-    body = spec.model_dump_json().encode()
     return await submit(
-        request, st, tenant_id, command, topic=topics.COMMANDS_METERING, key=tenant_id, body=body
+        request, st, tenant_id, command, topic=topics.COMMANDS_METERING, key=tenant_id
     )
 
 
