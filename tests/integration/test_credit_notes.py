@@ -297,3 +297,51 @@ async def test_a_replayed_command_issues_one_note_and_refunds_once(billing: Stac
     records, _ = await read_all(st.settings, topics.EVENTS_INVOICING)
     types = [json.loads(r.value)["type"] for r in records]
     assert types.count("credit_note.issued") == 1
+
+
+async def test_prepaid_credits_go_back_to_their_grants_before_cash_is_refunded(
+    billing: Stack,
+) -> None:
+    st = billing
+    await st.api.ok(
+        "POST", "/v1/customers",
+        {"external_id": "warung", "name": "Warung", "currency": "USD", "tax_rate": "0.1"},
+    )  # fmt: skip
+    r = await st.api.command(
+        "POST", "/v1/customers/warung/credits/grants",
+        {"id": "promo", "amount": 3000, "effective_at": OCT.isoformat()},
+    )  # fmt: skip
+    assert r["status"] == "succeeded", r
+    await st.api.ok("POST", "/v1/plans", plan("p-warung", "USD", "100.00"))
+    sub = await st.api.ok(
+        "POST", "/v1/subscriptions",
+        {"customer": "warung", "plan": "p-warung", "start": OCT.isoformat()},
+    )  # fmt: skip
+    await st.run_billing(NOV + HOUR)
+    [row] = await st.invoices(subscription_id=sub["subscription_id"])
+    inv = await st.api.get(f"/v1/invoices/{row['invoice_id']}")
+    # 100.00 + 10.00 tax = 110.00; 30.00 of credits pay it first: 80.00 due, paid offline
+    assert (inv["subtotal"], inv["tax"], inv["credits"], inv["total"]) == (10000, 1000, 3000, 8000)
+    await pay_offline(st, inv["invoice_id"], 8000)
+    # 50.00 tax included: nothing is due; 30.00 back to the grant, then 20.00 refunded
+    cn = await note(st, inv["invoice_id"], {"reason": "other", "amount": 5000})
+    assert cn["status"] == "succeeded", cn
+    r = cn["result"]
+    assert (r["amount_reducing_due"], r["amount_credits_returned"], r["refund_amount"]) == (
+        0, 3000, 2000,
+    )  # fmt: skip
+    await wait_invoice(st, inv["invoice_id"], lambda b: b["amount_refunded"] == 2000)
+    later = (NOV + 3 * HOUR).isoformat()
+    credits = await st.api.get("/v1/customers/warung/credits", as_of=later)
+    assert credits["balance"] == 3000
+    ledger = await st.api.get("/v1/customers/warung/credits/ledger")
+    assert [(e["kind"], e["amount"]) for e in ledger] == [
+        ("granted", 3000), ("applied", -3000), ("reversed", 3000),
+    ]  # fmt: skip
+    # what is left to credit: 110.00 - 50.00 = 60.00; all of it is cash (80.00 paid, 20.00
+    # given back): 60.01 is refused
+    more = await note(st, inv["invoice_id"], {"reason": "other", "amount": 6001})
+    assert more["status"] == "failed" and more["error"]["field"] == "amount", more
+    # a note that refunded money cannot be voided
+    voided = await st.api.command("POST", f"/v1/credit-notes/{cn['credit_note_id']}/void", {})
+    assert voided["status"] == "failed" and voided["error"]["code"] == "conflict", voided
