@@ -31,6 +31,31 @@ from workers.devstack import (
 from workers.settings import Settings
 
 DEV_TENANT = "dev"
+# localstripe keeps its store in /tmp/localstripe.pickle, shared by every instance on the
+# machine and written in place: a stack killed mid-write left a truncated file that no
+# later localstripe could start from. This keeps it in the state dir, written atomically,
+# and starts empty from a file it cannot read.
+LOCALSTRIPE = """
+import os, pickle, sys
+import localstripe.resources as r
+path = sys.argv[2]
+def load(self):
+    try:
+        with open(path, "rb") as f:
+            old = pickle.load(f)
+    except (OSError, EOFError, pickle.UnpicklingError):
+        return
+    self.clear()
+    self.update(old)
+def dump(self):
+    with open(path + ".tmp", "wb") as f:
+        pickle.dump(self, f, protocol=pickle.HIGHEST_PROTOCOL)
+    os.replace(path + ".tmp", path)
+r.Store.try_load_from_disk, r.Store.dump_to_disk = load, dump
+from localstripe.server import start
+sys.argv = ["localstripe", "--port", sys.argv[1]]
+start()
+"""
 SERVICES = (
     "ingress",
     "worker metering",
@@ -159,7 +184,7 @@ def _payments_env(
         stripe_port = free_port()
         with (state / "localstripe.log").open("ab") as log:
             procs["localstripe"] = subprocess.Popen(
-                [sys.executable, "-m", "localstripe", "--port", str(stripe_port)],
+                [sys.executable, "-c", LOCALSTRIPE, str(stripe_port), str(state / "stripe.pickle")],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=state,
