@@ -213,7 +213,7 @@ class World:
             customer = (await repo.customers([self.customer_id]))[self.customer_id]
             [row] = (await repo.plans([self.plan_ids[plan]])).values()
             configs = await repo.configs({self.tenant})
-            draft = (self.tenant, self.subscription_id, customer, row, start, end, Decimal(1))
+            draft = (self.tenant, self.subscription_id, customer, row, start, end, Decimal(1), True)
             assert await jobs.create_drafts(tx, [draft], configs, plans=PLANS) == 1
         async with self.jobs.transaction(jobs.FINALIZE) as tx:
             invoice = await tx.session.scalar(
