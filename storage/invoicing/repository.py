@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
 from storage.invoicing.bulk import bulk
+from storage.invoicing.claims import claim_subscriptions
 from storage.invoicing.models import (
     BillingRun,
     Customer,
@@ -199,17 +200,16 @@ class InvoicingRepository:
         """Active subscriptions whose current period ended by ``as_of``, locked; rows another
         transaction holds are skipped (that replica bills them), and so are the ones ``job``
         quarantined. ``only``: just these (tenant, id) pairs, if still due."""
-        q = select(Subscription).where(
+        return await claim_subscriptions(
+            self.session,
             Subscription.status == "active",
             Subscription.current_period_end <= as_of,
-            not_quarantined(job, "subscription", Subscription.tenant_id, Subscription.id),
+            job=job,
+            tenant_id=tenant_id,
+            only=only,
+            order_by=Subscription.current_period_end,
+            limit=limit,
         )
-        if tenant_id is not None:
-            q = q.where(Subscription.tenant_id == tenant_id)
-        if only is not None:
-            q = q.where(tuple_(Subscription.tenant_id, Subscription.id).in_(only))
-        q = q.order_by(Subscription.current_period_end).limit(limit)
-        return list(await self.session.scalars(q.with_for_update(skip_locked=True)))
 
     # invoices ----------------------------------------------------------------------
 
