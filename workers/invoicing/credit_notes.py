@@ -244,7 +244,7 @@ async def issue_credit_note(cmd: IssueCreditNote, tx: Tx) -> Result:
     columns: dict[str, Any] = {
         "tenant_id": tenant,
         "id": spec.id,
-        "number": cns.number(config.credit_note_prefix, at.year, n),
+        "number": service.invoice_number(config.credit_note_prefix, at.year, n),
         "invoice_id": invoice.id,
         "customer_id": customer.id,
         "currency": invoice.currency,

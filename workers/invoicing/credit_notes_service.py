@@ -203,7 +203,3 @@ def take_back(available: Sequence[tuple[str, int]], amount: int) -> list[tuple[s
             out.append((grant_id, take))
             amount -= take
     return out
-
-
-def number(prefix: str, year: int, n: int) -> str:
-    return f"{prefix}-{year}-{n:06d}"
