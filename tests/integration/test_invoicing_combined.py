@@ -181,3 +181,33 @@ async def test_a_coupon_a_credit_note_and_late_usage_on_one_customer(
     assert [i["number"] for i in (october, november, december)] == [
         "INV-2031-000001", "INV-2031-000002", "INV-2032-000001",
     ]  # fmt: skip
+
+
+async def test_a_trial_neither_takes_a_discount_nor_uses_up_its_periods(billing: Stack) -> None:
+    """KWD (exponent 3): a 14-day trial from Oct 1, then 10.000 a month; a 50 % coupon for
+    one period reduces the first paid period, not the free trial's invoice of 0."""
+    st = billing
+    customer = {"external_id": "mia", "name": "Mia", "currency": "KWD"}
+    await st.api.ok("POST", "/v1/customers", customer)
+    prices = [{"kind": "flat", "key": "base", "name": "Base", "amount": "10.000"}]
+    plan = {"key": "kw", "name": "KW", "currency": "KWD", "interval": "month", "prices": prices}
+    await st.api.ok("POST", "/v1/plans", plan)
+    sub = {"id": "s-mia", "customer": "mia", "plan": "kw", "start": OCT.isoformat(),
+           "trial_days": 14}  # fmt: skip
+    await st.api.ok("POST", "/v1/subscriptions", sub)
+    coupon = {"id": "half", "name": "Half", "percent_off": "50", "duration": "once"}
+    await st.api.ok("POST", "/v1/coupons", coupon)
+    await st.api.ok(
+        "POST", "/v1/customers/mia/discounts", {"coupon": "half", "subscription_id": "s-mia"}
+    )
+
+    trial_end = OCT + timedelta(days=14)
+    trial = await finalized(st, trial_end + HOUR, OCT)
+    assert (trial["total"], trial["discount"], trial["status"]) == (0, 0, "paid")
+    assert not [ln for ln in trial["lines"] if ln["kind"] == "discount"]
+
+    first = await finalized(st, NOV + timedelta(days=14, hours=1), trial_end)
+    assert (first["subtotal"], first["discount"], first["total"]) == (10000, 5000, 5000)
+    second_start = NOV + timedelta(days=14)
+    second = await finalized(st, DEC + timedelta(days=14, hours=1), second_start)
+    assert (second["discount"], second["total"]) == (0, 10000)  # "once": used up

@@ -280,8 +280,8 @@ class Discounts:
     def lines(self, invoice: dict[str, Any], lines: Sequence[service.Line]) -> list[service.Line]:
         """The discount lines of ``invoice`` (its charge ``lines``: positions as given);
         counts a period of each discount that counts on it."""
-        if invoice.get("kind", SUBSCRIPTION) != SUBSCRIPTION:
-            return []
+        if invoice.get("kind", SUBSCRIPTION) != SUBSCRIPTION or invoice["proration"] == 0:
+            return []  # a trial's invoice (no share of the flat fees) uses no period either
         counting = [
             a
             for a in self.active.get(invoice["customer_id"], [])
