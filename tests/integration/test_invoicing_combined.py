@@ -211,3 +211,30 @@ async def test_a_trial_neither_takes_a_discount_nor_uses_up_its_periods(billing:
     second_start = NOV + timedelta(days=14)
     second = await finalized(st, DEC + timedelta(days=14, hours=1), second_start)
     assert (second["discount"], second["total"]) == (0, 10000)  # "once": used up
+
+
+async def test_a_commitment_is_drawn_down_by_what_discounted_invoices_charge(
+    billing: Stack,
+) -> None:
+    """USD: 500.00 committed over October and November; 100.00 a month, 25 % off on the
+    customer: each month charges 100.00 - 25.00 = 75.00, so 150.00 is drawn, 350.00 left."""
+    st = billing
+    await st.api.ok("POST", "/v1/customers", {"external_id": "mia", "name": "Mia",
+                                              "currency": "USD", "tax_rate": "0.1"})  # fmt: skip
+    prices = [{"kind": "flat", "key": "base", "name": "Base", "amount": "100.00"}]
+    plan = {"key": "us", "name": "US", "currency": "USD", "interval": "month", "prices": prices}
+    await st.api.ok("POST", "/v1/plans", plan)
+    term = {"id": "c1", "amount": 50000, "start": OCT.isoformat(), "end": DEC.isoformat()}
+    await st.api.ok("POST", "/v1/customers/mia/commitments", term)
+    coupon = {"id": "q", "name": "Quarter", "percent_off": "25", "duration": "forever"}
+    await st.api.ok("POST", "/v1/coupons", coupon)
+    await st.api.ok("POST", "/v1/customers/mia/discounts", {"coupon": "q"})
+    sub = {"id": "s-mia", "customer": "mia", "plan": "us", "start": OCT.isoformat()}
+    await st.api.ok("POST", "/v1/subscriptions", sub)
+
+    await finalized(st, NOV + HOUR, OCT)
+    november = await finalized(st, DEC + HOUR, NOV)
+    # 10000 - 2500 = 7500, tax 750: the tax is not spend
+    assert (november["discount"], november["tax"], november["total"]) == (2500, 750, 8250)
+    [c] = await st.api.get("/v1/customers/mia/commitments")
+    assert (c["drawn"], c["remaining"]) == (15000, 35000)

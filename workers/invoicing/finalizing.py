@@ -36,7 +36,7 @@ def settle(
     mode = config.credits_apply
     out = [*lines, *wallet.pay(row, lines, tax_rate, mode)]
     t = service.totals(out, tax_rate, row["currency"], row["rounding"], mode)
-    wallet.draw(row, t.subtotal)
+    wallet.draw(row, t.subtotal - t.discount)  # what was charged, before prepaid credits
     change = service.finalized(row, t, tax_rate, number, as_of, customer.net_terms_days)
     row.update(change)
     view = service.invoice_data(

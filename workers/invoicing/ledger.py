@@ -124,10 +124,11 @@ class Wallet:
                 wallet.commitments.setdefault(c.customer_id, []).append([c, state.left])
         return wallet
 
-    def draw(self, invoice: dict[str, Any], subtotal: int) -> None:
-        """The invoice's subtotal draws down the customer's commitments whose term its
-        period starts in (in the order they start), as far as each goes."""
-        spend = max(subtotal, 0)
+    def draw(self, invoice: dict[str, Any], spend: int) -> None:
+        """The invoice's ``spend`` (its subtotal less discounts) draws down the customer's
+        commitments whose term its period starts in (in the order they start), as far as
+        each goes."""
+        spend = max(spend, 0)
         for pair in self.commitments.get(invoice["customer_id"], []):
             c, left = pair
             if spend <= 0:
