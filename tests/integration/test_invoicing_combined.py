@@ -11,7 +11,6 @@ reduce, and its own flat fee 20 % off. December is billed in full: the coupon is
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -19,12 +18,9 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import TenantKey
-from tests.integration.test_invoicing import Stack, stack, usage_event
+from tests.integration.test_invoicing import Stack, usage_event
+from tests.integration.test_invoicing_late_usage import billing
 from workers.devstack import wait_for
-from workers.invoicing.app import build as build_invoicing
-from workers.metering.app import build as build_metering
-from workers.settings import Settings
 
 OCT = datetime(2031, 10, 1, tzinfo=UTC)
 NOV = datetime(2031, 11, 1, tzinfo=UTC)
@@ -32,6 +28,7 @@ DEC = datetime(2031, 12, 1, tzinfo=UTC)
 JAN = datetime(2032, 1, 1, tzinfo=UTC)
 HOUR = timedelta(hours=1)
 OCTOBER = "2031-10-01T00:00Z/2031-11-01T00:00Z"
+__all__ = ["billing"]  # the stack fixture (its meter: tokens, a sum of $.n)
 
 
 @dataclass(frozen=True)
@@ -67,21 +64,6 @@ CASES = [
     Case("BHD", "25.000", "0.0125", 1234, (25000, 12500, 5000, 2500, 3000, 33000),
          (123, 1357), (25000, 6250, 5000, 2625, 28875), 27500),
 ]  # fmt: skip
-
-
-@pytest.fixture
-async def billing(settings: Settings, tenant: TenantKey) -> AsyncIterator[Stack]:
-    # October usage arriving after October was finalized is billed on November's invoice
-    s = settings.model_copy(update={"invoicing_tick_s": 0.1, "late_usage_lookback_days": 70})
-    async with stack(s, tenant, build_metering(s), build_invoicing(s)) as st:
-        meter = {
-            "key": "tokens",
-            "event_type": "llm",
-            "aggregation": "sum",
-            "value_property": "$.n",
-        }
-        await st.api.ok("POST", "/v1/meters", meter)
-        yield st
 
 
 async def finalized(st: Stack, as_of: datetime, period_start: datetime) -> dict[str, Any]:
