@@ -17,13 +17,12 @@ with the invoice the key made (the same: that invoice; other: a conflict).
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Path, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from schemas import topics
 from schemas.bounds import EXTERNAL_ID_PATTERN, ID_PATTERN, Line, Text
 from schemas.envelope import new_id
 from schemas.one_off import (
@@ -39,8 +38,9 @@ from schemas.topics import partition_key
 from storage.invoicing import InvoicingRepository
 from storage.invoicing.credits import CreditRepository
 from workers.ingress.deps import State, Tenant, Unit
+from workers.ingress.invoicing import send
 from workers.ingress.problems import invalid, not_found
-from workers.ingress.routes import CommandAccepted, envelope, submit
+from workers.ingress.routes import CommandAccepted
 
 router = APIRouter(prefix="/v1", tags=["invoicing"])
 
@@ -116,16 +116,9 @@ async def create_invoice(
     except ValidationError as e:  # a header the key cannot be (a control character)
         _refuse("idempotency_key", e.errors()[0]["msg"])
         raise  # unreachable
-    command = CreateInvoice(data=spec, **envelope(request, tenant_id, spec.invoice_id))
-    return await submit(
-        request,
-        st,
-        tenant_id,
-        command,
-        topic=topics.COMMANDS_INVOICING,
-        key=partition_key(tenant_id, body.customer),
-        extra={"invoice_id": spec.invoice_id},
-    )
+    key = partition_key(tenant_id, body.customer)
+    extra = {"invoice_id": spec.invoice_id}
+    return await send(request, st, tenant_id, CreateInvoice, spec, key, spec.invoice_id, extra)
 
 
 @router.post(
@@ -145,17 +138,7 @@ async def finalize_invoice(
     if invoice is None:
         raise not_found("invoice", invoice_id, _PENDING_HINT)
     customer = (await repo.customers([invoice.customer_id]))[invoice.customer_id]
-    command = FinalizeInvoice(
-        data=FinalizeInvoiceSpec(invoice_id=invoice_id),
-        **envelope(request, tenant_id, invoice_id),
-    )
-    extra: dict[str, Any] = {"invoice_id": invoice_id}
-    return await submit(
-        request,
-        st,
-        tenant_id,
-        command,
-        topic=topics.COMMANDS_INVOICING,
-        key=partition_key(tenant_id, customer.external_id),
-        extra=extra,
-    )
+    data = FinalizeInvoiceSpec(invoice_id=invoice_id)
+    key = partition_key(tenant_id, customer.external_id)
+    extra = {"invoice_id": invoice_id}
+    return await send(request, st, tenant_id, FinalizeInvoice, data, key, invoice_id, extra)

@@ -52,7 +52,7 @@ async def on_credit_note(event: CloudEvent, tx: Tx) -> bool:
     """Apply one credit-note event; True when refunds were queued (wake the job)."""
     note = CreditNoteData.model_validate(event.data, context=WIRE)
     tenant = event.tenantid
-    repo = CreditNotePayments(tx.session)
+    repo = tx.repo(CreditNotePayments)
     await repo.set_collection_amount(tenant, note.invoice_id, note.invoice_amount_due)
     if event.type != "credit_note.issued" or note.refund_amount <= 0:
         return False
