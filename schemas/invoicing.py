@@ -65,7 +65,18 @@ from schemas.discounts import (
 from schemas.envelope import CloudEvent
 from schemas.metering import METER_KEY_PATTERN
 from schemas.one_off import CreateInvoice, FinalizeInvoice
-from schemas.pricing import NonNegDecimal, PlanSpec
+from schemas.pricing import NonNegDecimal, PlanSpec, TaxRateNames
+from schemas.taxes import (
+    MAX_TAX_IDS,
+    Buyer,
+    CreateTaxRate,
+    TaxAmount,
+    TaxId,
+    TaxRateCreated,
+    TaxRateUpdated,
+    TaxRounding,
+    TaxStatus,
+)
 
 PLAN_KEY_PATTERN = METER_KEY_PATTERN
 Rounding = Literal["half_even", "half_up", "half_down", "up", "down", "ceiling", "floor"]
@@ -124,7 +135,18 @@ class CustomerSpec(_Model):
     tax_rate: TaxRate | None = Field(
         default=None, description="A fraction: '0.19' is 19 %. Omit for no tax."
     )
-    tax_exempt: bool = False
+    tax_exempt: bool = Field(default=False, description="Same as tax_status 'exempt'")
+    tax_rates: TaxRateNames | None = Field(
+        default=None,
+        description="Tax rates by name (docs/taxes.md), overriding the tenant's default; "
+        "not with 'tax_rate'",
+    )
+    tax_status: TaxStatus | None = Field(
+        default=None,
+        description="taxable (the default), exempt, or reverse_charge (EU B2B: the invoice "
+        "shows the rates at 0 with the reverse-charge note)",
+    )
+    tax_ids: list[TaxId] = Field(default_factory=list, max_length=MAX_TAX_IDS)
     net_terms_days: int = Field(default=30, ge=0, le=365)
     billing_address: Address | None = None
 
@@ -148,7 +170,16 @@ class CustomerSpec(_Model):
     def _exempt_has_no_rate(self) -> CustomerSpec:
         if self.tax_exempt and self.tax_rate:
             raise ValueError("tax_exempt customers cannot have a tax_rate")
+        if self.tax_exempt and self.tax_status not in (None, "exempt"):
+            raise ValueError(f"tax_exempt contradicts tax_status {self.tax_status!r}")
+        if self.tax_rate is not None and self.tax_rates is not None:
+            raise ValueError("give 'tax_rate' or 'tax_rates', not both")
         return self
+
+    @property
+    def taxability(self) -> TaxStatus:
+        """The customer's tax status: ``tax_status``, else exempt if ``tax_exempt``."""
+        return self.tax_status or ("exempt" if self.tax_exempt else "taxable")
 
 
 class UpsertCustomer(CloudEvent):
@@ -321,6 +352,26 @@ class InvoicingConfig(_Model):
         le=30,
         description="subscription.trial_will_end is emitted this many days before a trial ends",
     )
+    tax_rates: TaxRateNames = Field(
+        default_factory=list,
+        description="The tenant's default tax rates by name, for customers, plans and prices "
+        "that name none (docs/taxes.md)",
+    )
+    tax_rounding: TaxRounding = Field(
+        default="invoice",
+        description="invoice: tax rounded once per rate on the invoice; line: on each line",
+    )
+    reverse_charge_note: Line = Field(
+        default="Reverse charge: VAT to be accounted for by the recipient "
+        "(Article 196, Council Directive 2006/112/EC).",
+        max_length=512,
+        description="Printed on a reverse-charge customer's invoices",
+    )
+    exempt_note: Line = Field(
+        default="Exempt from tax.",
+        max_length=512,
+        description="Printed on a tax-exempt customer's invoices",
+    )
 
 
 class ConfigureInvoicing(CloudEvent):
@@ -349,7 +400,8 @@ InvoicingCommand = Annotated[
     | IssueCreditNote
     | VoidCreditNote
     | CreateInvoice
-    | FinalizeInvoice,
+    | FinalizeInvoice
+    | CreateTaxRate,
     Field(discriminator="type"),
 ]
 
@@ -469,6 +521,11 @@ class InvoiceLine(_Model):
     discount_id: str | None = Field(
         default=None, description="For a discount line: the discount (of a coupon) applied"
     )
+    taxes: list[TaxAmount] = Field(
+        default_factory=list,
+        description="Per rate: the line's taxable amount (net of its discounts) and tax; the "
+        "lines' taxes add up to the invoice's tax_breakdown",
+    )
 
 
 class InvoiceData(_Model):
@@ -495,8 +552,13 @@ class InvoiceData(_Model):
     discount: int = Field(
         default=0, description="Discounts applied (the discount lines), minor units"
     )
-    tax: int
-    total: int = Field(description="subtotal - discount - credits + tax, minor units")
+    tax: int = Field(description="All tax, minor units, including tax_inclusive")
+    tax_inclusive: int = Field(
+        default=0, description="The part of tax already in inclusive prices, minor units"
+    )
+    total: int = Field(
+        description="subtotal - discount - credits + tax - tax_inclusive, minor units"
+    )
     credits: int = Field(
         default=0, description="Prepaid credits applied (the credit lines), minor units"
     )
@@ -506,7 +568,19 @@ class InvoiceData(_Model):
     )
     amount_due: int = Field(description="total - amount_paid - amount_credited, at least 0")
     amount_refunded: int = Field(default=0, description="Refunds of its payments, minor units")
-    tax_rate: DecimalStr | None = None
+    tax_rate: DecimalStr | None = Field(
+        default=None, description="The customer's bare tax_rate, when it has one"
+    )
+    tax_breakdown: list[TaxAmount] = Field(
+        default_factory=list,
+        description="Per rate: taxable amount, taxable base and tax (docs/taxes.md)",
+    )
+    tax_note: str | None = Field(
+        default=None, description="Exempt or reverse charge: the legal note the invoice shows"
+    )
+    buyer: Buyer | None = Field(
+        default=None, description="The customer as the invoice was finalized (tax report)"
+    )
     due_at: datetime | None = None
     memo: str | None = Field(default=None, description="A one-off invoice's memo")
     lines: list[InvoiceLine]
@@ -573,6 +647,7 @@ COMMANDS: tuple[type[CloudEvent], ...] = (
     VoidCreditNote,
     CreateInvoice,
     FinalizeInvoice,
+    CreateTaxRate,
 )
 EVENTS: tuple[type[CloudEvent], ...] = (
     CustomerCreated,
@@ -600,4 +675,6 @@ EVENTS: tuple[type[CloudEvent], ...] = (
     DiscountRemoved,
     CreditNoteIssued,
     CreditNoteVoided,
+    TaxRateCreated,
+    TaxRateUpdated,
 )

@@ -27,7 +27,7 @@ from schemas.bounds import (
 )
 from schemas.envelope import CloudEvent
 from schemas.metering import METER_KEY_PATTERN
-from schemas.pricing import NonNegDecimal
+from schemas.pricing import NonNegDecimal, TaxRateNames
 
 MAX_ONE_OFF_LINES = 250
 INVOICE_ID_PATTERN = ID_PATTERN  # and at most 36 characters (the invoices' key)
@@ -56,6 +56,11 @@ class OneOffLine(_Model):
         description="The line's own tax rate, a fraction 0..1 ('0.08' is 8 %); omit for the "
         "customer's rate",
     )
+    tax_rates: TaxRateNames | None = Field(
+        default=None,
+        description="The line's tax rates by name (docs/taxes.md), overriding the customer's; "
+        "not with 'tax_rate'",
+    )
     item: str | None = Field(
         default=None,
         pattern=METER_KEY_PATTERN,
@@ -83,6 +88,8 @@ class OneOffLine(_Model):
 
     @model_validator(mode="after")
     def _period(self) -> OneOffLine:
+        if self.tax_rate is not None and self.tax_rates is not None:
+            raise ValueError("give 'tax_rate' or 'tax_rates', not both")
         if (self.period_start is None) != (self.period_end is None):
             raise ValueError("give both 'period_start' and 'period_end', or neither")
         if self.period_start and self.period_end and self.period_end < self.period_start:

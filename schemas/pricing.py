@@ -124,6 +124,22 @@ LineName = Annotated[
 ]
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
+MAX_TAX_RATES = 5  # rates one level (tenant, customer, plan, price, line) may name
+RateName = Annotated[
+    str, Field(pattern=KEY_PATTERN, description="A tax rate's name (docs/taxes.md)")
+]
+
+
+def _unique_names(names: list[str]) -> list[str]:
+    if len(set(names)) != len(names):
+        raise ValueError("a tax rate may be named once")
+    return names
+
+
+TaxRateNames = Annotated[
+    list[RateName], Field(max_length=MAX_TAX_RATES), AfterValidator(_unique_names)
+]
+_TAX_RATES = "The tax rates of its lines, by name, overriding the customer's (docs/taxes.md)"
 
 
 class Tier(BaseModel):
@@ -179,6 +195,9 @@ class FlatPrice(BaseModel):
     kind: Literal["flat"] = "flat"
     key: PriceKey
     name: LineName
+    tax_rates: TaxRateNames | None = Field(
+        default=None, description="This price's tax rates, overriding the plan's"
+    )
     amount: Amount
 
 
@@ -190,6 +209,9 @@ class PerUnitPrice(BaseModel):
     kind: Literal["per_unit"] = "per_unit"
     key: PriceKey
     name: LineName
+    tax_rates: TaxRateNames | None = Field(
+        default=None, description="This price's tax rates, overriding the plan's"
+    )
     meter: MeterKey
     unit_price: Amount
     included_quantity: Quantity = Decimal(0)
@@ -205,6 +227,9 @@ class GraduatedPrice(BaseModel):
     kind: Literal["graduated"] = "graduated"
     key: PriceKey
     name: LineName
+    tax_rates: TaxRateNames | None = Field(
+        default=None, description="This price's tax rates, overriding the plan's"
+    )
     meter: MeterKey
     tiers: Tiers
     included_quantity: Quantity = Decimal(0)
@@ -219,6 +244,9 @@ class VolumePrice(BaseModel):
     kind: Literal["volume"] = "volume"
     key: PriceKey
     name: LineName
+    tax_rates: TaxRateNames | None = Field(
+        default=None, description="This price's tax rates, overriding the plan's"
+    )
     meter: MeterKey
     tiers: Tiers
     included_quantity: Quantity = Decimal(0)
@@ -234,6 +262,9 @@ class PackagePrice(BaseModel):
     kind: Literal["package"] = "package"
     key: PriceKey
     name: LineName
+    tax_rates: TaxRateNames | None = Field(
+        default=None, description="This price's tax rates, overriding the plan's"
+    )
     meter: MeterKey
     package_size: Annotated[
         int, Field(ge=1, le=10**MAX_INTEGER_DIGITS), BeforeValidator(bounds.json_integer)
@@ -283,6 +314,7 @@ class PlanSpec(BaseModel):
     trial_days: int | None = Field(
         default=None, ge=1, le=730, description="Subscriptions start with a trial this long"
     )
+    tax_rates: TaxRateNames | None = Field(default=None, description=_TAX_RATES)
 
     @field_validator("prices")
     @classmethod

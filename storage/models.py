@@ -20,6 +20,7 @@ from storage.invoicing import (
     credit_models,  # noqa: F401
     credit_note_models,  # noqa: F401
     discount_models,  # noqa: F401
+    tax_models,  # noqa: F401
 )
 
 __all__ = ["Base"]

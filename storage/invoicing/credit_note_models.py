@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -19,6 +20,7 @@ from sqlalchemy import (
     UniqueConstraint,
     func,
 )
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from storage.db import Base
@@ -46,6 +48,9 @@ class CreditNote(Base):
     status: Mapped[str] = mapped_column(String(8), comment="issued | void")
     subtotal: Mapped[int] = mapped_column(BigInteger)
     tax: Mapped[int] = mapped_column(BigInteger)
+    tax_breakdown: Mapped[list[dict[str, Any]]] = mapped_column(
+        JSONB, default=list, server_default="[]", comment="per rate (schemas.taxes.TaxAmount)"
+    )
     total: Mapped[int] = mapped_column(BigInteger)
     amount_reducing_due: Mapped[int] = mapped_column(BigInteger)
     amount_credits_returned: Mapped[int] = mapped_column(BigInteger)
@@ -78,6 +83,9 @@ class CreditNoteLineRow(Base):
     amount: Mapped[int] = mapped_column(BigInteger, comment="excluding tax")
     tax_rate: Mapped[Decimal | None] = mapped_column(Numeric)
     tax: Mapped[int] = mapped_column(BigInteger)
+    taxes: Mapped[list[dict[str, Any]]] = mapped_column(
+        JSONB, default=list, server_default="[]", comment="per rate (schemas.taxes.TaxAmount)"
+    )
 
 
 class CreditNoteSequence(Base):

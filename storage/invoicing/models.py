@@ -40,6 +40,11 @@ class InvoicingConfigRow(Base):
     credits_apply: Mapped[str] = mapped_column(String(16), server_default="after_tax")
     late_usage_grace_hours: Mapped[int] = mapped_column(Integer, server_default="72")
     trial_will_end_days: Mapped[int] = mapped_column(Integer, server_default="3")
+    # taxes (docs/taxes.md): the default rates by name, where tax is rounded, the notes
+    tax_rates: Mapped[list[str]] = mapped_column(JSONB, server_default="[]")
+    tax_rounding: Mapped[str] = mapped_column(String(8), server_default="invoice")
+    reverse_charge_note: Mapped[str | None] = mapped_column(Text, comment="null: the default")
+    exempt_note: Mapped[str | None] = mapped_column(Text, comment="null: the default")
 
 
 class Customer(Base):
@@ -54,6 +59,11 @@ class Customer(Base):
     currency: Mapped[str] = mapped_column(String(3))
     tax_rate: Mapped[Decimal | None] = mapped_column(Numeric)
     tax_exempt: Mapped[bool] = mapped_column(Boolean)
+    tax_rates: Mapped[list[str] | None] = mapped_column(
+        JSONB(none_as_null=True), comment="tax rates by name; null: the tenant's"
+    )
+    tax_status: Mapped[str] = mapped_column(String(16), server_default="taxable")
+    tax_ids: Mapped[list[dict[str, str]]] = mapped_column(JSONB, server_default="[]")
     net_terms_days: Mapped[int] = mapped_column(Integer)
     billing_address: Mapped[dict[str, Any] | None] = mapped_column(JSONB(none_as_null=True))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
@@ -192,6 +202,16 @@ class Invoice(Base):
         BigInteger, default=0, server_default="0", comment="credit notes reducing the amount due"
     )
     tax_rate: Mapped[Decimal | None] = mapped_column(Numeric)
+    tax_inclusive: Mapped[int] = mapped_column(
+        BigInteger, default=0, server_default="0", comment="the tax inclusive prices include"
+    )
+    tax_breakdown: Mapped[list[dict[str, Any]]] = mapped_column(
+        JSONB, default=list, server_default="[]", comment="per rate (schemas.taxes.TaxAmount)"
+    )
+    tax_note: Mapped[str | None] = mapped_column(Text, comment="exempt or reverse charge")
+    buyer: Mapped[dict[str, Any] | None] = mapped_column(
+        JSONB(none_as_null=True), comment="the customer as finalized (schemas.taxes.Buyer)"
+    )
     rounding: Mapped[str] = mapped_column(String(16))
     finalize_after: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     usage_offsets: Mapped[dict[str, int] | None] = mapped_column(
@@ -239,6 +259,12 @@ class InvoiceLineRow(Base):
         Integer, comment="a discount line: the position of the line it reduces"
     )
     discount_id: Mapped[str | None] = mapped_column(String(64), comment="a discount line's")
+    tax_names: Mapped[list[str] | None] = mapped_column(
+        JSONB(none_as_null=True), comment="the rates its price, plan or caller named"
+    )
+    taxes: Mapped[list[dict[str, Any]]] = mapped_column(
+        JSONB, default=list, server_default="[]", comment="per rate (schemas.taxes.TaxAmount)"
+    )
 
 
 class InvoicePayment(Base):

@@ -5,7 +5,7 @@ own tax rate. ``service`` re-exports all of it."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import (
     ROUND_CEILING,
@@ -20,8 +20,9 @@ from decimal import (
 
 from schemas.currency import exponent
 from schemas.invoicing import InvoiceLine, TierLine
-from workers.invoicing import pricing
+from workers.invoicing import pricing, taxes
 from workers.invoicing.errors import AmountOutOfRange
+from workers.invoicing.taxes import Taxation
 
 ROUNDING = {
     "half_even": ROUND_HALF_EVEN,
@@ -54,6 +55,9 @@ class Line:
     tax_rate: Decimal | None = None  # the line's own rate (one-off lines); None: the invoice's
     applies_to: int | None = None  # a discount line: the position of the line it reduces
     discount_id: str | None = None  # a discount line: the discount applied
+    tax_names: tuple[str, ...] | None = None  # the rates its price, plan or caller names
+    rates: tuple[taxes.Rate, ...] | None = None  # resolved; None: the invoice's (Taxation)
+    tax_amounts: tuple[taxes.TaxAmount, ...] = ()  # computed as the invoice is totalled
 
     def model(self) -> InvoiceLine:
         return InvoiceLine(
@@ -84,6 +88,7 @@ class Line:
             tax_rate=self.tax_rate,
             applies_to=self.applies_to,
             discount_id=self.discount_id,
+            taxes=[t.model() for t in self.tax_amounts],
         )
 
 
@@ -94,6 +99,8 @@ class Totals:
     total: int  # subtotal - discount - credits + tax
     credits: int = 0
     discount: int = 0
+    tax_inclusive: int = 0  # the part of ``tax`` already in the lines' amounts
+    computed: taxes.Computed = field(default=taxes.NONE, compare=False)
 
 
 MAX_AMOUNT = 2**63 - 1  # minor units: what a BIGINT column holds
@@ -102,53 +109,49 @@ CREDIT, DISCOUNT = "credit", "discount"  # the kinds of the lines that are not c
 
 
 def taxed(subtotal: int, tax_rate: Decimal | None, currency: str, rounding: str) -> int:
-    """The tax of ``subtotal`` (minor units), rounded once."""
+    """The tax of ``subtotal`` (minor units) at a bare rate fraction, rounded once."""
     if tax_rate is None:
         return 0
     return pricing.tax_minor(subtotal, tax_rate, currency, ROUNDING[rounding])
 
 
-def tax_bases(lines: Sequence[Line], tax_rate: Decimal | None) -> dict[Decimal | None, int]:
-    """What each tax rate is charged on: the charge and discount lines, by their own rate
-    (``Line.tax_rate``), else the invoice's ``tax_rate``; in order of first appearance."""
-    bases: dict[Decimal | None, int] = {}
-    for ln in lines:
-        if ln.grant_id is None:
-            rate = ln.tax_rate if ln.tax_rate is not None else tax_rate
-            bases[rate] = bases.get(rate, 0) + ln.amount
-    return bases
+def taxation(tax: Decimal | Taxation | None) -> Taxation:
+    """``tax`` as a ``Taxation``: a bare rate fraction (or None) is an exclusive rate."""
+    return tax if isinstance(tax, Taxation) else Taxation.of(tax)
 
 
 def totals(
     lines: Sequence[Line],
-    tax_rate: Decimal | None,
+    tax: Decimal | Taxation | None,
     currency: str,
     rounding: str,
     credits_apply: str = AFTER_TAX,
 ) -> Totals:
     """The invoice's totals. ``subtotal`` is the charge lines; discount lines (kind
-    ``discount``) and credit lines (``grant_id`` set) are negative. Tax is computed once per
-    rate (a line's own, else ``tax_rate``) on what the lines at that rate come to after their
-    discounts. After tax, credits pay the total; before tax, they reduce the taxed amounts
-    first (rate by rate, in order of the lines). ``AmountOutOfRange`` if a line or total
-    cannot be stored."""
+    ``discount``) and credit lines (``grant_id`` set) are negative. ``tax``: how the lines
+    are taxed (``taxes.compute``): a ``Taxation``, or a bare rate fraction for every line
+    without rates of its own. After tax, credits pay the total; before tax, they reduce the
+    taxed amounts first. ``total = subtotal - discount - credits + tax - tax_inclusive``.
+    ``AmountOutOfRange`` if a line or total cannot be stored."""
     exponent(currency)  # a known currency, or ValueError
     subtotal = sum(ln.amount for ln in lines if ln.grant_id is None and ln.kind != DISCOUNT)
     discount = -sum(ln.amount for ln in lines if ln.grant_id is None and ln.kind == DISCOUNT)
     credits = -sum(ln.amount for ln in lines if ln.grant_id is not None)
-    bases = tax_bases(lines, tax_rate)
-    if credits_apply == BEFORE_TAX:
-        left = credits
-        for rate, base in bases.items():
-            take = min(max(base, 0), left)
-            bases[rate], left = base - take, left - take
-    tax = sum(taxed(base, rate, currency, rounding) for rate, base in bases.items())
-    total = subtotal - discount - credits + tax
+    before = credits if credits_apply == BEFORE_TAX else 0
+    computed = taxes.compute(lines, taxation(tax), ROUNDING[rounding], before)
+    total = subtotal - discount - credits + computed.tax - computed.inclusive
     named = [(f"line {ln.price_key}", ln.amount) for ln in lines]
-    named += [("subtotal", subtotal), ("tax", tax), ("total", total)]
+    named += [("subtotal", subtotal), ("tax", computed.tax), ("total", total)]
     for what, amount in named:
         if abs(amount) > MAX_AMOUNT:
             raise AmountOutOfRange(
                 f"{what} is {amount} minor units of {currency}; at most {MAX_AMOUNT} can be stored"
             )
-    return Totals(subtotal, tax, total, credits, discount)
+    return Totals(subtotal, computed.tax, total, credits, discount, computed.inclusive, computed)
+
+
+def with_taxes(lines: Sequence[Line], t: Totals) -> list[Line]:
+    """``lines`` with the taxes ``totals`` computed for each."""
+    if not t.computed.lines:
+        return list(lines)
+    return [replace(ln, tax_amounts=a) for ln, a in zip(lines, t.computed.lines, strict=True)]

@@ -37,6 +37,7 @@ from workers.invoicing import (
     one_off,
     service,
     subscriptions,
+    taxing,
     views,
 )
 from workers.invoicing.base import Handler, Result
@@ -52,15 +53,19 @@ async def upsert_customer(cmd: UpsertCustomer, tx: Tx) -> Result:
     has live subscriptions); emits customer.created or customer.updated."""
     repo = tx.repo(InvoicingRepository)
     spec, tenant = cmd.data, cmd.tenantid
-    columns = spec.model_dump(exclude={"billing_address"}) | {
-        "billing_address": spec.billing_address.model_dump() if spec.billing_address else None
+    columns = spec.model_dump(mode="json", exclude={"billing_address", "tax_rate"}) | {
+        "billing_address": spec.billing_address.model_dump() if spec.billing_address else None,
+        "tax_rate": spec.tax_rate,
+        "tax_status": spec.taxability,
+        "tax_exempt": spec.taxability == "exempt",
     }
+    await taxing.check_names(tx, tenant, {"tax_rates": spec.tax_rates})
     customer = await repo.customer(tenant, spec.external_id)
     if customer is None:
         customer = await repo.add_customer(new_id(), tenant, columns)
         created = True
     else:
-        if views.customer_spec(customer) == spec:
+        if views.same_customer(views.customer_spec(customer), spec):
             return {"customer_id": customer.id}
         if customer.currency != spec.currency and await repo.has_live_subscriptions(
             tenant, customer.id
@@ -83,6 +88,8 @@ async def create_plan(cmd: CreatePlan, tx: Tx) -> Result:
     """Defines a plan (immutable: the same definition again is a no-op, another one under
     the same key is refused); every metered price's meter must exist."""
     spec, tenant = cmd.data, cmd.tenantid
+    named = {f"prices[{i}].tax_rates": p.tax_rates for i, p in enumerate(spec.prices)}
+    await taxing.check_names(tx, tenant, {"tax_rates": spec.tax_rates} | named)
     meters = await tx.repo(MeterRepository).by_keys(
         {(tenant, p.meter) for p in spec.prices if not isinstance(p, FlatPrice)}
     )
@@ -148,7 +155,9 @@ async def mark_invoice_uncollectible(cmd: MarkInvoiceUncollectible, tx: Tx) -> R
 
 
 async def configure_invoicing(cmd: ConfigureInvoicing, tx: Tx) -> Result:
-    """Sets the tenant's rounding, grace period and invoice number prefix."""
+    """Sets the tenant's rounding, grace period, invoice number prefix, default tax rates
+    (each must exist) and the rest of its invoicing settings."""
+    await taxing.check_names(tx, cmd.tenantid, {"tax_rates": cmd.data.tax_rates})
     await tx.repo(InvoicingRepository).set_config(cmd.tenantid, cmd.data.model_dump())
     return cmd.data.model_dump()
 

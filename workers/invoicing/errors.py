@@ -31,3 +31,16 @@ class AmountOutOfRange(InvoicingError, PermanentError):
     the subscription or draft is quarantined, never half-billed."""
 
     code = "amount_out_of_range"
+
+
+class TaxRatesMixed(InvoicingError, PermanentError):
+    """A line's rates mix inclusive and exclusive ones."""
+
+    code = "tax_rates_mixed"
+
+
+class TaxRateNotInForce(InvoicingError, PermanentError):
+    """A rate named for a line has no version in force in the line's period: the draft is
+    quarantined, never billed without its tax."""
+
+    code = "tax_rate_not_in_force"

@@ -12,7 +12,7 @@ from typing import Any
 
 from schemas.invoicing import InvoiceFinalized, InvoicePaid, InvoicingConfig
 from storage.invoicing import Customer
-from workers.invoicing import service
+from workers.invoicing import service, taxes, taxing
 from workers.invoicing.base import emit
 from workers.invoicing.ledger import Wallet
 from workers.runtime import Tx
@@ -27,18 +27,27 @@ def settle(
     number: str,
     as_of: datetime,
     wallet: Wallet,
+    book: taxes.Book,
     **envelope: Any,
 ) -> tuple[dict[str, Any], list[service.Line]]:
     """Finalize the invoice of ``row`` (its values, updated in place) with its charge and
     discount ``lines``: returns the columns it changes and all its lines (credit lines
-    added); emits its events (``envelope``: the tenant, or what caused it)."""
-    tax_rate = None if customer.tax_exempt else customer.tax_rate
+    added, every line with its taxes); emits its events (``envelope``: the tenant, or what
+    caused it). The rate versions it used become immutable."""
+    party = taxing.party(customer)
+    taxation = book.taxation(party)
+    lines = book.resolve(lines, party)
     mode = config.credits_apply
-    out = [*lines, *wallet.pay(row, lines, tax_rate, mode)]
-    t = service.totals(out, tax_rate, row["currency"], row["rounding"], mode)
+    out = [*lines, *wallet.pay(row, lines, taxation, mode)]
+    t = service.totals(out, taxation, row["currency"], row["rounding"], mode)
+    out = service.with_taxes(out, t)
     wallet.draw(row, t.subtotal - t.discount)  # what was charged, before prepaid credits
-    change = service.finalized(row, t, tax_rate, number, as_of, customer.net_terms_days)
+    bare = party.bare if party.status == taxes.TAXABLE else None
+    change = service.finalized(row, t, bare, number, as_of, customer.net_terms_days)
+    change["tax_note"] = book.note(party)
+    change["buyer"] = taxing.buyer(customer).model_dump(mode="json")
     row.update(change)
+    book.used.update(taxes.used(t.computed))
     view = service.invoice_data(
         row, customer.external_id, [ln.model() for ln in out], status="finalized"
     )

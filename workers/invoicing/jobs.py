@@ -38,7 +38,7 @@ from storage.invoicing import (
     Subscription,
 )
 from storage.invoicing.late_usage import LateUsageRepository
-from workers.invoicing import finalizing, late_usage, lifecycle, service, trials, views
+from workers.invoicing import finalizing, late_usage, lifecycle, service, taxing, trials, views
 from workers.invoicing.discounting import Discounts
 from workers.invoicing.late_usage import ADJUSTMENT
 from workers.invoicing.ledger import Wallet
@@ -102,14 +102,17 @@ async def create_drafts(
         for tenant, _, customer, plan, start, end, proration, usage_billed in drafts
     ]
     all_lines = await InvoiceMaker(tx, plans).lines(contexts)
+    books = await taxing.books(tx, settings)
     invoices: list[dict[str, Any]] = []
     lines: list[dict[str, Any]] = []
     data: dict[str, InvoiceData] = {}
     for (tenant, sub_id, customer, plan, start, end, proration, _), (_, ctx), plan_lines in zip(
         drafts, contexts, all_lines, strict=True
     ):
-        tax_rate = None if customer.tax_exempt else customer.tax_rate
-        t = service.totals(plan_lines, tax_rate, ctx.currency, ctx.rounding)
+        party, book = taxing.party(customer), books[tenant]
+        plan_lines = book.resolve(plan_lines, party)
+        t = service.totals(plan_lines, book.taxation(party), ctx.currency, ctx.rounding)
+        plan_lines = service.with_taxes(plan_lines, t)
         row: dict[str, Any] = {
             "id": new_id(),
             "tenant_id": tenant,
@@ -125,9 +128,11 @@ async def create_drafts(
             "usage_billed": ctx.usage_billed,
             "subtotal": t.subtotal,
             "tax": t.tax,
+            "tax_inclusive": t.tax_inclusive,
+            "tax_breakdown": [a.model().model_dump(mode="json") for a in t.computed.breakdown],
             "total": t.total,
             "amount_paid": 0,
-            "tax_rate": tax_rate,
+            "tax_rate": party.bare if party.status == "taxable" else None,
             "rounding": ctx.rounding,
             "finalize_after": end + timedelta(hours=settings[tenant].grace_period_hours),
             "usage_offsets": usage_offsets,
@@ -324,6 +329,8 @@ class Billing:
         computed = iter(await maker.lines(contexts))
         all_lines = [[] if d.kind == ADJUSTMENT else next(computed) for d in drafts]
         configs = await repo.configs({d.tenant_id for d in drafts})
+        settings = {t: views.config_of(configs.get(t)) for t in {d.tenant_id for d in drafts}}
+        books = await taxing.books(tx, settings, share=True)
         numbers: dict[str, int] = {}
         for tenant in sorted({d.tenant_id for d in drafts}):
             count = sum(1 for d in drafts if d.tenant_id == tenant)
@@ -336,17 +343,18 @@ class Billing:
             row = views.values(d)
             lines = plan_lines + late[d.id]
             lines += discounts.lines(row, lines)
-            config = views.config_of(configs.get(d.tenant_id))
+            config = settings[d.tenant_id]
             number = service.invoice_number(config.number_prefix, as_of.year, numbers[d.tenant_id])
             numbers[d.tenant_id] += 1
             change, lines = finalizing.settle(
                 tx, row, lines, customers[d.customer_id], config, number, as_of, wallet,
-                tenantid=d.tenant_id,
+                books[d.tenant_id], tenantid=d.tenant_id,
             )  # fmt: skip
             changes.append(change)
             new_lines += line_values(d.id, d.tenant_id, lines)
         await repo.replace_lines([d.id for d in drafts], new_lines)
         await repo.update_invoices(changes)
+        await taxing.mark_used(tx, books, as_of)
         await wallet.write(tx, customers)
         await discounts.write(tx)
         return len(drafts)

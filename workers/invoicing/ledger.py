@@ -22,8 +22,9 @@ from schemas.envelope import CloudEvent, new_id
 from schemas.invoicing import InvoiceFinalized, InvoicingConfig
 from storage.invoicing import Customer, Invoice, InvoicingRepository
 from storage.invoicing.credits import CreditGrant, CreditRepository
-from workers.invoicing import credits, discounts, service, views
+from workers.invoicing import credits, discounts, service, taxing, views
 from workers.invoicing.lines import line_values
+from workers.invoicing.taxes import Taxation
 from workers.runtime import Tx
 
 
@@ -146,7 +147,7 @@ class Wallet:
         self,
         invoice: dict[str, Any],
         lines: Sequence[service.Line],
-        tax_rate: Decimal | None,
+        taxation: Decimal | Taxation | None,
         mode: str,
     ) -> list[service.Line]:
         """The credit lines of ``invoice`` (its charge ``lines``), in the documented order;
@@ -163,8 +164,8 @@ class Wallet:
             credits.Payable(net, ln.price_key, ln.meter) for ln, net in discounts.net_charges(lines)
         ]
         if mode == service.AFTER_TAX:
-            tax = service.totals(lines, tax_rate, invoice["currency"], invoice["rounding"]).tax
-            payables.append(credits.Payable(tax))
+            t = service.totals(lines, taxation, invoice["currency"], invoice["rounding"])
+            payables.append(credits.Payable(t.tax - t.tax_inclusive))  # what tax adds
         paid = credits.allocate(mine, payables)
         taken = {g.id: amount for g, amount in paid}
         self.grants[customer_id] = [
@@ -302,16 +303,25 @@ async def issue_invoice(
     tx: Tx,
     customer: Customer,
     line: service.Line,
-    tax_rate: Decimal | None,
+    taxed: bool,
     config: InvoicingConfig,
     at: datetime,
     cause: CloudEvent | None,
 ) -> str:
     """An invoice of one ``line`` outside any subscription (a top-up, a commitment's
-    true-up), numbered and finalized at once, collected like any other; returns its id."""
+    true-up), numbered and finalized at once, collected like any other, taxed (``taxed``)
+    at the customer's rates; returns its id."""
     repo = tx.repo(InvoicingRepository)
     tenant = customer.tenant_id
-    t = service.totals([line], tax_rate, customer.currency, config.rounding)
+    party = taxing.party(customer)
+    taxation, tax_rate = Taxation(), None
+    if taxed:
+        book = (await taxing.books(tx, {tenant: config}, share=True))[tenant]
+        (line,) = book.resolve([line], party)
+        taxation, tax_rate = book.taxation(party), party.bare
+        tax_rate = tax_rate if party.status == "taxable" else None
+    t = service.totals([line], taxation, customer.currency, config.rounding)
+    (line,) = service.with_taxes([line], t)
     number = service.invoice_number(
         config.number_prefix, at.year, await repo.next_numbers(tenant, at.year, 1)
     )
@@ -330,6 +340,10 @@ async def issue_invoice(
         "proration": Decimal(1),
         "subtotal": t.subtotal,
         "tax": t.tax,
+        "tax_inclusive": t.tax_inclusive,
+        "tax_breakdown": [a.model().model_dump(mode="json") for a in t.computed.breakdown],
+        "tax_note": book.note(party) if taxed else None,
+        "buyer": taxing.buyer(customer).model_dump(mode="json"),
         "total": t.total,
         "credits": 0,
         "amount_paid": 0,
@@ -341,14 +355,12 @@ async def issue_invoice(
         "due_at": at + timedelta(days=customer.net_terms_days),
     }
     await repo.insert_invoices([row], line_values(row["id"], tenant, [line]))
+    if taxed:
+        await taxing.mark_used(tx, {tenant: book}, at)
     view = service.invoice_data(row, customer.external_id, [line.model()])
     event = service.invoice_event(InvoiceFinalized, view, **_envelope(tenant, cause))
     emit(tx, event, tenant, customer.external_id)
     return str(row["id"])
-
-
-def _tax_rate(customer: Customer) -> Decimal | None:
-    return None if customer.tax_exempt else customer.tax_rate
 
 
 async def issue_top_up(
@@ -367,9 +379,7 @@ async def issue_top_up(
         "top_up", grant.description or f"Prepaid credit {grant.id}", grant.purchase_amount, at
     )
     taxed = config.credits_apply == service.BEFORE_TAX
-    return await issue_invoice(
-        tx, customer, line, _tax_rate(customer) if taxed else None, config, at, cause
-    )
+    return await issue_invoice(tx, customer, line, taxed, config, at, cause)
 
 
 async def true_up(tx: Tx, commitments: Sequence[Any], now: datetime) -> int:
@@ -396,9 +406,7 @@ async def true_up(tx: Tx, commitments: Sequence[Any], now: datetime) -> int:
             description = c.description or f"Commitment {c.id}"
             line = one_off_line("true_up", f"{description} — shortfall true-up", shortfall, now)
             config = views.config_of(configs.get(c.tenant_id))
-            invoice_id = await issue_invoice(
-                tx, customer, line, _tax_rate(customer), config, now, None
-            )
+            invoice_id = await issue_invoice(tx, customer, line, True, config, now, None)
         done += await repo.add_commitment_entries(
             [commitment_entry(c, "trued_up", -shortfall, now, invoice_id)]
         )

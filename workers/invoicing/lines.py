@@ -164,6 +164,8 @@ def line_values(
             "tax_rate": ln.tax_rate,
             "applies_to": ln.applies_to,
             "discount_id": ln.discount_id,
+            "tax_names": None if ln.tax_names is None else list(ln.tax_names),
+            "taxes": [t.model().model_dump(mode="json") for t in ln.tax_amounts],
         }
         for i, ln in enumerate(lines)
     ]

@@ -18,7 +18,7 @@ from schemas.one_off import CreateInvoice, FinalizeInvoice
 from storage.invoicing import Customer, Invoice, InvoicingRepository
 from storage.invoicing.credits import CreditRepository
 from storage.invoicing.one_off import OneOffRepository
-from workers.invoicing import finalizing, service, views
+from workers.invoicing import finalizing, service, taxing, views
 from workers.invoicing import one_off_service as svc
 from workers.invoicing.base import Handler, Result, emit
 from workers.invoicing.errors import Conflict, NotFound
@@ -56,12 +56,14 @@ async def _finalize(
         config.number_prefix, at.year, await repo.next_numbers(tenant, at.year, 1)
     )
     wallet = await Wallet.open(tx, {customer.id}, at)
+    books = await taxing.books(tx, {tenant: config}, share=True)
     change, lines = finalizing.settle(
-        tx, row, lines, customer, config, number, at, wallet, **cause.caused()
+        tx, row, lines, customer, config, number, at, wallet, books[tenant], **cause.caused()
     )
     await repo.replace_lines([row["id"]], line_values(row["id"], tenant, lines))
     await repo.update_invoices([change])
     await wallet.write(tx, {customer.id: customer})
+    await taxing.mark_used(tx, books, at)
 
 
 async def create_invoice(cmd: CreateInvoice, tx: Tx) -> Result:
@@ -79,11 +81,16 @@ async def create_invoice(cmd: CreateInvoice, tx: Tx) -> Result:
         )
     repo = tx.repo(InvoicingRepository)
     config = views.config_of(await repo.config(tenant))
-    tax_rate = None if customer.tax_exempt else customer.tax_rate
+    party = taxing.party(customer)
+    book = (await taxing.books(tx, {tenant: config}))[tenant]
     lines = svc.lines(spec, currency, config.rounding, cmd.time, tax_exempt=customer.tax_exempt)
+    lines = book.resolve(lines, party)  # an unknown rate, or one not in force: refused here
+    tax_rate = party.bare if party.status == "taxable" else None
     row = svc.draft_row(
-        spec, tenant, customer.id, currency, tax_rate, config.rounding, lines, cmd.time
-    )
+        spec, tenant, customer.id, currency, tax_rate, book.taxation(party), config.rounding,
+        lines, cmd.time,
+    )  # fmt: skip
+    lines = service.with_taxes(lines, row.pop("totals"))
     one_off = tx.repo(OneOffRepository)
     if not await one_off.insert(row, line_values(row["id"], tenant, lines)):
         existing = await one_off.existing(tenant, spec.invoice_id, spec.idempotency_key)

@@ -15,6 +15,7 @@ from schemas.bounds import MAX_MINOR_UNITS
 from schemas.one_off import OneOffInvoiceSpec, OneOffLine
 from workers.invoicing import amounts, pricing
 from workers.invoicing.errors import AmountOutOfRange, Conflict
+from workers.invoicing.taxes import Taxation
 
 ONE_OFF = "one_off"  # the invoice's kind, its lines' kind, and a line's default price key
 
@@ -39,6 +40,7 @@ def line(spec: OneOffLine, currency: str, rounding: str, at: datetime) -> amount
             spec.quantity * spec.unit_price, currency, amounts.ROUNDING[rounding]
         ),
         tax_rate=spec.tax_rate,
+        tax_names=None if spec.tax_rates is None else tuple(spec.tax_rates),
     )
 
 
@@ -92,13 +94,15 @@ def draft_row(
     customer_id: str,
     currency: str,
     tax_rate: Decimal | None,
+    taxation: Taxation,
     rounding: str,
     lines: Sequence[amounts.Line],
     at: datetime,
 ) -> dict[str, Any]:
     """The draft's row: no subscription, no plan, its period the moment it was asked for
-    (its lines name what they cover), its totals from its lines (tax once per rate)."""
-    t = amounts.totals(lines, tax_rate, currency, rounding)
+    (its lines name what they cover), its totals from its lines (``totals``, not a
+    column: the caller pops it)."""
+    t = amounts.totals(lines, taxation, currency, rounding)
     return {
         "id": spec.invoice_id,
         "tenant_id": tenant_id,
@@ -116,6 +120,8 @@ def draft_row(
         "subtotal": t.subtotal,
         "discount": 0,
         "tax": t.tax,
+        "tax_inclusive": t.tax_inclusive,
+        "tax_breakdown": [a.model().model_dump(mode="json") for a in t.computed.breakdown],
         "total": t.total,
         "credits": 0,
         "amount_paid": 0,
@@ -126,6 +132,7 @@ def draft_row(
         "idempotency_key": spec.idempotency_key,
         "request_digest": digest(spec, currency),
         "memo": spec.memo,
+        "totals": t,
     }
 
 
@@ -146,4 +153,5 @@ def stored_line(row: Any) -> amounts.Line:
         minimum_applied=row.minimum_applied,
         amount=row.amount,
         tax_rate=None if row.tax_rate is None else Decimal(row.tax_rate),
+        tax_names=None if row.tax_names is None else tuple(row.tax_names),
     )

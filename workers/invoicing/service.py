@@ -48,7 +48,7 @@ AFTER_TAX, BEFORE_TAX = amounts.AFTER_TAX, amounts.BEFORE_TAX
 CREDIT, DISCOUNT = amounts.CREDIT, amounts.DISCOUNT
 Line = amounts.Line
 Totals = amounts.Totals
-taxed, tax_bases, totals = amounts.taxed, amounts.tax_bases, amounts.totals
+taxed, totals, with_taxes = amounts.taxed, amounts.totals, amounts.with_taxes
 HOUR = timedelta(hours=1)
 SOURCE = "billstream/invoicing"
 DEFAULT_CONFIG = InvoicingConfig()  # a tenant's settings until it configures invoicing
@@ -153,10 +153,17 @@ def _priced_line(
         proration=ctx.proration,
         minimum_applied=priced.minimum_applied,
         amount=pricing.to_minor(priced.amount, ctx.currency, ROUNDING[ctx.rounding]),
+        tax_names=tax_names(ctx.plan, price),
     )
     if metered and not ctx.usage_billed:  # a trial's usage: shown, not billed
         line = replace(line, amount=0, tiers=(), minimum_applied=False)
     return priced, line
+
+
+def tax_names(plan: PlanSpec, price: Price) -> tuple[str, ...] | None:
+    """The tax rates a plan's line names: its price's, else its plan's (None: neither)."""
+    names = price.tax_rates if price.tax_rates is not None else plan.tax_rates
+    return None if names is None else tuple(names)
 
 
 def invoice_lines(ctx: InvoiceContext, usage: Mapping[str, Decimal | None]) -> list[Line]:
@@ -219,6 +226,7 @@ def adjustments(
                 minimum_applied=priced.minimum_applied,
                 amount=amount,
                 adjustment_for=label,
+                tax_names=tax_names(b.ctx.plan, b.price),
             )
         )
     return lines
@@ -277,6 +285,7 @@ def invoice_data(
         subtotal=row["subtotal"],
         discount=row.get("discount") or 0,
         tax=row["tax"],
+        tax_inclusive=row.get("tax_inclusive") or 0,
         total=row["total"],
         credits=row.get("credits") or 0,
         amount_paid=row["amount_paid"],
@@ -284,6 +293,9 @@ def invoice_data(
         amount_due=amount_due(row),
         amount_refunded=row.get("amount_refunded") or 0,
         tax_rate=row["tax_rate"],
+        tax_breakdown=row.get("tax_breakdown") or [],
+        tax_note=row.get("tax_note"),
+        buyer=row.get("buyer"),
         due_at=row.get("due_at"),
         memo=row.get("memo"),
         lines=list(lines),
@@ -313,6 +325,8 @@ def finalized(
         "number": number,
         "subtotal": t.subtotal,
         "tax": t.tax,
+        "tax_inclusive": t.tax_inclusive,
+        "tax_breakdown": [a.model().model_dump(mode="json") for a in t.computed.breakdown],
         "total": t.total,
         "credits": t.credits,
         "discount": t.discount,

@@ -79,8 +79,8 @@ def values(invoice: Invoice) -> dict[str, Any]:
 def line_models(rows: Iterable[InvoiceLineRow]) -> list[InvoiceLine]:
     return [
         InvoiceLine.model_validate(
-            {c: getattr(r, c) for c in InvoiceLine.model_fields if c != "tiers"}
-            | {"tiers": r.tiers}
+            {c: getattr(r, c) for c in InvoiceLine.model_fields if c not in ("tiers", "taxes")}
+            | {"tiers": r.tiers, "taxes": r.taxes or []}
         )
         for r in rows
     ]
@@ -99,9 +99,23 @@ def customer_spec(c: Customer) -> CustomerSpec:
         currency=c.currency,
         tax_rate=Decimal(c.tax_rate) if c.tax_rate is not None else None,
         tax_exempt=c.tax_exempt,
+        tax_rates=c.tax_rates,
+        tax_status=c.tax_status,
+        tax_ids=c.tax_ids or [],
         net_terms_days=c.net_terms_days,
         billing_address=c.billing_address,
     )
+
+
+def same_customer(a: CustomerSpec, b: CustomerSpec) -> bool:
+    """Whether ``a`` and ``b`` say the same (``tax_exempt`` and ``tax_status`` alike)."""
+
+    def norm(c: CustomerSpec) -> CustomerSpec:
+        return c.model_copy(
+            update={"tax_status": c.taxability, "tax_exempt": c.taxability == "exempt"}
+        )
+
+    return norm(a) == norm(b)
 
 
 def config_of(row: InvoicingConfigRow | None) -> InvoicingConfig:
@@ -116,7 +130,13 @@ def config_of(row: InvoicingConfigRow | None) -> InvoicingConfig:
         credits_apply=row.credits_apply,
         late_usage_grace_hours=row.late_usage_grace_hours,
         trial_will_end_days=row.trial_will_end_days,
+        tax_rates=row.tax_rates or [],
+        tax_rounding=row.tax_rounding or "invoice",
+        **{k: v for k in _NOTES if (v := getattr(row, k)) is not None},
     )
+
+
+_NOTES = ("reverse_charge_note", "exempt_note")  # null in the row: the default
 
 
 # --- the spend of current periods (alerts) ------------------------------------------

@@ -1,0 +1,367 @@
+"""The taxes of an invoice, pure: which rates each line carries, the tax of each rate on each
+line and on the invoice, inclusive and exclusive (docs/taxes.md).
+
+Every amount is exact until it is rounded once, with the tenant's rounding mode:
+
+- exclusive rates: the taxable base is ``round(net x factor)`` and the tax
+  ``round(base x percentage / 100)``;
+- inclusive rates (the price is the gross): each rate's tax is
+  ``round(gross x p x f / (1 + sum of p x f))`` and the net is the gross less those taxes,
+  so net + tax is exactly the gross; the base is ``round(net x factor)``.
+
+With ``line`` rounding that is done on each line. With ``invoice`` rounding (the default)
+it is done once per exclusive rate, and once per set of inclusive rates, on the lines'
+amounts summed; each line's share is then apportioned by its amount (largest remainder),
+so the lines' shares always add up to the invoice's figures.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from decimal import (
+    ROUND_CEILING,
+    ROUND_DOWN,
+    ROUND_FLOOR,
+    ROUND_HALF_DOWN,
+    ROUND_HALF_EVEN,
+    ROUND_HALF_UP,
+    ROUND_UP,
+    Decimal,
+)
+from fractions import Fraction
+from typing import TYPE_CHECKING, Any
+
+from schemas import taxes as schema
+from workers.invoicing.errors import TaxRateNotInForce, TaxRatesMixed
+
+if TYPE_CHECKING:
+    from workers.invoicing.amounts import Line
+
+TAXABLE: schema.TaxStatus = "taxable"
+DISCOUNT = "discount"
+
+
+@dataclass(frozen=True)
+class Rate:
+    """A tax rate as an invoice uses it (a snapshot of one version)."""
+
+    name: str
+    display_name: str
+    percentage: Decimal  # 12 is 12 %
+    inclusive: bool = False
+    base: Fraction = Fraction(1)  # the taxable base factor (11/12 for PPN's DPP)
+    id: str | None = None  # the version; None for a bare ``tax_rate`` fraction
+    country: str | None = None
+    jurisdiction: str | None = None
+    rate: Fraction = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "rate", Fraction(self.percentage) / 100 * self.base)
+
+    @classmethod
+    def bare(cls, fraction: Decimal) -> Rate:
+        """A customer's or one-off line's ``tax_rate`` ('0.19'): an exclusive rate."""
+        pct = (fraction * 100).normalize()
+        pct = pct.quantize(Decimal(1)) if pct == pct.to_integral_value() else pct
+        return cls(name="tax", display_name=f"Tax {format(pct, 'f')} %", percentage=pct)
+
+    @classmethod
+    def of(cls, spec: schema.TaxRateSpec | dict[str, Any]) -> Rate:
+        s = spec if isinstance(spec, schema.TaxRateSpec) else schema.TaxRateSpec(**spec)
+        return cls(
+            name=s.name,
+            display_name=s.display_name,
+            percentage=s.percentage,
+            inclusive=s.inclusive,
+            base=schema.parse_factor(s.taxable_base_factor),
+            id=s.id,
+            country=s.country,
+            jurisdiction=s.jurisdiction,
+        )
+
+
+@dataclass(frozen=True)
+class TaxAmount:
+    rate: Rate
+    taxable_amount: int
+    taxable_base: int
+    tax: int
+    taxability: schema.TaxStatus = TAXABLE
+
+    def model(self) -> schema.TaxAmount:
+        r = self.rate
+        return schema.TaxAmount(
+            tax_rate_id=r.id,
+            name=r.name,
+            display_name=r.display_name,
+            percentage=r.percentage,
+            inclusive=r.inclusive,
+            country=r.country,
+            jurisdiction=r.jurisdiction,
+            taxable_base_factor=str(r.base),
+            taxable_amount=self.taxable_amount,
+            taxable_base=self.taxable_base,
+            tax=self.tax,
+            taxability=self.taxability,
+        )
+
+
+@dataclass(frozen=True)
+class Taxation:
+    """How one invoice is taxed: the rates of lines that name none, the customer's status
+    and where the tax is rounded."""
+
+    default: tuple[Rate, ...] = ()
+    status: schema.TaxStatus = TAXABLE
+    rounding: schema.TaxRounding = "invoice"
+
+    @classmethod
+    def of(cls, tax_rate: Decimal | None) -> Taxation:
+        """A customer's bare ``tax_rate`` (None: no tax)."""
+        return cls(() if tax_rate is None else (Rate.bare(tax_rate),))
+
+
+@dataclass(frozen=True)
+class Computed:
+    lines: tuple[tuple[TaxAmount, ...], ...]  # per input line; () for discount, credit lines
+    breakdown: tuple[TaxAmount, ...]  # per rate, in order of first appearance
+    tax: int
+    inclusive: int  # the part of ``tax`` already in the lines' amounts
+
+
+NONE = Computed((), (), 0, 0)
+
+
+def round_fraction(x: Fraction, mode: str) -> int:
+    """``x`` rounded to an integer with a ``decimal.ROUND_*`` mode, exactly."""
+    q, r = divmod(x.numerator, x.denominator)  # q = floor(x)
+    if r == 0:
+        return q
+    d, up = x.denominator, q + 1
+    if mode == ROUND_FLOOR:
+        return q
+    if mode == ROUND_CEILING:
+        return up
+    if mode == ROUND_DOWN:
+        return q if x > 0 else up
+    if mode == ROUND_UP:
+        return up if x > 0 else q
+    if 2 * r != d:
+        return q if 2 * r < d else up
+    if mode == ROUND_HALF_UP:
+        return up if x > 0 else q
+    if mode == ROUND_HALF_DOWN:
+        return q if x > 0 else up
+    if mode == ROUND_HALF_EVEN:
+        return q if q % 2 == 0 else up
+    raise ValueError(f"unknown rounding mode {mode!r}")
+
+
+def rates_of(line: Line, taxation: Taxation) -> tuple[Rate, ...]:
+    """The rates a charge line carries: its own, else its bare ``tax_rate``, else the
+    invoice's. ``TaxRatesMixed`` if they mix inclusive and exclusive rates."""
+    if line.rates is not None:
+        rates = line.rates
+    elif line.tax_rate is not None:
+        rates = (Rate.bare(line.tax_rate),)
+    else:
+        rates = taxation.default
+    if len({r.inclusive for r in rates}) > 1:
+        names = ", ".join(r.name for r in rates)
+        raise TaxRatesMixed(f"line {line.price_key!r}: rates {names} mix inclusive and exclusive")
+    return rates
+
+
+def _one(
+    amount: int, rates: Sequence[Rate], status: schema.TaxStatus, mode: str
+) -> list[TaxAmount]:
+    """The tax of each of ``rates`` (all inclusive or all exclusive) on ``amount``."""
+    if status != TAXABLE:
+        return [
+            TaxAmount(r, amount, round_fraction(amount * r.base, mode), 0, status) for r in rates
+        ]
+    if rates and rates[0].inclusive:
+        share = 1 + sum((r.rate for r in rates), Fraction(0))
+        taxes = [round_fraction(amount * r.rate / share, mode) for r in rates]
+        net = amount - sum(taxes)
+        return [
+            TaxAmount(r, net, round_fraction(net * r.base, mode), t)
+            for r, t in zip(rates, taxes, strict=True)
+        ]
+    out = []
+    for r in rates:
+        base = round_fraction(amount * r.base, mode)
+        tax = round_fraction(base * Fraction(r.percentage) / 100, mode)
+        out.append(TaxAmount(r, amount, base, tax))
+    return out
+
+
+def apportion(total: int, weights: Sequence[int]) -> list[int]:
+    """``total`` split in proportion to ``weights`` (largest remainder; ties to the first):
+    the parts always sum to ``total``."""
+    whole = sum(weights)
+    if whole == 0:
+        return [total if i == 0 else 0 for i in range(len(weights))] if weights else []
+    exact = [Fraction(total * w, whole) for w in weights]
+    parts = [e.numerator // e.denominator for e in exact]
+    left = total - sum(parts)
+    order = sorted(range(len(weights)), key=lambda i: (-(exact[i] - parts[i]), i))
+    for i in order[:left]:
+        parts[i] += 1
+    return parts
+
+
+def compute(
+    lines: Sequence[Line], taxation: Taxation, mode: str, credits_before_tax: int = 0
+) -> Computed:
+    """The taxes of an invoice of ``lines``: discount lines reduce the line they apply to,
+    credit lines (``grant_id``) are not taxed, and ``credits_before_tax`` reduces the taxed
+    amounts first (the lines in order of their rates' first appearance)."""
+    amounts: dict[int, int] = {}
+    sets: dict[int, tuple[Rate, ...]] = {}
+    for i, ln in enumerate(lines):
+        if ln.grant_id is not None:
+            continue
+        if ln.kind == DISCOUNT and ln.applies_to is not None and ln.applies_to in sets:
+            amounts[ln.applies_to] += ln.amount
+            continue
+        sets[i] = rates_of(ln, taxation)
+        amounts[i] = ln.amount
+    if credits_before_tax:
+        first: dict[tuple[Rate, ...], int] = {}
+        for i in sets:
+            first.setdefault(sets[i], i)
+        left = credits_before_tax
+        for i in sorted(sets, key=lambda i: (first[sets[i]], i)):
+            take = min(max(amounts[i], 0), left)
+            amounts[i], left = amounts[i] - take, left - take
+    per_line: dict[int, list[TaxAmount]] = {i: [] for i in sets}
+    if taxation.rounding == "line":
+        for i, rates in sets.items():
+            per_line[i] = _one(amounts[i], rates, taxation.status, mode)
+    else:
+        groups: dict[tuple[Rate, ...], list[int]] = {}
+        for i, rates in sets.items():
+            keys = [rates] if rates and rates[0].inclusive else [(r,) for r in rates]
+            for key in keys:
+                groups.setdefault(key, []).append(i)
+        for key, members in groups.items():
+            weights = [amounts[i] for i in members]
+            whole = _one(sum(weights), key, taxation.status, mode)
+            shares = [
+                (apportion(t.tax, weights), apportion(t.taxable_base, weights)) for t in whole
+            ]
+            for k, i in enumerate(members):
+                net = amounts[i]
+                if key[0].inclusive:
+                    net -= sum(tax[k] for tax, _ in shares)
+                for t, (tax, base) in zip(whole, shares, strict=True):
+                    per_line[i].append(TaxAmount(t.rate, net, base[k], tax[k], t.taxability))
+    out = [tuple(per_line.get(i, ())) for i in range(len(lines))]
+    return Computed(tuple(out), breakdown(out), *_sums(out))
+
+
+def breakdown(per_line: Sequence[Sequence[TaxAmount]]) -> tuple[TaxAmount, ...]:
+    """The lines' taxes summed per rate, in order of first appearance."""
+    by_rate: dict[tuple[Rate, schema.TaxStatus], list[int]] = {}
+    for taxes in per_line:
+        for t in taxes:
+            s = by_rate.setdefault((t.rate, t.taxability), [0, 0, 0])
+            s[0] += t.taxable_amount
+            s[1] += t.taxable_base
+            s[2] += t.tax
+    return tuple(TaxAmount(r, a, b, t, how) for (r, how), (a, b, t) in by_rate.items())
+
+
+def _sums(per_line: Sequence[Sequence[TaxAmount]]) -> tuple[int, int]:
+    tax = sum(t.tax for taxes in per_line for t in taxes)
+    inclusive = sum(t.tax for taxes in per_line for t in taxes if t.rate.inclusive)
+    return tax, inclusive
+
+
+# --- which rates a line carries ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Version:
+    """A rate version and when it is in force: ``[start, end)``, None unbounded."""
+
+    rate: Rate
+    start: datetime | None = None
+    end: datetime | None = None
+
+    def in_force(self, t: datetime) -> bool:
+        return (self.start is None or self.start <= t) and (self.end is None or t < self.end)
+
+
+def in_force(name: str, versions: Sequence[Version], start: datetime, end: datetime) -> Rate:
+    """The version of ``name`` in force at ``start``; else the first to come into force
+    before ``end``. ``TaxRateNotInForce`` if none is in force at any time of the period."""
+    for v in versions:
+        if v.in_force(start):
+            return v.rate
+    later = [v for v in versions if v.start is not None and start <= v.start < max(end, start)]
+    if later:
+        return min(later, key=lambda v: v.start or start).rate
+    if not versions:
+        raise TaxRateNotInForce(f"no tax rate is named {name!r}")
+    raise TaxRateNotInForce(
+        f"tax rate {name!r} is in force at no time from {start:%Y-%m-%dT%H:%M:%SZ} "
+        f"to {end:%Y-%m-%dT%H:%M:%SZ}"
+    )
+
+
+@dataclass(frozen=True)
+class Party:
+    """What of a customer decides its tax: its rates by name (None: not set), its bare
+    ``tax_rate`` and its status."""
+
+    names: tuple[str, ...] | None = None
+    bare: Decimal | None = None
+    status: schema.TaxStatus = TAXABLE
+
+
+@dataclass(frozen=True)
+class Book:
+    """A tenant's taxes: every version of its rates, by name, and its settings."""
+
+    catalog: Mapping[str, Sequence[Version]] = field(default_factory=dict)
+    default: tuple[str, ...] = ()
+    rounding: schema.TaxRounding = "invoice"
+    notes: Mapping[str, str] = field(default_factory=dict)  # by status: the legal note
+    used: set[str] = field(default_factory=set, compare=False)  # versions finalized with
+
+    def taxation(self, party: Party) -> Taxation:
+        return Taxation((), party.status, self.rounding)
+
+    def note(self, party: Party) -> str | None:
+        return self.notes.get(party.status)
+
+    def rates(self, names: Sequence[str], start: datetime, end: datetime) -> tuple[Rate, ...]:
+        return tuple(in_force(n, self.catalog.get(n, ()), start, end) for n in names)
+
+    def resolve(self, lines: Sequence[Line], party: Party) -> list[Line]:
+        """``lines`` with the rates each charge line carries: the line's own names (a
+        price's, a plan's, a one-off line's), else the customer's, else its bare rate, else
+        the tenant's; each name's version in force in the line's period. A line with a bare
+        ``tax_rate`` of its own keeps it; discount and credit lines follow their line."""
+        out: list[Line] = []
+        for ln in lines:
+            if ln.grant_id is not None or ln.kind == DISCOUNT or ln.tax_rate is not None:
+                out.append(ln)
+                continue
+            names = ln.tax_names if ln.tax_names is not None else party.names
+            if names is None and party.bare is not None:
+                rates: tuple[Rate, ...] = (Rate.bare(party.bare),)
+            else:
+                names = self.default if names is None else names
+                rates = self.rates(names, ln.period_start, ln.period_end)
+            out.append(replace(ln, rates=rates))
+        return out
+
+
+def used(computed: Computed) -> set[str]:
+    """The rate versions an invoice's taxes used."""
+    return {t.rate.id for t in computed.breakdown if t.rate.id is not None}
