@@ -9,10 +9,11 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from storage.invoicing.models import Invoice, InvoiceLineRow
 from storage.invoicing.tax_models import TaxRateRow
 
 __all__ = ["TaxRateRepository", "TaxRateRow"]
@@ -36,6 +37,37 @@ class TaxRateRepository:
             .order_by(TaxRateRow.effective_from.asc().nulls_first(), TaxRateRow.id)
         )
         return list(await self.session.scalars(q.with_for_update() if lock else q))
+
+    async def list_rates(
+        self, tenant_id: str, *, name: str | None = None, limit: int = 100, after: str | None = None
+    ) -> list[TaxRateRow]:
+        """A page of the tenant's versions (of ``name`` only, if given), by id after ``after``."""
+        q = select(TaxRateRow).where(TaxRateRow.tenant_id == tenant_id)
+        if name is not None:
+            q = q.where(TaxRateRow.name == name)
+        if after is not None:
+            q = q.where(TaxRateRow.id > after)
+        return list(await self.session.scalars(q.order_by(TaxRateRow.id).limit(limit)))
+
+    async def count(self, tenant_id: str) -> int:
+        """How many versions the tenant has (every rate of every name)."""
+        q = select(func.count()).select_from(TaxRateRow).where(TaxRateRow.tenant_id == tenant_id)
+        return int(await self.session.scalar(q) or 0)
+
+    async def last_period_taxed(self, tenant_id: str, id: str) -> datetime | None:
+        """The latest period start of the finalized invoices' lines taxed with version
+        ``id`` (the time finalizing chose it at), or None if no such line."""
+        q = (
+            select(func.max(InvoiceLineRow.period_start))
+            .join(Invoice, Invoice.id == InvoiceLineRow.invoice_id)
+            .where(
+                InvoiceLineRow.tenant_id == tenant_id,
+                InvoiceLineRow.taxes.contains([{"tax_rate_id": id}]),
+                Invoice.tenant_id == tenant_id,
+                Invoice.status != "draft",
+            )
+        )
+        return await self.session.scalar(q)
 
     async def catalog(
         self, tenant_ids: Iterable[str], *, share: bool = False

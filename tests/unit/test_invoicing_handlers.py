@@ -54,6 +54,7 @@ from storage.invoicing import (
 from storage.invoicing.credit_notes import CreditNoteRepository
 from storage.invoicing.credits import CreditRepository
 from storage.invoicing.discounts import DiscountRepository
+from storage.invoicing.taxes import TaxRateRepository
 from storage.metering import MeterRepository, UsageRepository
 from workers.invoicing import handlers, jobs
 from workers.invoicing.commands import COMMANDS
@@ -347,9 +348,24 @@ class NoDiscounts:
         return 0
 
 
+class NoTaxRates:
+    """The tax-rate repository of tenants without named rates (customers pay a bare
+    ``tax_rate``; tests/integration/test_taxes.py and test_tax_rates.py cover named rates
+    against PostgreSQL)."""
+
+    async def catalog(
+        self, tenant_ids: Iterable[str], *, share: bool = False
+    ) -> dict[str, list[Any]]:
+        return {t: [] for t in tenant_ids}
+
+    async def mark_used(self, tenant_id: str, ids: Iterable[str], at: datetime) -> None:
+        assert not set(ids), "no named rate exists, none can be used"
+
+
 def unit(repo: FakeInvoicing, usage: FakeUsage | None = None) -> MemoryTx:
     return MemoryTx(
         {
+            TaxRateRepository: NoTaxRates(),
             DiscountRepository: NoDiscounts(),
             CreditRepository: NoCredits(),
             CreditNoteRepository: NoCreditNotes(),

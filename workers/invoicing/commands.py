@@ -37,6 +37,7 @@ from workers.invoicing import (
     one_off,
     service,
     subscriptions,
+    tax_rates,
     taxing,
     views,
 )
@@ -345,6 +346,7 @@ COMMANDS: dict[type[Any], Handler] = {
     **credit_notes.COMMANDS,
     **one_off.COMMANDS,
     **subscriptions.COMMANDS,
+    **tax_rates.COMMANDS,
 }
 
 
