@@ -46,6 +46,7 @@ SAMPLE_PATH = {
     "code": "LAUNCH",
     "discount_id": "disc_1",
     "credit_note_id": "cn_1",
+    "tax_rate_id": "txr_1",
 }
 
 

@@ -26,6 +26,7 @@ from workers.ingress import one_off as one_off_routes
 from workers.ingress import payments as payment_routes
 from workers.ingress import pos as pos_routes
 from workers.ingress import subscriptions as subscription_routes
+from workers.ingress import tax_rates as tax_rate_routes
 from workers.ingress import webhooks as webhook_routes
 from workers.ingress.deps import IngressState, KeyCache, correlation_id
 from workers.ingress.door import Door
@@ -130,6 +131,7 @@ def create_app(settings: Settings) -> FastAPI:
         credit_routes.router,
         credit_note_routes.router,
         discount_routes.router,
+        tax_rate_routes.router,
         payment_routes.router,
         webhook_routes.router,
         pos_routes.router,
