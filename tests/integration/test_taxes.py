@@ -12,6 +12,10 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from sqlalchemy import select
+
+from storage.quarantine import QuarantineRow
+from tests.integration.support import Sessions
 from tests.integration.test_invoicing import Stack
 from tests.integration.test_invoicing_late_usage import billing, finalized
 from workers.devstack import wait_for
@@ -214,3 +218,22 @@ async def test_two_rates_on_one_line_and_jpy_inclusive(billing: Stack) -> None:
         assert t["taxable_amount"] + t["tax"] == ln["amount"]
     # ¥3,000's share of 373: 373 x 3,000 / 4,100 = 272.9 -> 273 (the larger remainder); ¥1,100: 100
     assert [ln["taxes"][0]["tax"] for ln in jp["lines"]] == [273, 100]
+
+
+async def test_a_rate_in_force_nowhere_in_the_period_quarantines_that_subscription_only(
+    billing: Stack, sessions: Sessions
+) -> None:
+    st = billing
+    ended = rate("vat-old", "vat-old", "19", "DE", effective_until=OCT.isoformat())
+    await st.api.ok("POST", "/v1/tax_rates", ended)
+    await st.api.ok("POST", "/v1/plans", flat_plan("p", "EUR", ("base", "10.00", None)))
+    await subscribe(st, "stale", "p", OCT, currency="EUR", tax_rates=["vat-old"])
+    await subscribe(st, "fine", "p", OCT, currency="EUR", tax_rate="0.1")
+
+    invoices = await finalized(st, NOV + GRACE)
+    # fine is billed (10.00 + 10 %); stale is never billed without its tax
+    assert [(i["customer"], i["total"]) for i in invoices] == [("fine", 1_100)]
+    async with sessions() as session:
+        [q] = list(await session.scalars(select(QuarantineRow)))
+    assert (q.job, q.kind, q.item_id) == ("invoicing.close_periods", "subscription", "s-stale")
+    assert "'vat-old' is in force at no time" in q.reason
