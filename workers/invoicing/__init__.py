@@ -6,6 +6,8 @@ of its rows the ingress answers with, and the spend of current periods alerts re
 from workers.invoicing.credit_note_views import find_credit_notes
 from workers.invoicing.credit_views import CreditBalance, credit_balances
 from workers.invoicing.discounts import coupon_data, discount_data
+from workers.invoicing.tax_report import Encoder as TaxReportEncoder
+from workers.invoicing.tax_report_views import tax_report_page
 from workers.invoicing.views import (
     DraftPeriod,
     config_of,
@@ -18,6 +20,7 @@ from workers.invoicing.views import (
 __all__ = [
     "CreditBalance",
     "DraftPeriod",
+    "TaxReportEncoder",
     "config_of",
     "coupon_data",
     "credit_balances",
@@ -26,5 +29,6 @@ __all__ = [
     "find_credit_notes",
     "invoice_data",
     "subscription_data",
+    "tax_report_page",
     "usage_window",
 ]
