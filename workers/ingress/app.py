@@ -27,6 +27,7 @@ from workers.ingress import payments as payment_routes
 from workers.ingress import pos as pos_routes
 from workers.ingress import subscriptions as subscription_routes
 from workers.ingress import tax_rates as tax_rate_routes
+from workers.ingress import tax_report as tax_report_routes
 from workers.ingress import webhooks as webhook_routes
 from workers.ingress.deps import IngressState, KeyCache, correlation_id
 from workers.ingress.door import Door
@@ -136,6 +137,7 @@ def create_app(settings: Settings) -> FastAPI:
         webhook_routes.router,
         pos_routes.router,
         alert_routes.router,
+        tax_report_routes.router,
     ]
     for r in routers:
         app.include_router(r)
