@@ -21,10 +21,13 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    GetJsonSchemaHandler,
     model_validator,
 )
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import core_schema as cs
 
-from schemas.bounds import ID_PATTERN, EventTime, Line, Text
+from schemas.bounds import ID_PATTERN, EventTime, Line, ShowBounds, Text, show_model_bounds
 from schemas.decimals import DecimalStr
 from schemas.envelope import CloudEvent
 from schemas.pricing import NonNegDecimal, RateName, TaxRateNames
@@ -44,7 +47,13 @@ def _percentage(value: Decimal) -> Decimal:
     return value
 
 
-Percentage = Annotated[NonNegDecimal, AfterValidator(_percentage)]
+Percentage = Annotated[
+    NonNegDecimal,
+    AfterValidator(_percentage),
+    ShowBounds(  # beside the anyOf: the pattern bounds the string form, maximum the integer
+        {"pattern": r"^0*(100(\.0+)?|[0-9]{1,2}(\.[0-9]{1,12}0*)?)$", "maximum": 100}
+    ),
+]
 
 _FACTOR = re.compile(r"^\s*([0-9]+)\s*/\s*([0-9]+)\s*$|^\s*([0-9]+(\.[0-9]+)?)\s*$")
 
@@ -59,7 +68,9 @@ def parse_factor(text: str) -> Fraction:
     else:
         num, den = int(m.group(1)), int(m.group(2))
         if den == 0 or num > 10**6 or den > 10**6:
-            raise ValueError(f"{text!r}: the denominator must be 1 to 1000000")
+            raise ValueError(
+                f"{text!r}: numerator and denominator at most 1000000, denominator not 0"
+            )
         value = Fraction(num, den)
     if not Fraction(0) < value <= Fraction(1):
         raise ValueError(f"must be more than 0 and at most 1, got {text!r}")
@@ -77,7 +88,16 @@ def _factor_text(value: Any) -> Any:
     raise ValueError("must be a string like '11/12' or '0.5'")
 
 
-Factor = Annotated[str, BeforeValidator(_factor_text)]
+Factor = Annotated[
+    str,
+    BeforeValidator(_factor_text),
+    ShowBounds(  # what it reads; its value (more than 0, at most 1) a pattern cannot say
+        {
+            "pattern": r"^([0-9]{1,6}|1000000)/([1-9][0-9]{0,5}|1000000)$"
+            r"|^[0-9]{1,6}(\.[0-9]{1,12})?$"
+        }
+    ),
+]
 RateNames = TaxRateNames
 
 
@@ -194,7 +214,7 @@ def normalize_tax_id(kind: str, value: str) -> str:
         return value.strip()
     v = _SEPARATORS.sub("", value).upper()
     if kind == "id_npwp":
-        if not re.fullmatch(r"\d{16}", v):
+        if not re.fullmatch(r"\d{16}", v, re.ASCII):
             raise ValueError(
                 f"an Indonesian NPWP has 16 digits (separators allowed), got {value!r}"
             )
@@ -205,11 +225,29 @@ def normalize_tax_id(kind: str, value: str) -> str:
                 f"an EU VAT number starts with its country code (DE, FR, ..., EL for Greece), "
                 f"got {value!r}"
             )
-        if not re.fullmatch(pattern, v[2:]):
+        if not re.fullmatch(pattern, v[2:], re.ASCII):
             raise ValueError(f"{value!r} is not a valid {v[:2]} VAT number")
-    elif kind == "gb_vat" and not re.fullmatch(r"GB(\d{9}|\d{12}|GD\d{3}|HA\d{3})", v):
+    elif kind == "gb_vat" and not re.fullmatch(r"GB(\d{9}|\d{12}|GD\d{3}|HA\d{3})", v, re.ASCII):
         raise ValueError(f"a UK VAT number is GB and 9 or 12 digits, got {value!r}")
     return v
+
+
+_SEP = r"[ .\-]*"  # the separators a tax ID may be written with (one of those removed)
+
+
+def _spelled(pattern: str) -> str:
+    """``pattern`` of a normalised tax ID, with the separators it may be written with."""
+    return f"^{_SEP}(?:{pattern}){_SEP}$"
+
+
+_TAX_ID_PATTERNS = {
+    "id_npwp": _spelled(f"(?:[0-9]{_SEP}){{15}}[0-9]"),
+    "eu_vat": _spelled(
+        "|".join(f"{cc}(?:{p})" for cc, p in EU_VAT.items()).replace(r"\d", "[0-9]")
+    ),
+    "gb_vat": _spelled(r"GB(?:[0-9]{9}|[0-9]{12}|GD[0-9]{3}|HA[0-9]{3})"),
+    "other": r"[A-Za-z0-9]",
+}
 
 
 class TaxId(_Model):
@@ -218,6 +256,18 @@ class TaxId(_Model):
         "country prefix; gb_vat: UK VAT number; other: any, unchecked"
     )
     value: Line = Field(min_length=1, max_length=64)
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, core_schema: cs.CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        # the format of each type, as normalize_tax_id checks it (in OpenAPI only)
+        rules = [
+            {"if": {"properties": {"type": {"const": kind}}},
+             "then": {"properties": {"value": {"pattern": pattern}}}}
+            for kind, pattern in _TAX_ID_PATTERNS.items()
+        ]  # fmt: skip
+        return show_model_bounds(cls is TaxId, core_schema, handler, {"allOf": rules})
 
     @model_validator(mode="after")
     def _valid(self) -> TaxId:
@@ -233,7 +283,7 @@ class TaxAmount(_Model):
 
     tax_rate_id: str | None = Field(
         default=None,
-        description="The rate version; None for a customer's or line's bare 'tax_rate'"
+        description="The rate version; None for a customer's or line's bare 'tax_rate'",
     )
     name: str
     display_name: str

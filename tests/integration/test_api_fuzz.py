@@ -77,6 +77,7 @@ UNSAYABLE_REASONS = (
     "must be a whole hour",  # in UTC, whatever the offset it is written with
     "thresholds must be distinct",  # as numbers: "1" and "1.0" are the same threshold
     "'trial_end' must be after 'start'",  # a subscription's trial (start: default now)
+    "must be after effective_from",  # a tax rate's window
     # a one-off invoice's line: a quantity more than 0 (a string's value), a period given
     # whole and in order
     "must be more than 0",
