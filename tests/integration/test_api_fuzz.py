@@ -48,6 +48,8 @@ UNSAYABLE: dict[str, str] = {
     "PATCH /v1/webhooks/endpoints/{endpoint_id}": r"url",
     # a cursor continues the page it came from: only one the service wrote is valid
     "GET /v1/alerts": r"cursor",
+    # a period: from before to, at most 368 days apart (a rule across two parameters)
+    "GET /v1/tax/report": r"to",
 }
 
 #: The same, in any operation, by the reason the 422 gives for the field.
