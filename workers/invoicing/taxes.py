@@ -31,6 +31,7 @@ from decimal import (
     Decimal,
 )
 from fractions import Fraction
+from functools import cached_property, lru_cache
 from typing import TYPE_CHECKING, Any
 
 from schemas import taxes as schema
@@ -56,16 +57,25 @@ class Rate:
     country: str | None = None
     jurisdiction: str | None = None
     rate: Fraction = field(init=False, compare=False, repr=False)
+    pct: Fraction = field(init=False, compare=False, repr=False)  # the percentage, exactly
+    _hash: int = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "rate", Fraction(self.percentage) / 100 * self.base)
+        pct = Fraction(self.percentage)
+        object.__setattr__(self, "pct", pct)
+        object.__setattr__(self, "rate", pct / 100 * self.base)
+        key = (self.name, self.display_name, self.percentage, self.inclusive, self.base,
+               self.id, self.country, self.jurisdiction)  # fmt: skip
+        object.__setattr__(self, "_hash", hash(key))
+
+    def __hash__(self) -> int:  # rates key the groups and breakdowns of every invoice
+        return self._hash
 
     @classmethod
     def bare(cls, fraction: Decimal) -> Rate:
-        """A customer's or one-off line's ``tax_rate`` ('0.19'): an exclusive rate."""
-        pct = (fraction * 100).normalize()
-        pct = pct.quantize(Decimal(1)) if pct == pct.to_integral_value() else pct
-        return cls(name="tax", display_name=f"Tax {format(pct, 'f')} %", percentage=pct)
+        """A customer's or one-off line's ``tax_rate`` ('0.19'): an exclusive rate (one
+        object per fraction: every line of a run shares it)."""
+        return _bare(fraction)
 
     @classmethod
     def of(cls, spec: schema.TaxRateSpec | dict[str, Any]) -> Rate:
@@ -82,6 +92,13 @@ class Rate:
         )
 
 
+@lru_cache(maxsize=256)
+def _bare(fraction: Decimal) -> Rate:
+    pct = (fraction * 100).normalize()
+    pct = pct.quantize(Decimal(1)) if pct == pct.to_integral_value() else pct
+    return Rate(name="tax", display_name=f"Tax {format(pct, 'f')} %", percentage=pct)
+
+
 @dataclass(frozen=True)
 class TaxAmount:
     rate: Rate
@@ -90,7 +107,8 @@ class TaxAmount:
     tax: int
     taxability: schema.TaxStatus = TAXABLE
 
-    def model(self) -> schema.TaxAmount:
+    @cached_property
+    def _model(self) -> schema.TaxAmount:
         r = self.rate
         return schema.TaxAmount(
             tax_rate_id=r.id,
@@ -106,6 +124,10 @@ class TaxAmount:
             tax=self.tax,
             taxability=self.taxability,
         )
+
+    def model(self) -> schema.TaxAmount:
+        """The contract (built once: rows, events and views of a line share it)."""
+        return self._model
 
 
 @dataclass(frozen=True)
@@ -136,24 +158,30 @@ NONE = Computed((), (), 0, 0)
 
 def round_fraction(x: Fraction, mode: str) -> int:
     """``x`` rounded to an integer with a ``decimal.ROUND_*`` mode, exactly."""
-    q, r = divmod(x.numerator, x.denominator)  # q = floor(x)
+    return round_ratio(x.numerator, x.denominator, mode)
+
+
+def round_ratio(n: int, d: int, mode: str) -> int:
+    """``n / d`` (``d`` > 0) rounded to an integer with a ``decimal.ROUND_*`` mode, exactly,
+    without building a Fraction."""
+    q, r = divmod(n, d)  # q = floor(n / d)
     if r == 0:
         return q
-    d, up = x.denominator, q + 1
+    up = q + 1
     if mode == ROUND_FLOOR:
         return q
     if mode == ROUND_CEILING:
         return up
     if mode == ROUND_DOWN:
-        return q if x > 0 else up
+        return q if n > 0 else up
     if mode == ROUND_UP:
-        return up if x > 0 else q
+        return up if n > 0 else q
     if 2 * r != d:
         return q if 2 * r < d else up
     if mode == ROUND_HALF_UP:
-        return up if x > 0 else q
+        return up if n > 0 else q
     if mode == ROUND_HALF_DOWN:
-        return q if x > 0 else up
+        return q if n > 0 else up
     if mode == ROUND_HALF_EVEN:
         return q if q % 2 == 0 else up
     raise ValueError(f"unknown rounding mode {mode!r}")
@@ -192,8 +220,9 @@ def _one(
         ]
     out = []
     for r in rates:
-        base = round_fraction(amount * r.base, mode)
-        tax = round_fraction(base * Fraction(r.percentage) / 100, mode)
+        f, p = r.base, r.pct
+        base = amount if f == 1 else round_ratio(amount * f.numerator, f.denominator, mode)
+        tax = round_ratio(base * p.numerator, 100 * p.denominator, mode)
         out.append(TaxAmount(r, amount, base, tax))
     return out
 
@@ -204,10 +233,11 @@ def apportion(total: int, weights: Sequence[int]) -> list[int]:
     whole = sum(weights)
     if whole == 0:
         return [total if i == 0 else 0 for i in range(len(weights))] if weights else []
-    exact = [Fraction(total * w, whole) for w in weights]
-    parts = [e.numerator // e.denominator for e in exact]
+    sign = -1 if whole < 0 else 1  # total x w / whole with a positive denominator
+    split = [divmod(sign * total * w, sign * whole) for w in weights]  # floor, remainder
+    parts = [q for q, _ in split]
     left = total - sum(parts)
-    order = sorted(range(len(weights)), key=lambda i: (-(exact[i] - parts[i]), i))
+    order = sorted(range(len(weights)), key=lambda i: (-split[i][1], i))
     for i in order[:left]:
         parts[i] += 1
     return parts
@@ -332,6 +362,9 @@ class Book:
     rounding: schema.TaxRounding = "invoice"
     notes: Mapping[str, str] = field(default_factory=dict)  # by status: the legal note
     used: set[str] = field(default_factory=set, compare=False)  # versions finalized with
+    memo: dict[tuple[tuple[str, ...], datetime, datetime], tuple[Rate, ...]] = field(
+        default_factory=dict, compare=False, repr=False
+    )  # the rates in force, by names and period (a book lives for one transaction)
 
     def taxation(self, party: Party) -> Taxation:
         return Taxation((), party.status, self.rounding)
@@ -340,7 +373,12 @@ class Book:
         return self.notes.get(party.status)
 
     def rates(self, names: Sequence[str], start: datetime, end: datetime) -> tuple[Rate, ...]:
-        return tuple(in_force(n, self.catalog.get(n, ()), start, end) for n in names)
+        key = (tuple(names), start, end)  # a run's lines share a few periods and name sets
+        found = self.memo.get(key)
+        if found is None:
+            found = tuple(in_force(n, self.catalog.get(n, ()), start, end) for n in names)
+            self.memo[key] = found
+        return found
 
     def resolve(self, lines: Sequence[Line], party: Party) -> list[Line]:
         """``lines`` with the rates each charge line carries: the line's own names (a
