@@ -19,6 +19,7 @@ from schemas.bounds import ID_PATTERN, Text
 from schemas.credits import CreditAmount
 from schemas.decimals import DecimalStr
 from schemas.envelope import CloudEvent
+from schemas.taxes import TaxAmount
 
 MAX_NOTE_LINES = 100  # positions of invoice lines one note may credit
 
@@ -35,7 +36,10 @@ class _Model(BaseModel):
 
 class CreditNoteLineSpec(_Model):
     line: int = Field(ge=0, le=100_000, description="The position of the invoice line")
-    amount: NoteAmount = Field(description="Minor units taken off the line, excluding tax")
+    amount: NoteAmount = Field(
+        description="Minor units taken off the line as the line shows it: excluding tax, or "
+        "tax included for a line whose rates are inclusive"
+    )
 
 
 class CreditNoteSpec(_Model):
@@ -47,12 +51,14 @@ class CreditNoteSpec(_Model):
         default=None,
         min_length=1,
         max_length=MAX_NOTE_LINES,
-        description="Per invoice line, excluding tax (tax is added at each line's rate)",
+        description="Per invoice line: each rate's tax of the line is reversed in proportion "
+        "(exactly the rest by the note that credits the rest of the line)",
     )
     amount: NoteAmount | None = Field(
         default=None,
-        description="The whole note, tax included; split at the invoice's rate: "
-        "tax = amount * rate / (1 + rate), rounded once",
+        description="The whole note, tax included; each rate of the invoice's tax breakdown "
+        "is reversed in proportion to the part of the invoice it credits (before taxes: "
+        "tax = amount * rate / (1 + rate) at the invoice's rate), rounded once",
     )
     settle: Settle = Field(
         default="refund",
@@ -100,8 +106,18 @@ class CreditNoteLine(_Model):
     )
     description: str
     amount: int = Field(description="Minor units, excluding tax")
-    tax_rate: DecimalStr | None = None
+    tax_rate: DecimalStr | None = Field(
+        default=None, description="The rate as a fraction when the line has one taxable rate"
+    )
     tax: int = Field(description="The tax credited with this line, minor units")
+    taxes: list[TaxAmount] = Field(
+        default_factory=list, description="Per rate, the taxable amount, base and tax credited"
+    )
+    line_amount: int | None = Field(
+        default=None,
+        description="What it took off its invoice line: amount, plus tax for a line whose "
+        "rates are inclusive; None for an amount note",
+    )
 
 
 class CreditNoteData(_Model):
@@ -118,6 +134,10 @@ class CreditNoteData(_Model):
     lines: list[CreditNoteLine]
     subtotal: int = Field(description="Σ lines, minor units, excluding tax")
     tax: int
+    tax_breakdown: list[TaxAmount] = Field(
+        default_factory=list,
+        description="Per rate, the taxable amount, base and tax credited (positive)",
+    )
     total: int = Field(description="subtotal + tax")
     amount_reducing_due: int = Field(description="The part that reduced the amount due")
     amount_credits_returned: int = Field(

@@ -22,6 +22,7 @@ from schemas.credit_notes import (
     VoidCreditNote,
 )
 from schemas.invoicing import InvoicePaid
+from schemas.taxes import TaxAmount
 from storage.invoicing import Customer, Invoice, InvoicingRepository
 from storage.invoicing.credit_notes import CreditNote, CreditNoteLineRow, CreditNoteRepository
 from storage.invoicing.credits import CreditRepository
@@ -64,11 +65,14 @@ def note_data(
                 amount=ln.amount,
                 tax_rate=ln.tax_rate,
                 tax=ln.tax,
+                taxes=taxes_of(ln.taxes),
+                line_amount=None if ln.line is None else line_amount(ln),
             )
             for ln in lines
         ],
         subtotal=note.subtotal,
         tax=note.tax,
+        tax_breakdown=taxes_of(note.tax_breakdown),
         total=note.total,
         amount_reducing_due=note.amount_reducing_due,
         amount_credits_returned=note.amount_credits_returned,
@@ -80,6 +84,16 @@ def note_data(
         voided_at=note.voided_at,
         void_reason=note.void_reason,
     )
+
+
+def taxes_of(stored: list[dict[str, Any]] | None) -> list[TaxAmount]:
+    """A stored breakdown (JSON) as ``TaxAmount``s."""
+    return [TaxAmount.model_validate(t) for t in stored or []]
+
+
+def line_amount(row: CreditNoteLineRow) -> int:
+    """What a note line took off its invoice line: its amount, plus its inclusive tax."""
+    return row.amount + sum(t.tax for t in taxes_of(row.taxes) if t.inclusive)
 
 
 def amount_due(invoice: Invoice) -> int:
@@ -102,12 +116,12 @@ def _result(note: CreditNote) -> Result:
 
 
 def _charge_lines(rows: list[Any]) -> list[cns.ChargeLine]:
-    return [
-        cns.ChargeLine(
-            r.position, r.description, r.amount, r.kind, r.grant_id, r.tax_rate, r.applies_to
-        )
-        for r in rows
-    ]
+    out = []
+    for r in rows:
+        taxes = tuple(taxes_of(r.taxes))
+        out.append(cns.ChargeLine(r.position, r.description, r.amount, r.kind, r.grant_id,
+                                  r.tax_rate, r.applies_to, taxes))  # fmt: skip
+    return out
 
 
 async def _credits_left(tx: Tx, invoice: Invoice) -> list[tuple[str, int]]:
@@ -215,21 +229,26 @@ async def issue_credit_note(cmd: IssueCreditNote, tx: Tx) -> Result:
     earlier = [n for n in await notes.of_invoice(tenant, invoice.id) if n.status != "void"]
     credited: dict[int, int] = {}
     earlier_lines = await notes.lines(tenant, [n.id for n in earlier])
-    for ln in (ln for lns in earlier_lines.values() for ln in lns):
+    flat = [ln for lns in earlier_lines.values() for ln in lns]
+    for ln in flat:
         if ln.line is not None:
-            credited[ln.line] = credited.get(ln.line, 0) + ln.amount
-    remaining = invoice.total + invoice.credits - sum(n.total for n in earlier)
+            credited[ln.line] = credited.get(ln.line, 0) + line_amount(ln)
+    before = cns.Reversed.of((ln.line, taxes_of(ln.taxes)) for ln in flat)
+    breakdown = taxes_of(invoice.tax_breakdown)
+    charged = invoice.total + invoice.credits
+    remaining = charged - sum(n.total for n in earlier)
     if spec.lines is not None:
         requested = [(ln.line, ln.amount) for ln in spec.lines]
         note = cns.by_lines(
             requested, _charge_lines(rows), credited, invoice.tax_rate, invoice.currency,
-            invoice.rounding, remaining,
+            invoice.rounding, remaining, breakdown=breakdown, earlier=before,
         )  # fmt: skip
     else:
         assert spec.amount is not None
         note = cns.by_amount(
             spec.amount, invoice.tax_rate, invoice.rounding, remaining,
-            f"Credit of invoice {invoice.number}",
+            f"Credit of invoice {invoice.number}", breakdown=breakdown, charged=charged,
+            earlier=before,
         )  # fmt: skip
     customer = (await repo.customers([invoice.customer_id]))[invoice.customer_id]
     await tx.repo(CreditRepository).lock_customers([customer.id])
@@ -254,6 +273,7 @@ async def issue_credit_note(cmd: IssueCreditNote, tx: Tx) -> Result:
         "status": "issued",
         "subtotal": note.subtotal,
         "tax": note.tax,
+        "tax_breakdown": [t.model_dump(mode="json") for t in note.breakdown],
         "total": note.total,
         "amount_reducing_due": out.reduce_due,
         "amount_credits_returned": out.credits_returned,
@@ -272,6 +292,7 @@ async def issue_credit_note(cmd: IssueCreditNote, tx: Tx) -> Result:
             "amount": ln.amount,
             "tax_rate": ln.tax_rate,
             "tax": ln.tax,
+            "taxes": [t.model_dump(mode="json") for t in ln.taxes],
         }
         for i, ln in enumerate(note.lines)
     ]
