@@ -5,8 +5,9 @@ docs/taxes.md (the tenant's default ``invoice`` rounding, half-even):
 
 - exclusive rates: once per rate on the invoice, base = round(net x factor) and
   tax = round(base x percentage / 100);
-- a set of inclusive rates: once per set, each rate's tax = round(gross x p x f /
-  (1 + sum of p x f)), the net = gross - those taxes, base = round(net x factor);
+- a set of inclusive rates: once per set, their tax = round(gross x e / (1 + e)), e the
+  sum of p x f, split between the rates in proportion to p x f (largest remainder), the
+  net = gross - that tax, base = round(net x factor);
 - each line's share of a rate's tax and base is in proportion to its amount, so it is the
   exact share rounded down or up, and the lines' shares add up to the invoice's figures;
 - total = subtotal - discount - credits + tax - tax_inclusive.
@@ -17,6 +18,7 @@ anonymous exclusive rate of 20 %, checked the same way.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -166,9 +168,15 @@ def expected(i: int, rates: Sequence[RateDef]) -> Expected:
     lines = charge_lines(i)
     amount = sum(lines)
     if rates and rates[0].inclusive:
-        share = 1 + sum(r.percentage / 100 * r.factor for r in rates)
-        taxes = [round(amount * r.percentage / 100 * r.factor / share) for r in rates]
-        net = amount - sum(taxes)
+        weights = [r.percentage / 100 * r.factor for r in rates]
+        e = sum(weights)
+        whole = round(amount * e / (1 + e))
+        exact = [whole * w / e for w in weights]
+        taxes = [math.floor(x) for x in exact]
+        by_remainder = sorted(range(len(rates)), key=lambda k: (-(exact[k] - taxes[k]), k))
+        for k in by_remainder[: whole - sum(taxes)]:
+            taxes[k] += 1
+        net = amount - whole
         out = [RateTax(r, net, round(net * r.factor), t) for r, t in zip(rates, taxes, strict=True)]
     else:
         out = []

@@ -273,3 +273,11 @@ def test_rounding_modes_are_the_tenants() -> None:
     assert taxes.round_fraction(Fraction(1, 2), ROUND_HALF_UP) == 1
     t = totals([line(5, Rate("x", "X", Decimal(10)))], Taxation(), "JPY", "half_up")
     assert t.tax == 1
+
+
+def test_inclusive_tax_is_rounded_once_for_the_line_and_never_exceeds_the_gross() -> None:
+    # gross 1 with 5 % + 7 % inclusive, rounding up: 1 x 0.12 / 1.12 = 0.107 -> 1 in all
+    # (each rate rounded up on its own would take 2 of the 1), split 5 : 7 -> PST
+    t = totals([line(1, GST_INCL, PST_INCL)], Taxation(), "USD", "up")
+    assert [(a.taxable_amount, a.tax) for a in t.computed.lines[0]] == [(0, 0), (0, 1)]
+    assert (t.tax, t.total) == (1, 1)

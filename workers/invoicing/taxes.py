@@ -5,9 +5,10 @@ Every amount is exact until it is rounded once, with the tenant's rounding mode:
 
 - exclusive rates: the taxable base is ``round(net x factor)`` and the tax
   ``round(base x percentage / 100)``;
-- inclusive rates (the price is the gross): each rate's tax is
-  ``round(gross x p x f / (1 + sum of p x f))`` and the net is the gross less those taxes,
-  so net + tax is exactly the gross; the base is ``round(net x factor)``.
+- inclusive rates (the price is the gross): their tax is ``round(gross x e / (1 + e))``,
+  ``e`` the sum of ``p x f`` over the line's rates, split between the rates in proportion
+  to ``p x f`` (largest remainder); the net is the gross less that tax, so net + tax is
+  exactly the gross (and the tax never more than it); the base is ``round(net x factor)``.
 
 With ``line`` rounding that is done on each line. With ``invoice`` rounding (the default)
 it is done once per exclusive rate, and once per set of inclusive rates, on the lines'
@@ -17,6 +18,7 @@ so the lines' shares always add up to the invoice's figures.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -211,9 +213,11 @@ def _one(
             TaxAmount(r, amount, round_fraction(amount * r.base, mode), 0, status) for r in rates
         ]
     if rates and rates[0].inclusive:
-        share = 1 + sum((r.rate for r in rates), Fraction(0))
-        taxes = [round_fraction(amount * r.rate / share, mode) for r in rates]
-        net = amount - sum(taxes)
+        effective = sum((r.rate for r in rates), Fraction(0))
+        whole = round_fraction(amount * effective / (1 + effective), mode)
+        common = math.lcm(*(r.rate.denominator for r in rates))
+        taxes = apportion(whole, [int(r.rate * common) for r in rates])
+        net = amount - whole
         return [
             TaxAmount(r, net, round_fraction(net * r.base, mode), t)
             for r, t in zip(rates, taxes, strict=True)
