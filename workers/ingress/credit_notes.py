@@ -59,13 +59,15 @@ class CreditNoteIn(_In):
         default=None,
         min_length=1,
         max_length=MAX_NOTE_LINES,
-        description="Per invoice line (its position), minor units excluding tax; tax is "
-        "added at each line's rate. Give lines or amount.",
+        description="Per invoice line (its position), minor units taken off the line: "
+        "excluding tax, or tax included for a line whose rates are inclusive; each rate's "
+        "tax is reversed in proportion. Give lines or amount.",
     )
     amount: NoteAmount | None = Field(
         default=None,
-        description="The whole note, tax included, minor units; tax = amount * rate / "
-        "(1 + rate) at the invoice's rate, rounded once. Give lines or amount.",
+        description="The whole note, tax included, minor units; each rate of the invoice's "
+        "tax breakdown is reversed in proportion (before taxes: tax = amount * rate / "
+        "(1 + rate)). Give lines or amount.",
     )
     settle: Settle = Field(
         default="refund",
