@@ -237,3 +237,18 @@ async def test_a_rate_in_force_nowhere_in_the_period_quarantines_that_subscripti
         [q] = list(await session.scalars(select(QuarantineRow)))
     assert (q.job, q.kind, q.item_id) == ("invoicing.close_periods", "subscription", "s-stale")
     assert "'vat-old' is in force at no time" in q.reason
+
+
+async def test_a_top_up_bought_before_tax_pays_the_customers_rates(billing: Stack) -> None:
+    st = billing
+    await st.api.ok("PUT", "/v1/invoicing/config", {"credits_apply": "before_tax"})
+    await st.api.ok("POST", "/v1/tax_rates", rate("vat-19", "vat", "19", "DE"))
+    body = {"external_id": "kai", "name": "Kai", "currency": "EUR", "tax_rates": ["vat"]}
+    await st.api.ok("POST", "/v1/customers", body)
+    top_up = {"id": "t1", "amount": 10_000, "purchase_amount": 9_000}
+    result = await st.api.ok("POST", "/v1/customers/kai/credits/top-ups", top_up)
+    invoice = await st.api.get(f"/v1/invoices/{result['invoice_id']}")
+    # before tax, buying credit is taxed: 9,000 x 19 % = 1,710
+    assert taxes(invoice["tax_breakdown"]) == [("vat", "19", 9_000, 9_000, 1_710, "taxable")]
+    assert (invoice["tax"], invoice["total"]) == (1_710, 10_710)
+    assert (await st.api.get("/v1/tax_rates/vat-19"))["used"] is True

@@ -42,8 +42,7 @@ def settle(
     t = service.totals(out, taxation, row["currency"], row["rounding"], mode)
     out = service.with_taxes(out, t)
     wallet.draw(row, t.subtotal - t.discount)  # what was charged, before prepaid credits
-    bare = party.bare if party.status == taxes.TAXABLE else None
-    change = service.finalized(row, t, bare, number, as_of, customer.net_terms_days)
+    change = service.finalized(row, t, party.tax_rate, number, as_of, customer.net_terms_days)
     change["tax_note"] = book.note(party)
     change["buyer"] = taxing.buyer(customer).model_dump(mode="json")
     row.update(change)

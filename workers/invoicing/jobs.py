@@ -132,7 +132,7 @@ async def create_drafts(
             "tax_breakdown": [a.model().model_dump(mode="json") for a in t.computed.breakdown],
             "total": t.total,
             "amount_paid": 0,
-            "tax_rate": party.bare if party.status == "taxable" else None,
+            "tax_rate": party.tax_rate,
             "rounding": ctx.rounding,
             "finalize_after": end + timedelta(hours=settings[tenant].grace_period_hours),
             "usage_offsets": usage_offsets,

@@ -22,7 +22,7 @@ from schemas.envelope import CloudEvent, new_id
 from schemas.invoicing import InvoiceFinalized, InvoicingConfig
 from storage.invoicing import Customer, Invoice, InvoicingRepository
 from storage.invoicing.credits import CreditGrant, CreditRepository
-from workers.invoicing import credits, discounts, service, taxing, views
+from workers.invoicing import credits, discounts, service, taxes, taxing, views
 from workers.invoicing.lines import line_values
 from workers.invoicing.taxes import Taxation
 from workers.runtime import Tx
@@ -314,12 +314,10 @@ async def issue_invoice(
     repo = tx.repo(InvoicingRepository)
     tenant = customer.tenant_id
     party = taxing.party(customer)
-    taxation, tax_rate = Taxation(), None
+    book = (await taxing.books(tx, {tenant: config}, share=True))[tenant]
+    taxation = book.taxation(party) if taxed else Taxation()
     if taxed:
-        book = (await taxing.books(tx, {tenant: config}, share=True))[tenant]
         (line,) = book.resolve([line], party)
-        taxation, tax_rate = book.taxation(party), party.bare
-        tax_rate = tax_rate if party.status == "taxable" else None
     t = service.totals([line], taxation, customer.currency, config.rounding)
     (line,) = service.with_taxes([line], t)
     number = service.invoice_number(
@@ -347,7 +345,7 @@ async def issue_invoice(
         "total": t.total,
         "credits": 0,
         "amount_paid": 0,
-        "tax_rate": tax_rate,
+        "tax_rate": party.tax_rate if taxed else None,
         "rounding": config.rounding,
         "finalize_after": at,
         "usage_offsets": None,
@@ -355,8 +353,8 @@ async def issue_invoice(
         "due_at": at + timedelta(days=customer.net_terms_days),
     }
     await repo.insert_invoices([row], line_values(row["id"], tenant, [line]))
-    if taxed:
-        await taxing.mark_used(tx, {tenant: book}, at)
+    book.used.update(taxes.used(t.computed))
+    await taxing.mark_used(tx, {tenant: book}, at)
     view = service.invoice_data(row, customer.external_id, [line.model()])
     event = service.invoice_event(InvoiceFinalized, view, **_envelope(tenant, cause))
     emit(tx, event, tenant, customer.external_id)

@@ -85,10 +85,9 @@ async def create_invoice(cmd: CreateInvoice, tx: Tx) -> Result:
     book = (await taxing.books(tx, {tenant: config}))[tenant]
     lines = svc.lines(spec, currency, config.rounding, cmd.time, tax_exempt=customer.tax_exempt)
     lines = book.resolve(lines, party)  # an unknown rate, or one not in force: refused here
-    tax_rate = party.bare if party.status == "taxable" else None
     row = svc.draft_row(
-        spec, tenant, customer.id, currency, tax_rate, book.taxation(party), config.rounding,
-        lines, cmd.time,
+        spec, tenant, customer.id, currency, party.tax_rate, book.taxation(party),
+        config.rounding, lines, cmd.time,
     )  # fmt: skip
     lines = service.with_taxes(lines, row.pop("totals"))
     one_off = tx.repo(OneOffRepository)

@@ -356,6 +356,11 @@ class Party:
     bare: Decimal | None = None
     status: schema.TaxStatus = TAXABLE
 
+    @property
+    def tax_rate(self) -> Decimal | None:
+        """What an invoice's ``tax_rate`` shows: the bare rate, unless exempt or reverse charge."""
+        return self.bare if self.status == TAXABLE else None
+
 
 @dataclass(frozen=True)
 class Book:
