@@ -5,11 +5,8 @@ and CSV) and by ``billstream tax report``. Every amount computed by hand."""
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import io
-import os
-import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,6 +22,7 @@ from storage.invoicing.models import Invoice
 from storage.invoicing.taxes import TaxRateRepository
 from tests.conftest import TenantKey, make_tenant
 from tests.integration.http import Client
+from tests.integration.test_cli import billstream
 from tests.integration.test_invoicing import Stack, stack
 from workers.devstack import wait_for
 from workers.invoicing.app import build as build_invoicing
@@ -236,17 +234,6 @@ async def test_the_report_lists_each_document_and_rate_of_the_period_and_adds_th
         "json", BILLSTREAM_DATABASE_URL=st.settings.database_url,
     )  # fmt: skip
     assert code == 2 and "--tenant" in err, err
-
-
-async def billstream(*args: str, **env: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "workers.cli", *args,
-        env={**os.environ, "BILLSTREAM_LOG_LEVEL": "WARNING", **env},
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    out, err = await asyncio.wait_for(proc.communicate(), timeout=120)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
 
 
 @pytest.mark.parametrize(
