@@ -252,3 +252,22 @@ async def test_a_top_up_bought_before_tax_pays_the_customers_rates(billing: Stac
     assert taxes(invoice["tax_breakdown"]) == [("vat", "19", 9_000, 9_000, 1_710, "taxable")]
     assert (invoice["tax"], invoice["total"]) == (1_710, 10_710)
     assert (await st.api.get("/v1/tax_rates/vat-19"))["used"] is True
+
+
+async def test_line_rounding_rounds_each_line(billing: Stack) -> None:
+    st = billing
+    await st.api.ok("POST", "/v1/tax_rates", rate("jct", "jct", "10", "JP", inclusive=True))
+    await st.api.ok("POST", "/v1/customers", {"external_id": "jp", "name": "JP", "currency": "JPY"})
+    three = [{"description": f"Onigiri {k}", "quantity": "1", "unit_price": "333",
+              "tax_rates": ["jct"]} for k in range(3)]  # fmt: skip
+    # invoice rounding: 999 x 0.1 / 1.1 = 90.8 -> 91, apportioned 31 + 30 + 30
+    by_invoice = await one_off(st, "jp", *three)
+    assert [ln["taxes"][0]["tax"] for ln in by_invoice["lines"]] == [31, 30, 30]
+    assert (by_invoice["tax"], by_invoice["total"]) == (91, 999)
+    # line rounding: 333 x 0.1 / 1.1 = 30.27 -> 30 on each line, 90
+    config = await st.api.get("/v1/invoicing/config")
+    await st.api.ok("PUT", "/v1/invoicing/config", config | {"tax_rounding": "line"})
+    by_line = await one_off(st, "jp", *three)
+    assert [ln["taxes"][0]["tax"] for ln in by_line["lines"]] == [30, 30, 30]
+    assert (by_line["tax"], by_line["tax_inclusive"], by_line["total"]) == (90, 90, 999)
+    assert by_line["tax_breakdown"][0]["taxable_amount"] == 909  # 999 - 90
