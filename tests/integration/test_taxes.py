@@ -271,3 +271,23 @@ async def test_line_rounding_rounds_each_line(billing: Stack) -> None:
     assert [ln["taxes"][0]["tax"] for ln in by_line["lines"]] == [30, 30, 30]
     assert (by_line["tax"], by_line["tax_inclusive"], by_line["total"]) == (90, 90, 999)
     assert by_line["tax_breakdown"][0]["taxable_amount"] == 909  # 999 - 90
+
+
+async def test_a_one_off_line_whose_rate_is_not_in_force_is_refused_whole(billing: Stack) -> None:
+    st = billing
+    march = datetime(2031, 3, 1, tzinfo=UTC)
+    vat = rate("vat-2031", "vat", "19", "DE", effective_from=march.isoformat())
+    await st.api.ok("POST", "/v1/tax_rates", vat)
+    await st.api.ok("POST", "/v1/customers", {"external_id": "e", "name": "E", "currency": "EUR"})
+    february = {"description": "Stay", "quantity": "1", "unit_price": "80.00",
+                "tax_rates": ["vat"], "period_start": "2031-02-01T00:00:00Z",
+                "period_end": "2031-02-02T00:00:00Z"}  # fmt: skip
+    outcome = await st.api.command(
+        "POST", "/v1/invoices", {"customer": "e", "lines": [february], "finalize": True}
+    )
+    assert outcome["status"] == "failed", outcome
+    assert (outcome["error"]["code"], outcome["error"]["field"]) == (
+        "tax_rate_not_in_force", "lines[0].tax_rates",
+    )  # fmt: skip
+    assert "'vat' is in force at no time" in outcome["error"]["message"]
+    assert await st.invoices(customer="e") == []  # nothing written

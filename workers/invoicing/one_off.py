@@ -18,10 +18,10 @@ from schemas.one_off import CreateInvoice, FinalizeInvoice
 from storage.invoicing import Customer, Invoice, InvoicingRepository
 from storage.invoicing.credits import CreditRepository
 from storage.invoicing.one_off import OneOffRepository
-from workers.invoicing import finalizing, service, taxing, views
+from workers.invoicing import finalizing, service, taxes, taxing, views
 from workers.invoicing import one_off_service as svc
 from workers.invoicing.base import Handler, Result, emit
-from workers.invoicing.errors import Conflict, NotFound
+from workers.invoicing.errors import Conflict, NotFound, TaxRateNotInForce
 from workers.invoicing.ledger import Wallet
 from workers.invoicing.lines import line_values
 from workers.runtime import Tx
@@ -66,6 +66,20 @@ async def _finalize(
     await taxing.mark_used(tx, books, at)
 
 
+def _resolve(book: taxes.Book, lines: list[service.Line], party: taxes.Party) -> list[service.Line]:
+    """The rates of each line (one per line of the request): a rate unknown or not in force
+    in the line's period fails the command, naming the line's rates (or the customer, whose
+    rates or tenant's the line pays)."""
+    out: list[service.Line] = []
+    for i, ln in enumerate(lines):
+        try:
+            out += book.resolve([ln], party)
+        except TaxRateNotInForce as e:
+            field = f"lines[{i}].tax_rates" if ln.tax_names is not None else "customer"
+            raise TaxRateNotInForce(e.message, field=field) from None
+    return out
+
+
 async def create_invoice(cmd: CreateInvoice, tx: Tx) -> Result:
     """A one-off draft with the given lines (emits invoice.created), finalized at once with
     ``finalize``. The same id or idempotency key again with the same content answers with
@@ -84,7 +98,7 @@ async def create_invoice(cmd: CreateInvoice, tx: Tx) -> Result:
     party = taxing.party(customer)
     book = (await taxing.books(tx, {tenant: config}))[tenant]
     lines = svc.lines(spec, currency, config.rounding, cmd.time, tax_exempt=customer.tax_exempt)
-    lines = book.resolve(lines, party)  # an unknown rate, or one not in force: refused here
+    lines = _resolve(book, lines, party)
     row = svc.draft_row(
         spec, tenant, customer.id, currency, party.tax_rate, book.taxation(party),
         config.rounding, lines, cmd.time,
