@@ -394,7 +394,7 @@ class AlertsRepository:
                        s.current_period_end AS "end", p.id AS plan_id, p.spec AS plan_spec,
                        p.currency,
                        CASE WHEN c.tax_exempt THEN NULL ELSE c.tax_rate END AS tax_rate,
-                       cfg.rounding
+                       cfg.rounding, c.tax_rates, c.tax_status
                 FROM unnest(CAST(:tenants AS text[]), CAST(:subjects AS text[])) AS w(t, s)
                 JOIN customers c ON c.tenant_id = w.t AND c.external_id = w.s
                 JOIN subscriptions s ON s.customer_id = c.id AND s.tenant_id = c.tenant_id

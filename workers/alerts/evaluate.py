@@ -209,6 +209,8 @@ class UsageRules:
                     p.end,
                     p.tax_rate,
                     p.rounding,
+                    p.tax_rates,
+                    p.tax_status,
                 )
                 for p in items
             ],

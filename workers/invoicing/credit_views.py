@@ -72,6 +72,8 @@ async def credit_balances(
                 sub.current_period_end,
                 _tax_rate(by_id[sub.customer_id]),
                 config_of(configs.get(sub.tenant_id)).rounding,
+                by_id[sub.customer_id].tax_rates,
+                by_id[sub.customer_id].tax_status,
             ),
         )
         for sub, plan in subs

@@ -19,8 +19,9 @@ from schemas.invoicing import (
     SubscriptionData,
 )
 from schemas.pricing import PlanSpec
-from storage.invoicing import INVOICE_COLUMNS
-from workers.invoicing import service
+from storage.invoicing import INVOICE_COLUMNS, InvoicingRepository
+from workers.invoicing import service, taxes, taxing
+from workers.invoicing.errors import TaxRateNotInForce
 from workers.invoicing.lines import InvoiceMaker
 from workers.invoicing.service import usage_window
 from workers.runtime import Tx
@@ -152,8 +153,10 @@ class DraftPeriod:
     currency: str
     start: datetime
     end: datetime
-    tax_rate: Decimal | None
+    tax_rate: Decimal | None  # the customer's bare rate (None if exempt)
     rounding: str | None  # the tenant's invoicing rounding; None: invoicing's default
+    tax_rates: Sequence[str] | None = None  # the customer's rates by name (docs/taxes.md)
+    tax_status: str = "taxable"
 
 
 async def draft_totals(tx: Tx, periods: Sequence[DraftPeriod]) -> list[int]:
@@ -180,7 +183,25 @@ async def draft_amounts(tx: Tx, periods: Sequence[DraftPeriod]) -> list[service.
         for p in periods
     ]
     all_lines = await InvoiceMaker(tx).lines(contexts)
+    tenants = {p.tenant_id for p in periods}
+    rows = await tx.repo(InvoicingRepository).configs(tenants)
+    books = await taxing.books(tx, {t: config_of(rows.get(t)) for t in tenants})
     return [
-        service.totals(lines, p.tax_rate, p.currency, ctx.rounding)
+        _projected(books[p.tenant_id], p, lines, ctx.rounding)
         for p, (_, ctx), lines in zip(periods, contexts, all_lines, strict=True)
     ]
+
+
+def _projected(
+    book: taxes.Book, p: DraftPeriod, lines: list[service.Line], rounding: str
+) -> service.Totals:
+    """The totals of ``lines`` taxed as the draft will be; a rate in force nowhere in the
+    period (the draft will be quarantined) projects the bare rate alone."""
+    names = None if p.tax_rates is None else tuple(p.tax_rates)
+    status = p.tax_status if p.tax_status in ("exempt", "reverse_charge") else "taxable"
+    party = taxes.Party(names, p.tax_rate, status)  # type: ignore[arg-type]
+    try:
+        resolved = book.resolve(lines, party)
+    except TaxRateNotInForce:
+        return service.totals(lines, p.tax_rate, p.currency, rounding)
+    return service.totals(resolved, book.taxation(party), p.currency, rounding)

@@ -70,6 +70,8 @@ class Period:
     currency: str
     tax_rate: Decimal | None
     rounding: str | None  # the tenant's invoicing rounding; None: invoicing's default
+    tax_rates: list[str] | None = None  # the customer's tax rates by name
+    tax_status: str = "taxable"
 
 
 @dataclass(frozen=True)
