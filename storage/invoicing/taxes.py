@@ -56,15 +56,17 @@ class TaxRateRepository:
 
     async def last_period_taxed(self, tenant_id: str, id: str) -> datetime | None:
         """The latest period start of the finalized invoices' lines taxed with version
-        ``id`` (the time finalizing chose it at), or None if no such line."""
+        ``id`` (the time finalizing chose it at), or None if no such line. Read through the
+        tenant's finalized invoices (``ix_invoices_finalized``) and their lines by invoice:
+        what it costs is the tenant's own invoices, never every tenant's lines."""
         q = (
             select(func.max(InvoiceLineRow.period_start))
-            .join(Invoice, Invoice.id == InvoiceLineRow.invoice_id)
+            .select_from(Invoice)
+            .join(InvoiceLineRow, InvoiceLineRow.invoice_id == Invoice.id)
             .where(
-                InvoiceLineRow.tenant_id == tenant_id,
-                InvoiceLineRow.taxes.contains([{"tax_rate_id": id}]),
                 Invoice.tenant_id == tenant_id,
-                Invoice.status != "draft",
+                Invoice.finalized_at.is_not(None),
+                InvoiceLineRow.taxes.contains([{"tax_rate_id": id}]),
             )
         )
         return await self.session.scalar(q)
