@@ -137,6 +137,7 @@ class Expected:
 
     lines: tuple[int, ...]  # the charge lines' amounts: the flat fee, the calls
     taxes: tuple[RateTax, ...]  # per rate, in the order the customer names them
+    line_taxes: tuple[tuple[int, ...], ...] | None = None  # inclusive: per line, per rate
 
     @property
     def subtotal(self) -> int:
@@ -168,22 +169,37 @@ def expected(i: int, rates: Sequence[RateDef]) -> Expected:
     lines = charge_lines(i)
     amount = sum(lines)
     if rates and rates[0].inclusive:
+        # the set's tax, rounded once, to the lines by amount, then each line's to its
+        # rates by p x f (largest remainder both times)
         weights = [r.percentage / 100 * r.factor for r in rates]
         e = sum(weights)
         whole = round(amount * e / (1 + e))
-        exact = [whole * w / e for w in weights]
-        taxes = [math.floor(x) for x in exact]
-        by_remainder = sorted(range(len(rates)), key=lambda k: (-(exact[k] - taxes[k]), k))
-        for k in by_remainder[: whole - sum(taxes)]:
-            taxes[k] += 1
+        line_taxes = tuple(
+            tuple(_largest_remainder(share, weights))
+            for share in _largest_remainder(whole, [Fraction(a) for a in lines])
+        )
+        taxes = [sum(lt[k] for lt in line_taxes) for k in range(len(rates))]
         net = amount - whole
         out = [RateTax(r, net, round(net * r.factor), t) for r, t in zip(rates, taxes, strict=True)]
+        return Expected(lines, tuple(out), line_taxes)
     else:
         out = []
         for r in rates:
             base = round(amount * r.factor)
             out.append(RateTax(r, amount, base, round(base * r.percentage / 100)))
     return Expected(lines, tuple(out))
+
+
+def _largest_remainder(total: int, weights: Sequence[Fraction]) -> list[int]:
+    """``total`` in proportion to ``weights``: floors, and one more to the largest
+    remainders (ties to the first)."""
+    whole = sum(weights)
+    exact = [total * w / whole if whole else Fraction(0) for w in weights]
+    parts = [math.floor(x) for x in exact]
+    by_remainder = sorted(range(len(weights)), key=lambda k: (-(exact[k] - parts[k]), k))
+    for k in by_remainder[: total - sum(parts)]:
+        parts[k] += 1
+    return parts
 
 
 def _between(part: int, whole: int, weight: int, weights: int) -> bool:
@@ -227,10 +243,12 @@ def check_invoice(
         for t, w in zip(taxes, want.taxes, strict=True):
             if t["tax_rate_id"] != w.rate.id or t["taxable_amount"] != amount - incl:
                 return f"{who}: line {position} {t} (amount {amount})"
-            if not (
-                _between(t["tax"], w.tax, amount, want.subtotal)
-                and _between(t["taxable_base"], w.taxable_base, amount, want.subtotal)
-            ):
+            if want.line_taxes is not None:
+                k = [x.rate.name for x in want.taxes].index(w.rate.name)
+                tax_ok = t["tax"] == want.line_taxes[position][k]
+            else:
+                tax_ok = _between(t["tax"], w.tax, amount, want.subtotal)
+            if not (tax_ok and _between(t["taxable_base"], w.taxable_base, amount, want.subtotal)):
                 return f"{who}: line {position}'s share {t} of {w} is not in proportion"
             s = sums[w.rate.name]
             s[0], s[1], s[2] = s[0] + t["taxable_amount"], s[1] + t["taxable_base"], s[2] + t["tax"]

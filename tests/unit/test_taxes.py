@@ -236,6 +236,8 @@ def test_inclusive_net_plus_tax_is_the_gross_and_lines_add_up(
             nets = {a.taxable_amount for a in taxes_}
             assert len(nets) == 1  # every rate of the line on the same net
             assert nets.pop() + sum(a.tax for a in taxes_) == ln.amount
+            if ln.amount >= 0:  # never more tax than the gross
+                assert 0 <= sum(a.tax for a in taxes_) <= ln.amount
     for b in t.computed.breakdown:
         shares = [a for ts in t.computed.lines for a in ts if a.rate == b.rate]
         assert sum(a.tax for a in shares) == b.tax
@@ -281,3 +283,13 @@ def test_inclusive_tax_is_rounded_once_for_the_line_and_never_exceeds_the_gross(
     t = totals([line(1, GST_INCL, PST_INCL)], Taxation(), "USD", "up")
     assert [(a.taxable_amount, a.tax) for a in t.computed.lines[0]] == [(0, 0), (0, 1)]
     assert (t.tax, t.total) == (1, 1)
+
+
+def test_a_tiny_line_never_carries_more_inclusive_tax_than_its_gross() -> None:
+    # 19 lines of 1 cent with 5 % + 7 % inclusive: 19 x 0.12 / 1.12 = 2.04 -> 2 in all; each
+    # line gets at most 1 of it (apportioning each rate alone gave both cents to line 0)
+    t = invoice([line(1, GST_INCL, PST_INCL, key=f"l{i}") for i in range(19)])
+    assert t.tax == 2
+    per_line = [sum(a.tax for a in taxes_) for taxes_ in t.computed.lines]
+    assert per_line == [1, 1] + [0] * 17
+    assert all(a.taxable_amount >= 0 for taxes_ in t.computed.lines for a in taxes_)

@@ -12,8 +12,10 @@ Every amount is exact until it is rounded once, with the tenant's rounding mode:
 
 With ``line`` rounding that is done on each line. With ``invoice`` rounding (the default)
 it is done once per exclusive rate, and once per set of inclusive rates, on the lines'
-amounts summed; each line's share is then apportioned by its amount (largest remainder),
-so the lines' shares always add up to the invoice's figures.
+amounts summed; each line's share is then apportioned by its amount (largest remainder) —
+for an inclusive set, the set's tax to the lines, then each line's between its rates — so
+the lines' shares always add up to the invoice's figures and no line's inclusive tax is
+more than its gross.
 """
 
 from __future__ import annotations
@@ -215,8 +217,7 @@ def _one(
     if rates and rates[0].inclusive:
         effective = sum((r.rate for r in rates), Fraction(0))
         whole = round_fraction(amount * effective / (1 + effective), mode)
-        common = math.lcm(*(r.rate.denominator for r in rates))
-        taxes = apportion(whole, [int(r.rate * common) for r in rates])
+        taxes = apportion(whole, _split(rates))
         net = amount - whole
         return [
             TaxAmount(r, net, round_fraction(net * r.base, mode), t)
@@ -229,6 +230,12 @@ def _one(
         tax = round_ratio(base * p.numerator, 100 * p.denominator, mode)
         out.append(TaxAmount(r, amount, base, tax))
     return out
+
+
+def _split(rates: Sequence[Rate]) -> list[int]:
+    """How a set of inclusive rates shares its tax: ``p x f`` of each, as integers."""
+    common = math.lcm(*(r.rate.denominator for r in rates))
+    return [int(r.rate * common) for r in rates]
 
 
 def apportion(total: int, weights: Sequence[int]) -> list[int]:
@@ -287,12 +294,16 @@ def compute(
             shares = [
                 (apportion(t.tax, weights), apportion(t.taxable_base, weights)) for t in whole
             ]
+            if key[0].inclusive:  # the set's tax to the lines, then each line's to its rates
+                lines_tax = apportion(sum(t.tax for t in whole), weights)
+                split = _split(key)
             for k, i in enumerate(members):
-                net = amounts[i]
+                net, taxes_ = amounts[i], [tax[k] for tax, _ in shares]
                 if key[0].inclusive:
-                    net -= sum(tax[k] for tax, _ in shares)
-                for t, (tax, base) in zip(whole, shares, strict=True):
-                    per_line[i].append(TaxAmount(t.rate, net, base[k], tax[k], t.taxability))
+                    net -= lines_tax[k]
+                    taxes_ = apportion(lines_tax[k], split)
+                for t, tax_, (_, base) in zip(whole, taxes_, shares, strict=True):
+                    per_line[i].append(TaxAmount(t.rate, net, base[k], tax_, t.taxability))
     out = [tuple(per_line.get(i, ())) for i in range(len(lines))]
     return Computed(tuple(out), breakdown(out), *_sums(out))
 
