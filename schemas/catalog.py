@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from schemas import alerts, invoicing, metering, ops, payments, pos, topics, webhooks
+from schemas import alerts, invoicing, metering, ops, payments, pos, receipts, topics, webhooks
 from schemas.bounds import PublishedJsonSchema
 from schemas.usage import UsageEvent
 
@@ -50,6 +50,8 @@ CATALOG: tuple[MessageSpec, ...] = (
     *(MessageSpec(topics.EVENTS_WEBHOOKS, "event", _type_of(m), m) for m in webhooks.EVENTS),
     *(MessageSpec(topics.COMMANDS_ALERTS, "command", _type_of(m), m) for m in alerts.COMMANDS),
     *(MessageSpec(topics.EVENTS_ALERTS, "event", _type_of(m), m) for m in alerts.EVENTS),
+    *(MessageSpec(topics.COMMANDS_RECEIPTS, "command", _type_of(m), m) for m in receipts.COMMANDS),
+    *(MessageSpec(topics.EVENTS_RECEIPTS, "event", _type_of(m), m) for m in receipts.EVENTS),
 )
 
 

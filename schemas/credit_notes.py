@@ -152,6 +152,10 @@ class CreditNoteData(_Model):
     issued_at: datetime
     voided_at: datetime | None = None
     void_reason: str | None = None
+    receipt_id: str | None = Field(
+        default=None,
+        description="The id of the signed receipt that attests it (docs/receipts.md)",
+    )
 
 
 class CreditNoteIssued(CloudEvent):

@@ -23,6 +23,9 @@ ALERTS_OPERATIONS = "billstream.alerts.operations"
 ALERTS_DEAD_LETTERS = "billstream.alerts.dead-letters"
 ALERTS_COMMANDS = "billstream.alerts.commands"
 
+RECEIPTS_DOCUMENTS = "billstream.receipts.documents"
+RECEIPTS_COMMANDS = "billstream.receipts.commands"
+
 WEBHOOKS_COMMANDS = "billstream.webhooks.commands"
 WEBHOOKS_FANOUT_PREFIX = "billstream.webhooks.fanout"
 

@@ -583,6 +583,11 @@ class InvoiceData(_Model):
     )
     due_at: datetime | None = None
     memo: str | None = Field(default=None, description="A one-off invoice's memo")
+    receipt_id: str | None = Field(
+        default=None,
+        description="From finalization on: the id of the signed receipt that attests it "
+        "(docs/receipts.md; issued moments later)",
+    )
     lines: list[InvoiceLine]
 
 

@@ -19,6 +19,8 @@ COMMANDS_POS = "billstream.commands.pos.v1"
 EVENTS_OPS = "billstream.events.ops.v1"
 COMMANDS_ALERTS = "billstream.commands.alerts.v1"
 EVENTS_ALERTS = "billstream.events.alerts.v1"
+COMMANDS_RECEIPTS = "billstream.commands.receipts.v1"
+EVENTS_RECEIPTS = "billstream.events.receipts.v1"
 
 DLQ_SUFFIX = ".dlq"
 
@@ -63,6 +65,10 @@ TOPICS: tuple[TopicSpec, ...] = (
     ),
     TopicSpec(COMMANDS_ALERTS, "tenant_id", "ingress, CLI", "alerts"),
     TopicSpec(EVENTS_ALERTS, "tenant_id", "alerts (outbox)", "webhooks, anyone downstream"),
+    TopicSpec(COMMANDS_RECEIPTS, "tenant_id", "ingress, CLI", "receipts"),
+    TopicSpec(
+        EVENTS_RECEIPTS, "tenant_id:customer_id", "receipts (outbox)", "webhooks, anyone downstream"
+    ),
 )
 
 

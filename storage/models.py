@@ -12,6 +12,7 @@ from storage import (  # noqa: F401
     payments,
     pos,
     quarantine,
+    receipts,
     tenants,
     webhooks,
 )

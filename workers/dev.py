@@ -64,6 +64,7 @@ SERVICES = (
     "worker payments",
     "worker webhooks",
     "worker alerts",
+    "worker receipts",
 )
 
 # An idle development stack should sleep (docs/adr/0046-an-idle-dev-stack-sleeps.md). Each

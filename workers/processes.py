@@ -11,7 +11,7 @@ if TYPE_CHECKING:  # the CLI asks for WORKERS before any worker runs: --help sta
     from workers.runtime.app import Worker
     from workers.settings import Settings
 
-WORKERS = ("metering", "pos", "invoicing", "payments", "webhooks", "alerts")
+WORKERS = ("metering", "pos", "invoicing", "payments", "webhooks", "alerts", "receipts")
 
 
 def build(name: str, settings: Settings) -> Worker:
@@ -29,6 +29,7 @@ def _apps() -> dict[str, ModuleType]:
     from workers.metering import app as metering
     from workers.payments import app as payments
     from workers.pos import app as pos
+    from workers.receipts import app as receipts
     from workers.webhooks import app as webhooks
 
     return {
@@ -38,4 +39,5 @@ def _apps() -> dict[str, ModuleType]:
         "payments": payments,
         "webhooks": webhooks,
         "alerts": alerts,
+        "receipts": receipts,
     }

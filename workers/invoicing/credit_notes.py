@@ -22,6 +22,7 @@ from schemas.credit_notes import (
     VoidCreditNote,
 )
 from schemas.invoicing import InvoicePaid
+from schemas.receipts import receipt_id
 from schemas.taxes import TaxAmount
 from storage.invoicing import Customer, Invoice, InvoicingRepository
 from storage.invoicing.credit_notes import CreditNote, CreditNoteLineRow, CreditNoteRepository
@@ -50,6 +51,7 @@ def note_data(
     return CreditNoteData(
         credit_note_id=note.id,
         number=note.number,
+        receipt_id=receipt_id(note.tenant_id, "credit_note", note.id),
         invoice_id=note.invoice_id,
         invoice_number=invoice.number,
         customer=customer,

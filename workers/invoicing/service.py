@@ -39,6 +39,7 @@ from schemas.invoicing import (
     UpsertCustomer,
 )
 from schemas.pricing import FlatPrice, MeteredPrice, PlanSpec, Price
+from schemas.receipts import receipt_id
 from workers.invoicing import amounts, pricing
 from workers.invoicing.errors import InvalidTransition
 
@@ -298,6 +299,11 @@ def invoice_data(
         buyer=row.get("buyer"),
         due_at=row.get("due_at"),
         memo=row.get("memo"),
+        receipt_id=(
+            receipt_id(row["tenant_id"], "invoice", row["id"])
+            if row["number"] is not None
+            else None
+        ),
         lines=list(lines),
     )
 

@@ -1,0 +1,19 @@
+"""Receipts: signed, hash-chained receipts of every finalized invoice, issued credit note,
+succeeded payment and refund, one chain per tenant and customer (docs/receipts.md).
+
+Its face: what other packages may import (an import-linter contract enforces it) — the
+views the ingress answers with, and the offline verifier the CLI runs."""
+
+from workers.receipts.verify import Failure, KeysError, Report, parse_keys, verify_export
+from workers.receipts.views import export_line, jwks, receipt_data
+
+__all__ = [
+    "Failure",
+    "KeysError",
+    "Report",
+    "export_line",
+    "jwks",
+    "parse_keys",
+    "receipt_data",
+    "verify_export",
+]

@@ -1,0 +1,15 @@
+"""The receipts worker process."""
+
+from __future__ import annotations
+
+from workers.payments import encrypt_secret
+from workers.receipts import handlers
+from workers.runtime.app import Worker, build_worker
+from workers.settings import Settings
+
+
+def build(settings: Settings) -> Worker:
+    """Refuses to build without ``BILLSTREAM_SECRETS_KEY``: signing keys are stored
+    encrypted under it."""
+    encrypt_secret(settings, "")  # raises SecretsKeyMissing, naming the setting
+    return build_worker("receipts", settings, lambda runtime: handlers.register(runtime, settings))
