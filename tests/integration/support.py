@@ -405,6 +405,8 @@ def worker_env(settings: Settings) -> dict[str, str]:
             "BILLSTREAM_LOG_FORMAT": "json",
         }
     )
+    if settings.secrets_key is not None:
+        env["BILLSTREAM_SECRETS_KEY"] = settings.secrets_key.get_secret_value()
     return env
 
 

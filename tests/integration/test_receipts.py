@@ -5,10 +5,13 @@ topics issues no second receipt; the chain verifies offline against the tenant's
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from schemas import topics
 from schemas.envelope import CloudEvent
+from schemas.invoicing import InvoiceData
 from schemas.receipts import GENESIS, Payload, receipt_id
+from storage.receipts import ReceiptRow
 from tests.conftest import TenantKey
 from tests.integration.receipts_support import (
     invoice_finalized,
@@ -20,10 +23,14 @@ from tests.integration.receipts_support import (
     topic_of,
     with_secrets,
 )
-from tests.integration.support import Sessions, producer, running
+from tests.integration.support import Sessions, producer, read_all, running
+from tests.integration.test_invoicing import stack
+from tests.integration.test_one_off import USD_LINES, create, customer, invoice, outcome
 from workers.devstack import wait_for
+from workers.invoicing.app import build as build_invoicing
 from workers.receipts import export_line, jwks, parse_keys, verify_export
 from workers.receipts.app import build
+from workers.receipts.service import INVOICE_MUTABLE
 from workers.settings import Settings
 
 
@@ -81,3 +88,60 @@ async def test_each_document_gets_one_receipt_chained_per_customer_and_verifiabl
     assert report.ok, report.failure
     assert report.receipts == 4
     assert topics.EVENTS_RECEIPTS
+
+
+def _strip(value: Any) -> Any:
+    """``value`` without null members (absent optional fields are not attested)."""
+    if isinstance(value, dict):
+        return {k: _strip(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_strip(v) for v in value]
+    return value
+
+
+async def _receipt(sessions: Sessions, tenant: str, id: str) -> ReceiptRow:
+    async def issued() -> ReceiptRow | None:
+        async with sessions() as db:
+            return await db.get(ReceiptRow, (tenant, id))
+
+    row: ReceiptRow = await wait_for(issued, timeout_s=30)
+    return row
+
+
+async def test_a_finalized_invoice_and_its_credit_note_name_the_receipts_that_attest_them(
+    settings: Settings, sessions: Sessions, tenant: TenantKey
+) -> None:
+    t = tenant.tenant_id
+    s = with_secrets(settings.model_copy(update={"invoicing_tick_s": 0.1}))
+    async with stack(s, tenant, build_invoicing(s), build(s)) as st:
+        await customer(st, "bistro", "USD", tax_rate="0.19")
+        accepted = await create(st, {"customer": "bistro", "lines": USD_LINES, "finalize": True})
+        await outcome(st, accepted)
+        inv = await invoice(st, accepted["invoice_id"])
+        # the id is there at once, and is the receipt's id
+        assert inv["receipt_id"] == receipt_id(t, "invoice", inv["invoice_id"])
+        row = await _receipt(sessions, t, inv["receipt_id"])
+        attested = Payload.model_validate_json(row.payload)
+        assert (attested.seq, attested.prev_hash, attested.subject.kind) == (1, GENESIS, "invoice")
+        # what it attests is the invoice as the API shows it, less what may still change
+        immutable = set(InvoiceData.model_fields) - INVOICE_MUTABLE
+        assert attested.content == _strip({k: v for k, v in inv.items() if k in immutable})
+        assert attested.content["total"] == 85318  # by hand in test_one_off.py (USD)
+
+        r = await st.api.send(
+            "POST",
+            f"/v1/invoices/{inv['invoice_id']}/credit-notes",
+            {"reason": "other", "amount": 1000},
+        )
+        assert r.status_code == 202, r.text
+        note_id = (await st.api.outcome(r.json()["command_id"]))["result"]["credit_note_id"]
+        note = await st.api.get(f"/v1/credit-notes/{note_id}")
+        assert note["receipt_id"] == receipt_id(t, "credit_note", note_id)
+        second = await _receipt(sessions, t, note["receipt_id"])
+        assert (second.seq, second.prev_hash) == (2, row.hash)
+        assert Payload.model_validate_json(second.payload).content["total"] == note["total"]
+    # the invoice.finalized event (and so its webhook payload) carries the receipt's id
+    records = (await read_all(s, topics.EVENTS_INVOICING))[0]
+    finalized = [json.loads(r.value or b"") for r in records]
+    ids = [e["data"].get("receipt_id") for e in finalized if e["type"] == "invoice.finalized"]
+    assert ids == [inv["receipt_id"]]
