@@ -23,7 +23,7 @@ from tests.integration.receipts_support import (
     topic_of,
     with_secrets,
 )
-from tests.integration.support import Sessions, producer, read_all, running
+from tests.integration.support import Sessions, producer, read_all, read_topic, running
 from tests.integration.test_invoicing import stack
 from tests.integration.test_one_off import USD_LINES, create, customer, invoice, outcome
 from workers.devstack import wait_for
@@ -145,3 +145,26 @@ async def test_a_finalized_invoice_and_its_credit_note_name_the_receipts_that_at
     finalized = [json.loads(r.value or b"") for r in records]
     ids = [e["data"].get("receipt_id") for e in finalized if e["type"] == "invoice.finalized"]
     assert ids == [inv["receipt_id"]]
+
+
+async def test_a_document_that_cannot_be_attested_is_dead_lettered_and_stops_no_one(
+    settings: Settings, sessions: Sessions, tenant: TenantKey
+) -> None:
+    t = tenant.tenant_id
+    settings = with_secrets(settings)
+    # a tenant that does not exist (no key can be made for it) amid a real tenant's documents
+    events: list[CloudEvent] = [
+        invoice_finalized(t, "alice", "in1", 100),
+        invoice_finalized("ghost", "alice", "in1", 100),
+        invoice_finalized(t, "alice", "in2", 200),
+    ]
+    await send(settings, events)
+    async with running(build(settings)):
+
+        async def issued() -> bool:
+            return len(await receipts_of(sessions, t)) == 2
+
+        await wait_for(issued, timeout_s=30)
+        dead = await read_topic(settings, topics.dlq(topics.EVENTS_INVOICING), 1)
+    assert json.loads(dead[0].value or b"")["tenantid"] == "ghost"
+    assert [r.document_id for r in await receipts_of(sessions, t)] == ["in1", "in2"]

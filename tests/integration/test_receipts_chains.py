@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from schemas import topics
+from schemas import groups, topics
 from schemas.envelope import CloudEvent
-from schemas.receipts import GENESIS, ReceiptIssued
+from schemas.receipts import GENESIS, ReceiptIssued, RotateReceiptKey
 from storage.receipts import ReceiptRow
 from tests.conftest import KafkaServer, TenantKey
 from tests.integration.receipts_support import (
@@ -33,10 +33,13 @@ from tests.integration.support import (
     quick_rejoin,
     read_all,
     running,
+    wait_committed_to_end,
     worker_env,
     worker_process,
 )
+from tests.integration.test_ops_replay import no_members
 from workers.devstack import wait_for
+from workers.ops.replay import ReplayRequest, parse_bound, replay
 from workers.receipts import export_line, jwks, parse_keys, verify_export
 from workers.receipts.app import build
 from workers.settings import Settings
@@ -133,3 +136,63 @@ async def test_kill_9_while_issuing_leaves_no_gap_and_no_second_receipt(
     announced = (await read_all(settings, topics.EVENTS_RECEIPTS))[0]
     ids = {ReceiptIssued.model_validate_json(r.value or b"").data.receipt_id for r in announced}
     assert len(ids) == total
+
+
+async def test_a_replay_of_the_invoicing_and_payments_topics_issues_no_second_receipt(
+    settings: Settings, sessions: Sessions, tenant: TenantKey, kafka: KafkaServer
+) -> None:
+    t = tenant.tenant_id
+    settings = with_secrets(quick_rejoin(settings, kafka))
+    await send(settings, documents(t, 3, 5))  # 30 receipts
+    async with running(build(settings)):
+
+        async def issued() -> bool:
+            return await count(sessions, t) == 30
+
+        await wait_for(issued, timeout_s=30)
+    before = [(r.id, r.seq, r.hash) for r in await receipts_of(sessions, t)]
+    await no_members(settings, groups.RECEIPTS_DOCUMENTS)
+    for topic in (topics.EVENTS_INVOICING, topics.EVENTS_PAYMENTS):
+        # the group re-reads both topics from the start, and a copy of each is published
+        start = parse_bound("earliest", "--from")
+        why = {"reason": "INC-7: replay", "actor": "alice"}
+        await replay(settings, ReplayRequest(topic=topic, group=groups.RECEIPTS_DOCUMENTS,
+                                             start=start, **why))  # fmt: skip
+        await replay(settings, ReplayRequest(topic=topic, into=topic, start=start, **why))
+    async with running(build(settings)):
+        for topic in (topics.EVENTS_INVOICING, topics.EVENTS_PAYMENTS):
+            await wait_committed_to_end(settings, groups.RECEIPTS_DOCUMENTS, topic, 30)
+    after = [(r.id, r.seq, r.hash) for r in await receipts_of(sessions, t)]
+    assert after == before
+
+
+async def test_keys_rotated_while_receipts_are_issued_sign_only_within_their_validity(
+    settings: Settings, sessions: Sessions, tenant: TenantKey, kafka: KafkaServer
+) -> None:
+    t = tenant.tenant_id
+    settings = with_secrets(quick_rejoin(settings, kafka))
+    customers, per_customer = 4, 100  # 800 receipts, in four parts
+    events = documents(t, customers, per_customer)
+    part = len(events) // 4
+    async with running(build(settings)), producer(settings) as p:
+        for i in range(4):
+            # a part of the documents and, after the first (which creates the first key),
+            # a rotation racing it
+            await send(settings, events[i * part : (i + 1) * part])
+            if i > 0:
+                rotate = RotateReceiptKey(source="tests", tenantid=t)
+                key = topics.partition_key(t).encode()
+                await p.send_and_wait(topics.COMMANDS_RECEIPTS, rotate.to_json(), key=key)
+
+            async def done(i: int = i) -> bool:
+                keys, issued = await keys_of(sessions, t), await count(sessions, t)
+                return len(keys) == i + 1 and issued == (i + 1) * part
+
+            await wait_for(done, timeout_s=30, interval_s=0.05)
+    keys = await keys_of(sessions, t)
+    # each key valid from the instant the one before it stopped: no gap, no overlap
+    assert [k.not_before for k in keys[1:]] == [k.not_after for k in keys[:-1]]
+    assert keys[-1].not_after is None
+    used = {r.kid for r in await receipts_of(sessions, t)}
+    assert len(used) >= 2, "the rotations all came before or after the receipts"
+    await assert_linear(sessions, t, customers, per_customer * 2)  # verify checks validity
