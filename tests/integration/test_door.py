@@ -47,6 +47,8 @@ SAMPLE_PATH = {
     "discount_id": "disc_1",
     "credit_note_id": "cn_1",
     "tax_rate_id": "txr_1",
+    "receipt_id": "rct_" + "0" * 32,
+    "tenant": "acme",
 }
 
 

@@ -25,6 +25,7 @@ from workers.ingress import invoicing
 from workers.ingress import one_off as one_off_routes
 from workers.ingress import payments as payment_routes
 from workers.ingress import pos as pos_routes
+from workers.ingress import receipts as receipt_routes
 from workers.ingress import subscriptions as subscription_routes
 from workers.ingress import tax_rates as tax_rate_routes
 from workers.ingress import tax_report as tax_report_routes
@@ -138,6 +139,7 @@ def create_app(settings: Settings) -> FastAPI:
         pos_routes.router,
         alert_routes.router,
         tax_report_routes.router,
+        receipt_routes.router,
     ]
     for r in routers:
         app.include_router(r)
