@@ -24,6 +24,7 @@ from schemas.pricing import (
     Tier,
     VolumePrice,
 )
+from schemas.receipts import receipt_id
 from workers.invoicing import service
 from workers.invoicing.errors import InvalidTransition
 
@@ -790,6 +791,7 @@ def test_invoice_numbers_are_zero_padded() -> None:
 
 def _row(**overrides: Any) -> dict[str, Any]:
     row: dict[str, Any] = {
+        "tenant_id": "acme",
         "id": "inv_1",
         "number": "INV-2024-000007",
         "status": "finalized",
@@ -817,6 +819,8 @@ def test_invoice_data_carries_the_rows_values_and_lines() -> None:
     assert (data.period_start, data.period_end, data.due_at) == (*JAN, at(2024, 3, 2))
     assert data.tax_rate == D("0.19")
     assert data.lines == lines
+    # a finalized invoice names the receipt that attests it (issued by the receipts worker)
+    assert data.receipt_id == receipt_id("acme", "invoice", "inv_1")
 
 
 def test_invoice_data_amount_due_is_never_negative() -> None:
@@ -829,5 +833,6 @@ def test_invoice_data_status_override_and_optional_fields() -> None:
     del row["due_at"]
     data = service.invoice_data(row, SUBJECT, [])
     assert (data.number, data.status, data.tax_rate, data.due_at) == (None, "draft", None, None)
+    assert data.receipt_id is None  # a draft is attested by nothing yet
     paid = service.invoice_data(_row(amount_paid=11_900), SUBJECT, [], status="paid")
     assert (paid.status, paid.amount_due) == ("paid", 0)

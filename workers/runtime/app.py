@@ -82,8 +82,11 @@ class Worker:
     background: list[asyncio.Task[None]] = field(default_factory=list)
 
     health: HealthServer | None = None
+    preflight: Callable[[], None] | None = None  # raises when the worker cannot run
 
     async def start(self) -> None:
+        if self.preflight is not None:
+            self.preflight()
         await ping(self.engine)
         await start_broker(self.broker)
         self.relay.start()
@@ -187,7 +190,14 @@ def _housekeeping(runtime: Runtime, retention: timedelta) -> Callable[[], Awaita
     return tick
 
 
-def build_worker(name: str, settings: Settings, register: Callable[[Runtime], None]) -> Worker:
+def build_worker(
+    name: str,
+    settings: Settings,
+    register: Callable[[Runtime], None],
+    preflight: Callable[[], None] | None = None,
+) -> Worker:
+    """The worker ``name``: its consumers and jobs from ``register``; ``preflight`` runs
+    first when it starts (a setting it cannot run without)."""
     broker = make_broker(settings, client_id=f"billstream-{name}")
     engine = create_engine(settings.database_url, pool_size=settings.database_pool_size)
     sessions = session_factory(engine, relay=name)
@@ -215,4 +225,4 @@ def build_worker(name: str, settings: Settings, register: Callable[[Runtime], No
     register(runtime)
     retention = timedelta(days=settings.inbox_retention_days)
     runtime.job("housekeeping", _housekeeping(runtime, retention), every_s=5)
-    return Worker(name, settings, broker, engine, sessions, runtime, relay)
+    return Worker(name, settings, broker, engine, sessions, runtime, relay, preflight=preflight)
