@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
+
 from schemas import topics
 from schemas.envelope import CloudEvent
 from schemas.invoicing import InvoiceData
@@ -28,6 +30,7 @@ from tests.integration.test_invoicing import stack
 from tests.integration.test_one_off import USD_LINES, create, customer, invoice, outcome
 from workers.devstack import wait_for
 from workers.invoicing.app import build as build_invoicing
+from workers.payments import SecretsKeyMissing
 from workers.receipts import export_line, jwks, parse_keys, verify_export
 from workers.receipts.app import build
 from workers.receipts.service import INVOICE_MUTABLE
@@ -168,3 +171,9 @@ async def test_a_document_that_cannot_be_attested_is_dead_lettered_and_stops_no_
         dead = await read_topic(settings, topics.dlq(topics.EVENTS_INVOICING), 1)
     assert json.loads(dead[0].value or b"")["tenantid"] == "ghost"
     assert [r.document_id for r in await receipts_of(sessions, t)] == ["in1", "in2"]
+
+
+async def test_the_worker_refuses_to_start_without_a_secrets_key(settings: Settings) -> None:
+    assert settings.secrets_key is None
+    with pytest.raises(SecretsKeyMissing, match="BILLSTREAM_SECRETS_KEY"):
+        await build(settings).start()
