@@ -9,7 +9,16 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
-from workers.ops.commands import console, dlq, lag, quarantine, replay, schemas, tax
+from workers.ops.commands import (
+    console,
+    dlq,
+    lag,
+    quarantine,
+    receipts,
+    replay,
+    schemas,
+    tax,
+)
 from workers.processes import WORKERS
 from workers.settings import Settings, get_settings
 
@@ -218,6 +227,7 @@ app.command("lag")(lag.lag)
 app.add_typer(dlq.dlq_app, name="dlq")
 app.add_typer(quarantine.quarantine_app, name="quarantine")
 app.add_typer(tax.tax_app, name="tax")
+app.add_typer(receipts.receipts_app, name="receipts")
 schemas_app.command("check")(schemas.schemas_check)
 schemas_app.command("publish")(schemas.schemas_publish)
 schemas_app.command("docs")(schemas.schemas_docs)

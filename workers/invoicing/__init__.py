@@ -6,6 +6,11 @@ of its rows the ingress answers with, and the spend of current periods alerts re
 from workers.invoicing.credit_note_views import find_credit_notes
 from workers.invoicing.credit_views import CreditBalance, credit_balances
 from workers.invoicing.discounts import coupon_data, discount_data
+from workers.invoicing.receipt_views import (
+    attested_credit_notes,
+    attested_invoices,
+    finalized_documents,
+)
 from workers.invoicing.tax_report import Encoder as TaxReportEncoder
 from workers.invoicing.tax_report_views import tax_report_page
 from workers.invoicing.views import (
@@ -21,11 +26,14 @@ __all__ = [
     "CreditBalance",
     "DraftPeriod",
     "TaxReportEncoder",
+    "attested_credit_notes",
+    "attested_invoices",
     "config_of",
     "coupon_data",
     "credit_balances",
     "discount_data",
     "draft_totals",
+    "finalized_documents",
     "find_credit_notes",
     "invoice_data",
     "subscription_data",

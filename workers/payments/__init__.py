@@ -5,6 +5,11 @@ views, Stripe secrets at rest, verifying a Stripe webhook's signature, and the e
 these raise."""
 
 from workers.payments.errors import PaymentsError, SecretsKeyMissing, SecretUnreadable
+from workers.payments.receipt_views import (
+    attested_payments,
+    attested_refunds,
+    succeeded_documents,
+)
 from workers.payments.secrets import decrypt as decrypt_secret
 from workers.payments.secrets import encrypt as encrypt_secret
 from workers.payments.secrets import webhook_secrets
@@ -18,9 +23,12 @@ __all__ = [
     "SecretsKeyMissing",
     "SignatureError",
     "StripeSettingsView",
+    "attested_payments",
+    "attested_refunds",
     "decrypt_secret",
     "encrypt_secret",
     "stripe_settings",
+    "succeeded_documents",
     "verify_stripe_signature",
     "webhook_path",
     "webhook_secrets",

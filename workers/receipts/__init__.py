@@ -4,6 +4,12 @@ succeeded payment and refund, one chain per tenant and customer (docs/receipts.m
 Its face: what other packages may import (an import-linter contract enforces it) — the
 views the ingress answers with, and the offline verifier the CLI runs."""
 
+from workers.receipts.service import (
+    credit_note_content,
+    invoice_content,
+    payment_content,
+    refund_content,
+)
 from workers.receipts.verify import Failure, KeysError, Report, parse_keys, verify_export
 from workers.receipts.views import export_line, jwks, receipt_data
 
@@ -11,9 +17,13 @@ __all__ = [
     "Failure",
     "KeysError",
     "Report",
+    "credit_note_content",
     "export_line",
+    "invoice_content",
     "jwks",
     "parse_keys",
+    "payment_content",
     "receipt_data",
+    "refund_content",
     "verify_export",
 ]
