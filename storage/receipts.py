@@ -152,6 +152,10 @@ class ReceiptRepository:
         await self.session.flush()
         return row
 
+    async def count_keys(self, tenant_id: str) -> int:
+        q = select(func.count()).select_from(ReceiptKeyRow)
+        return int(await self.session.scalar(q.where(ReceiptKeyRow.tenant_id == tenant_id)) or 0)
+
     async def keys(self, tenant_id: str) -> list[ReceiptKeyRow]:
         """Every key of the tenant, oldest first."""
         rows = await self.session.scalars(

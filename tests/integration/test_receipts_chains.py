@@ -29,6 +29,7 @@ from tests.integration.receipts_support import (
 )
 from tests.integration.support import (
     Sessions,
+    command_outcome,
     producer,
     quick_rejoin,
     read_all,
@@ -40,6 +41,7 @@ from tests.integration.support import (
 from tests.integration.test_ops_replay import no_members
 from workers.devstack import wait_for
 from workers.ops.replay import ReplayRequest, parse_bound, replay
+from workers.receipts import commands as receipt_commands
 from workers.receipts import export_line, jwks, parse_keys, verify_export
 from workers.receipts.app import build
 from workers.settings import Settings
@@ -196,3 +198,26 @@ async def test_keys_rotated_while_receipts_are_issued_sign_only_within_their_val
     used = {r.kid for r in await receipts_of(sessions, t)}
     assert len(used) >= 2, "the rotations all came before or after the receipts"
     await assert_linear(sessions, t, customers, per_customer * 2)  # verify checks validity
+
+
+async def test_a_rotation_beyond_the_tenants_key_limit_fails_and_changes_nothing(
+    settings: Settings,
+    sessions: Sessions,
+    tenant: TenantKey,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    t = tenant.tenant_id
+    settings = with_secrets(settings)
+    monkeypatch.setattr(receipt_commands, "MAX_KEYS", 2)
+    async with running(build(settings)), producer(settings) as p:
+        outcomes = []
+        for _ in range(3):
+            rotate = RotateReceiptKey(source="tests", tenantid=t)
+            await p.send_and_wait(
+                topics.COMMANDS_RECEIPTS, rotate.to_json(), key=topics.partition_key(t).encode()
+            )
+            outcomes.append(await command_outcome(sessions, t, rotate.id))
+    assert [o.status for o in outcomes] == ["succeeded", "succeeded", "failed"]
+    assert outcomes[2].error is not None and outcomes[2].error["code"] == "too_many_receipt_keys"
+    keys = await keys_of(sessions, t)
+    assert len(keys) == 2 and keys[-1].not_after is None  # the current key still signs

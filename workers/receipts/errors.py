@@ -13,5 +13,5 @@ class KeysChanging(ReceiptsError, RetryableError):
     code = "receipt_keys_changing"
 
 
-class NoKeyToRotate(ReceiptsError, PermanentError):
-    code = "no_receipt_key"
+class TooManyKeys(ReceiptsError, PermanentError):
+    code = "too_many_receipt_keys"
