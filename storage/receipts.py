@@ -212,13 +212,11 @@ class ReceiptRepository:
         for r in receipts:
             if r.customer not in last or r.seq > last[r.customer].seq:
                 last[r.customer] = r
-        for r in last.values():
-            head = (ReceiptChainRow.tenant_id == tenant_id) & (
-                ReceiptChainRow.customer == r.customer
-            )
-            await self.session.execute(
-                update(ReceiptChainRow).where(head).values(seq=r.seq, hash=r.hash)
-            )
+        heads = [
+            {"tenant_id": tenant_id, "customer": c, "seq": r.seq, "hash": r.hash}
+            for c, r in sorted(last.items())
+        ]
+        await self.session.execute(update(ReceiptChainRow), heads)  # by primary key, batched
 
     # --- reads --------------------------------------------------------------------------
 
