@@ -19,10 +19,20 @@ import pytest
 from sqlalchemy import text
 from typer.testing import CliRunner
 
+from schemas.envelope import CloudEvent
 from schemas.receipts import ReceiptData, canonical
+from storage.payments import Payment
 from tests.conftest import TenantKey
-from tests.integration.receipts_support import keys_of, receipts_of, with_secrets
-from tests.integration.support import Sessions
+from tests.integration.receipts_support import (
+    key_of,
+    keys_of,
+    payment_refunded,
+    payment_succeeded,
+    receipts_of,
+    topic_of,
+    with_secrets,
+)
+from tests.integration.support import Sessions, producer
 from tests.integration.test_cli import billstream
 from tests.integration.test_credit_notes import invoice, note, pay_offline, wait_invoice
 from tests.integration.test_invoicing import Stack, stack
@@ -281,3 +291,46 @@ async def test_audit_is_clean_then_finds_a_changed_invoice_and_a_deleted_receipt
     assert found[-1] == "4 problem(s) found"
     paged = await ops.audit(st.settings, t)
     assert sorted(map(str, paged.problems)) == sorted(found[:4])
+
+
+async def test_audit_leaves_a_refund_made_in_stripe_unchecked_but_not_a_refund_of_nothing(
+    billing: Stack, sessions: Sessions, tenant: TenantKey
+) -> None:
+    """A refund made in Stripe's dashboard (``charge.refunded``) is attested, but payments
+    keeps no row of it: the audit says it could not check it. A refund receipt of a
+    payment that does not exist is a problem."""
+    st, t = billing, tenant.tenant_id
+    bob = await invoice(st, "bob", "EUR", "0.2", "50.00")
+    inv = bob["invoice_id"]
+    async with sessions() as db, db.begin():
+        db.add(Payment(
+            tenant_id=t, id="pay_card", invoice_id=inv, customer="bob", amount=6000,
+            currency="EUR", method="card", attempt=1, state="succeeded", amount_refunded=1000,
+            stripe_payment_intent="pi_1", stripe_charge="ch_1", disputed=False,
+        ))  # fmt: skip
+    events: list[CloudEvent] = [
+        payment_succeeded(t, "bob", "pay_card", inv, 6000),
+        payment_refunded(t, "bob", "re_stripe", "pay_card", inv, 1000),
+    ]
+    async with producer(st.settings) as p:
+        for e in events:
+            await p.send(topic_of(e), e.to_json(), key=key_of(e))
+    await receipts_issued(sessions, t, 3)
+    code, out, err = await cli(st, "audit")
+    assert code == 0, out + err
+    [refund] = [r for r in await receipts_of(sessions, t) if r.kind == "refund"]
+    assert out.splitlines() == [
+        f"unchecked: receipt {refund.id} refund re_stripe: a refund of card payment pay_card "
+        "made in Stripe: payments keeps no row of it",
+        f"audit of {t}: 1 chain(s), 3 receipt(s), 2 document(s) checked",
+        "no problem found",
+    ]
+
+    ghost = payment_refunded(t, "bob", "re_ghost", "pay_ghost", inv, 100)
+    async with producer(st.settings) as p:
+        await p.send(topic_of(ghost), ghost.to_json(), key=key_of(ghost))
+    await receipts_issued(sessions, t, 4)
+    code, out, err = await cli(st, "audit")
+    assert code == 1, out + err
+    assert "refund re_ghost: no succeeded refund of this id" in out
+    assert out.splitlines()[-1] == "1 problem(s) found"
