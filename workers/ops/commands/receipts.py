@@ -115,7 +115,7 @@ def receipts_export(
     tenant: Tenant = None,
     output: Output = None,
 ) -> None:
-    """A customer's chain as JSON lines, in order: what ``receipts verify`` checks."""
+    """A customer's chain as JSON lines, in order: what "billstream receipts verify" checks."""
     from workers.ops import receipts as ops
     from workers.ops import tax_report
 
@@ -133,7 +133,7 @@ def receipts_export(
 @receipts_app.command("keys")
 def receipts_keys(tenant: Tenant = None, output: Output = None) -> None:
     """The tenant's public keys, current and past with their validity, as a JWKS: what
-    ``receipts verify --keys`` reads."""
+    "billstream receipts verify --keys" reads."""
     from workers.ops import receipts as ops
     from workers.ops import tax_report
 
