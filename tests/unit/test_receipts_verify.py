@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from schemas.receipts import GENESIS, ReceiptData, canonical
-from workers.receipts import Failure, parse_keys, verify_export
+from workers.receipts import Failure, KeysError, parse_keys, verify_export
 from workers.receipts.service import (
     Attestation,
     Head,
@@ -239,3 +239,23 @@ def test_a_line_that_is_not_a_receipt_is_malformed() -> None:
     assert (f.line, f.reason, f.receipt_id) == (2, "malformed", None)
     report = verify_export(export, KEYS)
     assert report.receipts == 1  # verified before the failure
+
+
+def test_a_second_receipt_with_the_same_seq_is_a_fork() -> None:
+    receipts = chain(KEY, hourly(3))
+    # another document signed into seq 3, chained to seq 2 like the real one: a fork
+    head = Head(receipts[1].seq, receipts[1].hash)
+    fork = issue(
+        attestation("alice", 9), head, KEY.kid, private_key(KEY.private_key), T0 + 3 * HOUR
+    )
+    f = failure([*lines(receipts), fork.model_dump_json()], KEYS)
+    assert (f.line, f.reason, f.seq) == (4, "broken_chain", 3)
+    assert "forks" in f.detail
+
+
+def test_keys_whose_validity_has_no_utc_offset_are_refused() -> None:
+    document = {
+        "keys": [jwk(KEY.kid, KEY.public_key, T0, None) | {"not_before": "2026-03-01T09:00:00"}]
+    }
+    with pytest.raises(KeysError, match="no UTC offset"):
+        parse_keys(document)

@@ -84,16 +84,20 @@ def parse_keys(document: Mapping[str, Any]) -> dict[str, Key]:
             public = Ed25519PublicKey.from_public_bytes(unb64url(k["x"]))
             after = k.get("not_after")
             found[str(k["kid"])] = Key(
-                str(k["kid"]),
-                public,
-                datetime.fromisoformat(k["not_before"]),
-                datetime.fromisoformat(after) if after else None,
+                str(k["kid"]), public, _instant(k["not_before"]), _instant(after) if after else None
             )
         except KeysError:
             raise
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise KeysError(f"keys[{i}] is not a usable key with its validity: {e}") from None
     return found
+
+
+def _instant(text: str) -> datetime:
+    at = datetime.fromisoformat(text)
+    if at.tzinfo is None:
+        raise ValueError(f"{text!r} has no UTC offset")  # becomes KeysError
+    return at
 
 
 # the fields a receipt repeats from its payload, which must agree with it
@@ -184,10 +188,10 @@ def _place(
     last_seq, last_hash, last_at = head
     if r.receipt_id in seen:
         return "duplicated", "this receipt appears a second time"
-    if r.seq <= last_seq:
-        return ("duplicated" if r.seq == last_seq else "reordered"), (
-            f"seq {r.seq} comes after seq {last_seq}"
-        )
+    if r.seq == last_seq:
+        return "broken_chain", f"a second, different receipt with seq {r.seq}: the chain forks"
+    if r.seq < last_seq:
+        return "reordered", f"seq {r.seq} comes after seq {last_seq}"
     if r.seq > last_seq + 1:
         if set(range(last_seq + 1, r.seq)) & present:
             return "reordered", f"seq {r.seq} comes before seq {last_seq + 1}"
