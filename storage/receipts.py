@@ -252,18 +252,20 @@ class ReceiptRepository:
                 return
             after = rows[-1].seq
 
-    async def customers(self, tenant_id: str) -> list[str]:
-        """The customers of the tenant that have a chain, in order."""
-        rows = await self.session.scalars(
-            select(ReceiptChainRow.customer)
-            .where(ReceiptChainRow.tenant_id == tenant_id, ReceiptChainRow.seq > 0)
-            .order_by(ReceiptChainRow.customer)
+    async def heads(
+        self, tenant_id: str, after: str | None, limit: int
+    ) -> list[tuple[str, int, str]]:
+        """The next ``limit`` chains (customer, seq, hash) of the tenant that have a receipt,
+        by customer, unlocked: what each chain's last receipt must be (the audit)."""
+        q = select(ReceiptChainRow.customer, ReceiptChainRow.seq, ReceiptChainRow.hash).where(
+            ReceiptChainRow.tenant_id == tenant_id, ReceiptChainRow.seq > 0
         )
-        return list(rows)
+        if after is not None:
+            q = q.where(ReceiptChainRow.customer > after)
+        rows = await self.session.execute(q.order_by(ReceiptChainRow.customer).limit(limit))
+        return [(str(c), int(n), str(h)) for c, n, h in rows]
 
-    async def documents(self, tenant_id: str) -> set[tuple[str, str]]:
-        """The ``(kind, document_id)`` the tenant's receipts attest."""
-        rows = await self.session.execute(
-            select(ReceiptRow.kind, ReceiptRow.document_id).where(ReceiptRow.tenant_id == tenant_id)
-        )
-        return {(k, d) for k, d in rows}
+    async def head(self, tenant_id: str, customer: str) -> tuple[str, int, str] | None:
+        """One customer's chain (customer, seq, hash), if it has a receipt."""
+        row = await self.session.get(ReceiptChainRow, (tenant_id, customer))
+        return None if row is None or row.seq == 0 else (row.customer, row.seq, row.hash)

@@ -19,7 +19,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, TextIO
 
 from schemas.receipts import canonical, receipt_id
-from storage.receipt_heads import ReceiptHeads
 from storage.receipts import ReceiptRepository, ReceiptRow
 from workers import invoicing, payments, receipts
 from workers.ops.errors import OpsError
@@ -63,7 +62,7 @@ async def write_chain(
     """Write the customer's chain to ``out`` as JSON lines, in order, a page at a time; how
     many receipts (those issued while it runs may be included: a chain only grows)."""
     async with database(settings, pool_size=1) as jobs, jobs.transaction(JOB) as tx:
-        head = await tx.repo(ReceiptHeads).head(tenant, customer)
+        head = await tx.repo(ReceiptRepository).head(tenant, customer)
         if head is None:
             raise OpsError(f"customer {customer!r} has no receipt", option="--customer")
         progress.begin(f"receipts of {customer}", head[1])
@@ -311,7 +310,7 @@ async def audit(settings: Settings, tenant: str, progress: Progress = NoProgress
         after: str | None = None
         while True:
             async with jobs.transaction(JOB) as tx:
-                heads = await tx.repo(ReceiptHeads).page(tenant, after, PAGE)
+                heads = await tx.repo(ReceiptRepository).heads(tenant, after, PAGE)
             for customer, seq, hash in heads:
                 async with jobs.transaction(JOB) as tx:
                     await _check_chain(tx, result, keys, customer, seq, hash)
