@@ -22,7 +22,6 @@ from sqlalchemy import (
     func,
     select,
     text,
-    tuple_,
     update,
 )
 from sqlalchemy.dialects.postgresql import insert
@@ -93,6 +92,32 @@ class ReceiptRow(Base):
 
 
 ChainKey = tuple[str, str]  # (tenant_id, customer)
+
+_EXISTING = text(
+    """
+    SELECT r.tenant_id, r.id
+    FROM receipts AS r
+    JOIN unnest(CAST(:t AS text[]), CAST(:i AS text[])) AS v(t, i)
+      ON r.tenant_id = v.t AND r.id = v.i
+    """
+)
+_ADD_HEADS = text(
+    """
+    INSERT INTO receipt_chains (tenant_id, customer, seq, hash)
+    SELECT t, c, 0, :genesis FROM unnest(CAST(:t AS text[]), CAST(:c AS text[])) AS v(t, c)
+    ON CONFLICT DO NOTHING
+    """
+)
+_LOCK_HEADS = text(
+    """
+    SELECT h.tenant_id, h.customer, h.seq, h.hash
+    FROM receipt_chains AS h
+    JOIN unnest(CAST(:t AS text[]), CAST(:c AS text[])) AS v(t, c)
+      ON h.tenant_id = v.t AND h.customer = v.c
+    ORDER BY h.tenant_id, h.customer
+    FOR UPDATE OF h
+    """
+)
 
 
 class ReceiptRepository:
@@ -172,10 +197,10 @@ class ReceiptRepository:
         wanted = sorted(set(ids))
         if not wanted:
             return set()
+        # arrays, not a row-value IN list: PostgreSQL refuses a list of ~10,000 pairs (stack
+        # depth limit exceeded), which fails a full batch before it is split
         rows = await self.session.execute(
-            select(ReceiptRow.tenant_id, ReceiptRow.id).where(
-                tuple_(ReceiptRow.tenant_id, ReceiptRow.id).in_(wanted)
-            )
+            _EXISTING, {"t": [t for t, _ in wanted], "i": [i for _, i in wanted]}
         )
         return {(t, i) for t, i in rows}
 
@@ -187,18 +212,12 @@ class ReceiptRepository:
         wanted = sorted(set(chains))
         if not wanted:
             return {}
-        await self.session.execute(
-            insert(ReceiptChainRow)
-            .values([{"tenant_id": t, "customer": c, "seq": 0, "hash": genesis} for t, c in wanted])
-            .on_conflict_do_nothing()
-        )
-        rows = await self.session.execute(
-            select(ReceiptChainRow.tenant_id, ReceiptChainRow.customer, ReceiptChainRow.seq,
-                   ReceiptChainRow.hash)
-            .where(tuple_(ReceiptChainRow.tenant_id, ReceiptChainRow.customer).in_(wanted))
-            .order_by(ReceiptChainRow.tenant_id, ReceiptChainRow.customer)
-            .with_for_update()
-        )  # fmt: skip
+        # two arrays, not four bind parameters per chain: a batch may open more chains than a
+        # statement may have parameters (32,767; asyncpg refuses it client-side, and the
+        # runtime would retry that batch forever); and the statements are compiled once
+        arrays = {"t": [t for t, _ in wanted], "c": [c for _, c in wanted]}
+        await self.session.execute(_ADD_HEADS, {**arrays, "genesis": genesis})
+        rows = await self.session.execute(_LOCK_HEADS, arrays)
         return {(t, c): (s, h) for t, c, s, h in rows}
 
     async def append(self, tenant_id: str, receipts: Sequence[ReceiptRow]) -> None:

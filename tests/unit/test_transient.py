@@ -130,6 +130,15 @@ def test_without_sqlstate_a_dropped_connection_is_transient() -> None:
     assert is_transient(sa_exc.InterfaceError("SELECT 1", {}, FakeOrig())) is True
 
 
+def test_a_statement_the_driver_refuses_before_sending_it_is_permanent() -> None:
+    """Too many bind parameters: asyncpg's InterfaceError carries no SQLSTATE, like a
+    dropped connection's, but the same batch would be refused on every retry."""
+    refused = asyncpg.exceptions.InterfaceError("the number of query arguments cannot exceed 32767")
+    assert is_transient(db_error(refused)) is False
+    closed = asyncpg.exceptions.InterfaceError("connection is closed")
+    assert is_transient(db_error(closed)) is True
+
+
 def test_pool_timeouts_and_disconnects_are_transient() -> None:
     assert is_transient(sa_exc.TimeoutError("QueuePool limit reached")) is True
     assert is_transient(sa_exc.DisconnectionError("gone")) is True

@@ -17,6 +17,9 @@ R = TypeVar("R")
 # SQLSTATE classes: 08 connection, 40 rollback (serialization, deadlock),
 # 53 insufficient resources, 57 operator intervention (shutdown), 58 system error
 _TRANSIENT_SQLSTATE_CLASSES = ("08", "40", "53", "57", "58")
+# asyncpg refuses a statement of more than 32,767 bind parameters before sending it, with
+# an InterfaceError of no SQLSTATE (like a dropped connection's): not transient
+_REFUSED_BY_DRIVER = "query arguments cannot exceed"
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -39,6 +42,8 @@ def is_transient(exc: BaseException) -> bool:
         )
         if isinstance(sqlstate, str):
             return sqlstate[:2] in _TRANSIENT_SQLSTATE_CLASSES
+        if _REFUSED_BY_DRIVER in str(cause or exc.orig):
+            return False  # refused before it was sent: the same batch would be, forever
         return isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError) or isinstance(
             cause, OSError | ConnectionError
         )
