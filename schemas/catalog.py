@@ -8,7 +8,18 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from schemas import alerts, invoicing, metering, ops, payments, pos, receipts, topics, webhooks
+from schemas import (
+    alerts,
+    entitlements,
+    invoicing,
+    metering,
+    ops,
+    payments,
+    pos,
+    receipts,
+    topics,
+    webhooks,
+)
 from schemas.bounds import PublishedJsonSchema
 from schemas.usage import UsageEvent
 
@@ -52,6 +63,14 @@ CATALOG: tuple[MessageSpec, ...] = (
     *(MessageSpec(topics.EVENTS_ALERTS, "event", _type_of(m), m) for m in alerts.EVENTS),
     *(MessageSpec(topics.COMMANDS_RECEIPTS, "command", _type_of(m), m) for m in receipts.COMMANDS),
     *(MessageSpec(topics.EVENTS_RECEIPTS, "event", _type_of(m), m) for m in receipts.EVENTS),
+    *(
+        MessageSpec(topics.COMMANDS_ENTITLEMENTS, "command", _type_of(m), m)
+        for m in entitlements.COMMANDS
+    ),
+    *(
+        MessageSpec(topics.EVENTS_ENTITLEMENTS, "event", _type_of(m), m)
+        for m in entitlements.EVENTS
+    ),
 )
 
 

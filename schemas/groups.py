@@ -26,6 +26,10 @@ ALERTS_COMMANDS = "billstream.alerts.commands"
 RECEIPTS_DOCUMENTS = "billstream.receipts.documents"
 RECEIPTS_COMMANDS = "billstream.receipts.commands"
 
+ENTITLEMENTS_EVENTS = "billstream.entitlements.events"  # invoicing and payments events
+ENTITLEMENTS_USAGE = "billstream.entitlements.usage"  # usage.totals_changed
+ENTITLEMENTS_COMMANDS = "billstream.entitlements.commands"
+
 WEBHOOKS_COMMANDS = "billstream.webhooks.commands"
 WEBHOOKS_FANOUT_PREFIX = "billstream.webhooks.fanout"
 

@@ -21,6 +21,8 @@ COMMANDS_ALERTS = "billstream.commands.alerts.v1"
 EVENTS_ALERTS = "billstream.events.alerts.v1"
 COMMANDS_RECEIPTS = "billstream.commands.receipts.v1"
 EVENTS_RECEIPTS = "billstream.events.receipts.v1"
+COMMANDS_ENTITLEMENTS = "billstream.commands.entitlements.v1"
+EVENTS_ENTITLEMENTS = "billstream.events.entitlements.v1"
 
 DLQ_SUFFIX = ".dlq"
 
@@ -68,6 +70,13 @@ TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec(COMMANDS_RECEIPTS, "tenant_id", "ingress, CLI", "receipts"),
     TopicSpec(
         EVENTS_RECEIPTS, "tenant_id:customer_id", "receipts (outbox)", "webhooks, anyone downstream"
+    ),
+    TopicSpec(COMMANDS_ENTITLEMENTS, "tenant_id:customer_id", "ingress, CLI", "entitlements"),
+    TopicSpec(
+        EVENTS_ENTITLEMENTS,
+        "tenant_id:customer_id",
+        "entitlements (outbox)",
+        "webhooks, anyone downstream",
     ),
 )
 

@@ -4,6 +4,7 @@ from storage import (  # noqa: F401
     alert_credits,
     alerts,
     commands,
+    entitlements,
     inbox,
     invoicing,
     metering,

@@ -11,6 +11,7 @@ from workers.invoicing.receipt_views import (
     attested_invoices,
     finalized_documents,
 )
+from workers.invoicing.service import add_interval
 from workers.invoicing.tax_report import Encoder as TaxReportEncoder
 from workers.invoicing.tax_report_views import tax_report_page
 from workers.invoicing.views import (
@@ -26,6 +27,7 @@ __all__ = [
     "CreditBalance",
     "DraftPeriod",
     "TaxReportEncoder",
+    "add_interval",
     "attested_credit_notes",
     "attested_invoices",
     "config_of",
