@@ -32,8 +32,9 @@ from sqlalchemy import (
     or_,
     select,
     text,
+    update,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -204,7 +205,9 @@ class SigningKeyRow(Base):
     )
 
     kid: Mapped[str] = mapped_column(String(64), primary_key=True, comment="RFC 7638 thumbprint")
-    current: Mapped[bool] = mapped_column(Boolean, server_default=text("true"))
+    current: Mapped[bool | None] = mapped_column(
+        Boolean, server_default=text("true"), comment="true while current, then null"
+    )
     public_key: Mapped[str] = mapped_column(String(64), comment="Ed25519, raw, base64url")
     private_key: Mapped[str] = mapped_column(Text, comment="Fernet ciphertext (enc:…)")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
@@ -334,3 +337,41 @@ class EntitlementRepository:
             unpaid,
             await self.config(tenant_id),
         )
+
+    # --- the token signing keys (the deployment's, not a tenant's) ----------------------------
+
+    async def current_signing_key(self) -> SigningKeyRow | None:
+        row: SigningKeyRow | None = await self.session.scalar(
+            select(SigningKeyRow).where(SigningKeyRow.retired_at.is_(None))
+        )
+        return row
+
+    async def published_keys(self, retired_after: datetime) -> list[SigningKeyRow]:
+        """The current key and those retired after ``retired_after`` (tokens they signed may
+        still be valid), oldest first."""
+        rows = await self.session.scalars(
+            select(SigningKeyRow)
+            .where(
+                or_(SigningKeyRow.retired_at.is_(None), SigningKeyRow.retired_at > retired_after)
+            )
+            .order_by(SigningKeyRow.created_at, SigningKeyRow.kid)
+        )
+        return list(rows)
+
+    async def rotate_signing_key(
+        self, kid: str, public_key: str, private_key: str, now: datetime
+    ) -> bool:
+        """Retire the current key (if any) and make this one current, at ``now``; False when
+        another writer rotated first (this transaction then changes nothing it keeps)."""
+        await self.session.execute(
+            update(SigningKeyRow)
+            .where(SigningKeyRow.retired_at.is_(None))
+            .values(retired_at=now, current=None)
+        )
+        added = await self.session.execute(
+            insert(SigningKeyRow)
+            .values(kid=kid, public_key=public_key, private_key=private_key, created_at=now)
+            .on_conflict_do_nothing()
+            .returning(SigningKeyRow.kid)
+        )
+        return added.first() is not None

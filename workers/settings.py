@@ -222,6 +222,25 @@ class Settings(BaseSettings):
         description="Retries after a failed collection, in days after the failure.",
     )
 
+    # --- entitlements --------------------------------------------------------------
+    entitlements_tick_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="How often the entitlements worker ends graces, restores hard limits of "
+        "ended periods, expires grants and rotates the token signing key when it is due.",
+    )
+    entitlements_issuer: str = Field(
+        default="billstream",
+        min_length=1,
+        description="The 'iss' claim of entitlement tokens (gateways check it).",
+    )
+    entitlements_key_rotation_days: float = Field(
+        default=30.0,
+        gt=0,
+        description="The token signing key is replaced after this long; retired keys stay "
+        "in /.well-known/jwks.json for a day (the longest a token lives).",
+    )
+
     @field_validator("dunning_schedule_days", mode="before")
     @classmethod
     def _days_list(cls, v: object) -> object:

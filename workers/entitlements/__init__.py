@@ -5,5 +5,6 @@ Its face: what other packages may import (an import-linter contract enforces it)
 function a check is answered with and what a token is made of."""
 
 from workers.entitlements.service import entitled, evaluate, token_claims
+from workers.entitlements.tokens import Signer, jwks, rotate, signer
 
-__all__ = ["entitled", "evaluate", "token_claims"]
+__all__ = ["Signer", "entitled", "evaluate", "jwks", "rotate", "signer", "token_claims"]

@@ -162,7 +162,13 @@ def upgrade() -> None:
     op.create_table(
         "entitlement_keys",
         sa.Column("kid", sa.String(64), primary_key=True, comment="RFC 7638 thumbprint"),
-        sa.Column("current", sa.Boolean(), server_default=sa.text("true"), nullable=False),
+        sa.Column(
+            "current",
+            sa.Boolean(),
+            server_default=sa.text("true"),
+            nullable=True,
+            comment="true while current, then null",
+        ),
         sa.Column("public_key", sa.String(64), nullable=False, comment="Ed25519, raw, base64url"),
         sa.Column("private_key", sa.Text(), nullable=False, comment="Fernet ciphertext (enc:…)"),
         sa.Column("created_at", _TZ, nullable=False),
