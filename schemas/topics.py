@@ -71,7 +71,12 @@ TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec(
         EVENTS_RECEIPTS, "tenant_id:customer_id", "receipts (outbox)", "webhooks, anyone downstream"
     ),
-    TopicSpec(COMMANDS_ENTITLEMENTS, "tenant_id:customer_id", "ingress, CLI", "entitlements"),
+    TopicSpec(
+        COMMANDS_ENTITLEMENTS,
+        "tenant_id (features, plans, config) or tenant_id:customer_id",
+        "ingress",
+        "entitlements",
+    ),
     TopicSpec(
         EVENTS_ENTITLEMENTS,
         "tenant_id:customer_id",
