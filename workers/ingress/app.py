@@ -21,6 +21,7 @@ from workers.ingress import alerts as alert_routes
 from workers.ingress import credit_notes as credit_note_routes
 from workers.ingress import credits as credit_routes
 from workers.ingress import discounts as discount_routes
+from workers.ingress import entitlements as entitlement_routes
 from workers.ingress import invoicing
 from workers.ingress import one_off as one_off_routes
 from workers.ingress import payments as payment_routes
@@ -140,6 +141,7 @@ def create_app(settings: Settings) -> FastAPI:
         alert_routes.router,
         tax_report_routes.router,
         receipt_routes.router,
+        entitlement_routes.router,
     ]
     for r in routers:
         app.include_router(r)

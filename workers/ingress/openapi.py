@@ -60,13 +60,20 @@ PROBLEM_TYPES: dict[int, tuple[str, list[str]]] = {
     429: ("Rate limited", ["rate_limited"]),
     503: (
         "A dependency is unavailable",
-        ["dependency_unavailable", "broker_unavailable", "secrets_key_missing"],
+        [
+            "dependency_unavailable",
+            "broker_unavailable",
+            "secrets_key_missing",
+            "signing_key_unavailable",
+        ],
     ),
 }
 
 RATE_LIMITED = {("POST", "/v1/events"), ("POST", "/v1/integrations/pos/{source}/transactions")}
 UNAUTHENTICATED_WEBHOOK = ("POST", "/v1/integrations/stripe/{token}")
 WRITE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
+# writes that change nothing, so take no Idempotency-Key (each call answers anew)
+NOT_IDEMPOTENT = {("POST", "/v1/customers/{customer}/entitlements/token")}
 # writes whose body names a resource the door looks up (an unknown customer: 404)
 BODY_LOOKUPS = {("POST", "/v1/invoices")}
 
@@ -162,7 +169,7 @@ def _events_body(components: dict[str, Any], max_items: int) -> dict[str, Any]:
 def _statuses(route: APIRoute, method: str, op: dict[str, Any], auth: bool) -> set[int]:
     statuses = {422, 503}
     key = (method, route.path_format)
-    idempotent = auth and method in WRITE_METHODS
+    idempotent = auth and method in WRITE_METHODS and key not in NOT_IDEMPOTENT
     if auth:
         statuses.add(401)
     if "requestBody" in op or idempotent or key == UNAUTHENTICATED_WEBHOOK:
@@ -232,7 +239,10 @@ def truthful_openapi(
                     _no_control_characters(p.get("schema", {}))
                 if auth:
                     op["security"] = [{"bearerAuth": []}]
-                    if method in WRITE_METHODS:
+                    if (
+                        method in WRITE_METHODS
+                        and (method, route.path_format) not in NOT_IDEMPOTENT
+                    ):
                         params.append(copy.deepcopy(IDEMPOTENCY_KEY))
                 if not params:
                     del op["parameters"]

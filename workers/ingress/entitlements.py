@@ -1,0 +1,711 @@
+"""The entitlements API (docs/entitlements.md): features, what plans, overrides and one-off
+grants give of them, the check of a customer's entitlements, signed entitlement tokens and
+the public keys they verify with.
+
+Writes become commands on ``billstream.commands.entitlements.v1`` (202 + command id), keyed
+by the tenant (features, plans, the configuration) or ``tenant:customer`` (overrides and
+grants, so one customer's stay in order). The door refuses at once what it can check: an
+unknown plan, customer or feature in the path (404); an unknown feature in a body, or a
+field that does not fit the feature's kind — ``config`` only for config features,
+``limit``/a soft ``limit_mode`` only for metered ones, ``units`` only for metered grants —
+422 naming the field. The worker checks again (a feature may change in between).
+
+A check (``GET /v1/customers/{customer}/entitlements[/{feature}]``) is the hot path: one
+short transaction of indexed reads (``EntitlementRepository.snapshot``) and the one pure
+function every answer and every event comes from (``entitlements.evaluate``). A token is
+that answer, signed: the current signing key is kept ``SIGNING_KEY_CACHE_S`` per process.
+
+``/.well-known/jwks.json`` needs no API key: it is the deployment's, not a tenant's (the
+door only authenticates routes that need a tenant).
+
+Routes are declared in match order: ``…/entitlements/token`` (POST) and the override's
+path before nothing they could capture; ``/v1/features/{key}`` after ``/v1/features``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+from fastapi import APIRouter, Path, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas import topics
+from schemas.bounds import EXTERNAL_ID_PATTERN, ID_PATTERN, Line
+from schemas.bounds import Text as LongText
+from schemas.entitlements import (
+    FEATURE_KEY_PATTERN,
+    KEY_ID_PATTERN,
+    MAX_PLAN_ENTITLEMENTS,
+    Config,
+    ConfigureEntitlements,
+    CreateFeature,
+    CustomerEntitlements,
+    EntitlementsConfig,
+    EntitlementView,
+    FeatureKind,
+    FeatureSpec,
+    Grant,
+    GrantEntitlement,
+    GrantSpec,
+    LimitMode,
+    OverrideRef,
+    OverrideSpec,
+    PlanEntitlementsSpec,
+    RemoveEntitlementOverride,
+    SetEntitlementOverride,
+    SetPlanEntitlements,
+)
+from schemas.envelope import CloudEvent, new_id
+from schemas.metering import METER_KEY_PATTERN
+from schemas.pricing import KEY_PATTERN as PLAN_KEY_PATTERN
+from schemas.pricing import Quantity
+from storage.entitlement_reads import EntitlementReads
+from storage.entitlements import EntitlementRepository
+from workers import entitlements, payments
+from workers.ingress.deps import IngressState, State, Tenant, Unit
+from workers.ingress.fields import Instant
+from workers.ingress.problems import Problem, invalid, not_found
+from workers.ingress.routes import CommandAccepted, envelope, submit
+from workers.runtime import Tx
+
+if TYPE_CHECKING:
+    from storage.entitlements import FeatureRow, Snapshot
+
+router = APIRouter(tags=["entitlements"])
+
+#: how long one ingress process signs with the key it read (a rotation shows within this)
+SIGNING_KEY_CACHE_S = 30.0
+#: how long anyone may cache the public keys (a rotation shows within this)
+KEYS_MAX_AGE_S = 300
+#: a retired key stays published while a token it signed may still be valid: the longest
+#: token life (EntitlementsConfig.token_ttl_seconds ≤ 1 day) and the signing key cache
+KEYS_KEPT = timedelta(days=1, seconds=SIGNING_KEY_CACHE_S)
+#: the worker makes the first key on its first tick (entitlements_tick_s, 5 s by default)
+KEY_RETRY_AFTER_S = 5
+
+CustomerPath = Annotated[
+    str, Path(pattern=EXTERNAL_ID_PATTERN, description="The customer's external_id.")
+]
+FeaturePath = Annotated[str, Path(pattern=FEATURE_KEY_PATTERN, description="A feature's key.")]
+PlanPath = Annotated[str, Path(pattern=PLAN_KEY_PATTERN, description="A plan's key.")]
+_PENDING_HINT = " (if its create command is still pending, retry when it has succeeded)"
+_ACCEPTED: dict[str, Any] = {"status_code": 202, "response_model": CommandAccepted}
+
+
+async def _send(
+    request: Request,
+    st: State,
+    tenant_id: str,
+    command: type[CloudEvent],
+    data: BaseModel,
+    key: str,
+    subject: str,
+    extra: dict[str, Any] | None = None,
+) -> Response:
+    event = command(data=data, **envelope(request, tenant_id, subject))
+    return await submit(
+        request,
+        st,
+        tenant_id,
+        event,
+        topic=topics.COMMANDS_ENTITLEMENTS,
+        key=key,
+        extra=extra,
+    )
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --- what fits a feature's kind --------------------------------------------------------
+
+
+def _misfits(
+    kind: str, key: str, prefix: str, *, config: Any, limit: Any, limit_mode: str | None
+) -> list[dict[str, str]]:
+    """The fields given that mean nothing for a feature of ``kind`` (nulls, and the default
+    ``limit_mode`` a read shows, are harmless: what was read can be written back)."""
+    errors = []
+    if config is not None and kind != "config":
+        errors.append(
+            {"field": f"{prefix}config", "reason": f"only for config features; {key!r} is {kind}"}
+        )
+    if kind != "metered":
+        if limit is not None:
+            errors.append(
+                {
+                    "field": f"{prefix}limit",
+                    "reason": f"only for metered features; {key!r} is {kind}",
+                }
+            )
+        if limit_mode == "soft":
+            errors.append(
+                {
+                    "field": f"{prefix}limit_mode",
+                    "reason": f"only for metered features; {key!r} is {kind}",
+                }
+            )
+    return errors
+
+
+def _refuse(errors: list[dict[str, str]]) -> None:
+    if errors:
+        raise _invalid(errors)
+
+
+def _invalid(errors: list[dict[str, str]]) -> Problem:
+    return invalid("; ".join(f"{e['field']}: {e['reason']}" for e in errors[:5]), errors)
+
+
+async def _feature(tx: Tx, tenant_id: str, key: str) -> FeatureRow:
+    row = await tx.repo(EntitlementRepository).feature(tenant_id, key)
+    if row is None:
+        raise not_found("feature", key, _PENDING_HINT)
+    return row
+
+
+async def _customer(tx: Tx, tenant_id: str, external_id: str) -> None:
+    if not await tx.repo(EntitlementReads).customer_exists(tenant_id, external_id):
+        raise not_found("customer", external_id, _PENDING_HINT)
+
+
+# --- features ----------------------------------------------------------------------------
+
+
+class FeatureIn(_In):
+    """A feature (``FeatureSpec``); ``meter`` is for metered features only, and required."""
+
+    key: str = Field(pattern=FEATURE_KEY_PATTERN, description="Unique per tenant, e.g. 'sso'.")
+    name: Line = Field(min_length=1, max_length=256)
+    kind: FeatureKind = Field(
+        description="boolean: access or not; config: access with a JSON configuration; "
+        "metered: access up to a limit on a meter per billing period"
+    )
+    meter: str | None = Field(
+        default=None,
+        pattern=METER_KEY_PATTERN,
+        description="The meter a metered feature counts (its key); only for kind 'metered'",
+    )
+    description: LongText | None = Field(default=None, max_length=2048)
+
+
+class FeatureView(BaseModel):
+    key: str
+    name: str
+    kind: FeatureKind
+    meter: str | None
+    description: str | None
+    created_at: datetime
+
+
+def _feature_view(row: FeatureRow) -> FeatureView:
+    return FeatureView.model_validate(row, from_attributes=True)
+
+
+@router.post("/v1/features", summary="Define a feature (command)", **_ACCEPTED)
+async def create_feature(
+    request: Request, body: FeatureIn, st: State, tenant_id: Tenant
+) -> Response:
+    """Publishes a ``CreateFeature`` command. The same key again with the same kind and
+    meter updates its name and description; another kind or meter fails the command and
+    changes nothing."""
+    if body.kind == "metered" and body.meter is None:
+        _refuse([{"field": "meter", "reason": "a metered feature names the meter it counts"}])
+    if body.kind != "metered" and body.meter is not None:
+        _refuse([{"field": "meter", "reason": f"only for metered features, not {body.kind!r}"}])
+    spec = FeatureSpec(**body.model_dump())
+    return await _send(
+        request, st, tenant_id, CreateFeature, spec, topics.partition_key(tenant_id), spec.key
+    )
+
+
+@router.get("/v1/features", response_model=list[FeatureView], summary="The tenant's features")
+async def list_features(tx: Unit, tenant_id: Tenant) -> list[FeatureView]:
+    return [_feature_view(f) for f in await tx.repo(EntitlementRepository).features(tenant_id)]
+
+
+@router.get("/v1/features/{key}", response_model=FeatureView, summary="One feature")
+async def get_feature(key: FeaturePath, tx: Unit, tenant_id: Tenant) -> FeatureView:
+    return _feature_view(await _feature(tx, tenant_id, key))
+
+
+# --- plans ---------------------------------------------------------------------------------
+
+
+class PlanEntitlementsIn(_In):
+    entitlements: list[Grant] = Field(
+        max_length=MAX_PLAN_ENTITLEMENTS,
+        description="Every feature of the plan, each once (replaces the list it had)",
+    )
+
+
+class PlanEntitlementsView(BaseModel):
+    plan: str
+    entitlements: list[Grant]
+
+
+async def _plan(tx: Tx, tenant_id: str, plan: str) -> None:
+    if not await tx.repo(EntitlementReads).plan_exists(tenant_id, plan):
+        raise not_found("plan", plan, _PENDING_HINT)
+
+
+@router.put(
+    "/v1/plans/{plan}/entitlements",
+    summary="Set what a plan gives (command)",
+    **_ACCEPTED,
+)
+async def set_plan_entitlements(
+    request: Request,
+    plan: PlanPath,
+    body: PlanEntitlementsIn,
+    st: State,
+    tx: Unit,
+    tenant_id: Tenant,
+) -> Response:
+    """Replaces the plan's features with ``entitlements``: each an existing feature, once;
+    ``config`` for config features, ``limit`` and ``limit_mode`` for metered ones (no
+    ``limit``: unlimited). Subscribers gain and lose access as the worker applies it."""
+    await _plan(tx, tenant_id, plan)
+    features = {f.key: f for f in await tx.repo(EntitlementRepository).features(tenant_id)}
+    errors: list[dict[str, str]] = []
+    seen: set[str] = set()
+    for i, g in enumerate(body.entitlements):
+        prefix = f"entitlements[{i}]."
+        feature = features.get(g.feature)
+        if feature is None:
+            errors.append({"field": prefix + "feature", "reason": f"no feature {g.feature!r}"})
+            continue
+        if g.feature in seen:
+            errors.append({"field": prefix + "feature", "reason": f"{g.feature!r} is listed twice"})
+        seen.add(g.feature)
+        errors += _misfits(
+            feature.kind,
+            g.feature,
+            prefix,
+            config=g.config,
+            limit=g.limit,
+            limit_mode=g.limit_mode,
+        )
+    _refuse(errors)
+    spec = PlanEntitlementsSpec(plan=plan, entitlements=body.entitlements)
+    return await _send(
+        request, st, tenant_id, SetPlanEntitlements, spec, topics.partition_key(tenant_id), plan
+    )
+
+
+@router.get(
+    "/v1/plans/{plan}/entitlements",
+    response_model=PlanEntitlementsView,
+    summary="What a plan gives",
+)
+async def get_plan_entitlements(
+    plan: PlanPath, tx: Unit, tenant_id: Tenant
+) -> PlanEntitlementsView:
+    """The plan's features as last set (empty until they are)."""
+    await _plan(tx, tenant_id, plan)
+    rows = await tx.repo(EntitlementReads).plan_grants(tenant_id, plan)
+    return PlanEntitlementsView(
+        plan=plan,
+        entitlements=[
+            Grant(
+                feature=r.feature,
+                config=r.config,
+                limit=r.limit,
+                limit_mode="soft" if r.limit_mode == "soft" else "hard",
+            )
+            for r in rows
+        ],
+    )
+
+
+# --- overrides and one-off grants ----------------------------------------------------------
+
+
+class OverrideIn(_In):
+    enabled: bool = Field(
+        default=True,
+        description="false: no access to the feature whatever the customer's plans say",
+    )
+    config: Config | None = Field(default=None, description="For a config feature")
+    limit: Quantity | None = Field(
+        default=None,
+        description="For a metered feature: the usage allowed per billing period (none: unlimited)",
+    )
+    limit_mode: LimitMode = Field(
+        default="hard", description="hard: denied once usage reaches the limit; soft: reported"
+    )
+
+
+@router.put(
+    "/v1/customers/{customer}/entitlements/{feature}/override",
+    summary="Set a customer's own terms for a feature (command)",
+    **_ACCEPTED,
+)
+async def set_override(
+    request: Request,
+    customer: CustomerPath,
+    feature: FeaturePath,
+    body: OverrideIn,
+    st: State,
+    tx: Unit,
+    tenant_id: Tenant,
+) -> Response:
+    """Replaces what the customer's plans give of the feature (grants still add their
+    units). An override of a metered feature without ``limit`` is unlimited."""
+    await _customer(tx, tenant_id, customer)
+    row = await _feature(tx, tenant_id, feature)
+    _refuse(
+        _misfits(
+            row.kind,
+            feature,
+            "",
+            config=body.config,
+            limit=body.limit,
+            limit_mode=body.limit_mode,
+        )
+    )
+    spec = OverrideSpec(customer=customer, feature=feature, **body.model_dump())
+    return await _send(
+        request,
+        st,
+        tenant_id,
+        SetEntitlementOverride,
+        spec,
+        topics.partition_key(tenant_id, customer),
+        customer,
+    )
+
+
+@router.delete(
+    "/v1/customers/{customer}/entitlements/{feature}/override",
+    summary="Remove a customer's override of a feature (command)",
+    **_ACCEPTED,
+)
+async def remove_override(
+    request: Request,
+    customer: CustomerPath,
+    feature: FeaturePath,
+    st: State,
+    tx: Unit,
+    tenant_id: Tenant,
+) -> Response:
+    """The customer's plans (and grants) decide again. Removing an override that is not
+    there succeeds and changes nothing."""
+    await _customer(tx, tenant_id, customer)
+    await _feature(tx, tenant_id, feature)
+    ref = OverrideRef(customer=customer, feature=feature)
+    return await _send(
+        request,
+        st,
+        tenant_id,
+        RemoveEntitlementOverride,
+        ref,
+        topics.partition_key(tenant_id, customer),
+        customer,
+    )
+
+
+class EntitlementGrantIn(_In):
+    id: str | None = Field(default=None, pattern=ID_PATTERN, description="Default: generated")
+    feature: str = Field(pattern=FEATURE_KEY_PATTERN)
+    units: Quantity | None = Field(
+        default=None,
+        description="Metered features: units added to the limit while the grant is in force",
+    )
+    starts_at: Instant | None = Field(default=None, description="Default: now")
+    expires_at: Instant | None = Field(default=None, description="Default: never")
+
+
+@router.post(
+    "/v1/customers/{customer}/entitlement-grants",
+    summary="Grant a customer a feature (and units) for a while (command)",
+    **_ACCEPTED,
+)
+async def grant_entitlement(
+    request: Request,
+    customer: CustomerPath,
+    body: EntitlementGrantIn,
+    st: State,
+    tx: Unit,
+    tenant_id: Tenant,
+) -> Response:
+    """Access to the feature from ``starts_at`` (default: now) until ``expires_at`` (default:
+    never), whatever the customer's plans; ``units`` more of a metered feature's limit.
+    Answers with the ``grant_id`` at once."""
+    await _customer(tx, tenant_id, customer)
+    feature = await tx.repo(EntitlementRepository).feature(tenant_id, body.feature)
+    if feature is None:
+        reason = f"no feature {body.feature!r}{_PENDING_HINT}"
+        raise _invalid([{"field": "feature", "reason": reason}])
+    errors = []
+    if body.units is not None and feature.kind != "metered":
+        errors.append(
+            {
+                "field": "units",
+                "reason": f"only for metered features; {body.feature!r} is {feature.kind}",
+            }
+        )
+    if body.expires_at is not None and body.expires_at <= (body.starts_at or datetime.now(UTC)):
+        errors.append({"field": "expires_at", "reason": "must be after starts_at (or now)"})
+    _refuse(errors)
+    spec = GrantSpec(
+        id=body.id or f"egr_{new_id()}",
+        customer=customer,
+        feature=body.feature,
+        units=body.units,
+        starts_at=body.starts_at,
+        expires_at=body.expires_at,
+    )
+    return await _send(
+        request,
+        st,
+        tenant_id,
+        GrantEntitlement,
+        spec,
+        topics.partition_key(tenant_id, customer),
+        customer,
+        {"grant_id": spec.id},
+    )
+
+
+# --- the check -----------------------------------------------------------------------------
+
+
+async def _check(
+    tx: Tx, tenant_id: str, customer: str, feature: str | None = None
+) -> tuple[Snapshot, CustomerEntitlements, datetime]:
+    """The customer's entitlements now (``feature``: that one only), from one snapshot.
+    Invoicing's customers table is read only when the snapshot has no subscription (a
+    customer with one exists)."""
+    now = datetime.now(UTC)
+    snap = await tx.repo(EntitlementRepository).snapshot(tenant_id, customer, now, feature=feature)
+    if not snap.subscriptions:
+        await _customer(tx, tenant_id, customer)
+    if feature is not None and not snap.features:
+        raise not_found("feature", feature, _PENDING_HINT)
+    return snap, entitlements.evaluate(snap, now), now
+
+
+def _json(model: BaseModel) -> Response:
+    return Response(model.model_dump_json(), media_type="application/json")
+
+
+@router.get(
+    "/v1/customers/{customer}/entitlements",
+    response_model=CustomerEntitlements,
+    summary="What a customer may use now: every feature",
+)
+async def check_entitlements(customer: CustomerPath, tx: Unit, tenant_id: Tenant) -> Response:
+    """Every feature of the tenant, each with ``has_access`` and, when denied, the
+    ``reason``: ``not_subscribed``, ``limit_reached`` (a hard limit), ``payment_pending``
+    (a payment failed and its grace is over) or ``suspended`` (dunning exhausted). Metered
+    features show ``usage``, ``limit``, ``remaining`` and ``resets_at``."""
+    _, answer, _ = await _check(tx, tenant_id, customer)
+    return _json(answer)
+
+
+@router.get(
+    "/v1/customers/{customer}/entitlements/{feature}",
+    response_model=EntitlementView,
+    summary="May a customer use this feature now?",
+)
+async def check_entitlement(
+    customer: CustomerPath, feature: FeaturePath, tx: Unit, tenant_id: Tenant
+) -> Response:
+    _, answer, _ = await _check(tx, tenant_id, customer, feature)
+    (view,) = answer.entitlements
+    return _json(view)
+
+
+# --- tokens and their keys -----------------------------------------------------------------
+
+
+class TokenView(BaseModel):
+    token: str = Field(description="A JWT (EdDSA), verifiable with /.well-known/jwks.json")
+    expires_at: datetime
+    kid: str = Field(pattern=KEY_ID_PATTERN, description="The key that signed it")
+
+
+@dataclass
+class SigningKeyCache:
+    """The current signing key of one ingress process, decrypted, for ``ttl_s`` seconds."""
+
+    ttl_s: float = SIGNING_KEY_CACHE_S
+    signer: entitlements.Signer | None = None
+    until: float = 0.0
+
+    async def get(self, st: IngressState, tx: Tx) -> entitlements.Signer:
+        if self.signer is not None and time.monotonic() < self.until:
+            return self.signer
+        if st.settings.secrets_key is None:
+            raise _no_secrets_key()
+        row = await tx.repo(EntitlementRepository).current_signing_key()
+        if row is None:
+            raise Problem(
+                503,
+                "signing_key_unavailable",
+                "No token signing key yet",
+                "the entitlements worker makes the first signing key when it starts; retry shortly",
+                headers={"Retry-After": str(KEY_RETRY_AFTER_S)},
+            )
+        try:
+            signer = entitlements.signer(st.settings, row)
+        except (payments.SecretsKeyMissing, payments.SecretUnreadable):
+            raise _no_secrets_key() from None
+        self.signer, self.until = signer, time.monotonic() + self.ttl_s
+        return signer
+
+
+def _no_secrets_key() -> Problem:
+    return Problem(
+        503,
+        "secrets_key_missing",
+        "Tokens cannot be signed",
+        "the operator must set BILLSTREAM_SECRETS_KEY (the key the signing keys are "
+        "encrypted under)",
+        headers={"Retry-After": str(KEY_RETRY_AFTER_S)},
+    )
+
+
+def _signing_keys(request: Request) -> SigningKeyCache:
+    state = request.app.state
+    cache: SigningKeyCache | None = getattr(state, "entitlement_signing_key", None)
+    if cache is None:
+        cache = state.entitlement_signing_key = SigningKeyCache()
+    return cache
+
+
+@router.post(
+    "/v1/customers/{customer}/entitlements/token",
+    response_model=TokenView,
+    summary="A signed entitlement token for a customer, to verify offline",
+)
+async def issue_token(
+    request: Request, customer: CustomerPath, st: State, tx: Unit, tenant_id: Tenant
+) -> Response:
+    """A short-lived JWT (EdDSA; ``kid`` in its header) carrying the check's answer: ``sub``
+    (the customer), ``tid`` (the tenant), ``iat``/``nbf``/``exp`` (the tenant's
+    ``token_ttl_seconds``), ``status``, ``products``, ``features`` (those the customer has
+    by plan, override or grant: ``access``, ``reason``, ``config``, ``limit``,
+    ``remaining``, ``resets_at``) and ``rate_limit_tier``. Verify it with the keys at
+    ``/.well-known/jwks.json``. Nothing is stored: every call makes a new token, so
+    ``Idempotency-Key`` does not apply. 503 with ``Retry-After`` until the first signing key
+    exists (the entitlements worker makes it when it starts)."""
+    snap, answer, now = await _check(tx, tenant_id, customer)
+    signer = await _signing_keys(request).get(st, tx)
+    config = snap.config or EntitlementsConfig()
+    claims = entitlements.token_claims(
+        tenant_id,
+        answer,
+        issuer=st.settings.entitlements_issuer,
+        now=now,
+        ttl_seconds=config.token_ttl_seconds,
+        rate_limit_feature=config.rate_limit_feature,
+        token_id=new_id(),
+    )
+    view = TokenView(
+        token=signer.sign(claims),
+        expires_at=datetime.fromtimestamp(claims["exp"], UTC),
+        kid=signer.kid,
+    )
+    return _json(view)
+
+
+class Jwk(BaseModel):
+    """A public key (RFC 7517, RFC 8037)."""
+
+    kty: Literal["OKP"]
+    crv: Literal["Ed25519"]
+    x: str = Field(description="The raw public key, base64url without padding.")
+    kid: str = Field(pattern=KEY_ID_PATTERN, description="RFC 7638 thumbprint.")
+    alg: Literal["EdDSA"]
+    use: Literal["sig"]
+
+
+class Jwks(BaseModel):
+    keys: list[Jwk] = Field(
+        description="The current key and those retired in the last day, oldest first."
+    )
+
+
+@router.get(
+    "/.well-known/jwks.json",
+    response_model=Jwks,
+    summary="The public keys entitlement tokens are signed with (JWKS); no API key",
+    responses={
+        200: {
+            "description": "The current key and the recently retired ones",
+            "headers": {
+                "Cache-Control": {
+                    "required": True,
+                    "description": f"public, max-age={KEYS_MAX_AGE_S}",
+                    "schema": {"type": "string"},
+                }
+            },
+        }
+    },
+)
+async def jwks(tx: Unit) -> Response:
+    """The deployment's keys (not a tenant's): a gateway verifies any tenant's tokens with
+    them, and checks ``tid``. ``{"keys": []}`` until the entitlements worker made the first.
+    May be cached five minutes: a gateway meeting an unknown ``kid`` should fetch again."""
+    rows = await tx.repo(EntitlementRepository).published_keys(datetime.now(UTC) - KEYS_KEPT)
+    return JSONResponse(
+        entitlements.jwks(rows), headers={"Cache-Control": f"public, max-age={KEYS_MAX_AGE_S}"}
+    )
+
+
+# --- the tenant's configuration --------------------------------------------------------------
+
+
+@router.put(
+    "/v1/entitlements/config",
+    summary="Set the tenant's entitlements configuration (command)",
+    **_ACCEPTED,
+)
+async def configure(
+    request: Request, body: EntitlementsConfig, st: State, tx: Unit, tenant_id: Tenant
+) -> Response:
+    """Replaces the whole configuration (fields left out take their defaults):
+    ``payment_grace_hours`` (access kept after a payment fails), ``token_ttl_seconds`` and
+    ``rate_limit_feature`` (an existing config feature, whose configuration a token carries
+    as ``rate_limit_tier``)."""
+    if body.rate_limit_feature is not None:
+        feature = await tx.repo(EntitlementRepository).feature(tenant_id, body.rate_limit_feature)
+        if feature is None or feature.kind != "config":
+            reason = (
+                f"no feature {body.rate_limit_feature!r}{_PENDING_HINT}"
+                if feature is None
+                else f"must be a config feature; {feature.key!r} is {feature.kind}"
+            )
+            _refuse([{"field": "rate_limit_feature", "reason": reason}])
+    return await _send(
+        request,
+        st,
+        tenant_id,
+        ConfigureEntitlements,
+        body,
+        topics.partition_key(tenant_id),
+        "entitlements_config",
+    )
+
+
+@router.get(
+    "/v1/entitlements/config",
+    response_model=EntitlementsConfig,
+    summary="The tenant's entitlements configuration (the defaults until set)",
+)
+async def get_config(tx: Unit, tenant_id: Tenant) -> EntitlementsConfig:
+    row = await tx.repo(EntitlementRepository).config(tenant_id)
+    if row is None:
+        return EntitlementsConfig()
+    return EntitlementsConfig(
+        payment_grace_hours=row.payment_grace_hours,
+        token_ttl_seconds=row.token_ttl_seconds,
+        rate_limit_feature=row.rate_limit_feature,
+    )
