@@ -1,0 +1,387 @@
+"""The entitlements HTTP API: real ingress (uvicorn), the invoicing worker (customers, plans),
+real broker and PostgreSQL. What the door refuses (404 for an unknown plan, customer or
+feature; 422 naming the field that does not fit the feature's kind) and publishes (202 and
+the command on the entitlements topic); the check; tokens verified with PyJWT against the
+public keys at /.well-known/jwks.json (fetched without an API key); one tenant never sees
+another's customers."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+
+from schemas import topics
+from storage.entitlements import FeatureRow
+from tests.conftest import TenantKey, make_tenant
+from tests.integration.http import Client, ingress
+from tests.integration.receipts_support import with_secrets
+from tests.integration.support import Sessions, read_topic, topic_size
+from tests.integration.test_invoicing import Stack, stack
+from workers import entitlements
+from workers.invoicing.app import build as build_invoicing
+from workers.runtime import Tx
+from workers.settings import Settings
+
+PROBLEM = "application/problem+json"
+
+PRO = {
+    "key": "pro",
+    "name": "Pro",
+    "currency": "USD",
+    "interval": "month",
+    "prices": [{"kind": "flat", "key": "base", "name": "Pro plan", "amount": "49.00"}],
+}
+ALICE = {"external_id": "alice", "name": "Alice Ltd", "currency": "USD"}
+#: a boolean, a config and a metered feature
+FEATURES = [
+    {"key": "sso", "name": "Single sign-on", "kind": "boolean"},
+    {"key": "tier", "name": "Rate-limit tier", "kind": "config"},
+    {"key": "api", "name": "API calls", "kind": "metered", "meter": "calls"},
+]
+
+
+@pytest.fixture
+async def st(settings: Settings, tenant: TenantKey) -> AsyncIterator[Stack]:
+    s = with_secrets(settings)
+    async with stack(s, tenant, build_invoicing(s)) as st_:
+        await st_.api.ok("POST", "/v1/customers", ALICE)
+        await st_.api.ok("POST", "/v1/plans", PRO)
+        yield st_
+
+
+async def add_features(sessions: Sessions, tenant: str, specs: list[dict[str, Any]]) -> None:
+    """The features as the entitlements worker stores them (these tests run without it)."""
+    async with sessions() as db, db.begin():
+        db.add_all(FeatureRow(tenant_id=tenant, **spec) for spec in specs)
+
+
+async def rotate(sessions: Sessions, settings: Settings, at: datetime) -> str:
+    """A new current signing key from ``at`` (as the entitlements worker makes them)."""
+    async with sessions() as db, db.begin():
+        kid = await entitlements.rotate(Tx(db, "tests"), settings, at)
+    assert kid is not None
+    return kid
+
+
+def problem(r: httpx.Response, status: int) -> dict[str, Any]:
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"] == PROBLEM
+    body: dict[str, Any] = r.json()
+    return body
+
+
+def fields(r: httpx.Response) -> list[str]:
+    return [e["field"] for e in problem(r, 422)["errors"]]
+
+
+# --- the check --------------------------------------------------------------------------
+
+
+async def test_a_check_answers_every_feature_and_404_names_an_unknown_customer_or_feature(
+    st: Stack, sessions: Sessions, tenant: TenantKey
+) -> None:
+    await add_features(sessions, tenant.tenant_id, FEATURES)
+    answer = await st.api.get("/v1/customers/alice/entitlements")
+    assert (answer["customer"], answer["status"], answer["products"]) == ("alice", "active", [])
+    assert answer["grace_until"] is None
+    # by key; none subscribed: no access, nothing gives it
+    assert [
+        (e["feature"], e["kind"], e["has_access"], e["reason"], e["source"])
+        for e in answer["entitlements"]
+    ] == [
+        ("api", "metered", False, "not_subscribed", None),
+        ("sso", "boolean", False, "not_subscribed", None),
+        ("tier", "config", False, "not_subscribed", None),
+    ]
+    one = await st.api.get("/v1/customers/alice/entitlements/sso")
+    assert one == next(e for e in answer["entitlements"] if e["feature"] == "sso")
+    assert one["name"] == "Single sign-on"
+
+    r = await st.http.get("/v1/customers/bob/entitlements", headers=st.api.auth)
+    assert "'bob'" in problem(r, 404)["detail"]
+    r = await st.http.get("/v1/customers/bob/entitlements/sso", headers=st.api.auth)
+    assert "customer 'bob'" in problem(r, 404)["detail"]
+    r = await st.http.get("/v1/customers/alice/entitlements/nope", headers=st.api.auth)
+    assert "feature 'nope'" in problem(r, 404)["detail"]
+    r = await st.http.get("/v1/customers/alice/entitlements")  # no API key
+    problem(r, 401)
+
+
+async def test_another_tenant_cannot_read_a_customers_entitlements_or_get_its_token(
+    st: Stack, sessions: Sessions, tenant: TenantKey
+) -> None:
+    await add_features(sessions, tenant.tenant_id, FEATURES)
+    await rotate(sessions, st.settings, datetime.now(UTC))
+    other = Client(st.http, await make_tenant(sessions, "globex"))
+    await add_features(sessions, "globex", FEATURES[:1])
+    for path in ("/v1/customers/alice/entitlements", "/v1/customers/alice/entitlements/sso"):
+        r = await st.http.get(path, headers=other.auth)
+        assert "customer 'alice'" in problem(r, 404)["detail"]
+    r = await st.http.post("/v1/customers/alice/entitlements/token", headers=other.auth)
+    problem(r, 404)
+    r = await other.send("PUT", "/v1/customers/alice/entitlements/sso/override", {})
+    problem(r, 404)
+    r = await other.send("POST", "/v1/customers/alice/entitlement-grants", {"feature": "sso"})
+    problem(r, 404)
+    r = await other.send("PUT", "/v1/plans/pro/entitlements", {"entitlements": []})
+    problem(r, 404)
+    # nor see its features, plans' terms or configuration
+    assert [f["key"] for f in await other.get("/v1/features")] == ["sso"]
+    r = await st.http.get("/v1/features/api", headers=other.auth)
+    problem(r, 404)
+    assert [f["key"] for f in await st.api.get("/v1/features")] == ["api", "sso", "tier"]
+
+
+# --- what the door refuses and what it publishes -------------------------------------------
+
+
+async def test_writes_that_do_not_fit_are_refused_at_the_door_naming_the_field(
+    st: Stack, sessions: Sessions, tenant: TenantKey
+) -> None:
+    await add_features(sessions, tenant.tenant_id, FEATURES)
+    api = st.api
+
+    r = await api.send("PUT", "/v1/plans/nope/entitlements", {"entitlements": []})
+    assert "plan 'nope'" in problem(r, 404)["detail"]
+    terms = [
+        {"feature": "nope"},  # no such feature
+        {"feature": "sso", "limit": "5"},  # a limit of a boolean feature
+        {"feature": "tier", "config": {"rps": 50}},  # fits
+        {"feature": "api", "config": {"a": 1}, "limit": "100"},  # config of a metered one
+        {"feature": "tier", "limit_mode": "soft"},  # listed twice, and a soft limit of config
+        {"feature": "sso", "limit": None, "limit_mode": "hard"},  # what a read shows: fits
+    ]
+    r = await api.send("PUT", "/v1/plans/pro/entitlements", {"entitlements": terms})
+    assert fields(r) == [
+        "entitlements[0].feature",
+        "entitlements[1].limit",
+        "entitlements[3].config",
+        "entitlements[4].feature",
+        "entitlements[4].limit_mode",
+        "entitlements[5].feature",
+    ]
+
+    base = "/v1/customers/alice/entitlements"
+    r = await api.send("PUT", "/v1/customers/bob/entitlements/sso/override", {})
+    assert "customer 'bob'" in problem(r, 404)["detail"]
+    r = await api.send("PUT", f"{base}/nope/override", {})
+    assert "feature 'nope'" in problem(r, 404)["detail"]
+    r = await api.http.delete(f"{base}/nope/override", headers=api.auth)
+    assert "feature 'nope'" in problem(r, 404)["detail"]
+    r = await api.send("PUT", f"{base}/sso/override", {"config": {"a": 1}})
+    assert fields(r) == ["config"]
+    r = await api.send("PUT", f"{base}/tier/override", {"limit": "5", "limit_mode": "soft"})
+    assert fields(r) == ["limit", "limit_mode"]
+
+    grants = "/v1/customers/alice/entitlement-grants"
+    r = await api.send("POST", "/v1/customers/bob/entitlement-grants", {"feature": "sso"})
+    problem(r, 404)
+    r = await api.send("POST", grants, {"feature": "nope"})
+    assert fields(r) == ["feature"]
+    r = await api.send("POST", grants, {"feature": "sso", "units": "10"})
+    assert fields(r) == ["units"]
+    start = datetime(2031, 1, 1, tzinfo=UTC)
+    window = {"starts_at": start.isoformat(), "expires_at": start.isoformat()}
+    r = await api.send("POST", grants, {"feature": "api", "units": "10", **window})
+    assert fields(r) == ["expires_at"]
+    r = await api.send("POST", grants, {"feature": "api", "units": 1.5})  # a float: never
+    assert fields(r) == ["units"]
+
+    r = await api.send("PUT", "/v1/entitlements/config", {"rate_limit_feature": "nope"})
+    assert fields(r) == ["rate_limit_feature"]
+    r = await api.send("PUT", "/v1/entitlements/config", {"rate_limit_feature": "sso"})
+    assert "config feature" in problem(r, 422)["errors"][0]["reason"]
+
+    r = await api.send("POST", "/v1/features", {"key": "x", "name": "X", "kind": "metered"})
+    assert fields(r) == ["meter"]
+    boolean = {"key": "x", "name": "X", "kind": "boolean", "meter": "calls"}
+    r = await api.send("POST", "/v1/features", boolean)
+    assert fields(r) == ["meter"]
+
+    assert await topic_size(st.settings, topics.COMMANDS_ENTITLEMENTS) == 0  # nothing sent
+
+
+async def test_accepted_writes_publish_their_commands_keyed_by_tenant_or_customer(
+    st: Stack, sessions: Sessions, tenant: TenantKey
+) -> None:
+    t = tenant.tenant_id
+    await add_features(sessions, t, FEATURES)
+    api = st.api
+    accepted = []
+
+    async def write(method: str, path: str, body: Any, **headers: str) -> dict[str, Any]:
+        r = await api.http.request(method, path, json=body, headers={**api.auth, **headers})
+        assert r.status_code == 202, r.text
+        assert r.headers["location"] == f"/v1/commands/{r.json()['command_id']}"
+        answer: dict[str, Any] = r.json()
+        accepted.append(answer["command_id"])
+        return answer
+
+    await write("POST", "/v1/features", {"key": "seats", "name": "Seats", "kind": "config"})
+    terms = [
+        {"feature": "api", "limit": "10000", "limit_mode": "hard"},
+        {"feature": "sso"},
+        {"feature": "tier", "config": {"tier": "pro", "rps": 50}},
+    ]
+    await write("PUT", "/v1/plans/pro/entitlements", {"entitlements": terms})
+    await write("PUT", "/v1/customers/alice/entitlements/api/override", {"limit": "20000.5"})
+    grant = {"feature": "api", "units": "5000", "expires_at": "2031-01-01T00:00:00Z"}
+    first = await write("POST", "/v1/customers/alice/entitlement-grants", grant, **{
+        "Idempotency-Key": "grant-1"
+    })  # fmt: skip
+    assert first["grant_id"].startswith("egr_")
+    # the same request again: the same answer, nothing published twice
+    r = await api.http.post(
+        "/v1/customers/alice/entitlement-grants",
+        json=grant,
+        headers={**api.auth, "Idempotency-Key": "grant-1"},
+    )
+    assert (r.status_code, r.json(), r.headers["idempotent-replayed"]) == (202, first, "true")
+    await write("POST", "/v1/customers/alice/entitlement-grants", {"id": "g-2", "feature": "sso"})
+    await write("DELETE", "/v1/customers/alice/entitlements/api/override", None)
+    await write("PUT", "/v1/entitlements/config", {"rate_limit_feature": "tier"})
+
+    records = await read_topic(st.settings, topics.COMMANDS_ENTITLEMENTS, 7)
+    by_id = {json.loads(r.value)["id"]: r for r in records}
+    assert set(by_id) == set(accepted)
+    sent = [(json.loads(by_id[i].value), by_id[i].key.decode()) for i in accepted]
+    customer_key = topics.partition_key(t, "alice")
+    assert [(c["type"], key) for c, key in sent] == [
+        ("CreateFeature", t),
+        ("SetPlanEntitlements", t),
+        ("SetEntitlementOverride", customer_key),
+        ("GrantEntitlement", customer_key),
+        ("GrantEntitlement", customer_key),
+        ("RemoveEntitlementOverride", customer_key),
+        ("ConfigureEntitlements", t),
+    ]
+    assert all(c["tenantid"] == t for c, _ in sent)
+    data = [c["data"] for c, _ in sent]
+    assert data[0] == {"key": "seats", "name": "Seats", "kind": "config"}
+    assert data[1]["plan"] == "pro"
+    assert [(g["feature"], g.get("limit"), g.get("config")) for g in data[1]["entitlements"]] == [
+        ("api", "10000", None), ("sso", None, None), ("tier", None, {"tier": "pro", "rps": 50})
+    ]  # fmt: skip
+    assert (data[2]["customer"], data[2]["feature"], data[2]["limit"]) == (
+        "alice",
+        "api",
+        "20000.5",
+    )
+    assert data[2]["enabled"] is True
+    assert (data[3]["id"], data[3]["units"], data[3]["customer"]) == (
+        first["grant_id"], "5000", "alice"
+    )  # fmt: skip
+    assert data[4]["id"] == "g-2"
+    assert data[5] == {"customer": "alice", "feature": "api"}
+    assert data[6] == {"payment_grace_hours": 72, "token_ttl_seconds": 900,
+                       "rate_limit_feature": "tier"}  # fmt: skip
+
+    # commands wait for the entitlements worker; the configuration reads its defaults until
+    assert await api.get("/v1/entitlements/config") == {
+        "payment_grace_hours": 72, "token_ttl_seconds": 900, "rate_limit_feature": None
+    }  # fmt: skip
+    assert await api.get("/v1/plans/pro/entitlements") == {"plan": "pro", "entitlements": []}
+
+
+# --- tokens and the public keys -------------------------------------------------------------
+
+
+async def jwks(http: httpx.AsyncClient) -> dict[str, Any]:
+    r = await http.get("/.well-known/jwks.json")  # no API key
+    assert r.status_code == 200, r.text
+    assert r.headers["cache-control"] == "public, max-age=300"
+    body: dict[str, Any] = r.json()
+    return body
+
+
+def verify(token: str, keys: dict[str, Any]) -> dict[str, Any]:
+    """The claims of ``token``, verified with the JWKS as any gateway would (PyJWT)."""
+    kid = jwt.get_unverified_header(token)["kid"]
+    (jwk,) = [k for k in keys["keys"] if k["kid"] == kid]
+    claims: dict[str, Any] = jwt.decode(
+        token, jwt.PyJWK(jwk).key, algorithms=["EdDSA"], issuer="billstream"
+    )
+    return claims
+
+
+async def test_a_token_verifies_with_the_public_keys_and_names_the_callers_tenant(
+    st: Stack, sessions: Sessions, tenant: TenantKey
+) -> None:
+    api, token_path = st.api, "/v1/customers/alice/entitlements/token"
+    # no key yet: 503, retry later; nothing published
+    r = await api.http.post(token_path, headers=api.auth)
+    assert problem(r, 503)["type"] == "urn:billstream:problem:signing_key_unavailable"
+    assert int(r.headers["retry-after"]) > 0
+    assert await jwks(st.http) == {"keys": []}
+
+    now = datetime.now(UTC)
+    old = await rotate(sessions, st.settings, now - timedelta(days=3))
+    kid = await rotate(sessions, st.settings, now - timedelta(days=2))  # old retired 2 days ago
+    keys = await jwks(st.http)
+    assert [k["kid"] for k in keys["keys"]] == [kid]  # a key retired over a day ago is gone
+    (jwk,) = keys["keys"]
+    assert {k: jwk[k] for k in ("kty", "crv", "alg", "use")} == {
+        "kty": "OKP", "crv": "Ed25519", "alg": "EdDSA", "use": "sig"
+    }  # fmt: skip
+
+    r = await api.http.post(token_path, headers=api.auth)
+    assert r.status_code == 200, r.text
+    issued = r.json()
+    assert issued["kid"] == kid != old
+    claims = verify(issued["token"], keys)
+    assert jwt.get_unverified_header(issued["token"]) == {"alg": "EdDSA", "typ": "JWT", "kid": kid}
+    assert (claims["sub"], claims["tid"], claims["status"]) == ("alice", tenant.tenant_id, "active")
+    assert (claims["products"], claims["features"], claims["rate_limit_tier"]) == ([], {}, None)
+    assert claims["nbf"] == claims["iat"]
+    assert claims["exp"] - claims["iat"] == 900  # the default token_ttl_seconds
+    assert abs(claims["iat"] - now.timestamp()) < 60
+    assert datetime.fromisoformat(issued["expires_at"]) == datetime.fromtimestamp(
+        claims["exp"], UTC
+    )
+    again = (await api.http.post(token_path, headers=api.auth)).json()
+    assert verify(again["token"], keys)["jti"] != claims["jti"]  # a new token each time
+
+    # a tampered token does not verify
+    head, _, sig = issued["token"].split(".")
+    forged = json.dumps({**claims, "tid": "globex"}, separators=(",", ":")).encode()
+    with pytest.raises(jwt.InvalidSignatureError):
+        verify(f"{head}.{jwt.utils.base64url_encode(forged).decode()}.{sig}", keys)
+
+    # another tenant's token for its own customer names that tenant
+    other = Client(st.http, await make_tenant(sessions, "globex"))
+    await other.ok("POST", "/v1/customers", {**ALICE, "name": "Alice of Globex"})
+    r = await st.http.post(token_path, headers=other.auth)
+    assert r.status_code == 200, r.text
+    assert (verify(r.json()["token"], keys)["tid"], verify(r.json()["token"], keys)["sub"]) == (
+        "globex", "alice"
+    )  # fmt: skip
+
+    # rotated: the retired key stays published, so the token it signed still verifies
+    new = await rotate(sessions, st.settings, datetime.now(UTC))
+    keys = await jwks(st.http)
+    assert [k["kid"] for k in keys["keys"]] == [kid, new]
+    assert verify(issued["token"], keys)["sub"] == "alice"
+
+
+async def test_without_the_secrets_key_a_token_is_503_with_retry_after(
+    st: Stack, sessions: Sessions, tenant: TenantKey, settings: Settings
+) -> None:
+    await rotate(sessions, st.settings, datetime.now(UTC))
+    assert settings.secrets_key is None
+    async with ingress(settings) as base, httpx.AsyncClient(base_url=base) as http:
+        r = await http.post("/v1/customers/alice/entitlements/token", headers=st.api.auth)
+        assert problem(r, 503)["type"] == "urn:billstream:problem:secrets_key_missing"
+        assert int(r.headers["retry-after"]) > 0
+        assert len((await jwks(http))["keys"]) == 1  # public keys need no secret
+        # and another secrets key cannot read the private key either
+        async with ingress(with_secrets(settings)) as base2:
+            r = await http.post(
+                f"{base2}/v1/customers/alice/entitlements/token", headers=st.api.auth
+            )
+            assert problem(r, 503)["type"] == "urn:billstream:problem:secrets_key_missing"
