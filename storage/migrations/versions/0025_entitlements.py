@@ -79,9 +79,21 @@ def upgrade() -> None:
         sa.Column("units", sa.Numeric(), nullable=True),
         sa.Column("starts_at", _TZ, nullable=False),
         sa.Column("expires_at", _TZ, nullable=True),
+        sa.Column(
+            "due_at",
+            _TZ,
+            nullable=True,
+            comment="its next start or expiry not announced yet (the worker's tick announces it)",
+        ),
     )
     op.create_index(
         "ix_entitlement_grants_customer", "entitlement_grants", ["tenant_id", "customer"]
+    )
+    op.create_index(
+        "ix_entitlement_grants_due",
+        "entitlement_grants",
+        ["due_at"],
+        postgresql_where=sa.text("due_at IS NOT NULL"),
     )
     op.create_table(
         "entitlement_subscriptions",
@@ -98,6 +110,12 @@ def upgrade() -> None:
         "ix_entitlement_subscriptions_customer",
         "entitlement_subscriptions",
         ["tenant_id", "customer"],
+    )
+    op.create_index(
+        "ix_entitlement_subscriptions_plan",
+        "entitlement_subscriptions",
+        ["tenant_id", "plan"],
+        postgresql_where=sa.text("status = 'active'"),
     )
     op.create_table(
         "entitlement_configs",
@@ -129,6 +147,15 @@ def upgrade() -> None:
         sa.Column("status", sa.String(16), nullable=False),
         sa.Column("features", JSONB(), nullable=False, comment="keys with access, sorted"),
         sa.Column("changed_at", _TZ, nullable=False),
+    )
+    op.create_table(
+        "entitlement_stale",
+        _tenant(),
+        _customer(),
+        sa.Column(
+            "reason", sa.String(32), nullable=False, comment="granted/revoked reason to announce"
+        ),
+        sa.Column("marked_at", _TZ, nullable=False),
     )
     op.create_table(
         "entitlement_usage",
@@ -190,6 +217,7 @@ def downgrade() -> None:
     for table in (
         "entitlement_limit_hits",
         "entitlement_usage",
+        "entitlement_stale",
         "entitlement_standing",
         "entitlement_unpaid",
         "entitlement_configs",
