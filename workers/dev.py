@@ -65,6 +65,7 @@ SERVICES = (
     "worker webhooks",
     "worker alerts",
     "worker receipts",
+    "worker entitlements",
 )
 
 # An idle development stack should sleep (docs/adr/0046-an-idle-dev-stack-sleeps.md). Each

@@ -11,7 +11,16 @@ if TYPE_CHECKING:  # the CLI asks for WORKERS before any worker runs: --help sta
     from workers.runtime.app import Worker
     from workers.settings import Settings
 
-WORKERS = ("metering", "pos", "invoicing", "payments", "webhooks", "alerts", "receipts")
+WORKERS = (
+    "metering",
+    "pos",
+    "invoicing",
+    "payments",
+    "webhooks",
+    "alerts",
+    "receipts",
+    "entitlements",
+)
 
 
 def build(name: str, settings: Settings) -> Worker:
@@ -25,6 +34,7 @@ def build(name: str, settings: Settings) -> Worker:
 
 def _apps() -> dict[str, ModuleType]:
     from workers.alerts import app as alerts
+    from workers.entitlements import app as entitlements
     from workers.invoicing import app as invoicing
     from workers.metering import app as metering
     from workers.payments import app as payments
@@ -40,4 +50,5 @@ def _apps() -> dict[str, ModuleType]:
         "webhooks": webhooks,
         "alerts": alerts,
         "receipts": receipts,
+        "entitlements": entitlements,
     }

@@ -38,3 +38,9 @@ class KindMismatch(EntitlementsError, PermanentError):
 
 class TooManyFeatures(EntitlementsError, PermanentError):
     code = "too_many_features"
+
+
+class GrantConflict(EntitlementsError, PermanentError):
+    """A grant id used again for another grant."""
+
+    code = "grant_conflict"

@@ -16,20 +16,31 @@ which events a change emits, so the API and the events never disagree.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from schemas.entitlements import (
+    AccessData,
     CustomerEntitlements,
+    EntitlementGranted,
+    EntitlementLimitReached,
+    EntitlementRestored,
+    EntitlementRevoked,
     EntitlementsConfig,
+    EntitlementSuspended,
     EntitlementView,
+    FeatureCreated,
+    FeatureData,
+    LimitData,
     LimitMode,
     Reason,
     Source,
     Standing,
 )
+from schemas.envelope import CloudEvent
 from workers.invoicing import add_interval
 
 if TYPE_CHECKING:
@@ -43,6 +54,7 @@ if TYPE_CHECKING:
         UnpaidRow,
     )
 
+SOURCE = "billstream/entitlements"
 DEFAULTS = EntitlementsConfig()
 MAX_PERIODS_AHEAD = 1_200  # a subscription whose periods stopped advancing: a century
 
@@ -65,6 +77,14 @@ def current_period(sub: SubscriptionRow, now: datetime) -> tuple[datetime, datet
             break
         start, end = end, add_interval(end, sub.interval, 1)
     return start, end
+
+
+def periods(snap: Snapshot, now: datetime) -> set[tuple[datetime, datetime]]:
+    """Every period a metered feature of the customer may count now: its subscriptions'
+    current ones, or the calendar month without any."""
+    if not snap.subscriptions:
+        return {calendar_month(now)}
+    return {current_period(sub, now) for sub in snap.subscriptions}
 
 
 def grace_hours(snap: Snapshot) -> int:
@@ -184,6 +204,132 @@ def entitled(answer: CustomerEntitlements) -> list[str]:
     standing and limits (those are told by their own events): the set ``entitlement.granted``
     and ``entitlement.revoked`` report changes of."""
     return sorted(e.feature for e in answer.entitlements if e.source is not None)
+
+
+# --- what changed: the events a new answer emits against what was last announced ---------------
+
+
+@dataclass(frozen=True)
+class Cause:
+    """Why a customer is announced: the reasons its events give."""
+
+    granted: str = "entitlements_changed"
+    revoked: str = "entitlements_changed"
+    restored: str = "paid"
+    invoice_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Announced:
+    """What was last announced of a customer (``entitlement_standing``)."""
+
+    status: str  # active | payment_pending | suspended
+    features: tuple[str, ...]
+
+
+NEVER = Announced("active", ())
+
+
+def held(answer: CustomerEntitlements) -> Announced:
+    """What ``answer`` announces: past_due keeps access, so it is announced as active."""
+    status = "active" if answer.status in ("active", "past_due") else answer.status
+    return Announced(status, tuple(entitled(answer)))
+
+
+def access_events(
+    tenant_id: str,
+    answer: CustomerEntitlements,
+    before: Announced,
+    cause: Cause,
+    now: datetime,
+) -> list[CloudEvent]:
+    """``entitlement.granted``/``revoked`` for the features gained and lost,
+    ``entitlement.suspended`` when access is denied for money (or denied harder: from
+    payment_pending to suspended), ``entitlement.restored`` when it is back. A customer
+    that never had a feature is not told about its money."""
+    after = held(answer)
+    out: list[CloudEvent] = []
+
+    def data(features: Iterable[str], reason: str, invoice: bool = False) -> AccessData:
+        return AccessData(
+            customer=answer.customer,
+            features=sorted(features),
+            reason=reason,
+            invoice_id=cause.invoice_id if invoice else None,
+            at=now,
+        )
+
+    gained = set(after.features) - set(before.features)
+    lost = set(before.features) - set(after.features)
+    if gained:
+        out.append(_event(EntitlementGranted, tenant_id, data(gained, cause.granted)))
+    if lost:
+        out.append(_event(EntitlementRevoked, tenant_id, data(lost, cause.revoked)))
+    had = after.features or before.features
+    if after.status != before.status and had:
+        if after.status == "active":
+            out.append(_event(EntitlementRestored, tenant_id, data(had, cause.restored, True)))
+        elif before.status == "active" or after.status == "suspended":
+            out.append(_event(EntitlementSuspended, tenant_id, data(had, after.status, True)))
+    return out
+
+
+def reached(answer: CustomerEntitlements) -> list[EntitlementView]:
+    """The metered features whose limit is reached in their current period."""
+    return [
+        e
+        for e in answer.entitlements
+        if e.kind == "metered" and e.limit_reached and e.source is not None
+    ]
+
+
+def limit_reached(tenant_id: str, customer: str, view: EntitlementView) -> CloudEvent:
+    assert view.meter and view.limit is not None and view.usage is not None
+    assert view.period_start and view.resets_at and view.limit_mode
+    return _event(
+        EntitlementLimitReached,
+        tenant_id,
+        LimitData(
+            customer=customer,
+            feature=view.feature,
+            meter=view.meter,
+            usage=view.usage,
+            limit=view.limit,
+            limit_mode=view.limit_mode,
+            period_start=view.period_start,
+            period_end=view.resets_at,
+        ),
+    )
+
+
+def limit_restored(
+    tenant_id: str, customer: str, features: Sequence[str], reason: str, now: datetime
+) -> CloudEvent:
+    """A hard limit no longer denies: ``limit_raised`` or ``period_reset``."""
+    data = AccessData(customer=customer, features=sorted(set(features)), reason=reason, at=now)
+    return _event(EntitlementRestored, tenant_id, data)
+
+
+def still_denies(view: EntitlementView | None, period_start: datetime) -> bool | None:
+    """Whether a hard limit hit of ``period_start`` still denies: None when the hit no
+    longer concerns the feature (no access to it any more, or another period)."""
+    if view is None or view.source is None or view.period_start != period_start:
+        return None
+    return view.limit_reached and view.limit_mode == "hard"
+
+
+def feature_created(tenant_id: str, spec: FeatureData) -> CloudEvent:
+    return _event(FeatureCreated, tenant_id, spec, subject=spec.key)
+
+
+def _event(cls: Any, tenant_id: str, data: Any, *, subject: str | None = None) -> CloudEvent:
+    event: CloudEvent = cls(
+        source=SOURCE,
+        tenantid=tenant_id,
+        subject=subject or getattr(data, "customer", None),
+        data=data,
+    )
+    return event
 
 
 # --- tokens -----------------------------------------------------------------------------------
