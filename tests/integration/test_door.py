@@ -49,6 +49,8 @@ SAMPLE_PATH = {
     "tax_rate_id": "txr_1",
     "receipt_id": "rct_" + "0" * 32,
     "tenant": "acme",
+    "feature": "sso",
+    "plan": "pro",
 }
 
 
