@@ -24,7 +24,10 @@ from tests.integration.receipts_support import with_secrets
 from tests.integration.support import Sessions, read_topic, topic_size
 from tests.integration.test_invoicing import Stack, stack
 from workers import entitlements
+from workers.devstack import wait_for
+from workers.entitlements.app import build as build_entitlements
 from workers.invoicing.app import build as build_invoicing
+from workers.metering.app import build as build_metering
 from workers.runtime import Tx
 from workers.settings import Settings
 
@@ -385,3 +388,130 @@ async def test_without_the_secrets_key_a_token_is_503_with_retry_after(
                 f"{base2}/v1/customers/alice/entitlements/token", headers=st.api.auth
             )
             assert problem(r, 503)["type"] == "urn:billstream:problem:secrets_key_missing"
+
+
+# --- end to end, with the entitlements worker --------------------------------------------------
+
+
+@pytest.fixture
+async def full(settings: Settings, tenant: TenantKey) -> AsyncIterator[Stack]:
+    s = with_secrets(
+        settings.model_copy(update={"invoicing_tick_s": 0.2, "entitlements_tick_s": 0.2})
+    )
+    workers = (build_metering(s), build_invoicing(s), build_entitlements(s))
+    async with stack(s, tenant, *workers) as st_:
+        await st_.api.ok(
+            "POST", "/v1/meters", {"key": "calls", "event_type": "api.call", "aggregation": "count"}
+        )
+        await st_.api.ok("POST", "/v1/customers", ALICE)
+        await st_.api.ok("POST", "/v1/plans", PRO)
+        yield st_
+
+
+async def until(api: Client, path: str, done: Any, timeout_s: float = 30) -> dict[str, Any]:
+    """The answer at ``path`` once ``done(answer)`` holds (the worker applies commands and
+    events asynchronously)."""
+
+    async def reached() -> dict[str, Any] | None:
+        answer: dict[str, Any] = await api.get(path)
+        return answer if done(answer) else None
+
+    found: dict[str, Any] = await wait_for(reached, timeout_s=timeout_s, interval_s=0.1)
+    return found
+
+
+def a_month_after(t: datetime) -> datetime:
+    return t.replace(year=t.year + t.month // 12, month=t.month % 12 + 1)
+
+
+async def test_a_subscription_gives_the_plans_features_and_its_token_carries_them(
+    full: Stack, tenant: TenantKey
+) -> None:
+    api = full.api
+    for spec in FEATURES:
+        await api.ok("POST", "/v1/features", spec)
+    assert [f["key"] for f in await api.get("/v1/features")] == ["api", "sso", "tier"]
+    assert (await api.get("/v1/features/api"))["meter"] == "calls"
+    terms = [
+        {"feature": "api", "config": None, "limit": "3", "limit_mode": "hard"},
+        {"feature": "sso", "config": None, "limit": None, "limit_mode": "hard"},
+        {"feature": "tier", "config": {"rps": 50}, "limit": None, "limit_mode": "hard"},
+    ]
+    await api.ok("PUT", "/v1/plans/pro/entitlements", {"entitlements": terms})
+    read = await api.get("/v1/plans/pro/entitlements")
+    assert read == {"plan": "pro", "entitlements": terms}
+    # what was read writes back
+    await api.ok("PUT", "/v1/plans/pro/entitlements", {"entitlements": read["entitlements"]})
+    config = {"payment_grace_hours": 24, "token_ttl_seconds": 600, "rate_limit_feature": "tier"}
+    await api.ok("PUT", "/v1/entitlements/config", config)
+    assert await api.get("/v1/entitlements/config") == config
+
+    sso = await api.get("/v1/customers/alice/entitlements/sso")
+    assert (sso["has_access"], sso["reason"]) == (False, "not_subscribed")
+
+    start = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    sub = {"customer": "alice", "plan": "pro", "start": start.isoformat()}
+    await api.ok("POST", "/v1/subscriptions", sub)
+    path = "/v1/customers/alice/entitlements"
+    answer = await until(api, path, lambda a: a["products"] == ["pro"])
+    assert answer["status"] == "active"
+    views = {e["feature"]: e for e in answer["entitlements"]}
+    assert {k: (v["has_access"], v["source"]) for k, v in views.items()} == {
+        "api": (True, "plan"), "sso": (True, "plan"), "tier": (True, "plan")
+    }  # fmt: skip
+    assert views["tier"]["config"] == {"rps": 50}
+    api_view = views["api"]
+    assert (api_view["usage"], api_view["limit"], api_view["remaining"]) == ("0", "3", "3")
+    assert datetime.fromisoformat(api_view["period_start"]) == start
+    assert datetime.fromisoformat(api_view["resets_at"]) == a_month_after(start)
+
+    # the token: the worker makes the first signing key on its first tick
+    async def token() -> dict[str, Any] | None:
+        r = await api.http.post(f"{path}/token", headers=api.auth)
+        if r.status_code == 503:
+            return None
+        assert r.status_code == 200, r.text
+        body: dict[str, Any] = r.json()
+        return body
+
+    issued = await wait_for(token, timeout_s=30, interval_s=0.2)
+    claims = verify(issued["token"], await jwks(full.http))
+    assert (claims["sub"], claims["tid"], claims["products"]) == (
+        "alice",
+        tenant.tenant_id,
+        ["pro"],
+    )
+    assert claims["exp"] - claims["iat"] == 600
+    assert claims["rate_limit_tier"] == {"rps": 50}
+    assert claims["features"] == {
+        "api": {"access": True, "limit": "3", "remaining": "3",
+                "resets_at": a_month_after(start).isoformat()},
+        "sso": {"access": True},
+        "tier": {"access": True, "config": {"rps": 50}},
+    }  # fmt: skip
+
+    # an override takes sso away; removing it gives it back
+    await api.ok("PUT", f"{path}/sso/override", {"enabled": False})
+    sso = await until(api, f"{path}/sso", lambda v: not v["has_access"])
+    assert (sso["source"], sso["reason"]) == (None, "not_subscribed")  # nothing gives it
+    await api.ok("DELETE", f"{path}/sso/override", None)
+    await until(api, f"{path}/sso", lambda v: v["has_access"] and v["source"] == "plan")
+
+    # a grant of 2 more calls: the limit is 3 + 2 = 5; 5 calls reach it, and a hard limit denies
+    r = await api.send("POST", "/v1/customers/alice/entitlement-grants", {
+        "feature": "api", "units": "2"
+    })  # fmt: skip
+    assert r.status_code == 202, r.text
+    outcome = await api.outcome(r.json()["command_id"])
+    assert outcome["status"] == "succeeded", outcome
+    await until(api, f"{path}/api", lambda v: v["limit"] == "5")
+    now = datetime.now(UTC)
+    calls = [
+        {"id": f"call-{i}", "source": "tests", "type": "api.call", "subject": "alice",
+         "time": now.isoformat(), "data": {}}
+        for i in range(5)
+    ]  # fmt: skip
+    await full.send_usage(calls)
+    denied = await until(api, f"{path}/api", lambda v: v["usage"] == "5")
+    assert (denied["has_access"], denied["reason"]) == (False, "limit_reached")
+    assert (denied["remaining"], denied["limit_reached"]) == ("0", True)
