@@ -289,9 +289,28 @@ class EntitlementRepository:
     async def snapshot(
         self, tenant_id: str, customer: str, at: datetime, *, feature: str | None = None
     ) -> Snapshot:
-        """``customer``'s entitlements as stored (``feature``: that one only)."""
-        found = await self.snapshots([(tenant_id, customer)], at, feature=feature)
-        return found[(tenant_id, customer)]
+        """``customer``'s entitlements as stored (``feature``: that one only): the hot path
+        of every check, so one statement and one round trip (``snapshots`` reads many)."""
+        row = (
+            await self.session.execute(
+                _SNAPSHOT, {"t": tenant_id, "c": customer, "at": at, "f": feature}
+            )
+        ).one()
+        features, subs, plan_grants, overrides, grants, usage, unpaid, config = (
+            _rows(model, text_) for model, text_ in zip(_SNAPSHOT_MODELS, row, strict=True)
+        )
+        return Snapshot(
+            tenant_id,
+            customer,
+            features,
+            subs,
+            plan_grants,
+            overrides,
+            grants,
+            usage,
+            unpaid,
+            config[0] if config else None,
+        )
 
     async def snapshots(
         self, pairs: Iterable[tuple[str, str]], at: datetime, *, feature: str | None = None
@@ -936,3 +955,96 @@ _STALE_UNPAID = text(
     ON CONFLICT (tenant_id, customer) DO UPDATE SET reason = EXCLUDED.reason
     """
 )
+
+
+# --- one customer's snapshot in one statement (the check's hot path) ---------------------------
+
+_SNAPSHOT = text(
+    """
+    WITH subs AS (
+        SELECT * FROM entitlement_subscriptions
+        WHERE tenant_id = :t AND customer = :c AND status = 'active'
+    ), feats AS (
+        SELECT * FROM entitlement_features
+        WHERE tenant_id = :t AND (CAST(:f AS text) IS NULL OR key = :f)
+    )
+    SELECT
+      (SELECT json_agg(x ORDER BY x.key)::text FROM feats x),
+      (SELECT json_agg(x ORDER BY x.current_period_start, x.subscription_id)::text
+         FROM subs x),
+      (SELECT json_agg(x)::text FROM entitlement_plan_grants x
+         WHERE x.tenant_id = :t AND x.plan IN (SELECT plan FROM subs)
+           AND x.feature IN (SELECT key FROM feats)),
+      (SELECT json_agg(x)::text FROM entitlement_overrides x
+         WHERE x.tenant_id = :t AND x.customer = :c AND x.feature IN (SELECT key FROM feats)),
+      (SELECT json_agg(x)::text FROM entitlement_grants x
+         WHERE x.tenant_id = :t AND x.customer = :c AND x.feature IN (SELECT key FROM feats)
+           AND (x.expires_at IS NULL OR x.expires_at > :at)),
+      (SELECT json_agg(x)::text FROM entitlement_usage x
+         WHERE x.tenant_id = :t AND x.customer = :c AND x.period_end > :at
+           AND x.meter IN (SELECT meter FROM feats)),
+      (SELECT json_agg(x)::text FROM entitlement_unpaid x
+         WHERE x.tenant_id = :t AND x.customer = :c),
+      (SELECT json_agg(x)::text FROM entitlement_configs x WHERE x.tenant_id = :t)
+    """
+)
+_SNAPSHOT_MODELS: tuple[type[Base], ...] = (
+    FeatureRow,
+    SubscriptionRow,
+    PlanGrantRow,
+    OverrideRow,
+    GrantRow,
+    UsageRow,
+    UnpaidRow,
+    ConfigRow,
+)
+_TIMES = frozenset(
+    {
+        "created_at",
+        "starts_at",
+        "expires_at",
+        "due_at",
+        "current_period_start",
+        "current_period_end",
+        "period_start",
+        "period_end",
+        "updated_at",
+        "failed_at",
+    }
+)
+
+
+def _rows(model: Any, text_: str | None) -> list[Any]:
+    """Transient rows of ``model`` from PostgreSQL's JSON of them: quantities exact
+    (Decimal), times parsed, configurations as the JSONB column reads them."""
+    if text_ is None:
+        return []
+    names = model.__table__.columns.keys()
+    return [
+        model(**{k: _value(k, v) for k, v in item.items() if k in names})
+        for item in json.loads(text_, parse_float=Decimal)
+    ]
+
+
+_QUANTITIES = frozenset({"limit", "units", "usage"})
+
+
+def _value(name: str, value: Any) -> Any:
+    if value is None:
+        return None
+    if name in _TIMES:
+        return datetime.fromisoformat(value)
+    if name in _QUANTITIES:
+        return Decimal(value)
+    if name == "config":
+        return _plain_json(value)
+    return value
+
+
+def _plain_json(value: Any) -> Any:
+    """JSON as ``json.loads`` reads it (floats), from a parse that kept decimals."""
+    if isinstance(value, dict):
+        return {k: _plain_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain_json(v) for v in value]
+    return float(value) if isinstance(value, Decimal) else value
