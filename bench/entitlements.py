@@ -20,7 +20,8 @@ connections: its cost per request is a fraction of httpx's, so it is not the bot
 ``GET /v1/customers/{c}/entitlements/{feature}`` for random customers and features, open loop:
 request i leaves at its scheduled instant whether or not earlier ones answered, and latency
 is timed from that instant (no coordinated omission). ``--rate`` (2,000/s) for ``--seconds``
-(30) after a warm-up; then rising steps (``--steps``, 8 s each) until the ingress no longer
+(30) after a warm-up; then rising steps (``--steps``, 8 s each; a step's backlog is given up
+on 30 s after its end) until the ingress no longer
 keeps up (fewer than 97 % answered in time, or p99 above 100 ms): the highest rate it
 sustained is its open-loop throughput. Every answer is checked against the one computed by
 hand from the catalogue (status 200, ``has_access``, ``reason``, ``source``, ``config``,
@@ -219,7 +220,9 @@ class Pool:
         conn = await self.free.get()
         try:
             return await conn.get(path)
-        except Exception:
+        except BaseException:  # an error, or cancelled mid-request: a fresh connection next
+            if conn.writer is not None:
+                conn.writer.close()
             conn.writer = None
             raise
         finally:
@@ -277,8 +280,11 @@ async def _open_loop(
         t = asyncio.create_task(one(k, scheduled))
         tasks.add(t)
         t.add_done_callback(tasks.discard)
-    if tasks:
-        await asyncio.wait(set(tasks), timeout=60)
+    if tasks:  # the backlog of an overloaded ingress: 30 s more, then given up on
+        await asyncio.wait(set(tasks), timeout=30)
+        for t in list(tasks):
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
     measured = n - n_warm
     out: dict[str, Any] = {
         "label": label,
@@ -643,8 +649,8 @@ async def probe_hops(
 HOPS = (
     ("metered", "202 → metered"),
     ("totals_published", "metered → totals published"),
-    ("usage_applied", "published → usage applied (entitlements)"),
-    ("reached", "applied → check answered limit_reached"),
+    ("usage_applied", "published → usage applied (the worker's transaction began)"),
+    ("reached", "applied → check answered limit_reached (commit, then the next poll)"),
 )
 
 
@@ -658,6 +664,7 @@ async def main(args: argparse.Namespace) -> int:
         postmaster_pid,
         server_stack,
         start_proc,
+        start_profiler,
         stop_all,
         wait_http,
     )
@@ -753,6 +760,13 @@ async def main(args: argparse.Namespace) -> int:
             probe.start()
             runq0, started = runq_waits(pids), time.time()
             ingress_cpu0 = probe.first["ingress"]
+            profiler = (
+                start_profiler(
+                    ingress.popen.pid, args.profile, args.warmup + args.seconds + 5, "raw"
+                )
+                if args.profile
+                else None
+            )
             checks = await loop.run_in_executor(
                 pool,
                 checks_main,
@@ -775,10 +789,12 @@ async def main(args: argparse.Namespace) -> int:
             answered = sum(
                 s["answered"] for s in [checks["steady"], *checks["steps"]] if s is not None
             )
-            r["ingress_us_per_check"] = (
-                (tree_cpu(pids["ingress"]) - ingress_cpu0) / answered * 1e6 if answered else 0
-            )
+            r["ingress_cpu_s"] = tree_cpu(pids["ingress"]) - ingress_cpu0
+            r["ingress_us_per_check"] = r["ingress_cpu_s"] / answered * 1e6 if answered else 0
             r["checks"] = checks
+            if profiler is not None:
+                profiler.wait(timeout=120)
+                print(f"profile of the ingress: {args.profile}", flush=True)
 
         if "probes" in phases:
             await seed_probes(base, key, run, probes)
@@ -993,7 +1009,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seconds", type=float, default=30.0, help="(a) seconds at --rate")
     p.add_argument("--warmup", type=float, default=3.0, help="(a) seconds before measuring")
     p.add_argument(
-        "--steps", default="500,1000,1500,2000,2500,3000,4000,5000,6000,8000",
+        "--steps", default="100,200,300,400,500,750,1000,1500,2000,3000,4000,6000",
         help="(a) rates of the throughput steps, until the ingress no longer keeps up",
     )  # fmt: skip
     p.add_argument("--usage-rate", type=float, default=5000.0, help="(b) background events/s")
@@ -1008,6 +1024,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--note", default="", help="a line to add to the recorded section")
     p.add_argument("--no-record", action="store_true", help="do not write bench/RESULTS.md")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (logs, data)")
+    p.add_argument("--profile", default="", help="(a) py-spy the ingress (raw) into this file")
     args = p.parse_args(argv)
     if not set(args.phases.split(",")) <= {"checks", "probes"}:
         p.error("--phases: checks, probes or checks,probes")
