@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -810,10 +810,25 @@ class EntitlementRepository:
     # --- the token signing keys (the deployment's, not a tenant's) ----------------------------
 
     async def current_signing_key(self) -> SigningKeyRow | None:
+        """The newest key (the one the next rotation retires)."""
         row: SigningKeyRow | None = await self.session.scalar(
             select(SigningKeyRow).where(SigningKeyRow.retired_at.is_(None))
         )
         return row
+
+    async def signing_key(self, now: datetime, lead: timedelta) -> SigningKeyRow | None:
+        """The key that signs at ``now``: the newest published for at least ``lead`` (so a
+        gateway's cached JWKS already has it) and still signing; the newest of all when
+        none is that old (the deployment's first key)."""
+        rows = list(
+            await self.session.scalars(
+                select(SigningKeyRow)
+                .where(or_(SigningKeyRow.retired_at.is_(None), SigningKeyRow.retired_at > now))
+                .order_by(SigningKeyRow.created_at.desc(), SigningKeyRow.kid)
+                .limit(2)
+            )
+        )
+        return next((r for r in rows if r.created_at <= now - lead), rows[0] if rows else None)
 
     async def published_keys(self, retired_after: datetime) -> list[SigningKeyRow]:
         """The current key and those retired after ``retired_after`` (tokens they signed may
@@ -828,14 +843,15 @@ class EntitlementRepository:
         return list(rows)
 
     async def rotate_signing_key(
-        self, kid: str, public_key: str, private_key: str, now: datetime
+        self, kid: str, public_key: str, private_key: str, now: datetime, lead: timedelta
     ) -> bool:
-        """Retire the current key (if any) and make this one current, at ``now``; False when
-        another writer rotated first (this transaction then changes nothing it keeps)."""
+        """Publish this key from ``now``; it signs from ``now + lead``, when the current key
+        (if any) stops signing. False when another writer rotated first (this transaction
+        then changes nothing it keeps)."""
         await self.session.execute(
             update(SigningKeyRow)
             .where(SigningKeyRow.retired_at.is_(None))
-            .values(retired_at=now, current=None)
+            .values(retired_at=now + lead, current=None)
         )
         added = await self.session.execute(
             insert(SigningKeyRow)

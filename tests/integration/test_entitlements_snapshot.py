@@ -23,7 +23,11 @@ from storage.entitlements import (
     UsageRow,
 )
 from tests.conftest import TenantKey, make_tenant
+from tests.integration.receipts_support import with_secrets
 from tests.integration.support import Sessions
+from workers import entitlements
+from workers.runtime import Tx
+from workers.settings import Settings
 
 NOW = datetime(2026, 12, 4, 13, 30, tzinfo=UTC)
 START = datetime(2026, 12, 1, tzinfo=UTC)
@@ -178,7 +182,7 @@ def _rows(tenant: str, customer: str) -> list[tuple[Any, list[dict[str, Any]]]]:
 
 def _plain(snap: Snapshot) -> dict[str, Any]:
     def cols(row: Any) -> dict[str, Any]:
-        return {k: getattr(row, k) for k in row.__table__.columns.keys()}
+        return {k: getattr(row, k) for k in row.__table__.columns.keys()}  # noqa: SIM118  # names
 
     def rows(items: Any) -> list[dict[str, Any]]:
         return sorted((cols(r) for r in items), key=repr)
@@ -234,3 +238,37 @@ async def test_one_statement_reads_what_the_set_based_read_reads(
     assert whole["usage"][0]["period_start"] == START
     assert whole["unpaid"][0]["failed_at"] == NOW - timedelta(hours=2)
     assert whole["config"]["payment_grace_hours"] == 5
+
+
+async def test_a_new_signing_key_is_published_before_it_signs(
+    sessions: Sessions, settings: Settings
+) -> None:
+    """Gateways may cache /.well-known/jwks.json for five minutes: a rotated-in key is in
+    it six minutes before the first token it signs, and the key it replaces stays published
+    a day after it stopped signing."""
+    s = with_secrets(settings)
+    lead, kept = entitlements.SIGNS_AFTER, entitlements.PUBLISHED_AFTER_RETIRED
+    t0 = datetime(2026, 12, 1, tzinfo=UTC)
+
+    async def at(now: datetime) -> tuple[str | None, list[str]]:
+        async with sessions() as db, db.begin():
+            repo = EntitlementRepository(db)
+            key = await repo.signing_key(now, lead)
+            return key.kid if key else None, [k.kid for k in await repo.published_keys(now - kept)]
+
+    async def rotate(now: datetime) -> str:
+        async with sessions() as db, db.begin():
+            kid = await entitlements.rotate(Tx(db, "tests"), s, now)
+        assert kid is not None
+        return kid
+
+    assert await at(t0) == (None, [])
+    first = await rotate(t0)
+    assert await at(t0) == (first, [first])  # the first key signs at once: none before it
+    second = await rotate(t0 + timedelta(days=30))
+    just_after = t0 + timedelta(days=30, minutes=1)
+    assert await at(just_after) == (first, [first, second])  # published, not signing yet
+    switched = t0 + timedelta(days=30) + lead
+    assert await at(switched) == (second, [first, second])
+    assert await at(switched + kept - timedelta(seconds=1)) == (second, [first, second])
+    assert await at(switched + kept + timedelta(seconds=1)) == (second, [second])

@@ -5,6 +5,23 @@ Its face: what other packages may import (an import-linter contract enforces it)
 function a check is answered with and what a token is made of."""
 
 from workers.entitlements.service import entitled, evaluate, token_claims
-from workers.entitlements.tokens import Signer, jwks, rotate, signer
+from workers.entitlements.tokens import (
+    PUBLISHED_AFTER_RETIRED,
+    SIGNS_AFTER,
+    Signer,
+    jwks,
+    rotate,
+    signer,
+)
 
-__all__ = ["Signer", "entitled", "evaluate", "jwks", "rotate", "signer", "token_claims"]
+__all__ = [
+    "PUBLISHED_AFTER_RETIRED",
+    "SIGNS_AFTER",
+    "Signer",
+    "entitled",
+    "evaluate",
+    "jwks",
+    "rotate",
+    "signer",
+    "token_claims",
+]

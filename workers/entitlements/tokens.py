@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -21,6 +21,13 @@ from workers.runtime import Tx
 from workers.settings import Settings
 
 _DECRYPTED: dict[str, Ed25519PrivateKey] = {}
+
+#: a new key is published this long before it signs: /.well-known/jwks.json may be cached
+#: five minutes, so every gateway knows a key before the first token it signs
+SIGNS_AFTER = timedelta(minutes=6)
+#: a key stays published this long after it stopped signing: the longest a token lives
+#: (a day), and the ingress's cache of the signing key
+PUBLISHED_AFTER_RETIRED = timedelta(days=1, minutes=1)
 
 
 @dataclass(frozen=True)
@@ -65,10 +72,10 @@ def jwks(rows: Sequence[SigningKeyRow]) -> dict[str, Any]:
 
 
 async def rotate(tx: Tx, settings: Settings, now: datetime) -> str | None:
-    """A new current key from ``now``, the old one retired; None if another replica rotated
-    at the same moment (its key is current)."""
+    """A new key published from ``now``, signing from ``now + SIGNS_AFTER`` when the old one
+    retires; None if another replica rotated at the same moment (its key is the new one)."""
     pair = new_key()
     added = await tx.repo(EntitlementRepository).rotate_signing_key(
-        pair.kid, pair.public_key, encrypt_secret(settings, pair.private_key), now
+        pair.kid, pair.public_key, encrypt_secret(settings, pair.private_key), now, SIGNS_AFTER
     )
     return pair.kid if added else None

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Request
@@ -79,11 +79,9 @@ router = APIRouter(tags=["entitlements"])
 
 #: how long one ingress process signs with the key it read (a rotation shows within this)
 SIGNING_KEY_CACHE_S = 30.0
-#: how long anyone may cache the public keys (a rotation shows within this)
+#: how long anyone may cache the public keys: a new key is published longer than this
+#: before it signs (entitlements.SIGNS_AFTER), a retired one kept a day after it stopped
 KEYS_MAX_AGE_S = 300
-#: a retired key stays published while a token it signed may still be valid: the longest
-#: token life (EntitlementsConfig.token_ttl_seconds ≤ 1 day) and the signing key cache
-KEYS_KEPT = timedelta(days=1, seconds=SIGNING_KEY_CACHE_S)
 #: the worker makes the first key on its first tick (entitlements_tick_s, 5 s by default)
 KEY_RETRY_AFTER_S = 5
 
@@ -544,7 +542,9 @@ class SigningKeyCache:
             return self.signer
         if st.settings.secrets_key is None:
             raise _no_secrets_key()
-        row = await tx.repo(EntitlementRepository).current_signing_key()
+        row = await tx.repo(EntitlementRepository).signing_key(
+            datetime.now(UTC), entitlements.SIGNS_AFTER
+        )
         if row is None:
             raise Problem(
                 503,
@@ -654,7 +654,9 @@ async def jwks(tx: Unit) -> Response:
     """The deployment's keys (not a tenant's): a gateway verifies any tenant's tokens with
     them, and checks ``tid``. ``{"keys": []}`` until the entitlements worker made the first.
     May be cached five minutes: a gateway meeting an unknown ``kid`` should fetch again."""
-    rows = await tx.repo(EntitlementRepository).published_keys(datetime.now(UTC) - KEYS_KEPT)
+    rows = await tx.repo(EntitlementRepository).published_keys(
+        datetime.now(UTC) - entitlements.PUBLISHED_AFTER_RETIRED
+    )
     return JSONResponse(
         entitlements.jwks(rows), headers={"Cache-Control": f"public, max-age={KEYS_MAX_AGE_S}"}
     )
