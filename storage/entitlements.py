@@ -42,7 +42,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.postgresql import JSONB, insert
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
 from schemas.entitlements import EntitlementsConfig
@@ -268,6 +268,7 @@ class Snapshot:
     usage: Sequence[UsageRow]  # of the metered features' meters, latest periods
     unpaid: Sequence[UnpaidRow]
     config: ConfigRow | None
+    customer_known: bool = True  # in invoicing's customers (read by the check's statement)
 
 
 class EntitlementRepository:
@@ -289,28 +290,12 @@ class EntitlementRepository:
     async def snapshot(
         self, tenant_id: str, customer: str, at: datetime, *, feature: str | None = None
     ) -> Snapshot:
-        """``customer``'s entitlements as stored (``feature``: that one only): the hot path
-        of every check, so one statement and one round trip (``snapshots`` reads many)."""
-        row = (
-            await self.session.execute(
-                _SNAPSHOT, {"t": tenant_id, "c": customer, "at": at, "f": feature}
-            )
-        ).one()
-        features, subs, plan_grants, overrides, grants, usage, unpaid, config = (
-            _rows(model, text_) for model, text_ in zip(_SNAPSHOT_MODELS, row, strict=True)
-        )
-        return Snapshot(
-            tenant_id,
-            customer,
-            features,
-            subs,
-            plan_grants,
-            overrides,
-            grants,
-            usage,
-            unpaid,
-            config[0] if config else None,
-        )
+        """``customer``'s entitlements as stored (``feature``: that one only), in this
+        transaction: one statement, one round trip (``read_snapshot`` runs it outside any
+        transaction for a check; ``snapshots`` reads many customers)."""
+        conn = await self.session.connection()
+        result = await conn.exec_driver_sql(_SNAPSHOT, (tenant_id, customer, at, feature))
+        return _snapshot(tenant_id, customer, tuple(result.one()))
 
     async def snapshots(
         self, pairs: Iterable[tuple[str, str]], at: datetime, *, feature: str | None = None
@@ -975,35 +960,34 @@ _STALE_UNPAID = text(
 
 # --- one customer's snapshot in one statement (the check's hot path) ---------------------------
 
-_SNAPSHOT = text(
-    """
+_SNAPSHOT = """
     WITH subs AS (
         SELECT * FROM entitlement_subscriptions
-        WHERE tenant_id = :t AND customer = :c AND status = 'active'
+        WHERE tenant_id = $1 AND customer = $2 AND status = 'active'
     ), feats AS (
         SELECT * FROM entitlement_features
-        WHERE tenant_id = :t AND (CAST(:f AS text) IS NULL OR key = :f)
+        WHERE tenant_id = $1 AND (CAST($4 AS text) IS NULL OR key = $4)
     )
     SELECT
       (SELECT json_agg(x ORDER BY x.key)::text FROM feats x),
       (SELECT json_agg(x ORDER BY x.current_period_start, x.subscription_id)::text
          FROM subs x),
       (SELECT json_agg(x)::text FROM entitlement_plan_grants x
-         WHERE x.tenant_id = :t AND x.plan IN (SELECT plan FROM subs)
+         WHERE x.tenant_id = $1 AND x.plan IN (SELECT plan FROM subs)
            AND x.feature IN (SELECT key FROM feats)),
       (SELECT json_agg(x)::text FROM entitlement_overrides x
-         WHERE x.tenant_id = :t AND x.customer = :c AND x.feature IN (SELECT key FROM feats)),
+         WHERE x.tenant_id = $1 AND x.customer = $2 AND x.feature IN (SELECT key FROM feats)),
       (SELECT json_agg(x)::text FROM entitlement_grants x
-         WHERE x.tenant_id = :t AND x.customer = :c AND x.feature IN (SELECT key FROM feats)
-           AND (x.expires_at IS NULL OR x.expires_at > :at)),
+         WHERE x.tenant_id = $1 AND x.customer = $2 AND x.feature IN (SELECT key FROM feats)
+           AND (x.expires_at IS NULL OR x.expires_at > $3)),
       (SELECT json_agg(x)::text FROM entitlement_usage x
-         WHERE x.tenant_id = :t AND x.customer = :c AND x.period_end > :at
+         WHERE x.tenant_id = $1 AND x.customer = $2 AND x.period_end > $3
            AND x.meter IN (SELECT meter FROM feats)),
       (SELECT json_agg(x)::text FROM entitlement_unpaid x
-         WHERE x.tenant_id = :t AND x.customer = :c),
-      (SELECT json_agg(x)::text FROM entitlement_configs x WHERE x.tenant_id = :t)
-    """
-)
+         WHERE x.tenant_id = $1 AND x.customer = $2),
+      (SELECT json_agg(x)::text FROM entitlement_configs x WHERE x.tenant_id = $1),
+      EXISTS (SELECT 1 FROM customers x WHERE x.tenant_id = $1 AND x.external_id = $2)
+"""  # positional ($1 tenant, $2 customer, $3 at, $4 feature or null): asyncpg's own style
 _SNAPSHOT_MODELS: tuple[type[Base], ...] = (
     FeatureRow,
     SubscriptionRow,
@@ -1028,6 +1012,38 @@ _TIMES = frozenset(
         "failed_at",
     }
 )
+
+
+async def read_snapshot(
+    engine: AsyncEngine, tenant_id: str, customer: str, at: datetime, *, feature: str | None = None
+) -> Snapshot:
+    """``EntitlementRepository.snapshot`` without a session or a transaction: one statement
+    straight on a pooled asyncpg connection (a single statement reads one consistent
+    snapshot of the database). A check is the hottest read there is."""
+    async with engine.connect() as conn:
+        driver: Any = (await conn.get_raw_connection()).driver_connection  # asyncpg's
+        row = await driver.fetchrow(_SNAPSHOT, tenant_id, customer, at, feature)
+    return _snapshot(tenant_id, customer, tuple(row))
+
+
+def _snapshot(tenant_id: str, customer: str, row: tuple[Any, ...]) -> Snapshot:
+    *lists, exists = row
+    features, subs, plan_grants, overrides, grants, usage, unpaid, config = (
+        _rows(model, text_) for model, text_ in zip(_SNAPSHOT_MODELS, lists, strict=True)
+    )
+    return Snapshot(
+        tenant_id,
+        customer,
+        features,
+        subs,
+        plan_grants,
+        overrides,
+        grants,
+        usage,
+        unpaid,
+        config[0] if config else None,
+        customer_known=bool(exists),
+    )
 
 
 def _rows(model: Any, text_: str | None) -> list[Any]:

@@ -143,13 +143,22 @@ def create_app(settings: Settings) -> FastAPI:
         receipt_routes.router,
         entitlement_routes.router,
     ]
-    for r in routers:
+    # matched in this order, by FastAPI and by the door, route after route: the entitlement
+    # checks first, the hottest reads (a gateway asks on its users' every request); no path
+    # of theirs can be another router's
+    matching = [
+        entitlement_routes.router,
+        *(r for r in routers if r is not entitlement_routes.router),
+    ]
+    for r in matching:
         app.include_router(r)
     # every API route, with its full path (FastAPI keeps included routers unflattened)
     api_routes = [route for r in routers for route in r.routes if isinstance(route, APIRoute)]
 
     # the last added runs first: the request id is bound before the door answers anything
-    app.add_middleware(Door, routes=api_routes)
+    app.add_middleware(
+        Door, routes=[route for r in matching for route in r.routes if isinstance(route, APIRoute)]
+    )
     app.add_middleware(RequestContext)
     app.openapi = truthful_openapi(app, api_routes, settings.max_batch_events)  # type: ignore[method-assign]
 

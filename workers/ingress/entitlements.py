@@ -64,7 +64,7 @@ from schemas.metering import METER_KEY_PATTERN
 from schemas.pricing import KEY_PATTERN as PLAN_KEY_PATTERN
 from schemas.pricing import Quantity
 from storage.entitlement_reads import EntitlementReads
-from storage.entitlements import EntitlementRepository
+from storage.entitlements import EntitlementRepository, read_snapshot
 from workers import entitlements, payments
 from workers.ingress.deps import IngressState, State, Tenant, Unit
 from workers.ingress.fields import Instant
@@ -475,15 +475,14 @@ async def grant_entitlement(
 
 
 async def _check(
-    tx: Tx, tenant_id: str, customer: str, feature: str | None = None
+    st: IngressState, tenant_id: str, customer: str, feature: str | None = None
 ) -> tuple[Snapshot, CustomerEntitlements, datetime]:
-    """The customer's entitlements now (``feature``: that one only), from one snapshot.
-    Invoicing's customers table is read only when the snapshot has no subscription (a
-    customer with one exists)."""
+    """The customer's entitlements now (``feature``: that one only), from one statement
+    outside any transaction (``read_snapshot``): the hottest read of the API."""
     now = datetime.now(UTC)
-    snap = await tx.repo(EntitlementRepository).snapshot(tenant_id, customer, now, feature=feature)
-    if not snap.subscriptions:
-        await _customer(tx, tenant_id, customer)
+    snap = await read_snapshot(st.database.engine, tenant_id, customer, now, feature=feature)
+    if not snap.customer_known:
+        raise not_found("customer", customer, _PENDING_HINT)
     if feature is not None and not snap.features:
         raise not_found("feature", feature, _PENDING_HINT)
     return snap, entitlements.evaluate(snap, now), now
@@ -498,12 +497,12 @@ def _json(model: BaseModel) -> Response:
     response_model=CustomerEntitlements,
     summary="What a customer may use now: every feature",
 )
-async def check_entitlements(customer: CustomerPath, tx: Unit, tenant_id: Tenant) -> Response:
+async def check_entitlements(customer: CustomerPath, st: State, tenant_id: Tenant) -> Response:
     """Every feature of the tenant, each with ``has_access`` and, when denied, the
     ``reason``: ``not_subscribed``, ``limit_reached`` (a hard limit), ``payment_pending``
     (a payment failed and its grace is over) or ``suspended`` (dunning exhausted). Metered
     features show ``usage``, ``limit``, ``remaining`` and ``resets_at``."""
-    _, answer, _ = await _check(tx, tenant_id, customer)
+    _, answer, _ = await _check(st, tenant_id, customer)
     return _json(answer)
 
 
@@ -513,9 +512,9 @@ async def check_entitlements(customer: CustomerPath, tx: Unit, tenant_id: Tenant
     summary="May a customer use this feature now?",
 )
 async def check_entitlement(
-    customer: CustomerPath, feature: FeaturePath, tx: Unit, tenant_id: Tenant
+    customer: CustomerPath, feature: FeaturePath, st: State, tenant_id: Tenant
 ) -> Response:
-    _, answer, _ = await _check(tx, tenant_id, customer, feature)
+    _, answer, _ = await _check(st, tenant_id, customer, feature)
     (view,) = answer.entitlements
     return _json(view)
 
@@ -596,7 +595,7 @@ async def issue_token(
     ``/.well-known/jwks.json``. Nothing is stored: every call makes a new token, so
     ``Idempotency-Key`` does not apply. 503 with ``Retry-After`` until the first signing key
     exists (the entitlements worker makes it when it starts)."""
-    snap, answer, now = await _check(tx, tenant_id, customer)
+    snap, answer, now = await _check(st, tenant_id, customer)
     signer = await _signing_keys(request).get(st, tx)
     config = snap.config or EntitlementsConfig()
     claims = entitlements.token_claims(
