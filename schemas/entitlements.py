@@ -33,6 +33,7 @@ FEATURE_KEY_PATTERN = r"^[a-z0-9][a-z0-9_\-.]{0,63}$"
 KEY_ID_PATTERN = r"^[A-Za-z0-9_\-]{43}$"  # an RFC 7638 JWK thumbprint (SHA-256, base64url)
 MAX_FEATURES = 1_000  # per tenant: a check lists them all
 MAX_PLAN_ENTITLEMENTS = 100  # per plan
+MAX_GRANTS = 1_000  # per customer, in force or to come: every check reads them
 MAX_CONFIG_BYTES = 4_096  # a configuration's compact JSON
 MAX_CONFIG_DEPTH = 8
 

@@ -484,6 +484,19 @@ class EntitlementRepository:
     async def grant(self, tenant_id: str, id: str) -> GrantRow | None:
         return await self.session.get(GrantRow, (tenant_id, id))
 
+    async def count_live_grants(self, tenant_id: str, customer: str, at: datetime) -> int:
+        """The customer's grants not expired at ``at`` (in force, or to come)."""
+        n = await self.session.scalar(
+            select(func.count())
+            .select_from(GrantRow)
+            .where(
+                GrantRow.tenant_id == tenant_id,
+                GrantRow.customer == customer,
+                or_(GrantRow.expires_at.is_(None), GrantRow.expires_at > at),
+            )
+        )
+        return int(n or 0)
+
     async def add_grant(self, **columns: Any) -> bool:
         """Insert a grant; False when its id is taken (the caller compares)."""
         added = await self.session.execute(

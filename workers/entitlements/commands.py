@@ -16,6 +16,7 @@ from typing import Any
 from schemas import topics
 from schemas.entitlements import (
     MAX_FEATURES,
+    MAX_GRANTS,
     ConfigureEntitlements,
     CreateFeature,
     FeatureData,
@@ -34,6 +35,7 @@ from workers.entitlements.errors import (
     GrantConflict,
     KindMismatch,
     TooManyFeatures,
+    TooManyGrants,
     UnknownCustomer,
     UnknownFeature,
     UnknownMeter,
@@ -184,6 +186,10 @@ async def grant(command: GrantEntitlement, tx: Tx, ctx: Context) -> dict[str, An
         if not same:
             raise GrantConflict(f"grant {spec.id!r} exists with other terms", field="id")
         return result
+    if await repo.count_live_grants(tenant, spec.customer, ctx.now) >= MAX_GRANTS:
+        raise TooManyGrants(
+            f"a customer has at most {MAX_GRANTS} grants not yet expired", field="customer"
+        )
     starts = spec.starts_at or ctx.now
     due = next((t for t in (starts, spec.expires_at) if t is not None and t > ctx.now), None)
     await repo.add_grant(

@@ -40,6 +40,10 @@ class TooManyFeatures(EntitlementsError, PermanentError):
     code = "too_many_features"
 
 
+class TooManyGrants(EntitlementsError, PermanentError):
+    code = "too_many_grants"
+
+
 class GrantConflict(EntitlementsError, PermanentError):
     """A grant id used again for another grant."""
 
