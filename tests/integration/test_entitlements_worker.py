@@ -31,7 +31,12 @@ from schemas.entitlements import (
     SetPlanEntitlements,
 )
 from schemas.envelope import CloudEvent
-from schemas.invoicing import InvoiceData, InvoicePaid
+from schemas.invoicing import (
+    InvoiceData,
+    InvoiceMarkedUncollectible,
+    InvoicePaid,
+    InvoiceVoided,
+)
 from schemas.payments import DunningData, DunningExhausted, PaymentFailed, PaymentFailureData
 from storage.entitlements import EntitlementRepository, FeatureRow
 from tests.conftest import TenantKey
@@ -386,3 +391,77 @@ async def test_a_feature_redefined_with_another_kind_fails_and_changes_nothing(
 async def test_the_worker_refuses_to_start_without_a_secrets_key(settings: Settings) -> None:
     with pytest.raises(SecretsKeyMissing, match="BILLSTREAM_SECRETS_KEY"):
         await build(settings).start()
+
+
+def settled_invoice(cls: Any, t: str, who: str, invoice: str, status: str) -> Any:
+    now = datetime.now(UTC)
+    data = InvoiceData(
+        invoice_id=invoice, status=status, customer=who, currency="USD", period_start=now,
+        period_end=now, subtotal=1000, tax=0, total=1000, amount_paid=0, amount_due=1000,
+        lines=[],
+    )  # fmt: skip
+    return cls(source="tests", tenantid=t, subject=invoice, data=data)
+
+
+async def test_a_shorter_grace_voided_and_uncollectible_invoices(
+    st: Stack, ent_settings: Settings, sessions: Sessions, tenant: TenantKey
+) -> None:
+    """A grace shortened to 0 ends the past-due customers' access on the next tick; a voided
+    invoice restores it (nothing is owed); one marked uncollectible suspends."""
+    s, t = ent_settings, tenant.tenant_id
+    await st.api.ok("POST", "/v1/plans", BASIC)
+    await ok(s, sessions, feature(t, "sso", "boolean"), t)
+    plan = PlanEntitlementsSpec(plan="basic", entitlements=[Grant(feature="sso")])
+    await ok(s, sessions, SetPlanEntitlements(source="tests", tenantid=t, data=plan), t)
+    hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    for who in ("carol", "dave"):
+        await st.api.ok("POST", "/v1/customers", customer(who))
+        await st.api.ok(
+            "POST", "/v1/subscriptions",
+            {"customer": who, "plan": "basic", "start": hour.isoformat()},
+        )  # fmt: skip
+        await until(s, t, ("entitlement.granted", who, ("sso",), "subscribed"))
+
+    # the default grace (72 h): past due, access kept
+    for who in ("carol", "dave"):
+        await send(s, (topics.EVENTS_PAYMENTS, failed(t, who, f"in-{who}", datetime.now(UTC)),
+                       f"{t}:{who}"))  # fmt: skip
+
+    async def both_past_due() -> bool:
+        return [(await check(sessions, t, who)).status for who in ("carol", "dave")] == [
+            "past_due",
+            "past_due",
+        ]
+
+    await wait_for(both_past_due, timeout_s=30)
+    assert view(await check(sessions, t, "carol"), "sso").has_access
+
+    # the tenant shortens the grace to 0: both are denied, announced by the tick
+    config = EntitlementsConfig(payment_grace_hours=0)
+    await ok(s, sessions, ConfigureEntitlements(source="tests", tenantid=t, data=config), t)
+    for who in ("carol", "dave"):
+        await until(s, t, ("entitlement.suspended", who, ("sso",), "payment_pending"))
+    denied = view(await check(sessions, t, "carol"), "sso")
+    assert (denied.has_access, denied.reason) == (False, "payment_pending")
+
+    # carol's invoice voided: nothing owed, restored; dave's marked uncollectible: suspended
+    await send(
+        s,
+        (topics.EVENTS_INVOICING,
+         settled_invoice(InvoiceVoided, t, "carol", "in-carol", "void"), f"{t}:carol"),
+        (topics.EVENTS_INVOICING,
+         settled_invoice(InvoiceMarkedUncollectible, t, "dave", "in-dave", "uncollectible"),
+         f"{t}:dave"),
+    )  # fmt: skip
+    await until(s, t, ("entitlement.restored", "carol", ("sso",), "voided"))
+    await until(s, t, ("entitlement.suspended", "dave", ("sso",), "suspended"))
+    carol, dave = await check(sessions, t, "carol"), await check(sessions, t, "dave")
+    assert (carol.status, view(carol, "sso").has_access) == ("active", True)
+    assert (dave.status, view(dave, "sso").reason) == ("suspended", "suspended")
+    await settled(s, sessions)
+    told = [brief(e) for e in await announced(s, t) if e["data"].get("customer") == "carol"]
+    assert told == [
+        ("entitlement.granted", "carol", ("sso",), "subscribed"),
+        ("entitlement.suspended", "carol", ("sso",), "payment_pending"),
+        ("entitlement.restored", "carol", ("sso",), "voided"),
+    ]  # each once, in order
