@@ -11,9 +11,9 @@ field that does not fit the feature's kind — ``config`` only for config featur
 422 naming the field. The worker checks again (a feature may change in between).
 
 A check (``GET /v1/customers/{customer}/entitlements[/{feature}]``) is the hot path: one
-short transaction of indexed reads (``EntitlementRepository.snapshot``) and the one pure
-function every answer and every event comes from (``entitlements.evaluate``). A token is
-that answer, signed: the current signing key is kept ``SIGNING_KEY_CACHE_S`` per process.
+statement on a pooled connection, outside any transaction (``read_snapshot``), and the one
+pure function every answer and every event comes from (``entitlements.evaluate``). A token
+is that answer, signed: the signing key is kept ``SIGNING_KEY_CACHE_S`` per process.
 
 ``/.well-known/jwks.json`` needs no API key: it is the deployment's, not a tenant's (the
 door only authenticates routes that need a tenant).
