@@ -1,15 +1,5 @@
-"""Entitlements: features, what plans, overrides and grants give of them, and the read model
-a check is answered from (docs/entitlements.md).
-
-The read model is kept current by the entitlements worker from events: the customers'
-subscriptions (``subscription.*``), their unpaid invoices (``payment.failed``,
-``payment.dunning_exhausted``, ``invoice.paid``/``voided``), and their usage in the current
-period of every meter a feature counts (``usage.totals_changed``). A check reads it
-(``EntitlementRepository.snapshot``, a handful of indexed reads) and never aggregates usage.
-
-The token signing keys (``entitlement_keys``) belong to the deployment, not to a tenant:
-one JWKS at ``/.well-known/jwks.json`` serves every gateway.
-"""
+"""The entitlements repository: every read and write of the worker and the API but the
+check's one-statement snapshot (``snapshot.py``)."""
 
 from __future__ import annotations
 
@@ -22,13 +12,6 @@ from typing import Any
 
 from sqlalchemy import (
     ARRAY,
-    Boolean,
-    DateTime,
-    ForeignKey,
-    Index,
-    Integer,
-    Numeric,
-    String,
     Text,
     and_,
     bindparam,
@@ -41,234 +24,27 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.dialects.postgresql import JSONB, insert
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from schemas.entitlements import EntitlementsConfig
-from storage.db import Base
+from storage.entitlements.models import (
+    ConfigRow,
+    FeatureRow,
+    GrantRow,
+    LimitHitRow,
+    OverrideRow,
+    PlanGrantRow,
+    SigningKeyRow,
+    StaleRow,
+    StandingRow,
+    SubscriptionRow,
+    UnpaidRow,
+    UsageRow,
+)
+from storage.entitlements.snapshot import SNAPSHOT, Snapshot, from_row
 from storage.invoicing.models import Customer, Plan
 from storage.quarantine import not_quarantined
-
-
-def _tenant() -> Mapped[str]:
-    return mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True)
-
-
-class FeatureRow(Base):
-    __tablename__ = "entitlement_features"
-
-    tenant_id: Mapped[str] = _tenant()
-    key: Mapped[str] = mapped_column(String(64), primary_key=True)
-    name: Mapped[str] = mapped_column(String(256))
-    kind: Mapped[str] = mapped_column(String(16), comment="boolean | config | metered")
-    meter: Mapped[str | None] = mapped_column(String(64), comment="metered: the meter's key")
-    description: Mapped[str | None] = mapped_column(Text)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
-
-
-class PlanGrantRow(Base):
-    """One feature of one plan (``SetPlanEntitlements`` replaces a plan's rows)."""
-
-    __tablename__ = "entitlement_plan_grants"
-
-    tenant_id: Mapped[str] = _tenant()
-    plan: Mapped[str] = mapped_column(String(64), primary_key=True, comment="the plan's key")
-    feature: Mapped[str] = mapped_column(String(64), primary_key=True)
-    config: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
-    limit: Mapped[Decimal | None] = mapped_column(Numeric, comment="none: unlimited")
-    limit_mode: Mapped[str] = mapped_column(String(8), comment="soft | hard")
-
-
-class OverrideRow(Base):
-    __tablename__ = "entitlement_overrides"
-
-    tenant_id: Mapped[str] = _tenant()
-    customer: Mapped[str] = mapped_column(String(256), primary_key=True)
-    feature: Mapped[str] = mapped_column(String(64), primary_key=True)
-    enabled: Mapped[bool] = mapped_column(Boolean)
-    config: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
-    limit: Mapped[Decimal | None] = mapped_column(Numeric, comment="none: unlimited")
-    limit_mode: Mapped[str] = mapped_column(String(8), comment="soft | hard")
-
-
-class GrantRow(Base):
-    __tablename__ = "entitlement_grants"
-    __table_args__ = (
-        Index("ix_entitlement_grants_customer", "tenant_id", "customer"),
-        Index("ix_entitlement_grants_due", "due_at", postgresql_where=text("due_at IS NOT NULL")),
-    )
-
-    tenant_id: Mapped[str] = _tenant()
-    id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    customer: Mapped[str] = mapped_column(String(256))
-    feature: Mapped[str] = mapped_column(String(64))
-    units: Mapped[Decimal | None] = mapped_column(Numeric)
-    starts_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    due_at: Mapped[datetime | None] = mapped_column(
-        DateTime(timezone=True),
-        comment="its next start or expiry not announced yet (the worker's tick announces it)",
-    )
-
-
-class SubscriptionRow(Base):
-    """A customer's subscription as the ``subscription.*`` events describe it."""
-
-    __tablename__ = "entitlement_subscriptions"
-    __table_args__ = (
-        Index("ix_entitlement_subscriptions_customer", "tenant_id", "customer"),
-        Index(
-            "ix_entitlement_subscriptions_plan",
-            "tenant_id",
-            "plan",
-            postgresql_where=text("status = 'active'"),
-        ),
-    )
-
-    tenant_id: Mapped[str] = _tenant()
-    subscription_id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    customer: Mapped[str] = mapped_column(String(256))
-    plan: Mapped[str] = mapped_column(String(64))
-    interval: Mapped[str] = mapped_column(String(8), comment="the plan's: month | year")
-    status: Mapped[str] = mapped_column(String(16), comment="active | ended")
-    current_period_start: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    current_period_end: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-
-
-class ConfigRow(Base):
-    __tablename__ = "entitlement_configs"
-
-    tenant_id: Mapped[str] = _tenant()
-    payment_grace_hours: Mapped[int] = mapped_column(Integer)
-    token_ttl_seconds: Mapped[int] = mapped_column(Integer)
-    rate_limit_feature: Mapped[str | None] = mapped_column(String(64))
-
-
-class UnpaidRow(Base):
-    """An invoice of the customer whose payment failed and which is not paid yet."""
-
-    __tablename__ = "entitlement_unpaid"
-    __table_args__ = (Index("ix_entitlement_unpaid_customer", "tenant_id", "customer"),)
-
-    tenant_id: Mapped[str] = _tenant()
-    invoice_id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    customer: Mapped[str] = mapped_column(String(256))
-    failed_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), comment="the first failure: the grace counts from here"
-    )
-    exhausted: Mapped[bool] = mapped_column(Boolean, comment="dunning gave up on it")
-
-
-class StandingRow(Base):
-    """What was last announced of the customer's access: its standing (``active``,
-    ``payment_pending`` or ``suspended``) and the features it had, so the worker emits
-    ``entitlement.*`` events for what changed, once."""
-
-    __tablename__ = "entitlement_standing"
-
-    tenant_id: Mapped[str] = _tenant()
-    customer: Mapped[str] = mapped_column(String(256), primary_key=True)
-    status: Mapped[str] = mapped_column(String(16))
-    features: Mapped[list[str]] = mapped_column(JSONB, comment="keys with access, sorted")
-    changed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-
-
-class StaleRow(Base):
-    """A customer whose access must be announced again (its plan's entitlements or its
-    tenant's grace changed): the worker's tick announces them in chunks."""
-
-    __tablename__ = "entitlement_stale"
-
-    tenant_id: Mapped[str] = _tenant()
-    customer: Mapped[str] = mapped_column(String(256), primary_key=True)
-    reason: Mapped[str] = mapped_column(String(32), comment="granted/revoked reason to announce")
-    marked_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-
-
-class UsageRow(Base):
-    """The customer's usage of a meter over one billing period (every hour of it summed as
-    metering counts it), set from metering's totals each time they change."""
-
-    __tablename__ = "entitlement_usage"
-
-    tenant_id: Mapped[str] = _tenant()
-    customer: Mapped[str] = mapped_column(String(256), primary_key=True)
-    meter: Mapped[str] = mapped_column(String(64), primary_key=True)
-    period_start: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
-    period_end: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    usage: Mapped[Decimal] = mapped_column(Numeric)
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-
-
-class LimitHitRow(Base):
-    """A metered feature's limit reached in a period: ``entitlement.limit_reached`` is
-    emitted by the transaction that inserts it, so once; ``restored_at``: the hard limit no
-    longer denies (raised, or the period ended) and ``entitlement.restored`` was emitted."""
-
-    __tablename__ = "entitlement_limit_hits"
-    __table_args__ = (
-        Index(
-            "ix_entitlement_limit_hits_open",
-            "period_end",
-            postgresql_where=text("restored_at IS NULL AND limit_mode = 'hard'"),
-        ),
-    )
-
-    tenant_id: Mapped[str] = _tenant()
-    customer: Mapped[str] = mapped_column(String(256), primary_key=True)
-    feature: Mapped[str] = mapped_column(String(64), primary_key=True)
-    period_start: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
-    period_end: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    usage: Mapped[Decimal] = mapped_column(Numeric)
-    limit: Mapped[Decimal] = mapped_column(Numeric)
-    limit_mode: Mapped[str] = mapped_column(String(8))
-    reached_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    restored_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-
-
-class SigningKeyRow(Base):
-    """The deployment's Ed25519 keys for entitlement tokens (private keys Fernet-encrypted
-    under ``BILLSTREAM_SECRETS_KEY``); one current (``retired_at`` null)."""
-
-    __tablename__ = "entitlement_keys"
-    __table_args__ = (
-        Index(
-            "ux_entitlement_keys_current",
-            "current",
-            unique=True,
-            postgresql_where=text("retired_at IS NULL"),
-        ),
-    )
-
-    kid: Mapped[str] = mapped_column(String(64), primary_key=True, comment="RFC 7638 thumbprint")
-    current: Mapped[bool | None] = mapped_column(
-        Boolean, server_default=text("true"), comment="true while current, then null"
-    )
-    public_key: Mapped[str] = mapped_column(String(64), comment="Ed25519, raw, base64url")
-    private_key: Mapped[str] = mapped_column(Text, comment="Fernet ciphertext (enc:…)")
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    retired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-
-
-# --- what a check reads ---------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """Everything one customer's entitlements are computed from, as stored."""
-
-    tenant_id: str
-    customer: str
-    features: Sequence[FeatureRow]
-    subscriptions: Sequence[SubscriptionRow]  # active ones
-    plan_grants: Sequence[PlanGrantRow]  # of those subscriptions' plans
-    overrides: Sequence[OverrideRow]
-    grants: Sequence[GrantRow]  # in force at the snapshot's time, or later
-    usage: Sequence[UsageRow]  # of the metered features' meters, latest periods
-    unpaid: Sequence[UnpaidRow]
-    config: ConfigRow | None
-    customer_known: bool = True  # in invoicing's customers (read by the check's statement)
 
 
 class EntitlementRepository:
@@ -294,8 +70,8 @@ class EntitlementRepository:
         transaction: one statement, one round trip (``read_snapshot`` runs it outside any
         transaction for a check; ``snapshots`` reads many customers)."""
         conn = await self.session.connection()
-        result = await conn.exec_driver_sql(_SNAPSHOT, (tenant_id, customer, at, feature))
-        return _snapshot(tenant_id, customer, tuple(result.one()))
+        result = await conn.exec_driver_sql(SNAPSHOT, (tenant_id, customer, at, feature))
+        return from_row(tenant_id, customer, tuple(result.one()))
 
     async def snapshots(
         self, pairs: Iterable[tuple[str, str]], at: datetime, *, feature: str | None = None
@@ -969,127 +745,3 @@ _STALE_UNPAID = text(
     ON CONFLICT (tenant_id, customer) DO UPDATE SET reason = EXCLUDED.reason
     """
 )
-
-
-# --- one customer's snapshot in one statement (the check's hot path) ---------------------------
-
-_SNAPSHOT = """
-    WITH subs AS (
-        SELECT * FROM entitlement_subscriptions
-        WHERE tenant_id = $1 AND customer = $2 AND status = 'active'
-    ), feats AS (
-        SELECT * FROM entitlement_features
-        WHERE tenant_id = $1 AND (CAST($4 AS text) IS NULL OR key = $4)
-    )
-    SELECT
-      (SELECT json_agg(x ORDER BY x.key)::text FROM feats x),
-      (SELECT json_agg(x ORDER BY x.current_period_start, x.subscription_id)::text
-         FROM subs x),
-      (SELECT json_agg(x)::text FROM entitlement_plan_grants x
-         WHERE x.tenant_id = $1 AND x.plan IN (SELECT plan FROM subs)
-           AND x.feature IN (SELECT key FROM feats)),
-      (SELECT json_agg(x)::text FROM entitlement_overrides x
-         WHERE x.tenant_id = $1 AND x.customer = $2 AND x.feature IN (SELECT key FROM feats)),
-      (SELECT json_agg(x)::text FROM entitlement_grants x
-         WHERE x.tenant_id = $1 AND x.customer = $2 AND x.feature IN (SELECT key FROM feats)
-           AND (x.expires_at IS NULL OR x.expires_at > $3)),
-      (SELECT json_agg(x)::text FROM entitlement_usage x
-         WHERE x.tenant_id = $1 AND x.customer = $2 AND x.period_end > $3
-           AND x.meter IN (SELECT meter FROM feats)),
-      (SELECT json_agg(x)::text FROM entitlement_unpaid x
-         WHERE x.tenant_id = $1 AND x.customer = $2),
-      (SELECT json_agg(x)::text FROM entitlement_configs x WHERE x.tenant_id = $1),
-      EXISTS (SELECT 1 FROM customers x WHERE x.tenant_id = $1 AND x.external_id = $2)
-"""  # positional ($1 tenant, $2 customer, $3 at, $4 feature or null): asyncpg's own style
-_SNAPSHOT_MODELS: tuple[type[Base], ...] = (
-    FeatureRow,
-    SubscriptionRow,
-    PlanGrantRow,
-    OverrideRow,
-    GrantRow,
-    UsageRow,
-    UnpaidRow,
-    ConfigRow,
-)
-_TIMES = frozenset(
-    {
-        "created_at",
-        "starts_at",
-        "expires_at",
-        "due_at",
-        "current_period_start",
-        "current_period_end",
-        "period_start",
-        "period_end",
-        "updated_at",
-        "failed_at",
-    }
-)
-
-
-async def read_snapshot(
-    engine: AsyncEngine, tenant_id: str, customer: str, at: datetime, *, feature: str | None = None
-) -> Snapshot:
-    """``EntitlementRepository.snapshot`` without a session or a transaction: one statement
-    straight on a pooled asyncpg connection (a single statement reads one consistent
-    snapshot of the database). A check is the hottest read there is."""
-    async with engine.connect() as conn:
-        driver: Any = (await conn.get_raw_connection()).driver_connection  # asyncpg's
-        row = await driver.fetchrow(_SNAPSHOT, tenant_id, customer, at, feature)
-    return _snapshot(tenant_id, customer, tuple(row))
-
-
-def _snapshot(tenant_id: str, customer: str, row: tuple[Any, ...]) -> Snapshot:
-    *lists, exists = row
-    features, subs, plan_grants, overrides, grants, usage, unpaid, config = (
-        _rows(model, text_) for model, text_ in zip(_SNAPSHOT_MODELS, lists, strict=True)
-    )
-    return Snapshot(
-        tenant_id,
-        customer,
-        features,
-        subs,
-        plan_grants,
-        overrides,
-        grants,
-        usage,
-        unpaid,
-        config[0] if config else None,
-        customer_known=bool(exists),
-    )
-
-
-def _rows(model: Any, text_: str | None) -> list[Any]:
-    """Transient rows of ``model`` from PostgreSQL's JSON of them: quantities exact
-    (Decimal), times parsed, configurations as the JSONB column reads them."""
-    if text_ is None:
-        return []
-    names = model.__table__.columns.keys()
-    return [
-        model(**{k: _value(k, v) for k, v in item.items() if k in names})
-        for item in json.loads(text_, parse_float=Decimal)
-    ]
-
-
-_QUANTITIES = frozenset({"limit", "units", "usage"})
-
-
-def _value(name: str, value: Any) -> Any:
-    if value is None:
-        return None
-    if name in _TIMES:
-        return datetime.fromisoformat(value)
-    if name in _QUANTITIES:
-        return Decimal(value)
-    if name == "config":
-        return _plain_json(value)
-    return value
-
-
-def _plain_json(value: Any) -> Any:
-    """JSON as ``json.loads`` reads it (floats), from a parse that kept decimals."""
-    if isinstance(value, dict):
-        return {k: _plain_json(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain_json(v) for v in value]
-    return float(value) if isinstance(value, Decimal) else value
