@@ -24,6 +24,7 @@ path before nothing they could capture; ``/v1/features/{key}`` after ``/v1/featu
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -59,7 +60,7 @@ from schemas.entitlements import (
     SetEntitlementOverride,
     SetPlanEntitlements,
 )
-from schemas.envelope import CloudEvent, new_id
+from schemas.envelope import new_id
 from schemas.metering import METER_KEY_PATTERN
 from schemas.pricing import KEY_PATTERN as PLAN_KEY_PATTERN
 from schemas.pricing import Quantity
@@ -69,7 +70,7 @@ from workers import entitlements, payments
 from workers.ingress.deps import IngressState, State, Tenant, Unit
 from workers.ingress.fields import Instant
 from workers.ingress.problems import Problem, invalid, not_found
-from workers.ingress.routes import CommandAccepted, envelope, submit
+from workers.ingress.routes import CommandAccepted, send_command
 from workers.runtime import Tx
 
 if TYPE_CHECKING:
@@ -94,26 +95,8 @@ _PENDING_HINT = " (if its create command is still pending, retry when it has suc
 _ACCEPTED: dict[str, Any] = {"status_code": 202, "response_model": CommandAccepted}
 
 
-async def _send(
-    request: Request,
-    st: State,
-    tenant_id: str,
-    command: type[CloudEvent],
-    data: BaseModel,
-    key: str,
-    subject: str,
-    extra: dict[str, Any] | None = None,
-) -> Response:
-    event = command(data=data, **envelope(request, tenant_id, subject))
-    return await submit(
-        request,
-        st,
-        tenant_id,
-        event,
-        topic=topics.COMMANDS_ENTITLEMENTS,
-        key=key,
-        extra=extra,
-    )
+_send = functools.partial(send_command, topic=topics.COMMANDS_ENTITLEMENTS)
+"""``send_command`` on billstream.commands.entitlements.v1."""
 
 
 class _In(BaseModel):

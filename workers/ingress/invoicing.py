@@ -6,6 +6,7 @@ Writes become commands on ``billstream.commands.invoicing.v1`` (202 + command id
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -15,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from schemas import topics
 from schemas.bounds import ID_PATTERN
-from schemas.envelope import CloudEvent, new_id
+from schemas.envelope import new_id
 from schemas.invoicing import (
     BillingRunSpec,
     ConfigureInvoicing,
@@ -37,7 +38,7 @@ from workers import invoicing
 from workers.ingress.deps import State, Tenant, Unit
 from workers.ingress.fields import Instant, Text
 from workers.ingress.problems import not_found
-from workers.ingress.routes import CommandAccepted, envelope, submit
+from workers.ingress.routes import CommandAccepted, send_command
 from workers.runtime import Tx
 
 if TYPE_CHECKING:
@@ -52,26 +53,8 @@ InvoiceIdPath = Annotated[str, Path(pattern=ID_PATTERN)]
 _PENDING_HINT = " (if its create command is still pending, retry when it has succeeded)"
 
 
-async def send(
-    request: Request,
-    st: State,
-    tenant_id: str,
-    command: type[CloudEvent],
-    data: BaseModel,
-    key: str,
-    subject: str,
-    extra: dict[str, Any] | None = None,
-) -> Response:
-    event = command(data=data, **envelope(request, tenant_id, subject))
-    return await submit(
-        request,
-        st,
-        tenant_id,
-        event,
-        topic=topics.COMMANDS_INVOICING,
-        key=key,
-        extra=extra,
-    )
+send = functools.partial(send_command, topic=topics.COMMANDS_INVOICING)
+"""``send_command`` on billstream.commands.invoicing.v1."""
 
 
 _ACCEPTED: dict[str, Any] = {"status_code": 202, "response_model": CommandAccepted}

@@ -232,6 +232,24 @@ async def submit(
     return response
 
 
+async def send_command(
+    request: Request,
+    st: State,
+    tenant_id: str,
+    command: type[CloudEvent],
+    data: BaseModel,
+    key: str,
+    subject: str,
+    extra: dict[str, Any] | None = None,
+    *,
+    topic: str,
+) -> Response:
+    """``submit`` a ``command`` carrying ``data``, enveloped for ``tenant_id`` and
+    ``subject``, on ``topic`` under record key ``key``."""
+    event = command(data=data, **envelope(request, tenant_id, subject))
+    return await submit(request, st, tenant_id, event, topic=topic, key=key, extra=extra)
+
+
 @router.post(
     "/meters",
     status_code=202,
