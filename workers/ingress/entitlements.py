@@ -64,7 +64,6 @@ from schemas.envelope import new_id
 from schemas.metering import METER_KEY_PATTERN
 from schemas.pricing import KEY_PATTERN as PLAN_KEY_PATTERN
 from schemas.pricing import Quantity
-from storage.entitlement_reads import EntitlementReads
 from storage.entitlements import EntitlementRepository, read_snapshot
 from workers import entitlements, payments
 from workers.ingress.deps import IngressState, State, Tenant, Unit
@@ -151,7 +150,7 @@ async def _feature(tx: Tx, tenant_id: str, key: str) -> FeatureRow:
 
 
 async def _customer(tx: Tx, tenant_id: str, external_id: str) -> None:
-    if not await tx.repo(EntitlementReads).customer_exists(tenant_id, external_id):
+    if not await tx.repo(EntitlementRepository).customer_exists(tenant_id, external_id):
         raise not_found("customer", external_id, _PENDING_HINT)
 
 
@@ -231,7 +230,7 @@ class PlanEntitlementsView(BaseModel):
 
 
 async def _plan(tx: Tx, tenant_id: str, plan: str) -> None:
-    if not await tx.repo(EntitlementReads).plan_exists(tenant_id, plan):
+    if not await tx.repo(EntitlementRepository).plan_intervals([(tenant_id, plan)]):
         raise not_found("plan", plan, _PENDING_HINT)
 
 
@@ -289,7 +288,7 @@ async def get_plan_entitlements(
 ) -> PlanEntitlementsView:
     """The plan's features as last set (empty until they are)."""
     await _plan(tx, tenant_id, plan)
-    rows = await tx.repo(EntitlementReads).plan_grants(tenant_id, plan)
+    rows = await tx.repo(EntitlementRepository).plan_grants(tenant_id, plan)
     return PlanEntitlementsView(
         plan=plan,
         entitlements=[
