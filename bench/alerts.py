@@ -154,13 +154,16 @@ def client_main(spec: dict[str, Any]) -> dict[str, Any]:
     return asyncio.run(_client(spec))
 
 
-def probe_body(run: str, name: str, subject: str, tokens: int) -> bytes:
+def probe_body(
+    run: str, name: str, subject: str, tokens: int, source: str = "bench/alerts"
+) -> bytes:
+    """One usage event of ``tokens`` for ``subject``, as the body of ``POST /v1/events``."""
     from bench.ingress import EVENT_TYPE, _iso_now
 
     event = {
         "specversion": "1.0",
         "id": f"{run}-{name}",
-        "source": "bench/alerts",
+        "source": source,
         "type": EVENT_TYPE,
         "subject": subject,
         "time": _iso_now(),

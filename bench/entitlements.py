@@ -342,18 +342,9 @@ def probes_main(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def usage_body(run: str, name: str, subject: str, tokens: int) -> bytes:
-    from bench.ingress import EVENT_TYPE, _iso_now
+    from bench.alerts import probe_body
 
-    event = {
-        "specversion": "1.0",
-        "id": f"{run}-{name}",
-        "source": "bench/entitlements",
-        "type": EVENT_TYPE,
-        "subject": subject,
-        "time": _iso_now(),
-        "data": {"tokens": tokens, "model": "m0"},
-    }
-    return json.dumps({"events": [event]}).encode()
+    return probe_body(run, name, subject, tokens, source="bench/entitlements")
 
 
 def reached(status: int, body: bytes) -> bool:
