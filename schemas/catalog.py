@@ -10,6 +10,7 @@ from pydantic import BaseModel
 
 from schemas import (
     alerts,
+    documents,
     entitlements,
     invoicing,
     metering,
@@ -71,6 +72,11 @@ CATALOG: tuple[MessageSpec, ...] = (
         MessageSpec(topics.EVENTS_ENTITLEMENTS, "event", _type_of(m), m)
         for m in entitlements.EVENTS
     ),
+    *(
+        MessageSpec(topics.COMMANDS_DOCUMENTS, "command", _type_of(m), m)
+        for m in documents.COMMANDS
+    ),
+    *(MessageSpec(topics.EVENTS_DOCUMENTS, "event", _type_of(m), m) for m in documents.EVENTS),
 )
 
 

@@ -30,6 +30,9 @@ ENTITLEMENTS_EVENTS = "billstream.entitlements.events"  # invoicing and payments
 ENTITLEMENTS_USAGE = "billstream.entitlements.usage"  # usage.totals_changed
 ENTITLEMENTS_COMMANDS = "billstream.entitlements.commands"
 
+DOCUMENTS_INVOICES = "billstream.documents.invoices"  # invoice.finalized
+DOCUMENTS_COMMANDS = "billstream.documents.commands"
+
 WEBHOOKS_COMMANDS = "billstream.webhooks.commands"
 WEBHOOKS_FANOUT_PREFIX = "billstream.webhooks.fanout"
 

@@ -63,6 +63,7 @@ from schemas.discounts import (
     RemoveDiscount,
 )
 from schemas.envelope import CloudEvent
+from schemas.locales import Locale
 from schemas.metering import METER_KEY_PATTERN
 from schemas.one_off import CreateInvoice, FinalizeInvoice
 from schemas.pricing import NonNegDecimal, PlanSpec, TaxRateNames
@@ -149,6 +150,11 @@ class CustomerSpec(_Model):
     tax_ids: list[TaxId] = Field(default_factory=list, max_length=MAX_TAX_IDS)
     net_terms_days: int = Field(default=30, ge=0, le=365)
     billing_address: Address | None = None
+    locale: Locale | None = Field(
+        default=None,
+        description="The language of the customer's invoices and portal ('en', 'id'); "
+        "default: the tenant's branding's",
+    )
 
     _email = field_validator("email")(optional_line)
 
@@ -587,6 +593,11 @@ class InvoiceData(_Model):
         default=None,
         description="From finalization on: the id of the signed receipt that attests it "
         "(docs/receipts.md; issued moments later)",
+    )
+    pdf_url: str | None = Field(
+        default=None,
+        description="From finalization on: where its PDF is served (with the API key), "
+        "rendered moments later (docs/documents.md)",
     )
     lines: list[InvoiceLine]
 

@@ -30,6 +30,7 @@ from pydantic_core import core_schema as cs
 from schemas.bounds import ID_PATTERN, EventTime, Line, ShowBounds, Text, show_model_bounds
 from schemas.decimals import DecimalStr
 from schemas.envelope import CloudEvent
+from schemas.locales import Locale
 from schemas.pricing import NonNegDecimal, RateName, TaxRateNames
 
 MAX_TAX_IDS = 5
@@ -310,6 +311,9 @@ class Buyer(_Model):
     tax_ids: list[TaxId] = Field(default_factory=list)
     billing_address: dict[str, Any] | None = None
     tax_status: TaxStatus = "taxable"
+    locale: Locale | None = Field(
+        default=None, description="The customer's locale: the language of its documents"
+    )
 
 
 COMMANDS: tuple[type[CloudEvent], ...] = (CreateTaxRate,)

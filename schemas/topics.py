@@ -23,6 +23,8 @@ COMMANDS_RECEIPTS = "billstream.commands.receipts.v1"
 EVENTS_RECEIPTS = "billstream.events.receipts.v1"
 COMMANDS_ENTITLEMENTS = "billstream.commands.entitlements.v1"
 EVENTS_ENTITLEMENTS = "billstream.events.entitlements.v1"
+COMMANDS_DOCUMENTS = "billstream.commands.documents.v1"
+EVENTS_DOCUMENTS = "billstream.events.documents.v1"
 
 DLQ_SUFFIX = ".dlq"
 
@@ -81,6 +83,13 @@ TOPICS: tuple[TopicSpec, ...] = (
         EVENTS_ENTITLEMENTS,
         "tenant_id:customer_id",
         "entitlements (outbox)",
+        "webhooks, anyone downstream",
+    ),
+    TopicSpec(COMMANDS_DOCUMENTS, "tenant_id", "ingress", "documents"),
+    TopicSpec(
+        EVENTS_DOCUMENTS,
+        "tenant_id:customer_id",
+        "documents (outbox)",
         "webhooks, anyone downstream",
     ),
 )

@@ -4,6 +4,7 @@ from storage import (  # noqa: F401
     alert_credits,
     alerts,
     commands,
+    documents,
     entitlements,
     inbox,
     invoicing,

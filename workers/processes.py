@@ -20,6 +20,7 @@ WORKERS = (
     "alerts",
     "receipts",
     "entitlements",
+    "documents",
 )
 
 
@@ -34,6 +35,7 @@ def build(name: str, settings: Settings) -> Worker:
 
 def _apps() -> dict[str, ModuleType]:
     from workers.alerts import app as alerts
+    from workers.documents import app as documents
     from workers.entitlements import app as entitlements
     from workers.invoicing import app as invoicing
     from workers.metering import app as metering
@@ -51,4 +53,5 @@ def _apps() -> dict[str, ModuleType]:
         "alerts": alerts,
         "receipts": receipts,
         "entitlements": entitlements,
+        "documents": documents,
     }

@@ -241,6 +241,25 @@ class Settings(BaseSettings):
         "in /.well-known/jwks.json for a day (the longest a token lives).",
     )
 
+    # --- documents and pages ---------------------------------------------------------
+    public_url: str = Field(
+        default="",
+        pattern=r"^(https?://[^\s/]+(/[^\s]*)?)?$",
+        description="The ingress as customers reach it (https://billing.example.com): hosted "
+        "invoice links and portal sessions start with it. Empty: "
+        "http://BILLSTREAM_INGRESS_HOST:BILLSTREAM_INGRESS_PORT.",
+    )
+    stripe_js_url: str = Field(
+        default="https://js.stripe.com/v3/",
+        description="Stripe.js, loaded by the hosted invoice page and the portal to collect "
+        "a card (billstream dev points it at its localstripe).",
+    )
+
+    @property
+    def public_base_url(self) -> str:
+        """``public_url`` without a trailing slash, or the ingress's own address."""
+        return (self.public_url or f"http://{self.ingress_host}:{self.ingress_port}").rstrip("/")
+
     @field_validator("dunning_schedule_days", mode="before")
     @classmethod
     def _days_list(cls, v: object) -> object:

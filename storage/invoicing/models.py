@@ -66,6 +66,7 @@ class Customer(Base):
     tax_ids: Mapped[list[dict[str, str]]] = mapped_column(JSONB, server_default="[]")
     net_terms_days: Mapped[int] = mapped_column(Integer)
     billing_address: Mapped[dict[str, Any] | None] = mapped_column(JSONB(none_as_null=True))
+    locale: Mapped[str | None] = mapped_column(String(8))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 

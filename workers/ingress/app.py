@@ -21,8 +21,9 @@ from workers.ingress import alerts as alert_routes
 from workers.ingress import credit_notes as credit_note_routes
 from workers.ingress import credits as credit_routes
 from workers.ingress import discounts as discount_routes
+from workers.ingress import documents as document_routes
 from workers.ingress import entitlements as entitlement_routes
-from workers.ingress import invoicing
+from workers.ingress import invoicing, pages
 from workers.ingress import one_off as one_off_routes
 from workers.ingress import payments as payment_routes
 from workers.ingress import pos as pos_routes
@@ -142,6 +143,8 @@ def create_app(settings: Settings) -> FastAPI:
         tax_report_routes.router,
         receipt_routes.router,
         entitlement_routes.router,
+        document_routes.router,
+        pages.router,
     ]
     # matched in this order, by FastAPI and by the door, route after route: the entitlement
     # checks first, the hottest reads (a gateway asks on its users' every request); no path

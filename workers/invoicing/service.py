@@ -304,6 +304,7 @@ def invoice_data(
             if row["number"] is not None
             else None
         ),
+        pdf_url=f"/v1/invoices/{row['id']}/pdf" if row["number"] is not None else None,
         lines=list(lines),
     )
 

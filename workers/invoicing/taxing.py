@@ -68,6 +68,7 @@ def buyer(customer: Customer) -> Buyer:
         tax_ids=[TaxId.model_validate(t) for t in customer.tax_ids or []],
         billing_address=customer.billing_address,
         tax_status=party(customer).status,
+        locale=customer.locale,
     )
 
 

@@ -105,6 +105,7 @@ def customer_spec(c: Customer) -> CustomerSpec:
         tax_ids=c.tax_ids or [],
         net_terms_days=c.net_terms_days,
         billing_address=c.billing_address,
+        locale=c.locale,
     )
 
 

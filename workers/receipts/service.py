@@ -37,7 +37,15 @@ SOURCE = "billstream/receipts"
 # What a document may still change after it is attested (payments, credit notes, voids):
 # never part of what its receipt says.
 INVOICE_MUTABLE = frozenset(
-    {"status", "amount_paid", "amount_credited", "amount_due", "amount_refunded", "receipt_id"}
+    {
+        "status",
+        "amount_paid",
+        "amount_credited",
+        "amount_due",
+        "amount_refunded",
+        "receipt_id",
+        "pdf_url",
+    }
 )
 CREDIT_NOTE_MUTABLE = frozenset(
     {"status", "voided_at", "void_reason", "invoice_amount_due", "receipt_id"}

@@ -1,0 +1,9 @@
+"""Documents: invoice PDFs rendered once at finalization in the tenant's branding and the
+buyer's locale, stored by the SHA-256 of their bytes, and the signed links of hosted invoice
+pages and portal sessions (docs/documents.md).
+
+Its face: what other packages may import (an import-linter contract enforces it)."""
+
+from workers.documents.links import Link, LinkError, Purpose, link_keys, sign, verify
+
+__all__ = ["Link", "LinkError", "Purpose", "link_keys", "sign", "verify"]
