@@ -4,6 +4,15 @@ pages and portal sessions (docs/documents.md).
 
 Its face: what other packages may import (an import-linter contract enforces it)."""
 
-from workers.documents.links import Link, LinkError, Purpose, link_keys, sign, verify
+from workers.documents.links import (
+    PATHS,
+    Link,
+    LinkError,
+    Purpose,
+    link_keys,
+    link_url,
+    sign,
+    verify,
+)
 
-__all__ = ["Link", "LinkError", "Purpose", "link_keys", "sign", "verify"]
+__all__ = ["PATHS", "Link", "LinkError", "Purpose", "link_keys", "link_url", "sign", "verify"]

@@ -27,6 +27,8 @@ Purpose = Literal["invoice", "portal"]
 _VERSION = "v1"
 _INFO = b"billstream links v1"
 MAX_TOKEN = 1024  # a longer path segment is refused before anything decodes it
+# where each kind of link leads, under the ingress's public address (settings.public_base_url)
+PATHS: dict[str, str] = {"invoice": "/hosted/invoices/", "portal": "/portal/"}
 
 
 class LinkError(ValueError):
@@ -79,6 +81,12 @@ def sign(keys: Sequence[bytes], link: Link) -> str:
     body = _b64(json.dumps(payload, separators=(",", ":")).encode())
     signed = f"{_VERSION}.{body}"
     return f"{signed}.{_mac(keys[0], signed)}"
+
+
+def link_url(base_url: str, keys: Sequence[bytes], link: Link) -> str:
+    """The URL a customer follows: ``{base_url}/hosted/invoices/{token}`` or
+    ``{base_url}/portal/{token}``."""
+    return f"{base_url.rstrip('/')}{PATHS[link.purpose]}{sign(keys, link)}"
 
 
 def verify(keys: Sequence[bytes], token: str, purpose: Purpose, now: datetime) -> Link:
