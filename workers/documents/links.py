@@ -2,7 +2,8 @@
 and a portal session (docs/documents.md, ADR 0054).
 
 A token is ``v1.<payload>.<mac>``: the payload is base64url JSON ``[purpose, tenant,
-subject, expires (unix seconds), locale]``, the MAC an HMAC-SHA256 of ``v1.<payload>``
+subject, expires (unix seconds), locale]`` (a portal session's ``return_url``, when it has
+one, as a sixth item), the MAC an HMAC-SHA256 of ``v1.<payload>``
 under a key derived (HKDF-SHA256) from each of ``BILLSTREAM_SECRETS_KEY``'s keys: the first
 signs, all verify, so the secrets key rotates as it does for Stripe secrets. Nothing is
 stored: a link cannot be revoked before it expires (portal sessions are short for that).
@@ -26,7 +27,8 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 Purpose = Literal["invoice", "portal"]
 _VERSION = "v1"
 _INFO = b"billstream links v1"
-MAX_TOKEN = 1024  # a longer path segment is refused before anything decodes it
+# a longer path segment is refused before anything decodes it (a 2048-character return_url fits)
+MAX_TOKEN = 4096
 # where each kind of link leads, under the ingress's public address (settings.public_base_url)
 PATHS: dict[str, str] = {"invoice": "/hosted/invoices/", "portal": "/portal/"}
 
@@ -47,6 +49,7 @@ class Link:
     subject: str  # the invoice id, or the customer's external id
     expires_at: datetime
     locale: str | None = None
+    return_url: str | None = None  # a portal session's "back" link (the tenant's app)
 
 
 def link_keys(secrets_key: str) -> list[bytes]:
@@ -78,6 +81,8 @@ def sign(keys: Sequence[bytes], link: Link) -> str:
         int(link.expires_at.timestamp()),
         link.locale,
     ]
+    if link.return_url is not None:
+        payload.append(link.return_url)
     body = _b64(json.dumps(payload, separators=(",", ":")).encode())
     signed = f"{_VERSION}.{body}"
     return f"{signed}.{_mac(keys[0], signed)}"
@@ -99,7 +104,10 @@ def verify(keys: Sequence[bytes], token: str, purpose: Purpose, now: datetime) -
     if not any(hmac.compare_digest(_mac(k, signed), parts[2]) for k in keys):
         raise LinkError("bad_signature")
     try:
-        kind, tenant_id, subject, expires, locale = json.loads(_unb64(parts[1]))
+        kind, tenant_id, subject, expires, locale, *rest = json.loads(_unb64(parts[1]))
+        return_url = str(rest[0]) if len(rest) == 1 and rest[0] is not None else None
+        if len(rest) > 1:
+            raise ValueError("too many items")
         expires_at = datetime.fromtimestamp(int(expires), UTC)
     except (ValueError, TypeError, binascii.Error):
         raise LinkError("malformed") from None
@@ -107,4 +115,4 @@ def verify(keys: Sequence[bytes], token: str, purpose: Purpose, now: datetime) -
         raise LinkError("wrong_purpose")
     if now >= expires_at:
         raise LinkError("expired")
-    return Link(kind, str(tenant_id), str(subject), expires_at, locale)
+    return Link(kind, str(tenant_id), str(subject), expires_at, locale, return_url)
