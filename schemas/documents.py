@@ -111,7 +111,7 @@ class ConfigureBranding(CloudEvent):
 class DocumentData(_Model):
     kind: Literal["invoice"] = "invoice"
     invoice_id: str
-    number: str | None
+    number: str | None = None
     customer: str
     sha256: str = Field(pattern=SHA256_PATTERN, description="Of the PDF's bytes: its address")
     size: int = Field(description="Bytes")
