@@ -42,6 +42,8 @@ class _Model(BaseModel):
 
 CUSTOMER_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@\-]{0,255}$"
 CIPHERTEXT_PATTERN = r"^enc:[A-Za-z0-9_=\-]+$"
+PUBLISHABLE_KEY_PATTERN = r"^pk_[A-Za-z0-9_]{4,255}$"
+PAYMENT_METHOD_PATTERN = r"^(pm|card|src)_[A-Za-z0-9_]{1,250}$"
 OFFLINE_METHODS = ("bank_transfer", "cash", "check", "pos", "other")
 
 
@@ -57,6 +59,12 @@ class StripeSettingsData(_Model):
     endpoint_token: str = Field(
         pattern=r"^[A-Za-z0-9_\-]{16,64}$",
         description="Path token of this tenant's inbound Stripe webhook URL",
+    )
+    publishable_key: str | None = Field(
+        default=None,
+        pattern=PUBLISHABLE_KEY_PATTERN,
+        description="pk_…: Stripe.js collects cards with it on the hosted invoice page and "
+        "the portal (public; none: those pages offer no card form)",
     )
 
 
@@ -78,7 +86,12 @@ class SyncCustomer(CloudEvent):
 
 class PaymentMethodData(_Model):
     customer: str = Field(pattern=CUSTOMER_PATTERN)
-    payment_method: str = Field(pattern=r"^(pm|card|src)_[A-Za-z0-9_]{1,250}$")
+    payment_method: str = Field(pattern=PAYMENT_METHOD_PATTERN)
+    create_customer: bool = Field(
+        default=False,
+        description="Create the customer in Stripe first if it is not there yet (the "
+        "portal); otherwise a customer not synced to Stripe fails the command",
+    )
 
 
 class AttachPaymentMethod(CloudEvent):
@@ -115,8 +128,40 @@ class RecordOfflinePayment(CloudEvent):
     data: OfflinePaymentSpec
 
 
+class PayInvoiceSpec(_Model):
+    """A customer paying one invoice by card on its hosted page (docs/documents.md)."""
+
+    invoice_id: Line = Field(min_length=1, max_length=64)
+    customer: str = Field(pattern=CUSTOMER_PATTERN, description="The customer's external_id")
+    payment_method: str = Field(
+        pattern=PAYMENT_METHOD_PATTERN, description="Collected by Stripe.js on the page"
+    )
+    amount: PositiveMinorUnits = Field(
+        description="The invoice's amount due when the customer pressed Pay, minor units"
+    )
+    currency: CurrencyCode
+    email: Line | None = Field(default=None, max_length=320)
+    name: Line | None = Field(default=None, max_length=256)
+
+
+class PayInvoice(CloudEvent):
+    """Charge an invoice now with the card the customer just entered: the card is attached
+    (the customer created in Stripe first if needed) and made the default, and the
+    invoice's collection is due at once (opened for ``amount`` if it had none); the
+    collector charges it as it charges every invoice. A collection already in flight or
+    settled is left alone, so pressing Pay twice charges once."""
+
+    type: Literal["payments.pay_invoice"] = "payments.pay_invoice"
+    data: PayInvoiceSpec
+
+
 PaymentsCommand = Annotated[
-    ConfigureStripe | SyncCustomer | AttachPaymentMethod | RefundPayment | RecordOfflinePayment,
+    ConfigureStripe
+    | SyncCustomer
+    | AttachPaymentMethod
+    | RefundPayment
+    | RecordOfflinePayment
+    | PayInvoice,
     Field(discriminator="type"),
 ]
 
@@ -219,6 +264,7 @@ COMMANDS: tuple[type[CloudEvent], ...] = (
     AttachPaymentMethod,
     RefundPayment,
     RecordOfflinePayment,
+    PayInvoice,
 )
 EVENTS: tuple[type[CloudEvent], ...] = (
     PaymentSucceeded,

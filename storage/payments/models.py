@@ -39,6 +39,7 @@ class StripeAccount(Base):
     )
     auto_collection: Mapped[bool] = mapped_column(Boolean)
     endpoint_token: Mapped[str] = mapped_column(String(64), unique=True)
+    publishable_key: Mapped[str | None] = mapped_column(String(255), comment="pk_… (public)")
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 

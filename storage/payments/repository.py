@@ -51,6 +51,7 @@ class PaymentsRepository:
         webhook_secret: str,
         auto_collection: bool,
         endpoint_token: str,
+        publishable_key: str | None = None,
     ) -> None:
         row = await self.session.get(StripeAccount, tenant_id, with_for_update=True)
         if row is None:
@@ -62,6 +63,7 @@ class PaymentsRepository:
                     previous_webhook_secret=None,
                     auto_collection=auto_collection,
                     endpoint_token=endpoint_token,
+                    publishable_key=publishable_key,
                 )
             )
             return
@@ -69,6 +71,7 @@ class PaymentsRepository:
             row.previous_webhook_secret = row.webhook_secret
         row.secret_key, row.webhook_secret = secret_key, webhook_secret
         row.auto_collection, row.endpoint_token = auto_collection, endpoint_token
+        row.publishable_key = publishable_key
         row.updated_at = func.now()
 
     async def customer(self, tenant_id: str, customer: str) -> StripeCustomer | None:

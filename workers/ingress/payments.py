@@ -25,6 +25,7 @@ from schemas.bounds import ID_PATTERN
 from schemas.envelope import new_id
 from schemas.payments import (
     CUSTOMER_PATTERN,
+    PUBLISHABLE_KEY_PATTERN,
     AttachPaymentMethod,
     ConfigureStripe,
     CustomerSyncData,
@@ -66,6 +67,12 @@ class StripeSettingsIn(_In):
     secret_key: str = Field(pattern=r"^(sk|rk)_[A-Za-z0-9_]{4,255}$", repr=False)
     webhook_secret: str = Field(pattern=r"^whsec_[A-Za-z0-9_+/=]{4,255}$", repr=False)
     auto_collection: bool = True
+    publishable_key: str | None = Field(
+        default=None,
+        pattern=PUBLISHABLE_KEY_PATTERN,
+        description="pk_…: lets the hosted invoice page and the portal take cards "
+        "(Stripe.js); without it they offer no card form",
+    )
 
 
 class CustomerSyncIn(_In):
@@ -167,6 +174,7 @@ async def configure_stripe(
             webhook_secret=payments.encrypt_secret(st.settings, spec.webhook_secret),
             auto_collection=spec.auto_collection,
             endpoint_token=token,
+            publishable_key=spec.publishable_key,
         )
     except payments.SecretsKeyMissing:
         raise _no_key() from None

@@ -4,7 +4,14 @@ Its face: what other packages may import (an import-linter contract enforces it)
 views, Stripe secrets at rest, verifying a Stripe webhook's signature, and the errors
 these raise."""
 
-from workers.payments.errors import PaymentsError, SecretsKeyMissing, SecretUnreadable
+from workers.payments.card_setup import card_setup
+from workers.payments.errors import (
+    PaymentsError,
+    SecretsKeyMissing,
+    SecretUnreadable,
+    StripeRejected,
+    StripeUnavailable,
+)
 from workers.payments.receipt_views import (
     attested_payments,
     attested_refunds,
@@ -22,9 +29,12 @@ __all__ = [
     "SecretUnreadable",
     "SecretsKeyMissing",
     "SignatureError",
+    "StripeRejected",
     "StripeSettingsView",
+    "StripeUnavailable",
     "attested_payments",
     "attested_refunds",
+    "card_setup",
     "decrypt_secret",
     "encrypt_secret",
     "stripe_settings",

@@ -21,11 +21,12 @@ from schemas import topics
 from schemas.payments import (
     AttachPaymentMethod,
     ConfigureStripe,
+    PayInvoice,
     RecordOfflinePayment,
     RefundPayment,
     SyncCustomer,
 )
-from storage.payments import PaymentsRepository, StripeCustomer
+from storage.payments import Collection, PaymentsRepository, StripeCustomer
 from workers.payments import service
 from workers.payments.errors import Conflict, NotFound
 from workers.payments.gateway import Gateway
@@ -43,6 +44,7 @@ async def configure_stripe(cmd: ConfigureStripe, tx: Tx) -> Result:
         webhook_secret=d.webhook_secret,
         auto_collection=d.auto_collection,
         endpoint_token=d.endpoint_token,
+        publishable_key=d.publishable_key,
     )
     return {"auto_collection": d.auto_collection, "configured": True}  # never a secret
 
@@ -83,6 +85,7 @@ class Stripe:
     read: Callable[[Callable[[Tx], Awaitable[Any]]], Awaitable[Any]]
     gateway: Callable[[str], Awaitable[Gateway]]
     resumed: bool
+    clock: service.Clock = service.utcnow
 
     async def query(self, step: Callable[[Tx], Awaitable[R]]) -> R:
         result: R = await self.read(step)
@@ -115,19 +118,88 @@ async def sync_customer(cmd: SyncCustomer, stripe: Stripe) -> Finish:
     return finish
 
 
+async def _stripe_customer(
+    stripe: Stripe, tenant: str, customer: str, email: str | None, name: str | None
+) -> tuple[str, bool]:
+    """The customer's Stripe id, and whether it was created now (the customer made in Stripe
+    if it was not there: a resumed operation looks for the one it may have made first)."""
+    mapping = await stripe.query(lambda tx: _customer(tx, tenant, customer))
+    if mapping is not None:
+        return mapping.stripe_customer_id, False
+    gateway = await stripe.gateway(tenant)
+    found = await gateway.find_customer(tenant, customer) if stripe.resumed else None
+    return found or await gateway.create_customer(tenant, customer, email, name), True
+
+
 async def attach_payment_method(cmd: AttachPaymentMethod, stripe: Stripe) -> Finish:
     d, tenant = cmd.data, cmd.tenantid
-    mapping = await stripe.query(
-        lambda tx: tx.repo(PaymentsRepository).customer(tenant, d.customer)
-    )
-    if mapping is None:
-        raise NotFound(f"customer {d.customer!r} is not synced to Stripe", field="customer")
+    if d.create_customer:
+        stripe_id, created = await _stripe_customer(stripe, tenant, d.customer, None, None)
+    else:
+        mapping = await stripe.query(lambda tx: _customer(tx, tenant, d.customer))
+        if mapping is None:
+            raise NotFound(f"customer {d.customer!r} is not synced to Stripe", field="customer")
+        stripe_id, created = mapping.stripe_customer_id, False
     gateway = await stripe.gateway(tenant)
-    await gateway.attach(d.payment_method, mapping.stripe_customer_id)  # again is harmless
+    await gateway.attach(d.payment_method, stripe_id)  # again is harmless
 
     async def finish(tx: Tx) -> Result:
-        await tx.repo(PaymentsRepository).set_payment_method(tenant, d.customer, d.payment_method)
+        repo = tx.repo(PaymentsRepository)
+        if created:
+            await repo.set_customer(tenant, d.customer, stripe_id)
+        await repo.set_payment_method(tenant, d.customer, d.payment_method)
         return {"customer": d.customer, "payment_method": d.payment_method}
+
+    return finish
+
+
+# a collection in one of these is being charged or is paid: paying again changes nothing
+_UNDERWAY = frozenset({"in_flight", "awaiting", "succeeded", "settled"})
+
+
+async def pay_invoice(cmd: PayInvoice, stripe: Stripe) -> Finish:
+    """The card is attached and made the default (the customer created in Stripe if it was
+    not), then the invoice's collection is made due now — opened for the amount the page
+    showed if it had none — and the collector charges it (jobs.py), with the same attempt
+    rows, leases and idempotency as every collection: a second Pay finds the collection
+    underway and changes nothing. A card Stripe refuses to attach fails the command with
+    Stripe's message; a charge declined later is ``payment.failed`` and dunning, as any."""
+    d, tenant = cmd.data, cmd.tenantid
+    stripe_id, created = await _stripe_customer(stripe, tenant, d.customer, d.email, d.name)
+    gateway = await stripe.gateway(tenant)
+    await gateway.attach(d.payment_method, stripe_id)
+
+    async def finish(tx: Tx) -> Result:
+        repo = tx.repo(PaymentsRepository)
+        if created:
+            await repo.set_customer(tenant, d.customer, stripe_id)
+        await repo.set_payment_method(tenant, d.customer, d.payment_method)
+        now = stripe.clock()
+        c = await repo.collection(tenant, d.invoice_id, lock=True)
+        if c is None:
+            await repo.open_collection(
+                Collection(
+                    tenant_id=tenant,
+                    invoice_id=d.invoice_id,
+                    customer=d.customer,
+                    amount=d.amount,
+                    currency=d.currency,
+                    status="due",
+                    next_attempt_at=now,
+                    correlationid=cmd.correlationid or cmd.id,
+                )
+            )
+            status = "due"
+        elif c.status in _UNDERWAY:
+            status = c.status
+        else:  # due (a retry waiting), exhausted, cancelled: charge it now with this card
+            c.status, c.next_attempt_at = "due", now
+            status = "due"
+        return {
+            "invoice_id": d.invoice_id,
+            "payment_method": d.payment_method,
+            "collection": status,
+        }
 
     return finish
 
@@ -183,4 +255,5 @@ STRIPE_COMMANDS: dict[type[Any], Perform] = {
     SyncCustomer: sync_customer,
     AttachPaymentMethod: attach_payment_method,
     RefundPayment: refund_payment,
+    PayInvoice: pay_invoice,
 }

@@ -118,6 +118,22 @@ class Gateway:
         except stripe.StripeError as e:
             raise self._translate(e) from None
 
+    async def setup_intent(self, stripe_customer: str | None, metadata: Mapping[str, str]) -> str:
+        """A SetupIntent for collecting a card in the browser (Stripe.js
+        ``confirmCardSetup``); its client secret."""
+        params: dict[str, Any] = {
+            "usage": "off_session",
+            "payment_method_types": ["card"],
+            "metadata": dict(metadata),
+        }
+        if stripe_customer:
+            params["customer"] = stripe_customer
+        try:
+            intent = await self.client.v1.setup_intents.create_async(params=params)  # type: ignore[arg-type]
+        except stripe.StripeError as e:
+            raise self._translate(e) from None
+        return str(intent.client_secret)
+
     async def find_intent(
         self, tenant: str, invoice_id: str, attempt: int
     ) -> dict[str, Any] | None:

@@ -304,7 +304,10 @@ class Collector:
                 if perform is None:
                     raise NotFound(f"{cmd.type} is not a Stripe operation")
                 stripe = Stripe(
-                    lambda step: self.jobs.run(OPERATIONS, step), self._gateway, op.resumed
+                    lambda step: self.jobs.run(OPERATIONS, step),
+                    self._gateway,
+                    op.resumed,
+                    self.dunning.clock,
                 )
                 finish = await perform(cmd, stripe)
             except PermanentError as e:

@@ -22,6 +22,9 @@ class StripeSettingsView(BaseModel):
     webhook_path: str | None = Field(
         default=None, description="Give Stripe this path on the ingress's public URL"
     )
+    publishable_key: str | None = Field(
+        default=None, description="pk_…: what the hosted pages' card form uses (public)"
+    )
 
 
 def stripe_settings(account: StripeAccount | None) -> StripeSettingsView:
@@ -32,4 +35,5 @@ def stripe_settings(account: StripeAccount | None) -> StripeSettingsView:
         configured=True,
         auto_collection=account.auto_collection,
         webhook_path=webhook_path(account.endpoint_token),
+        publishable_key=account.publishable_key,
     )
