@@ -50,7 +50,7 @@ PROBLEM_TYPES: dict[int, tuple[str, list[str]]] = {
     409: (
         "A request with this Idempotency-Key is in progress, or the resource's state refuses "
         "it (an invoice that cannot take payments)",
-        ["idempotency_in_progress", "invoice_not_payable"],
+        ["idempotency_in_progress", "invoice_not_payable", "invoice_not_finalized"],
     ),
     413: (
         "Too large",
@@ -65,6 +65,7 @@ PROBLEM_TYPES: dict[int, tuple[str, list[str]]] = {
             "broker_unavailable",
             "secrets_key_missing",
             "signing_key_unavailable",
+            "document_pending",
         ],
     ),
 }
@@ -73,9 +74,18 @@ RATE_LIMITED = {("POST", "/v1/events"), ("POST", "/v1/integrations/pos/{source}/
 UNAUTHENTICATED_WEBHOOK = ("POST", "/v1/integrations/stripe/{token}")
 WRITE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
 # writes that change nothing, so take no Idempotency-Key (each call answers anew)
-NOT_IDEMPOTENT = {("POST", "/v1/customers/{customer}/entitlements/token")}
+NOT_IDEMPOTENT = {
+    ("POST", "/v1/customers/{customer}/entitlements/token"),
+    ("POST", "/v1/invoices/{invoice_id}/hosted-link"),
+    ("POST", "/v1/portal/sessions"),
+}
 # writes whose body names a resource the door looks up (an unknown customer: 404)
-BODY_LOOKUPS = {("POST", "/v1/invoices")}
+BODY_LOOKUPS = {("POST", "/v1/invoices"), ("POST", "/v1/portal/sessions")}
+# reads and links of a finalized invoice: a draft is 409 (invoice_not_finalized)
+FINALIZED_ONLY = {
+    ("GET", "/v1/invoices/{invoice_id}/pdf"),
+    ("POST", "/v1/invoices/{invoice_id}/hosted-link"),
+}
 
 _PROBLEM: dict[str, Any] = {
     "type": "object",
@@ -179,7 +189,7 @@ def _statuses(route: APIRoute, method: str, op: dict[str, Any], auth: bool) -> s
         statuses.add(404)
     if key in BODY_LOOKUPS:
         statuses.add(404)
-    if idempotent:
+    if idempotent or key in FINALIZED_ONLY:
         statuses.add(409)
     if key in RATE_LIMITED:
         statuses.add(429)
