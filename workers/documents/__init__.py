@@ -4,6 +4,7 @@ pages and portal sessions (docs/documents.md).
 
 Its face: what other packages may import (an import-linter contract enforces it)."""
 
+from workers.documents.errors import SecretsKeyMissing
 from workers.documents.i18n import LABELS, PaymentState, label, payment_state
 from workers.documents.links import (
     PATHS,
@@ -25,6 +26,8 @@ from workers.documents.money import (
     format_quantity,
 )
 from workers.documents.render import RenderError, render_invoice_pdf
+from workers.documents.service import pdf_url, signing_keys
+from workers.documents.views import branding, etag, hosted_link, hosted_url, pdf_filename
 
 __all__ = [
     "LABELS",
@@ -34,6 +37,9 @@ __all__ = [
     "PaymentState",
     "Purpose",
     "RenderError",
+    "SecretsKeyMissing",
+    "branding",
+    "etag",
     "format_date",
     "format_decimal",
     "format_money",
@@ -41,11 +47,16 @@ __all__ = [
     "format_period",
     "format_price",
     "format_quantity",
+    "hosted_link",
+    "hosted_url",
     "label",
     "link_keys",
     "link_url",
     "payment_state",
+    "pdf_filename",
+    "pdf_url",
     "render_invoice_pdf",
     "sign",
+    "signing_keys",
     "verify",
 ]
