@@ -66,6 +66,7 @@ SERVICES = (
     "worker alerts",
     "worker receipts",
     "worker entitlements",
+    "worker documents",
 )
 
 # An idle development stack should sleep (docs/adr/0046-an-idle-dev-stack-sleeps.md). Each
@@ -194,6 +195,8 @@ def _payments_env(
                 preexec_fn=die_with_parent(),
             )
         env["BILLSTREAM_STRIPE_API_BASE"] = f"http://127.0.0.1:{stripe_port}"
+        if "BILLSTREAM_STRIPE_JS_URL" not in env_set:  # localstripe serves a Stripe.js mock
+            env["BILLSTREAM_STRIPE_JS_URL"] = f"http://127.0.0.1:{stripe_port}/js.stripe.com/v3/"
         _say(f"localstripe (fake Stripe) on {env['BILLSTREAM_STRIPE_API_BASE']}")
     return env
 
