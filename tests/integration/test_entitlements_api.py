@@ -7,6 +7,8 @@ another's customers."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -15,17 +17,23 @@ from typing import Any
 import httpx
 import jwt
 import pytest
+import uvicorn
+from fastapi import FastAPI
+from sqlalchemy import text
 
 from schemas import topics
-from storage.entitlements import FeatureRow
+from storage.entitlements import FeatureRow, OverrideRow
 from tests.conftest import TenantKey, make_tenant
 from tests.integration.http import Client, ingress
 from tests.integration.receipts_support import with_secrets
 from tests.integration.support import Sessions, read_topic, topic_size
 from tests.integration.test_invoicing import Stack, stack
 from workers import entitlements
-from workers.devstack import wait_for
+from workers.devstack import free_port, wait_for
 from workers.entitlements.app import build as build_entitlements
+from workers.ingress import fastpath
+from workers.ingress.app import create_app
+from workers.ingress.fastpath import CheckFastPath
 from workers.invoicing.app import build as build_invoicing
 from workers.metering.app import build as build_metering
 from workers.runtime import Tx
@@ -515,3 +523,164 @@ async def test_a_subscription_gives_the_plans_features_and_its_token_carries_the
     denied = await until(api, f"{path}/api", lambda v: v["usage"] == "5")
     assert (denied["has_access"], denied["reason"]) == (False, "limit_reached")
     assert (denied["remaining"], denied["limit_reached"]) == ("0", True)
+
+
+# --- the fast path (workers/ingress/fastpath.py) answers as the framework did -----------------
+
+
+@contextlib.asynccontextmanager
+async def serving(app: FastAPI) -> AsyncIterator[str]:
+    """``app`` on uvicorn on a free loopback port (its lifespan run)."""
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    try:
+        await wait_for(lambda: server.started, timeout_s=10)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
+
+
+def without_fast_path(settings: Settings) -> FastAPI:
+    """The ingress as it was before the fast path: every check through the door, FastAPI's
+    routing and the routes in workers/ingress/entitlements.py."""
+    app = create_app(settings)
+    app.user_middleware = [m for m in app.user_middleware if m.cls is not CheckFastPath]
+    return app
+
+
+def seen(r: httpx.Response, given_id: str | None) -> tuple[int, bytes, list[tuple[str, str]]]:
+    """Status, body and headers in order — but the date, and a request id the server made
+    (checked to be there, and one line)."""
+    headers = []
+    for name, value in r.headers.multi_items():
+        if name == "date":
+            continue
+        if name == "x-request-id" and given_id is None:
+            assert value and "\n" not in value
+            value = "(generated)"
+        headers.append((name, value))
+    return r.status_code, r.content, headers
+
+
+async def test_the_fast_path_answers_every_check_exactly_as_the_framework_did(
+    st: Stack, sessions: Sessions, tenant: TenantKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await add_features(sessions, tenant.tenant_id, FEATURES)
+    async with sessions() as db, db.begin():  # a config the customer has, by override
+        db.add(
+            OverrideRow(
+                tenant_id=tenant.tenant_id,
+                customer="alice",
+                feature="tier",
+                enabled=True,
+                config={"tier": "gold", "burst": 1.5, "names": ["é", None]},
+                limit=None,
+                limit_mode="hard",
+            )
+        )
+    answered: list[tuple[str, str | None]] = []
+    real = fastpath.check_body
+
+    async def counted(reader: Any, tenant_id: str, customer: str, feature: str | None) -> bytes:
+        answered.append((customer, feature))
+        return await real(reader, tenant_id, customer, feature)
+
+    monkeypatch.setattr(fastpath, "check_body", counted)
+    auth = st.api.auth
+    cases: list[tuple[str, dict[str, str], int, bool]] = [  # path, headers, status, fast
+        ("/v1/customers/alice/entitlements", auth, 200, True),
+        ("/v1/customers/alice/entitlements/sso", auth, 200, True),
+        ("/v1/customers/alice/entitlements/tier", auth, 200, True),
+        ("/v1/customers/alice/entitlements/api", {**auth, "X-Request-Id": "req-7"}, 200, True),
+        ("/v1/customers/bob/entitlements", auth, 404, True),
+        ("/v1/customers/bob/entitlements/sso", auth, 404, True),
+        ("/v1/customers/alice/entitlements/nope", auth, 404, True),
+        ("/v1/customers/alice/entitlements", {}, 401, False),
+        ("/v1/customers/alice/entitlements/sso", {"Authorization": "Bearer nope"}, 401, False),
+        ("/v1/customers/alice/entitlements/sso", {"Authorization": "Basic eDp5"}, 401, False),
+        # a control character: the door's 422 (after authentication); a key that does not
+        # fit its pattern: FastAPI's; both left to them
+        ("/v1/customers/al%01ice/entitlements", auth, 422, False),
+        ("/v1/customers/alice/entitlements/s%00so", auth, 422, False),
+        ("/v1/customers/al%01ice/entitlements", {}, 401, False),
+        ("/v1/customers/-alice/entitlements", auth, 422, False),
+        ("/v1/customers/alice/entitlements/SSO", auth, 422, False),
+        ("/v1/customers/alice/entitlements?at=now", auth, 200, False),
+        ("/v1/customers/alice/entitlements/sso", {**auth, "X-Request-Id": "a\tb"}, 200, True),
+    ]
+    async with (
+        serving(without_fast_path(st.settings)) as base,
+        httpx.AsyncClient(base_url=base, timeout=30) as slow,
+    ):
+        for path, headers, status, fast in cases:
+            before = len(answered)
+            new = await st.http.get(path, headers=headers)
+            assert len(answered) == before + fast, path  # answered by the fast path, or not
+            old = await slow.get(path, headers=headers)
+            assert len(answered) == before + fast, path  # the other never reaches it
+            given = headers.get("X-Request-Id") if path.endswith("/api") else None
+            assert seen(new, given) == seen(old, given), path
+            assert new.status_code == status, (path, new.text)
+    # what a user reads, by hand
+    tier = (await st.http.get("/v1/customers/alice/entitlements/tier", headers=auth)).json()
+    assert (tier["has_access"], tier["source"], tier["config"]) == (
+        True,
+        "override",
+        {"tier": "gold", "burst": 1.5, "names": ["é", None]},
+    )
+    r = await st.http.get("/v1/customers/alice/entitlements/api", headers=auth)
+    assert r.headers["content-type"] == "application/json"
+    assert r.headers["x-request-id"]
+
+
+async def test_a_check_whose_database_is_down_is_503_with_retry_after_on_either_path(
+    settings: Settings, tenant: TenantKey
+) -> None:
+    down = settings.model_copy(
+        update={"database_url": f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/none"}
+    )
+    fast_app, slow_app = create_app(down), without_fast_path(down)
+    async with (
+        serving(fast_app) as fast_base,
+        serving(slow_app) as slow_base,
+        httpx.AsyncClient(base_url=fast_base, timeout=30) as fast,
+        httpx.AsyncClient(base_url=slow_base, timeout=30) as slow,
+    ):
+        path = "/v1/customers/alice/entitlements/sso"
+        auth = {"Authorization": f"Bearer {tenant.api_key}", "X-Request-Id": "down-1"}
+        # the key cannot be verified: the door's 503
+        answers = [await c.get(path, headers=auth) for c in (fast, slow)]
+        # the key known (verified a moment ago): the check's own read fails
+        for app in (fast_app, slow_app):
+            app.state.ingress.keys.put(tenant.api_key, tenant.tenant_id)
+        answers += [await c.get(path, headers=auth) for c in (fast, slow)]
+    for r in answers:
+        body = problem(r, 503)
+        assert body["type"] == "urn:billstream:problem:dependency_unavailable"
+        assert r.headers["retry-after"] == "5"
+        assert r.headers["x-request-id"] == "down-1"
+    assert seen(answers[0], "down-1") == seen(answers[1], "down-1")
+    assert seen(answers[2], "down-1") == seen(answers[3], "down-1")
+
+
+async def test_a_check_still_answers_after_postgresql_dropped_the_connections_it_keeps(
+    st: Stack, sessions: Sessions, tenant: TenantKey
+) -> None:
+    await add_features(sessions, tenant.tenant_id, FEATURES)
+    first = await st.api.get("/v1/customers/alice/entitlements/sso")
+    async with sessions() as db, db.begin():  # as a restart or a network cut would
+        dropped = (
+            await db.execute(
+                text(
+                    "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid, 5000)) "
+                    "FROM pg_stat_activity WHERE pid <> pg_backend_pid() "
+                    "AND datname = current_database() "
+                    "AND query LIKE '%FROM entitlement_subscriptions%'"
+                )
+            )
+        ).scalar_one()
+    assert dropped >= 1
+    assert await st.api.get("/v1/customers/alice/entitlements/sso") == first

@@ -23,7 +23,7 @@ from workers.ingress import credits as credit_routes
 from workers.ingress import discounts as discount_routes
 from workers.ingress import documents as document_routes
 from workers.ingress import entitlements as entitlement_routes
-from workers.ingress import invoicing, pages
+from workers.ingress import fastpath, invoicing, pages
 from workers.ingress import one_off as one_off_routes
 from workers.ingress import payments as payment_routes
 from workers.ingress import pos as pos_routes
@@ -163,6 +163,7 @@ def create_app(settings: Settings) -> FastAPI:
         Door, routes=[route for r in matching for route in r.routes if isinstance(route, APIRoute)]
     )
     app.add_middleware(RequestContext)
+    fastpath.install(app)  # outermost: the entitlement checks answered before the rest
     app.openapi = truthful_openapi(app, api_routes, settings.max_batch_events)  # type: ignore[method-assign]
 
     @app.get("/healthz", include_in_schema=False)

@@ -11,8 +11,10 @@ field that does not fit the feature's kind — ``config`` only for config featur
 422 naming the field. The worker checks again (a feature may change in between).
 
 A check (``GET /v1/customers/{customer}/entitlements[/{feature}]``) is the hot path: one
-statement on a pooled connection, outside any transaction (``read_snapshot``), and the one
-pure function every answer and every event comes from (``entitlements.evaluate``). A token
+statement on a connection kept for checks, outside any transaction (``SnapshotReader``),
+and the one pure function every answer and every event comes from
+(``entitlements.evaluate``). The fast path (``fastpath.py``) answers both checks without
+the framework, with the same bytes as the routes declared here. A token
 is that answer, signed: the signing key is kept ``SIGNING_KEY_CACHE_S`` per process.
 
 ``/.well-known/jwks.json`` needs no API key: it is the deployment's, not a tenant's (the
@@ -64,7 +66,8 @@ from schemas.envelope import new_id
 from schemas.metering import METER_KEY_PATTERN
 from schemas.pricing import KEY_PATTERN as PLAN_KEY_PATTERN
 from schemas.pricing import Quantity
-from storage.entitlements import EntitlementRepository, read_snapshot
+from storage.entitlements import EntitlementRepository
+from storage.entitlements.snapshot import SnapshotReader
 from workers import entitlements, payments
 from workers.ingress.deps import IngressState, State, Tenant, Unit
 from workers.ingress.fields import Instant
@@ -456,13 +459,24 @@ async def grant_entitlement(
 # --- the check -----------------------------------------------------------------------------
 
 
+def snapshots(app_state: Any) -> SnapshotReader:
+    """The process's ``SnapshotReader`` (kept on the app's state, made on the first check;
+    ``workers/ingress/fastpath.install`` closes it when the app stops)."""
+    reader: SnapshotReader | None = getattr(app_state, "entitlement_snapshots", None)
+    if reader is None:
+        st: IngressState = app_state.ingress
+        keep = max(1, st.settings.database_pool_size // 2)
+        reader = app_state.entitlement_snapshots = SnapshotReader(st.database.engine, keep=keep)
+    return reader
+
+
 async def _check(
-    st: IngressState, tenant_id: str, customer: str, feature: str | None = None
+    reader: SnapshotReader, tenant_id: str, customer: str, feature: str | None = None
 ) -> tuple[Snapshot, CustomerEntitlements, datetime]:
     """The customer's entitlements now (``feature``: that one only), from one statement
-    outside any transaction (``read_snapshot``): the hottest read of the API."""
+    outside any transaction (``SnapshotReader``): the hottest read of the API."""
     now = datetime.now(UTC)
-    snap = await read_snapshot(st.database.engine, tenant_id, customer, now, feature=feature)
+    snap = await reader.read(tenant_id, customer, now, feature=feature)
     if not snap.customer_known:
         raise not_found("customer", customer, _PENDING_HINT)
     if feature is not None and not snap.features:
@@ -470,8 +484,24 @@ async def _check(
     return snap, entitlements.evaluate(snap, now), now
 
 
+async def check_body(
+    reader: SnapshotReader, tenant_id: str, customer: str, feature: str | None
+) -> bytes:
+    """The JSON a check answers (``feature``: that feature's view, else every feature's):
+    the routes below and the fast path (``fastpath.py``) send these bytes."""
+    _, answer, _ = await _check(reader, tenant_id, customer, feature)
+    if feature is None:
+        return answer.model_dump_json().encode()
+    (view,) = answer.entitlements
+    return view.model_dump_json().encode()
+
+
 def _json(model: BaseModel) -> Response:
     return Response(model.model_dump_json(), media_type="application/json")
+
+
+# Both checks are answered by the fast path (fastpath.py) before FastAPI sees them; these
+# declare them (OpenAPI, validation of odd paths) and answer any request it passes on.
 
 
 @router.get(
@@ -479,13 +509,15 @@ def _json(model: BaseModel) -> Response:
     response_model=CustomerEntitlements,
     summary="What a customer may use now: every feature",
 )
-async def check_entitlements(customer: CustomerPath, st: State, tenant_id: Tenant) -> Response:
+async def check_entitlements(
+    request: Request, customer: CustomerPath, tenant_id: Tenant
+) -> Response:
     """Every feature of the tenant, each with ``has_access`` and, when denied, the
     ``reason``: ``not_subscribed``, ``limit_reached`` (a hard limit), ``payment_pending``
     (a payment failed and its grace is over) or ``suspended`` (dunning exhausted). Metered
     features show ``usage``, ``limit``, ``remaining`` and ``resets_at``."""
-    _, answer, _ = await _check(st, tenant_id, customer)
-    return _json(answer)
+    body = await check_body(snapshots(request.app.state), tenant_id, customer, None)
+    return Response(body, media_type="application/json")
 
 
 @router.get(
@@ -494,11 +526,10 @@ async def check_entitlements(customer: CustomerPath, st: State, tenant_id: Tenan
     summary="May a customer use this feature now?",
 )
 async def check_entitlement(
-    customer: CustomerPath, feature: FeaturePath, st: State, tenant_id: Tenant
+    request: Request, customer: CustomerPath, feature: FeaturePath, tenant_id: Tenant
 ) -> Response:
-    _, answer, _ = await _check(st, tenant_id, customer, feature)
-    (view,) = answer.entitlements
-    return _json(view)
+    body = await check_body(snapshots(request.app.state), tenant_id, customer, feature)
+    return Response(body, media_type="application/json")
 
 
 # --- tokens and their keys -----------------------------------------------------------------
@@ -577,7 +608,7 @@ async def issue_token(
     ``/.well-known/jwks.json``. Nothing is stored: every call makes a new token, so
     ``Idempotency-Key`` does not apply. 503 with ``Retry-After`` until the first signing key
     exists (the entitlements worker makes it when it starts)."""
-    snap, answer, now = await _check(st, tenant_id, customer)
+    snap, answer, now = await _check(snapshots(request.app.state), tenant_id, customer)
     signer = await _signing_keys(request).get(st, tx)
     config = snap.config or EntitlementsConfig()
     claims = entitlements.token_claims(
