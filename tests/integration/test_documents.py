@@ -256,6 +256,13 @@ async def test_branding_shows_on_invoices_finalized_after_it_never_on_earlier_on
         assert (await pdf(st, first["invoice_id"])).content == before
         assert "Bistro Supply Co." not in text(before)
 
+        # a logo with a PNG's header and broken bytes: invoices still render, without it
+        broken = base64.b64encode(png(4, 4)[:-20] + bytes(20)).decode()
+        logo = f"data:image/png;base64,{broken}"
+        await st.api.ok("PUT", "/v1/branding", branding | {"logo": logo})
+        third = await finalized(st, "bistro")
+        assert "Bistro Supply Co." in text((await pdf(st, third["invoice_id"])).content)
+
 
 async def test_replays_and_replicas_render_nothing_twice_and_a_ghost_tenant_is_dead_lettered(
     settings: Settings, sessions: Sessions, tenant: TenantKey
