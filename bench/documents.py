@@ -288,12 +288,13 @@ def measure(name: str, invoice: InvoiceData, b: Branding, renders: int) -> dict[
     t0 = time.perf_counter()
     first = render(variant(invoice, 0), b)
     cold = (time.perf_counter() - t0) * 1000
-    times = []
+    times, cpu = [], []
     for i in range(1, renders + 1):
         inv = variant(invoice, i)
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         render(inv, b)
         times.append((time.perf_counter() - t) * 1000)
+        cpu.append((time.process_time() - c) * 1000)
     row = {
         "name": name,
         "renders": renders,
@@ -302,11 +303,13 @@ def measure(name: str, invoice: InvoiceData, b: Branding, renders: int) -> dict[
         "p90": _pct(times, 0.90),
         "p99": _pct(times, 0.99),
         "max": max(times),
+        "cpu": statistics.median(cpu),
         "bytes": len(first),
     }
     print(
         f"{name}: first {cold:.1f} ms; p50 {row['p50']:.1f} p90 {row['p90']:.1f} "
-        f"p99 {row['p99']:.1f} max {row['max']:.1f} ms over {renders}; {len(first):,} bytes"
+        f"p99 {row['p99']:.1f} max {row['max']:.1f} ms over {renders}; CPU p50 "
+        f"{row['cpu']:.1f} ms; {len(first):,} bytes"
     )
     return row
 
@@ -314,7 +317,7 @@ def measure(name: str, invoice: InvoiceData, b: Branding, renders: int) -> dict[
 def record(rows: list[dict[str, object]]) -> None:
     m = machine()
     today = datetime.now(UTC).date().isoformat()
-    load = os.getloadavg()
+    load = os.getloadavg()  # other work on the machine shows in wall time, less in CPU time
     out = [
         "",
         f"## Documents: invoice PDF render (`python bench/documents.py`) · {today} · "
@@ -325,16 +328,17 @@ def record(rows: list[dict[str, object]]) -> None:
         f"{_typst_version()} · the wheel's fonts only · IDR invoices in `id` with a PNG logo, "
         f"PPN 11% and a QR code · load average {load[0]:.2f} at the end.",
         "",
-        "| invoice | renders | p50 | p90 | p99 | max | first render | PDF size "
+        "| invoice | renders | p50 | p90 | p99 | max | CPU p50 | first render | PDF size "
         "| target p99 <200 ms |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         p99 = float(r["p99"])  # type: ignore[arg-type]
         out.append(
             f"| {r['name']} | {r['renders']} | {float(r['p50']):.1f} ms "  # type: ignore[arg-type]
             f"| {float(r['p90']):.1f} ms | **{p99:.1f} ms** "  # type: ignore[arg-type]
-            f"| {float(r['max']):.1f} ms | {float(r['cold']):.0f} ms "  # type: ignore[arg-type]
+            f"| {float(r['max']):.1f} ms | {float(r['cpu']):.1f} ms "  # type: ignore[arg-type]
+            f"| {float(r['cold']):.0f} ms "  # type: ignore[arg-type]
             f"| {int(r['bytes']):,} B | {'met' if p99 < 200 else 'NOT met'} |"  # type: ignore[call-overload]
         )
     out.append("")
