@@ -58,6 +58,8 @@ UNSAYABLE: dict[str, str] = {
     "POST /v1/features": r"meter",
     # the rate-limit feature must be one of the tenant's config features (decided by state)
     "PUT /v1/entitlements/config": r"rate_limit_feature",
+    # a logo is a data URL of a PNG or JPEG whose bytes (at most 256 KiB) are that image's
+    "PUT /v1/branding": r"logo",
 }
 
 #: The same, in any operation, by the reason the 422 gives for the field.
