@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import functools
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -240,30 +240,37 @@ def _rows(model: Any, text_: str | None) -> list[Any]:
     rows = []
     for item in json.loads(text_, parse_float=Decimal):
         row = model.__new__(model)
-        row.__dict__.update({attr: _value(name, item.get(name)) for attr, name in columns})
+        values = row.__dict__
+        for attr, name, convert in columns:
+            value = item.get(name)
+            values[attr] = value if value is None or convert is None else convert(value)
         rows.append(row)
     return rows
 
 
 @functools.cache
-def _columns(model: Any) -> tuple[tuple[str, str], ...]:
-    """(attribute, column name) of every column of ``model``."""
-    return tuple((prop.key, prop.columns[0].name) for prop in sa_inspect(model).column_attrs)
+def _columns(model: Any) -> tuple[tuple[str, str, Callable[[Any], Any] | None], ...]:
+    """(attribute, column name, how its JSON value is read; None: as it is) of every column
+    of ``model``."""
+    return tuple(
+        (prop.key, prop.columns[0].name, _converter(prop.columns[0].name))
+        for prop in sa_inspect(model).column_attrs
+    )
 
 
 _QUANTITIES = frozenset({"limit", "units", "usage"})
 
 
-def _value(name: str, value: Any) -> Any:
-    if value is None:
-        return None
+def _converter(name: str) -> Callable[[Any], Any] | None:
+    """How a column's non-null JSON value is read: times parsed, quantities exact, a
+    configuration as the JSONB column reads it (floats)."""
     if name in _TIMES:
-        return datetime.fromisoformat(value)
+        return datetime.fromisoformat
     if name in _QUANTITIES:
-        return Decimal(value)
+        return Decimal
     if name == "config":
-        return _plain_json(value)
-    return value
+        return _plain_json
+    return None
 
 
 def _plain_json(value: Any) -> Any:
