@@ -207,7 +207,12 @@ def _dev_stripe(base: str, key: str, stripe_base: str) -> None:
     import urllib.parse
 
     secret, webhook_secret = "sk_test_billstream_dev", "whsec_billstream_dev"
-    body = {"secret_key": secret, "webhook_secret": webhook_secret, "auto_collection": True}
+    body = {
+        "secret_key": secret,
+        "webhook_secret": webhook_secret,
+        "publishable_key": "pk_test_billstream_dev",  # Stripe.js on hosted pages and the portal
+        "auto_collection": True,
+    }
     request = urllib.request.Request(
         base + "/v1/integrations/stripe",
         data=json.dumps(body).encode(),
