@@ -23,7 +23,7 @@ from workers.ingress import credits as credit_routes
 from workers.ingress import discounts as discount_routes
 from workers.ingress import documents as document_routes
 from workers.ingress import entitlements as entitlement_routes
-from workers.ingress import fastpath, invoicing, pages
+from workers.ingress import fastpath, hosted, invoicing, pages, portal
 from workers.ingress import one_off as one_off_routes
 from workers.ingress import payments as payment_routes
 from workers.ingress import pos as pos_routes
@@ -145,6 +145,8 @@ def create_app(settings: Settings) -> FastAPI:
         entitlement_routes.router,
         document_routes.router,
         pages.router,
+        hosted.router,
+        portal.router,
     ]
     # matched in this order, by FastAPI and by the door, route after route: the entitlement
     # checks first, the hottest reads (a gateway asks on its users' every request); no path
