@@ -465,7 +465,9 @@ def snapshots(app_state: Any) -> SnapshotReader:
     reader: SnapshotReader | None = getattr(app_state, "entitlement_snapshots", None)
     if reader is None:
         st: IngressState = app_state.ingress
-        keep = max(1, st.settings.database_pool_size // 2)
+        # as many checks on PostgreSQL at once as the pool's size (the rest of the ingress
+        # has its overflow): fewer would queue checks behind a PostgreSQL short of CPU
+        keep = st.settings.database_pool_size
         reader = app_state.entitlement_snapshots = SnapshotReader(st.database.engine, keep=keep)
     return reader
 
