@@ -252,6 +252,8 @@ async def test_an_indonesian_customers_page_portal_and_pdf_are_in_indonesian(
                       "Unduh PDF", "Belum dibayar"):  # fmt: skip
             assert label in words, label
         assert "Amount due" not in words and "Bill to" not in words
+        # a bare tax_rate is "Pajak" (invoicing names it "Tax 11 %", in English)
+        assert f"Pajak 11% Rp{NBSP}135.795" in words and "Tax" not in words
         assert marked(r.text, "data-amount-due") == f"Rp{NBSP}1.370.295"
         for amount in ("1.370.295", "1.234.500", "135.795", "1.000.000", "234.500"):
             assert f"Rp{NBSP}{amount}" in words, amount
@@ -292,6 +294,7 @@ async def test_an_indonesian_customers_page_portal_and_pdf_are_in_indonesian(
             assert amount in text, (amount, text)
         assert "Amount due" not in text and "Bill to" not in text
         assert "1,370,295" not in text
+        assert "Pajak 11%" in text and "Tax" not in text  # the rate's name, in Indonesian
 
 
 # --- entitlements on the portal -------------------------------------------------------------

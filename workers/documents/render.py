@@ -118,10 +118,19 @@ def _tier(t: TierLine, currency: str, locale: Locale) -> dict[str, str]:
     }
 
 
+def _tax_word(t: TaxAmount, locale: Locale) -> str:
+    """A rate's name as printed: a tax rate's own (the tenant's words), or for a bare
+    ``tax_rate`` (a customer's or a line's, which invoicing names "Tax 11 %" in English) the
+    locale's word for tax (its percentage is printed beside it)."""
+    if t.tax_rate_id is None and t.name == "tax":
+        return label("tax", locale)
+    return t.display_name or t.name
+
+
 def _line_taxes(line: InvoiceLine, locale: Locale) -> str:
     parts = []
     for t in line.taxes:
-        word = t.display_name or t.name
+        word = _tax_word(t, locale)
         if t.taxability == "exempt":
             parts.append(f"{word} {label('exempt', locale).lower()}")
         elif t.taxability == "reverse_charge":
@@ -179,7 +188,7 @@ def _tax_row(t: TaxAmount, currency: str, locale: Locale) -> dict[str, str]:
         if t.inclusive:
             rate = f"{rate} ({label('inclusive', locale)})"
     return {
-        "name": t.display_name or t.name,
+        "name": _tax_word(t, locale),
         "rate": rate,
         "taxable": format_money(t.taxable_amount, currency, locale),
         "base": format_money(t.taxable_base, currency, locale),

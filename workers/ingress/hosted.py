@@ -122,18 +122,15 @@ def _percent(value: Any, locale: Locale) -> str:
 def _taxes(data: Any, f: Formats, t: Mapping[str, str]) -> list[dict[str, Any]]:
     if not data.tax_breakdown:
         return [{"label": t["tax"], "amount": data.tax}] if data.tax else []
-    return [
-        {
-            "label": (
-                tax.display_name
-                if "%" in tax.display_name
-                else f"{tax.display_name} {_percent(tax.percentage, f.locale)}"
-            )
-            + (f" ({t['inclusive']})" if tax.inclusive else ""),
-            "amount": tax.tax,
-        }
-        for tax in data.tax_breakdown
-    ]
+    rows: list[dict[str, Any]] = []
+    for tax in data.tax_breakdown:
+        # a bare tax_rate's name is invoicing's English "Tax 11 %": the locale's word instead
+        bare = tax.tax_rate_id is None and tax.name == "tax"
+        name = t["tax"] if bare else tax.display_name
+        label = name if "%" in name else f"{name} {_percent(tax.percentage, f.locale)}"
+        inclusive = f" ({t['inclusive']})" if tax.inclusive else ""
+        rows.append({"label": label + inclusive, "amount": tax.tax})
+    return rows
 
 
 @router.get("/hosted/invoices/{token}", response_class=HTMLResponse)
