@@ -231,7 +231,7 @@ async def test_an_indonesian_customers_page_portal_and_pdf_are_in_indonesian(
     settings: Settings, tenant: TenantKey
 ) -> None:
     s = page_settings(settings)
-    async with stack(s, tenant, build_invoicing(s), build_documents(s)) as st:
+    async with stack(s, tenant, build_metering(s), build_invoicing(s), build_documents(s)) as st:
         await st.api.ok("POST", "/v1/customers", {
             "external_id": "sinar", "name": "PT Sinar Digital Indonesia", "currency": "IDR",
             "locale": "id", "tax_rate": "0.11",
@@ -260,6 +260,19 @@ async def test_an_indonesian_customers_page_portal_and_pdf_are_in_indonesian(
         assert "1,370,295" not in words and "1.370.295,00" not in words
         assert "PT Sinar Digital Indonesia" in words and inv["number"] in words
 
+        # a metered plan: the portal's usage chart is described in the customer's language
+        meter = {"key": "panggilan", "name": "Panggilan API", "event_type": "api.call",
+                 "aggregation": "count"}  # fmt: skip
+        await st.api.ok("POST", "/v1/meters", meter)
+        await st.api.ok("POST", "/v1/plans", {
+            "key": "bisnis", "name": "Paket Bisnis", "currency": "IDR", "interval": "month",
+            "prices": [{"kind": "per_unit", "key": "calls", "name": "Panggilan API",
+                        "meter": "panggilan", "unit_price": "1"}],
+        })  # fmt: skip
+        hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+        await st.api.ok("POST", "/v1/subscriptions", {"customer": "sinar", "plan": "bisnis",
+                                                      "start": hour.isoformat()})  # fmt: skip
+
         # the portal, in the customer's language
         r = await st.http.get(await portal_path(st.api, "sinar"))
         assert r.status_code == 200, r.text
@@ -273,6 +286,8 @@ async def test_an_indonesian_customers_page_portal_and_pdf_are_in_indonesian(
         cells = visible(row.group(1))
         assert inv["number"] in cells and cells.count(f"Rp{NBSP}1.370.295") == 2  # total, due
         assert "Amount due" not in words and "Invoices" not in words
+        charts = re.findall(r'<svg[^>]*aria-label="([^"]*)"', r.text)
+        assert charts == ["Panggilan API: tidak ada pemakaian"], charts
 
         # the same customer, a session asked for in English
         r = await st.http.get(await portal_path(st.api, "sinar", locale="en"))

@@ -35,6 +35,8 @@ _PAGES: Mapping[Locale, Mapping[str, str]] = {
         "cancels_at_end": "Ends at the end of this period",
         "access_yes": "Included",
         "access_no": "Not included",
+        "chart_label": "{name}: {days} days; highest {value} on {day}",
+        "chart_empty": "{name}: no usage",
     },
     "id": {
         "skip": "Langsung ke konten",
@@ -61,6 +63,8 @@ _PAGES: Mapping[Locale, Mapping[str, str]] = {
         "cancels_at_end": "Berakhir di akhir periode ini",
         "access_yes": "Termasuk",
         "access_no": "Tidak termasuk",
+        "chart_label": "{name}: {days} hari; tertinggi {value} pada {day}",
+        "chart_empty": "{name}: tidak ada pemakaian",
     },
 }
 

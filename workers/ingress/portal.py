@@ -95,6 +95,7 @@ def _chart(
     days: Sequence[tuple[datetime, Decimal]],
     fmt: Callable[[Decimal], str],
     day_label: Callable[[datetime], str],
+    t: Mapping[str, str],
 ) -> dict[str, Any]:
     """Daily bars as inline SVG (no script); its label says the same numbers in words."""
     top = max((v for _, v in days), default=Decimal(0))
@@ -117,10 +118,12 @@ def _chart(
             }
         )
     busiest = max(days, key=lambda d: d[1]) if days and top > 0 else None
-    label = f"{name}: " + (
-        f"{len(days)} days; highest {fmt(busiest[1])} on {day_label(busiest[0])}"
+    label = (
+        t["chart_label"].format(
+            name=name, days=len(days), value=fmt(busiest[1]), day=day_label(busiest[0])
+        )
         if busiest
-        else "no usage"
+        else t["chart_empty"].format(name=name)
     )
     return {"width": CHART_W, "height": CHART_H, "base": base, "bars": bars, "label": label}
 
@@ -142,6 +145,7 @@ async def _usage(
     plans: Mapping[str, Any],
     f: Formats,
     now: datetime,
+    t: Mapping[str, str],
 ) -> list[dict[str, Any]]:
     meters = tx.repo(MeterRepository)
     usage = tx.repo(UsageRepository)
@@ -180,7 +184,7 @@ async def _usage(
                     "key": meter.key,
                     "name": name,
                     "total": f.quantity(total),
-                    "chart": _chart(name, days, f.quantity, f.short_date),
+                    "chart": _chart(name, days, f.quantity, f.short_date, t),
                     "first_day": f.short_date(start),
                     "last_day": f.short_date(end - timedelta(seconds=1)),
                     "days": [
@@ -239,7 +243,7 @@ async def portal(token: Token, request: Request, st: State, tx: Unit) -> Respons
         }
         for s in (live or subs[:1])
     ]
-    meters = await _usage(tx, tenant_id, customer.external_id, live, plans, f, now)
+    meters = await _usage(tx, tenant_id, customer.external_id, live, plans, f, now, t)
     (credit,) = await invoicing.credit_balances(tx, [customer], now)
     credits = (
         {
