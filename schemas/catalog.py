@@ -15,6 +15,7 @@ from schemas import (
     invoicing,
     metering,
     ops,
+    partners,
     payments,
     pos,
     receipts,
@@ -77,6 +78,8 @@ CATALOG: tuple[MessageSpec, ...] = (
         for m in documents.COMMANDS
     ),
     *(MessageSpec(topics.EVENTS_DOCUMENTS, "event", _type_of(m), m) for m in documents.EVENTS),
+    *(MessageSpec(topics.COMMANDS_PARTNERS, "command", _type_of(m), m) for m in partners.COMMANDS),
+    *(MessageSpec(topics.EVENTS_PARTNERS, "event", _type_of(m), m) for m in partners.EVENTS),
 )
 
 

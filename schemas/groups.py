@@ -33,6 +33,10 @@ ENTITLEMENTS_COMMANDS = "billstream.entitlements.commands"
 DOCUMENTS_INVOICES = "billstream.documents.invoices"  # invoice.finalized
 DOCUMENTS_COMMANDS = "billstream.documents.commands"
 
+PARTNERS_INVOICING = "billstream.partners.invoicing"  # invoice.paid, credit notes, subscriptions
+PARTNERS_PAYMENTS = "billstream.partners.payments"  # payment.refunded
+PARTNERS_COMMANDS = "billstream.partners.commands"
+
 WEBHOOKS_COMMANDS = "billstream.webhooks.commands"
 WEBHOOKS_FANOUT_PREFIX = "billstream.webhooks.fanout"
 

@@ -25,6 +25,8 @@ COMMANDS_ENTITLEMENTS = "billstream.commands.entitlements.v1"
 EVENTS_ENTITLEMENTS = "billstream.events.entitlements.v1"
 COMMANDS_DOCUMENTS = "billstream.commands.documents.v1"
 EVENTS_DOCUMENTS = "billstream.events.documents.v1"
+COMMANDS_PARTNERS = "billstream.commands.partners.v1"
+EVENTS_PARTNERS = "billstream.events.partners.v1"
 
 DLQ_SUFFIX = ".dlq"
 
@@ -90,6 +92,13 @@ TOPICS: tuple[TopicSpec, ...] = (
         EVENTS_DOCUMENTS,
         "tenant_id:customer_id",
         "documents (outbox)",
+        "webhooks, anyone downstream",
+    ),
+    TopicSpec(COMMANDS_PARTNERS, "tenant_id", "ingress", "partners"),
+    TopicSpec(
+        EVENTS_PARTNERS,
+        "tenant_id:partner_id",
+        "partners (outbox)",
         "webhooks, anyone downstream",
     ),
 )
