@@ -11,6 +11,7 @@ from storage import (  # noqa: F401
     metering,
     ops,
     outbox,
+    partners,
     payments,
     pos,
     quarantine,
