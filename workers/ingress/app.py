@@ -25,6 +25,7 @@ from workers.ingress import documents as document_routes
 from workers.ingress import entitlements as entitlement_routes
 from workers.ingress import fastpath, hosted, invoicing, pages, portal
 from workers.ingress import one_off as one_off_routes
+from workers.ingress import partners as partner_routes
 from workers.ingress import payments as payment_routes
 from workers.ingress import pos as pos_routes
 from workers.ingress import receipts as receipt_routes
@@ -144,6 +145,7 @@ def create_app(settings: Settings) -> FastAPI:
         receipt_routes.router,
         entitlement_routes.router,
         document_routes.router,
+        partner_routes.router,
         pages.router,
         hosted.router,
         portal.router,
