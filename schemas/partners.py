@@ -278,6 +278,16 @@ class RecordCommissionPayout(CloudEvent):
     data: PayoutSpec
 
 
+PartnersCommand = Annotated[
+    UpsertPartner
+    | UpsertCommissionRule
+    | AttributeCustomer
+    | IssueCommissionStatement
+    | RecordCommissionPayout,
+    Field(discriminator="type"),
+]
+
+
 # --- events ---------------------------------------------------------------------------------
 
 

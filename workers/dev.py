@@ -67,6 +67,7 @@ SERVICES = (
     "worker receipts",
     "worker entitlements",
     "worker documents",
+    "worker partners",
 )
 
 # An idle development stack should sleep (docs/adr/0046-an-idle-dev-stack-sleeps.md). Each

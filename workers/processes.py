@@ -21,6 +21,7 @@ WORKERS = (
     "receipts",
     "entitlements",
     "documents",
+    "partners",
 )
 
 
@@ -39,6 +40,7 @@ def _apps() -> dict[str, ModuleType]:
     from workers.entitlements import app as entitlements
     from workers.invoicing import app as invoicing
     from workers.metering import app as metering
+    from workers.partners import app as partners
     from workers.payments import app as payments
     from workers.pos import app as pos
     from workers.receipts import app as receipts
@@ -54,4 +56,5 @@ def _apps() -> dict[str, ModuleType]:
         "receipts": receipts,
         "entitlements": entitlements,
         "documents": documents,
+        "partners": partners,
     }
