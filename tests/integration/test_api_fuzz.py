@@ -60,6 +60,10 @@ UNSAYABLE: dict[str, str] = {
     "PUT /v1/entitlements/config": r"rate_limit_feature",
     # a logo is a data URL of a PNG or JPEG whose bytes (at most 256 KiB) are that image's
     "PUT /v1/branding": r"logo",
+    # a statement is for a month that has ended (decided by the clock)
+    "POST /v1/partners/{partner_id}/statements": r"period",
+    # a ledger's window: from before to (a rule across two parameters)
+    "GET /v1/partners/{partner_id}/commissions": r"to",
 }
 
 #: The same, in any operation, by the reason the 422 gives for the field.

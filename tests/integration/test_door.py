@@ -51,6 +51,8 @@ SAMPLE_PATH = {
     "tenant": "acme",
     "feature": "sso",
     "plan": "pro",
+    "partner_id": "acme-travel",
+    "statement_id": "cst_" + "0" * 32,
 }
 
 

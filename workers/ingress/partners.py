@@ -110,6 +110,19 @@ async def _statement(tx: Tx, tenant_id: str, statement_id: str) -> StatementRow:
 # --- partners ---------------------------------------------------------------------------
 
 
+class PartnerIn(_In):
+    """A partner (``PartnerSpec``), its email a single line as OpenAPI says."""
+
+    partner_id: str = Field(pattern=SLUG_PATTERN, description="Chosen by you: 'sakura-travel'")
+    name: Line = Field(min_length=1, max_length=256)
+    tier: str = Field(
+        pattern=SLUG_PATTERN,
+        description="The partner's tier: which commission rules apply. A change applies to "
+        "commissions accrued after it",
+    )
+    email: Line | None = Field(default=None, max_length=320, description="Where statements go")
+
+
 class PartnerAccepted(CommandAccepted):
     partner_id: str
 
@@ -121,13 +134,14 @@ class PartnerAccepted(CommandAccepted):
     summary="Create a partner, or change its name, tier or email (command)",
 )
 async def upsert_partner(
-    request: Request, body: PartnerSpec, st: State, tenant_id: Tenant
+    request: Request, body: PartnerIn, st: State, tenant_id: Tenant
 ) -> Response:
     """Publishes ``UpsertPartner``. A partner's tier may change: the new tier's rules apply
     to the commissions accrued after the change, never to those before."""
-    extra = {"partner_id": body.partner_id}
+    spec = PartnerSpec(**body.model_dump())
+    extra = {"partner_id": spec.partner_id}
     return await _send(
-        request, st, tenant_id, UpsertPartner, body, tenant_id, body.partner_id, extra
+        request, st, tenant_id, UpsertPartner, spec, tenant_id, spec.partner_id, extra
     )
 
 
@@ -202,6 +216,7 @@ class CommissionRuleIn(_In):
             return {"required": ["kind"], "properties": {"kind": {"const": k}}}
 
         own = {"percent": "percent", "fixed": "amount", "tiered": "tiers"}
+        bounded = {"type": "array", "minItems": 2}  # a tier with an up_to
         rules: list[dict[str, Any]] = [
             {"not": {"allOf": [present("plan"), present("product")]}},
             *(
@@ -209,8 +224,10 @@ class CommissionRuleIn(_In):
                 for k, name in own.items()
             ),
             {
-                "if": {"anyOf": [present(n) for n in ("amount", "cap_per_invoice",
-                                                        "cap_per_period")]},
+                "if": {"anyOf": [
+                    *(present(n) for n in ("amount", "cap_per_invoice", "cap_per_period")),
+                    {"required": ["tiers"], "properties": {"tiers": bounded}},
+                ]},
                 "then": present("currency"),
             },
         ]  # fmt: skip
