@@ -4,6 +4,7 @@ commands. Every amount is computed by hand in the comments beside it."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 
 from schemas import groups, topics
@@ -21,10 +22,21 @@ from tests.integration.partners_support import (
     send_events,
     statements,
 )
-from tests.integration.support import Sessions, running, wait_committed_to_end
+from tests.integration.support import (
+    Sessions,
+    producer,
+    read_all,
+    running,
+    wait_committed_to_end,
+)
+from tests.integration.test_credit_notes import note, pay_offline
+from tests.integration.test_invoicing import stack
+from tests.integration.test_one_off import USD_LINES, create, customer, outcome
 from workers import partners
 from workers.devstack import wait_for
+from workers.invoicing.app import build as build_invoicing
 from workers.partners.app import build
+from workers.payments.app import build as build_payments
 from workers.settings import Settings
 
 
@@ -351,3 +363,54 @@ async def test_commissions_by_hand_statements_reversals_replays_payouts(
         assert await repo.statements(other, "agent-1") == []
         row = await repo.statement(t, may.statement_id)
         assert row is not None and (row.amount_paid, row.status) == (225, "paid")
+
+
+async def test_real_invoices_paid_and_credited_through_invoicing_and_payments(
+    settings: Settings, sessions: Sessions, tenant: TenantKey
+) -> None:
+    """The invoicing, payments and partners workers and the ingress: a one-off invoice with
+    tax, paid by bank transfer, then partly credited; the topics replayed earn nothing more."""
+    t = tenant.tenant_id
+    s = settings.model_copy(update={"invoicing_tick_s": 0.1})
+    async with stack(s, tenant, build_invoicing(s), build_payments(s), build(s)) as st:
+        setup = [
+            command(t, "partner", partner_id="agent-1", name="Agent One", tier="gold"),
+            command(t, "rule", key="std", partner_tier="gold", kind="percent", percent="0.1"),
+            command(t, "attribute", customer="bistro", partner_id="agent-1",
+                    effective_from=datetime(2020, 1, 1, tzinfo=UTC)),
+        ]  # fmt: skip
+        assert {o.status for o in await run_commands(s, sessions, setup)} == {"succeeded"}
+        await customer(st, "bistro", "USD", tax_rate="0.19")
+        accepted = await create(st, {"customer": "bistro", "lines": USD_LINES, "finalize": True})
+        assert (await outcome(st, accepted))["status"] == "succeeded"
+        invoice_id = accepted["invoice_id"]
+        inv = await st.api.get(f"/v1/invoices/{invoice_id}")
+        # subtotal 737.21, tax 115.97, total 853.18: N = 737.21; 10 % = 73.721 → 73.72
+        assert (inv["subtotal"], inv["tax"], inv["total"]) == (73721, 11597, 85318)
+        await pay_offline(st, invoice_id, 85318)
+        await wait_entries(sessions, t, "agent-1", 1)
+        [accrued] = await entries(sessions, t, "agent-1")
+        assert (accrued.invoice_id, accrued.amount, accrued.base) == (invoice_id, 7372, "73721")
+        # a credit note of 100.00 + 19.00 tax on the setup fee, paid already: credited to the
+        # balance. Its net part 119.00 * 100/119 = 100.00; K = 637.21;
+        # target round(73.72 * 637.21 / 737.21) = round(63.7201…) = 63.72: 10.00 reversed
+        cn = await note(st, invoice_id, {"reason": "order_change", "settle": "credit",
+                                         "lines": [{"line": 0, "amount": 10000}]})  # fmt: skip
+        assert cn["status"] == "succeeded", cn
+        await wait_entries(sessions, t, "agent-1", 2)
+        got = [(e.kind, e.amount, e.cause) for e in await entries(sessions, t, "agent-1")]
+        assert got == [("accrued", 7372, "invoice_paid"), ("reversed", 1000, "credit_note")]
+
+        # replaying both topics: the records as they were, and copies under new ids
+        for topic in (topics.EVENTS_INVOICING, topics.EVENTS_PAYMENTS):
+            records, _ = await read_all(s, topic)
+            async with producer(s) as p:
+                for r in records:
+                    copy = json.loads(r.value)
+                    copy["id"] = f"{copy['id']}-replayed"
+                    await p.send(topic, r.value, key=r.key)
+                    await p.send(topic, json.dumps(copy).encode(), key=r.key)
+                await p.flush()
+        await caught_up(s)
+        again = [(e.kind, e.amount, e.cause) for e in await entries(sessions, t, "agent-1")]
+        assert again == got
