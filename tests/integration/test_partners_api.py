@@ -23,6 +23,7 @@ import pytest
 from schemas import topics
 from schemas.invoicing import InvoiceData, InvoiceLine, InvoicePaid
 from schemas.partners import CommissionRuleSpec, period_bounds, period_of
+from schemas.payments import PaymentRefunded, RefundData
 from tests.conftest import TenantKey, make_tenant
 from tests.integration.http import Client
 from tests.integration.support import Sessions, producer, topic_size
@@ -510,3 +511,90 @@ async def test_a_paid_invoice_accrues_a_statement_lists_it_and_payouts_pay_it(
     problem(r, 404)
     r = await other.send("POST", "/v1/customers/alice/partner", since)
     assert "customer 'alice'" in problem(r, 404)["detail"]
+
+
+def refunded(
+    tenant: str, customer: str, invoice_id: str, at: datetime, amount: int
+) -> PaymentRefunded:
+    data = RefundData(
+        refund_id=f"ref-{invoice_id}", payment_id=f"pay-{invoice_id}", invoice_id=invoice_id,
+        customer=customer, amount=amount, amount_refunded=amount, currency="USD",
+    )  # fmt: skip
+    return PaymentRefunded(source="tests", tenantid=tenant, subject=invoice_id, time=at, data=data)
+
+
+async def test_a_refund_after_a_statement_is_a_negative_line_of_the_next_one(
+    st: Stack, tenant: TenantKey
+) -> None:
+    """docs/partners.md, "Statements": an invoice of two months ago on that month's
+    statement, paid out; refunded last month: the reversal is a line of last month's
+    statement, whose total is negative — carried, nothing payable."""
+    api, t = st.api, tenant.tenant_id
+    await accepted(api, "POST", "/v1/partners", SAKURA)
+    await accepted(api, "POST", "/v1/commission-rules", DEFAULT_RULE)
+    since = {"partner_id": "sakura", "effective_from": "2020-01-01T00:00:00Z"}
+    await accepted(api, "POST", "/v1/customers/alice/partner", since)
+    last, at1 = last_month()
+    start1, _ = period_bounds(last)
+    before, at2 = last_month_of(start1)
+    key = f"{t}:alice".encode()
+    async with producer(st.settings) as p:
+        # 12.5 % of 10000 = 1250, paid two months ago
+        event = paid(t, "alice", "in-2", at2, 10000, 1000)
+        await p.send_and_wait(topics.EVENTS_INVOICING, event.to_json(), key=key)
+    await wait_for(lambda: entries(api, 1), timeout_s=30)
+    answer = await accepted(api, "POST", "/v1/partners/sakura/statements", {"period": before})
+    (first,) = answer["result"]["statements"]
+    assert (first["total"], first["status"]) == (1250, "payable")
+    payouts = f"/v1/commission-statements/{first['statement_id']}/payouts"
+    await accepted(api, "POST", payouts, {"amount": 1250, "reference": "SEPA 1"})
+
+    async with producer(st.settings) as p:
+        # last month: 12.5 % of 4000 = 500 earned, then the first invoice refunded in full
+        event = paid(t, "alice", "in-3", at1 - timedelta(days=1), 4000, 400)
+        await p.send_and_wait(topics.EVENTS_INVOICING, event.to_json(), key=key)
+        refund = refunded(t, "alice", "in-2", at1, 11000)
+        await p.send_and_wait(topics.EVENTS_PAYMENTS, refund.to_json(), key=key)
+    ledger = await wait_for(lambda: entries(api, 3), timeout_s=30)
+    accrual, _, reversal = ledger
+    assert (reversal["kind"], reversal["amount"], reversal["cause"], reversal["cause_id"]) == (
+        "reversed", 1250, "refund", "ref-in-2",
+    )  # fmt: skip
+    assert reversal["accrual_id"] == accrual["entry_id"] and reversal["period"] == last
+    assert reversal["statement_id"] is None  # the first statement is closed
+
+    answer = await accepted(api, "POST", "/v1/partners/sakura/statements", {"period": last})
+    (summary,) = answer["result"]["statements"]
+    assert (summary["total"], summary["amount_payable"], summary["status"]) == (
+        -750, 0, "carried",
+    )  # fmt: skip
+    statement = await api.get(f"/v1/commission-statements/{summary['statement_id']}")
+    assert [(ln["kind"], ln["invoice_id"], ln["amount"]) for ln in statement["lines"]] == [
+        ("accrued", "in-3", 500),
+        ("reversed", "in-2", -1250),
+    ]
+    assert statement["carried_to"] is None  # until the partner's next statement in USD
+    r = await api.send(
+        "POST", f"/v1/commission-statements/{summary['statement_id']}/payouts",
+        {"amount": 1, "reference": "x"},
+    )  # fmt: skip
+    assert fields(r) == ["amount"]
+    # the first statement still shows what it listed, paid
+    listed = await api.get("/v1/partners/sakura/statements")
+    assert [(s["period"], s["total"], s["status"]) for s in listed] == [
+        (last, -750, "carried"),
+        (before, 1250, "paid"),
+    ]
+
+
+def last_month_of(start: datetime) -> tuple[str, datetime]:
+    """The month before the one starting at ``start``, and a moment in it."""
+    before, _ = period_bounds(period_of(start - timedelta(days=1)))
+    return period_of(before), before + timedelta(days=10, hours=9)
+
+
+async def entries(api: Client, n: int) -> list[dict[str, Any]] | None:
+    """The partner's ledger once it has ``n`` entries."""
+    got: list[dict[str, Any]] = await api.get("/v1/partners/sakura/commissions")
+    assert len(got) <= n, got
+    return got if len(got) == n else None
