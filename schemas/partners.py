@@ -22,18 +22,31 @@ import re
 import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetJsonSchemaHandler,
+    ValidationInfo,
+    field_validator,
+)
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import core_schema as cs
 
 from schemas.bounds import (
     EXTERNAL_ID_PATTERN,
+    LINE_PATTERN,
     Currency,
     EventTime,
     Line,
     PositiveMinorUnits,
     ShowBounds,
     optional_line,
+    present,
+    show_model_bounds,
 )
 from schemas.envelope import CloudEvent
 from schemas.pricing import KEY_PATTERN, NonNegDecimal
@@ -98,7 +111,9 @@ class PartnerSpec(_Model):
         description="The partner's tier: which commission rules apply. A change applies to "
         "commissions accrued after it",
     )
-    email: str | None = Field(default=None, max_length=320, description="Where statements go")
+    email: Annotated[str, ShowBounds({"pattern": LINE_PATTERN})] | None = Field(
+        default=None, max_length=320, description="Where statements go"
+    )
 
     _email = field_validator("email")(optional_line)
 
@@ -219,6 +234,36 @@ class CommissionRuleSpec(_Model):
                 "required: the rule has an amount (a fixed amount, tier bounds or caps)"
             )
         return v
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, core_schema: cs.CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        # what the validators refuse, said in OpenAPI where JSON Schema can say it (tier
+        # bounds ascending cannot be); never in the published schemas
+        def kind(k: str) -> dict[str, Any]:
+            return {"required": ["kind"], "properties": {"kind": {"const": k}}}
+
+        def null(name: str) -> dict[str, Any]:
+            return {"properties": {name: {"type": "null"}}}
+
+        own = {"percent": "percent", "fixed": "amount", "tiered": "tiers"}
+        bounded = {"type": "array", "minItems": 2}  # a tier with an up_to
+        rules: list[dict[str, Any]] = [
+            {"not": {"allOf": [present("plan"), present("product")]}},
+            *(
+                {"if": kind(k), "then": present(name), "else": null(name)}
+                for k, name in own.items()
+            ),
+            {
+                "if": {"anyOf": [
+                    *(present(n) for n in ("amount", "cap_per_invoice", "cap_per_period")),
+                    {"required": ["tiers"], "properties": {"tiers": bounded}},
+                ]},
+                "then": present("currency"),
+            },
+        ]  # fmt: skip
+        return show_model_bounds(cls is CommissionRuleSpec, core_schema, handler, {"allOf": rules})
 
 
 class UpsertCommissionRule(CloudEvent):

@@ -292,7 +292,7 @@ RULE_REFUSALS: list[tuple[dict[str, Any], str]] = [
                 {"up_to": None, "percent": "0.3"},
             ],
         },
-        "tiers[1].up_to",
+        "tiers",  # the reason names tiers[1].up_to
     ),
     (
         {
@@ -301,7 +301,7 @@ RULE_REFUSALS: list[tuple[dict[str, Any], str]] = [
             "currency": "JPY",
             "tiers": [{"up_to": 500, "percent": "0.1"}, {"up_to": 900, "percent": "0.2"}],
         },
-        "tiers[1].up_to",
+        "tiers",  # the reason names tiers[1].up_to
     ),
     (
         {
@@ -310,7 +310,7 @@ RULE_REFUSALS: list[tuple[dict[str, Any], str]] = [
             "currency": "JPY",
             "tiers": [{"up_to": None, "percent": "0.1"}, {"up_to": None, "percent": "0.2"}],
         },
-        "tiers[0].up_to",
+        "tiers",  # the reason names tiers[0].up_to
     ),
     (
         {

@@ -22,15 +22,12 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field, GetJsonSchemaHandler
-from pydantic.json_schema import JsonSchemaValue
-from pydantic_core import core_schema as cs
+from pydantic import BaseModel, ConfigDict, Field
 
 from schemas import topics
-from schemas.bounds import EXTERNAL_ID_PATTERN, Currency, Line, present, show_model_bounds
+from schemas.bounds import EXTERNAL_ID_PATTERN, Line
 from schemas.envelope import new_id
 from schemas.partners import (
-    MAX_TIERS,
     PERIOD_PATTERN,
     SLUG_PATTERN,
     STATEMENT_ID_PATTERN,
@@ -40,21 +37,17 @@ from schemas.partners import (
     CommissionData,
     CommissionRuleData,
     CommissionRuleSpec,
-    CommissionTier,
     IssueCommissionStatement,
     PartnerData,
     PartnerSpec,
     PayoutSpec,
-    Rate,
     RecordCommissionPayout,
-    RuleKind,
     StatementData,
     StatementSpec,
     UpsertCommissionRule,
     UpsertPartner,
     period_bounds,
 )
-from schemas.pricing import KEY_PATTERN
 from storage.invoicing.credits import CreditRepository
 from storage.partners import PartnerRepository
 from workers import partners
@@ -110,19 +103,6 @@ async def _statement(tx: Tx, tenant_id: str, statement_id: str) -> StatementRow:
 # --- partners ---------------------------------------------------------------------------
 
 
-class PartnerIn(_In):
-    """A partner (``PartnerSpec``), its email a single line as OpenAPI says."""
-
-    partner_id: str = Field(pattern=SLUG_PATTERN, description="Chosen by you: 'sakura-travel'")
-    name: Line = Field(min_length=1, max_length=256)
-    tier: str = Field(
-        pattern=SLUG_PATTERN,
-        description="The partner's tier: which commission rules apply. A change applies to "
-        "commissions accrued after it",
-    )
-    email: Line | None = Field(default=None, max_length=320, description="Where statements go")
-
-
 class PartnerAccepted(CommandAccepted):
     partner_id: str
 
@@ -134,11 +114,10 @@ class PartnerAccepted(CommandAccepted):
     summary="Create a partner, or change its name, tier or email (command)",
 )
 async def upsert_partner(
-    request: Request, body: PartnerIn, st: State, tenant_id: Tenant
+    request: Request, spec: PartnerSpec, st: State, tenant_id: Tenant
 ) -> Response:
     """Publishes ``UpsertPartner``. A partner's tier may change: the new tier's rules apply
     to the commissions accrued after the change, never to those before."""
-    spec = PartnerSpec(**body.model_dump())
     extra = {"partner_id": spec.partner_id}
     return await _send(
         request, st, tenant_id, UpsertPartner, spec, tenant_id, spec.partner_id, extra
@@ -166,109 +145,6 @@ async def get_partner(partner_id: PartnerPath, tx: Unit, tenant_id: Tenant) -> P
 # --- commission rules ------------------------------------------------------------------------
 
 
-class CommissionRuleIn(_In):
-    """A commission rule (``CommissionRuleSpec``): the field of its kind and only that one."""
-
-    key: str = Field(pattern=SLUG_PATTERN, description="Unique per tenant; re-defining replaces")
-    partner_tier: str = Field(pattern=SLUG_PATTERN, description="The partners' tier it is for")
-    plan: str | None = Field(
-        default=None, pattern=KEY_PATTERN, description="Only lines of invoices of this plan"
-    )
-    product: str | None = Field(
-        default=None,
-        pattern=KEY_PATTERN,
-        description="Only lines of this price key (or a one-off invoice's item); not with "
-        "plan. Neither: the tier's default rule",
-    )
-    kind: RuleKind = Field(
-        description="percent: of the paid amount net of tax, discounts and credits; fixed: an "
-        "amount per paid invoice; tiered: rates by the partner's paid volume in the month"
-    )
-    percent: Rate | None = Field(default=None, description="For kind percent: '0.1' is 10 %")
-    amount: Amount | None = Field(
-        default=None, description="For kind fixed: minor units per paid invoice (needs currency)"
-    )
-    tiers: list[CommissionTier] | None = Field(
-        default=None,
-        min_length=1,
-        max_length=MAX_TIERS,
-        description="For kind tiered: up_to strictly ascending, the last one null",
-    )
-    currency: Currency | None = Field(
-        default=None,
-        description="Required with an amount (a fixed amount, tier bounds, caps): the rule "
-        "then applies to invoices in this currency only. A percent rule without caps applies "
-        "to any currency",
-    )
-    cap_per_invoice: Amount | None = Field(
-        default=None, description="At most this much commission per invoice, minor units"
-    )
-    cap_per_period: Amount | None = Field(
-        default=None, description="At most this much commission per partner and month"
-    )
-
-    @classmethod
-    def __get_pydantic_json_schema__(
-        cls, core_schema: cs.CoreSchema, handler: GetJsonSchemaHandler
-    ) -> JsonSchemaValue:
-        # what _check_rule refuses, said in OpenAPI (tier bounds ascending cannot be)
-        def kind(k: str) -> dict[str, Any]:
-            return {"required": ["kind"], "properties": {"kind": {"const": k}}}
-
-        own = {"percent": "percent", "fixed": "amount", "tiered": "tiers"}
-        bounded = {"type": "array", "minItems": 2}  # a tier with an up_to
-        rules: list[dict[str, Any]] = [
-            {"not": {"allOf": [present("plan"), present("product")]}},
-            *(
-                {"if": kind(k), "then": present(name), "else": _null(name)}
-                for k, name in own.items()
-            ),
-            {
-                "if": {"anyOf": [
-                    *(present(n) for n in ("amount", "cap_per_invoice", "cap_per_period")),
-                    {"required": ["tiers"], "properties": {"tiers": bounded}},
-                ]},
-                "then": present("currency"),
-            },
-        ]  # fmt: skip
-        return show_model_bounds(cls is CommissionRuleIn, core_schema, handler, {"allOf": rules})
-
-
-def _null(name: str) -> dict[str, Any]:
-    """JSON Schema: property ``name`` is absent or null."""
-    return {"properties": {name: {"type": "null"}}}
-
-
-def _check_rule(body: CommissionRuleIn) -> None:
-    """``CommissionRuleSpec``'s rules across fields, each refusal naming its field."""
-    if body.plan is not None and body.product is not None:
-        _refuse("product", "give at most one of plan and product")
-    own = {"percent": "percent", "fixed": "amount", "tiered": "tiers"}
-    for kind, name in own.items():
-        given = getattr(body, name) is not None
-        if kind == body.kind and not given:
-            _refuse(name, f"a {kind} rule needs {name!r}")
-        if kind != body.kind and given:
-            _refuse(name, f"only for {kind} rules, not {body.kind}")
-    bounded = False
-    if body.tiers is not None:
-        *inner, last = body.tiers
-        if last.up_to is not None:
-            _refuse(f"tiers[{len(inner)}].up_to", "the last tier must be unbounded (null)")
-        previous = 0
-        for i, tier in enumerate(inner):
-            if tier.up_to is None:
-                _refuse(f"tiers[{i}].up_to", "only the last tier may be unbounded")
-            elif tier.up_to <= previous:
-                _refuse(f"tiers[{i}].up_to", f"must be greater than tier {i - 1}'s up_to")
-            else:
-                previous = tier.up_to
-        bounded = bool(inner)
-    money = body.amount is not None or body.cap_per_invoice is not None
-    if (money or bounded or body.cap_per_period is not None) and body.currency is None:
-        _refuse("currency", "a rule with an amount (fixed amount, tier bounds or caps) needs one")
-
-
 @router.post(
     "/commission-rules",
     status_code=202,
@@ -276,12 +152,10 @@ def _check_rule(body: CommissionRuleIn) -> None:
     summary="Define a commission rule, or replace the rule of that key (command)",
 )
 async def upsert_commission_rule(
-    request: Request, body: CommissionRuleIn, st: State, tenant_id: Tenant
+    request: Request, spec: CommissionRuleSpec, st: State, tenant_id: Tenant
 ) -> Response:
     """Publishes ``UpsertCommissionRule``. A rule key defined again replaces the rule for
     the commissions accrued after it; those accrued before keep what they earned."""
-    _check_rule(body)
-    spec = CommissionRuleSpec(**body.model_dump(exclude_unset=True))
     return await _send(request, st, tenant_id, UpsertCommissionRule, spec, tenant_id, spec.key, {})
 
 
