@@ -545,7 +545,7 @@ async def serving(app: FastAPI) -> AsyncIterator[str]:
 
 def without_fast_path(settings: Settings) -> FastAPI:
     """The ingress as it was before the fast path: every check through the door, FastAPI's
-    routing and the routes in workers/ingress/entitlements.py."""
+    routing and the routes in workers/ingress/entitlement_checks.py."""
     app = create_app(settings)
     app.user_middleware = [m for m in app.user_middleware if m.cls is not CheckFastPath]
     return app

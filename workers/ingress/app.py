@@ -22,6 +22,7 @@ from workers.ingress import credit_notes as credit_note_routes
 from workers.ingress import credits as credit_routes
 from workers.ingress import discounts as discount_routes
 from workers.ingress import documents as document_routes
+from workers.ingress import entitlement_checks as check_routes
 from workers.ingress import entitlements as entitlement_routes
 from workers.ingress import fastpath, hosted, invoicing, pages, portal
 from workers.ingress import one_off as one_off_routes
@@ -143,6 +144,7 @@ def create_app(settings: Settings) -> FastAPI:
         alert_routes.router,
         tax_report_routes.router,
         receipt_routes.router,
+        check_routes.router,
         entitlement_routes.router,
         document_routes.router,
         partner_routes.router,
@@ -154,8 +156,8 @@ def create_app(settings: Settings) -> FastAPI:
     # checks first, the hottest reads (a gateway asks on its users' every request); no path
     # of theirs can be another router's
     matching = [
-        entitlement_routes.router,
-        *(r for r in routers if r is not entitlement_routes.router),
+        check_routes.router,
+        *(r for r in routers if r is not check_routes.router),
     ]
     for r in matching:
         app.include_router(r)

@@ -1,6 +1,6 @@
-"""The entitlements API (docs/entitlements.md): features, what plans, overrides and one-off
-grants give of them, the check of a customer's entitlements, signed entitlement tokens and
-the public keys they verify with.
+"""The entitlements API's definitions (docs/entitlements.md): features, what plans,
+overrides and one-off grants give of them, and the tenant's configuration. The check of a
+customer's entitlements, tokens and their public keys are in entitlement_checks.py.
 
 Writes become commands on ``billstream.commands.entitlements.v1`` (202 + command id), keyed
 by the tenant (features, plans, the configuration) or ``tenant:customer`` (overrides and
@@ -10,30 +10,18 @@ field that does not fit the feature's kind — ``config`` only for config featur
 ``limit``/a soft ``limit_mode`` only for metered ones, ``units`` only for metered grants —
 422 naming the field. The worker checks again (a feature may change in between).
 
-A check (``GET /v1/customers/{customer}/entitlements[/{feature}]``) is the hot path: one
-statement on a connection kept for checks, outside any transaction (``SnapshotReader``),
-and the one pure function every answer and every event comes from
-(``entitlements.evaluate``). The fast path (``fastpath.py``) answers both checks without
-the framework, with the same bytes as the routes declared here. A token
-is that answer, signed: the signing key is kept ``SIGNING_KEY_CACHE_S`` per process.
-
-``/.well-known/jwks.json`` needs no API key: it is the deployment's, not a tenant's (the
-door only authenticates routes that need a tenant).
-
-Routes are declared in match order: ``…/entitlements/token`` (POST) and the override's
-path before nothing they could capture; ``/v1/features/{key}`` after ``/v1/features``.
+Routes are declared in match order: the override's path before nothing it could capture;
+``/v1/features/{key}`` after ``/v1/features``.
 """
 
 from __future__ import annotations
 
 import functools
-import time
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Path, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from schemas import topics
@@ -41,14 +29,11 @@ from schemas.bounds import EXTERNAL_ID_PATTERN, ID_PATTERN, Line
 from schemas.bounds import Text as LongText
 from schemas.entitlements import (
     FEATURE_KEY_PATTERN,
-    KEY_ID_PATTERN,
     MAX_PLAN_ENTITLEMENTS,
     Config,
     ConfigureEntitlements,
     CreateFeature,
-    CustomerEntitlements,
     EntitlementsConfig,
-    EntitlementView,
     FeatureKind,
     FeatureSpec,
     Grant,
@@ -67,33 +52,23 @@ from schemas.metering import METER_KEY_PATTERN
 from schemas.pricing import KEY_PATTERN as PLAN_KEY_PATTERN
 from schemas.pricing import Quantity
 from storage.entitlements import EntitlementRepository
-from storage.entitlements.snapshot import SnapshotReader
-from workers import entitlements, payments
-from workers.ingress.deps import IngressState, State, Tenant, Unit
+from workers.ingress.deps import State, Tenant, Unit
 from workers.ingress.fields import Instant
 from workers.ingress.problems import Problem, invalid, not_found
 from workers.ingress.routes import CommandAccepted, send_command
 from workers.runtime import Tx
 
 if TYPE_CHECKING:
-    from storage.entitlements import FeatureRow, Snapshot
+    from storage.entitlements import FeatureRow
 
 router = APIRouter(tags=["entitlements"])
-
-#: how long one ingress process signs with the key it read (a rotation shows within this)
-SIGNING_KEY_CACHE_S = 30.0
-#: how long anyone may cache the public keys: a new key is published longer than this
-#: before it signs (entitlements.SIGNS_AFTER), a retired one kept a day after it stopped
-KEYS_MAX_AGE_S = 300
-#: the worker makes the first key on its first tick (entitlements_tick_s, 5 s by default)
-KEY_RETRY_AFTER_S = 5
 
 CustomerPath = Annotated[
     str, Path(pattern=EXTERNAL_ID_PATTERN, description="The customer's external_id.")
 ]
 FeaturePath = Annotated[str, Path(pattern=FEATURE_KEY_PATTERN, description="A feature's key.")]
 PlanPath = Annotated[str, Path(pattern=PLAN_KEY_PATTERN, description="A plan's key.")]
-_PENDING_HINT = " (if its create command is still pending, retry when it has succeeded)"
+PENDING_HINT = " (if its create command is still pending, retry when it has succeeded)"
 _ACCEPTED: dict[str, Any] = {"status_code": 202, "response_model": CommandAccepted}
 
 
@@ -148,13 +123,13 @@ def _invalid(errors: list[dict[str, str]]) -> Problem:
 async def _feature(tx: Tx, tenant_id: str, key: str) -> FeatureRow:
     row = await tx.repo(EntitlementRepository).feature(tenant_id, key)
     if row is None:
-        raise not_found("feature", key, _PENDING_HINT)
+        raise not_found("feature", key, PENDING_HINT)
     return row
 
 
 async def _customer(tx: Tx, tenant_id: str, external_id: str) -> None:
     if not await tx.repo(EntitlementRepository).customer_exists(tenant_id, external_id):
-        raise not_found("customer", external_id, _PENDING_HINT)
+        raise not_found("customer", external_id, PENDING_HINT)
 
 
 # --- features ----------------------------------------------------------------------------
@@ -234,7 +209,7 @@ class PlanEntitlementsView(BaseModel):
 
 async def _plan(tx: Tx, tenant_id: str, plan: str) -> None:
     if not await tx.repo(EntitlementRepository).plan_intervals([(tenant_id, plan)]):
-        raise not_found("plan", plan, _PENDING_HINT)
+        raise not_found("plan", plan, PENDING_HINT)
 
 
 @router.put(
@@ -423,7 +398,7 @@ async def grant_entitlement(
     await _customer(tx, tenant_id, customer)
     feature = await tx.repo(EntitlementRepository).feature(tenant_id, body.feature)
     if feature is None:
-        reason = f"no feature {body.feature!r}{_PENDING_HINT}"
+        reason = f"no feature {body.feature!r}{PENDING_HINT}"
         raise _invalid([{"field": "feature", "reason": reason}])
     errors = []
     if body.units is not None and feature.kind != "metered":
@@ -456,226 +431,6 @@ async def grant_entitlement(
     )
 
 
-# --- the check -----------------------------------------------------------------------------
-
-
-def snapshots(app_state: Any) -> SnapshotReader:
-    """The process's ``SnapshotReader`` (kept on the app's state, made on the first check;
-    ``workers/ingress/fastpath.install`` closes it when the app stops)."""
-    reader: SnapshotReader | None = getattr(app_state, "entitlement_snapshots", None)
-    if reader is None:
-        st: IngressState = app_state.ingress
-        # as many checks on PostgreSQL at once as the pool's size (the rest of the ingress
-        # has its overflow): fewer would queue checks behind a PostgreSQL short of CPU
-        keep = st.settings.database_pool_size
-        reader = app_state.entitlement_snapshots = SnapshotReader(st.database.engine, keep=keep)
-    return reader
-
-
-async def _check(
-    reader: SnapshotReader, tenant_id: str, customer: str, feature: str | None = None
-) -> tuple[Snapshot, CustomerEntitlements, datetime]:
-    """The customer's entitlements now (``feature``: that one only), from one statement
-    outside any transaction (``SnapshotReader``): the hottest read of the API."""
-    now = datetime.now(UTC)
-    snap = await reader.read(tenant_id, customer, now, feature=feature)
-    if not snap.customer_known:
-        raise not_found("customer", customer, _PENDING_HINT)
-    if feature is not None and not snap.features:
-        raise not_found("feature", feature, _PENDING_HINT)
-    return snap, entitlements.evaluate(snap, now), now
-
-
-async def check_body(
-    reader: SnapshotReader, tenant_id: str, customer: str, feature: str | None
-) -> bytes:
-    """The JSON a check answers (``feature``: that feature's view, else every feature's):
-    the routes below and the fast path (``fastpath.py``) send these bytes."""
-    _, answer, _ = await _check(reader, tenant_id, customer, feature)
-    if feature is None:
-        return answer.model_dump_json().encode()
-    (view,) = answer.entitlements
-    return view.model_dump_json().encode()
-
-
-def _json(model: BaseModel) -> Response:
-    return Response(model.model_dump_json(), media_type="application/json")
-
-
-# Both checks are answered by the fast path (fastpath.py) before FastAPI sees them; these
-# declare them (OpenAPI, validation of odd paths) and answer any request it passes on.
-
-
-@router.get(
-    "/v1/customers/{customer}/entitlements",
-    response_model=CustomerEntitlements,
-    summary="What a customer may use now: every feature",
-)
-async def check_entitlements(
-    request: Request, customer: CustomerPath, tenant_id: Tenant
-) -> Response:
-    """Every feature of the tenant, each with ``has_access`` and, when denied, the
-    ``reason``: ``not_subscribed``, ``limit_reached`` (a hard limit), ``payment_pending``
-    (a payment failed and its grace is over) or ``suspended`` (dunning exhausted). Metered
-    features show ``usage``, ``limit``, ``remaining`` and ``resets_at``."""
-    body = await check_body(snapshots(request.app.state), tenant_id, customer, None)
-    return Response(body, media_type="application/json")
-
-
-@router.get(
-    "/v1/customers/{customer}/entitlements/{feature}",
-    response_model=EntitlementView,
-    summary="May a customer use this feature now?",
-)
-async def check_entitlement(
-    request: Request, customer: CustomerPath, feature: FeaturePath, tenant_id: Tenant
-) -> Response:
-    body = await check_body(snapshots(request.app.state), tenant_id, customer, feature)
-    return Response(body, media_type="application/json")
-
-
-# --- tokens and their keys -----------------------------------------------------------------
-
-
-class TokenView(BaseModel):
-    token: str = Field(description="A JWT (EdDSA), verifiable with /.well-known/jwks.json")
-    expires_at: datetime
-    kid: str = Field(pattern=KEY_ID_PATTERN, description="The key that signed it")
-
-
-@dataclass
-class SigningKeyCache:
-    """The current signing key of one ingress process, decrypted, for ``ttl_s`` seconds."""
-
-    ttl_s: float = SIGNING_KEY_CACHE_S
-    signer: entitlements.Signer | None = None
-    until: float = 0.0
-
-    async def get(self, st: IngressState, tx: Tx) -> entitlements.Signer:
-        if self.signer is not None and time.monotonic() < self.until:
-            return self.signer
-        if st.settings.secrets_key is None:
-            raise _no_secrets_key()
-        row = await tx.repo(EntitlementRepository).signing_key(
-            datetime.now(UTC), entitlements.SIGNS_AFTER
-        )
-        if row is None:
-            raise Problem(
-                503,
-                "signing_key_unavailable",
-                "No token signing key yet",
-                "the entitlements worker makes the first signing key when it starts; retry shortly",
-                headers={"Retry-After": str(KEY_RETRY_AFTER_S)},
-            )
-        try:
-            signer = entitlements.signer(st.settings, row)
-        except (payments.SecretsKeyMissing, payments.SecretUnreadable):
-            raise _no_secrets_key() from None
-        self.signer, self.until = signer, time.monotonic() + self.ttl_s
-        return signer
-
-
-def _no_secrets_key() -> Problem:
-    return Problem(
-        503,
-        "secrets_key_missing",
-        "Tokens cannot be signed",
-        "the operator must set BILLSTREAM_SECRETS_KEY (the key the signing keys are "
-        "encrypted under)",
-        headers={"Retry-After": str(KEY_RETRY_AFTER_S)},
-    )
-
-
-def _signing_keys(request: Request) -> SigningKeyCache:
-    state = request.app.state
-    cache: SigningKeyCache | None = getattr(state, "entitlement_signing_key", None)
-    if cache is None:
-        cache = state.entitlement_signing_key = SigningKeyCache()
-    return cache
-
-
-@router.post(
-    "/v1/customers/{customer}/entitlements/token",
-    response_model=TokenView,
-    summary="A signed entitlement token for a customer, to verify offline",
-)
-async def issue_token(
-    request: Request, customer: CustomerPath, st: State, tx: Unit, tenant_id: Tenant
-) -> Response:
-    """A short-lived JWT (EdDSA; ``kid`` in its header) carrying the check's answer: ``sub``
-    (the customer), ``tid`` (the tenant), ``iat``/``nbf``/``exp`` (the tenant's
-    ``token_ttl_seconds``), ``status``, ``products``, ``features`` (those the customer has
-    by plan, override or grant: ``access``, ``reason``, ``config``, ``limit``,
-    ``remaining``, ``resets_at``) and ``rate_limit_tier``. Verify it with the keys at
-    ``/.well-known/jwks.json``. Nothing is stored: every call makes a new token, so
-    ``Idempotency-Key`` does not apply. 503 with ``Retry-After`` until the first signing key
-    exists (the entitlements worker makes it when it starts)."""
-    snap, answer, now = await _check(snapshots(request.app.state), tenant_id, customer)
-    signer = await _signing_keys(request).get(st, tx)
-    config = snap.config or EntitlementsConfig()
-    claims = entitlements.token_claims(
-        tenant_id,
-        answer,
-        issuer=st.settings.entitlements_issuer,
-        now=now,
-        ttl_seconds=config.token_ttl_seconds,
-        rate_limit_feature=config.rate_limit_feature,
-        token_id=new_id(),
-    )
-    view = TokenView(
-        token=signer.sign(claims),
-        expires_at=datetime.fromtimestamp(claims["exp"], UTC),
-        kid=signer.kid,
-    )
-    return _json(view)
-
-
-class Jwk(BaseModel):
-    """A public key (RFC 7517, RFC 8037)."""
-
-    kty: Literal["OKP"]
-    crv: Literal["Ed25519"]
-    x: str = Field(description="The raw public key, base64url without padding.")
-    kid: str = Field(pattern=KEY_ID_PATTERN, description="RFC 7638 thumbprint.")
-    alg: Literal["EdDSA"]
-    use: Literal["sig"]
-
-
-class Jwks(BaseModel):
-    keys: list[Jwk] = Field(
-        description="The current key and those retired in the last day, oldest first."
-    )
-
-
-@router.get(
-    "/.well-known/jwks.json",
-    response_model=Jwks,
-    summary="The public keys entitlement tokens are signed with (JWKS); no API key",
-    responses={
-        200: {
-            "description": "The current key and the recently retired ones",
-            "headers": {
-                "Cache-Control": {
-                    "required": True,
-                    "description": f"public, max-age={KEYS_MAX_AGE_S}",
-                    "schema": {"type": "string"},
-                }
-            },
-        }
-    },
-)
-async def jwks(tx: Unit) -> Response:
-    """The deployment's keys (not a tenant's): a gateway verifies any tenant's tokens with
-    them, and checks ``tid``. ``{"keys": []}`` until the entitlements worker made the first.
-    May be cached five minutes: a gateway meeting an unknown ``kid`` should fetch again."""
-    rows = await tx.repo(EntitlementRepository).published_keys(
-        datetime.now(UTC) - entitlements.PUBLISHED_AFTER_RETIRED
-    )
-    return JSONResponse(
-        entitlements.jwks(rows), headers={"Cache-Control": f"public, max-age={KEYS_MAX_AGE_S}"}
-    )
-
-
 # --- the tenant's configuration --------------------------------------------------------------
 
 
@@ -695,7 +450,7 @@ async def configure(
         feature = await tx.repo(EntitlementRepository).feature(tenant_id, body.rate_limit_feature)
         if feature is None or feature.kind != "config":
             reason = (
-                f"no feature {body.rate_limit_feature!r}{_PENDING_HINT}"
+                f"no feature {body.rate_limit_feature!r}{PENDING_HINT}"
                 if feature is None
                 else f"must be a config feature; {feature.key!r} is {feature.kind}"
             )

@@ -34,7 +34,7 @@ from schemas.entitlements import FEATURE_KEY_PATTERN
 from schemas.envelope import new_id
 from workers.ingress.deps import authenticate
 from workers.ingress.door import send_problem
-from workers.ingress.entitlements import check_body, snapshots
+from workers.ingress.entitlement_checks import check_body, snapshots
 from workers.ingress.problems import Problem, dependency_down, unavailable
 
 log = structlog.get_logger("billstream.ingress")
