@@ -26,7 +26,8 @@ from storage.entitlements.models import (
     UnpaidRow,
     UsageRow,
 )
-from storage.entitlements.repository import EntitlementRepository, Hit, UsageTotal
+from storage.entitlements.repository import EntitlementRepository
+from storage.entitlements.sets import Hit, UsageTotal
 from storage.entitlements.snapshot import Snapshot, read_snapshot
 
 __all__ = [
