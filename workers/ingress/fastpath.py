@@ -3,7 +3,7 @@ asks on its users' every request) answered in plain ASGI, before FastAPI sees th
 
 ``GET /v1/customers/{customer}/entitlements`` and ``…/entitlements/{feature}`` — no query
 string, parameters that fit their patterns — are answered here as the door and the routes
-in ``entitlements.py`` would answer them, byte for byte: the same authentication (the
+in ``entitlement_checks.py`` would answer them, byte for byte: the same authentication (the
 process's ``KeyCache``; 401 problem), the same body (``entitlements.check_body``) and
 headers, the same 404 problems for an unknown customer or feature, the same 503 with
 ``Retry-After`` when PostgreSQL does not answer, the same ``X-Request-Id`` echo and log
