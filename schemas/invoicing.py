@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -32,6 +32,7 @@ from schemas.bounds import (
     ShowBounds,
     Text,
     optional_line,
+    present,
     show_model_bounds,
 )
 from schemas.credit_notes import (
@@ -124,6 +125,15 @@ _EXEMPT_WITH_A_RATE = {
 }
 
 
+InvoiceTo = Literal["self", "parent"]
+# the cross-field rule of CustomerSpec, stated in its JSON schema: invoiced to a parent,
+# it names one
+_INVOICED_TO_A_PARENT: dict[str, Any] = {
+    "if": {"properties": {"invoice_to": {"const": "parent"}}, "required": ["invoice_to"]},
+    "then": present("parent"),
+}
+
+
 class CustomerSpec(_Model):
     """A customer; ``external_id`` is the subject its usage events carry."""
 
@@ -155,6 +165,19 @@ class CustomerSpec(_Model):
         description="The language of the customer's invoices and portal ('en', 'id'); "
         "default: the tenant's branding's",
     )
+    # customer hierarchies (docs/hierarchies.md)
+    parent: str | None = Field(
+        default=None,
+        pattern=EXTERNAL_ID_PATTERN,
+        description="The external_id of its parent customer (of the same tenant); null: none. "
+        "A parent that would make a cycle is refused",
+    )
+    invoice_to: InvoiceTo = Field(
+        default="self",
+        description="self: the customer is invoiced on its own subscriptions; parent: its usage "
+        "is billed on its payer's invoices (the nearest ancestor invoiced to itself), in a "
+        "section of its own — same currency as the payer, no subscriptions of its own",
+    )
 
     _email = field_validator("email")(optional_line)
 
@@ -169,7 +192,7 @@ class CustomerSpec(_Model):
     def __get_pydantic_json_schema__(
         cls, core_schema: cs.CoreSchema, handler: GetJsonSchemaHandler
     ) -> JsonSchemaValue:
-        keywords = {"not": _EXEMPT_WITH_A_RATE}
+        keywords = {"not": _EXEMPT_WITH_A_RATE, **_INVOICED_TO_A_PARENT}
         return show_model_bounds(cls is CustomerSpec, core_schema, handler, keywords)
 
     @model_validator(mode="after")
@@ -180,6 +203,10 @@ class CustomerSpec(_Model):
             raise ValueError(f"tax_exempt contradicts tax_status {self.tax_status!r}")
         if self.tax_rate is not None and self.tax_rates is not None:
             raise ValueError("give 'tax_rate' or 'tax_rates', not both")
+        if self.parent == self.external_id:
+            raise ValueError("a customer cannot be its own parent")
+        if self.invoice_to == "parent" and self.parent is None:
+            raise ValueError("invoice_to 'parent' needs a parent")
         return self
 
     @property

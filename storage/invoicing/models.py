@@ -49,7 +49,16 @@ class InvoicingConfigRow(Base):
 
 class Customer(Base):
     __tablename__ = "customers"
-    __table_args__ = (UniqueConstraint("tenant_id", "external_id"),)
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "external_id"),
+        # a parent of the same tenant, by construction (docs/hierarchies.md)
+        ForeignKeyConstraint(
+            ["tenant_id", "parent"],
+            ["customers.tenant_id", "customers.external_id"],
+            name="fk_customers_parent",
+        ),
+        Index("ix_customers_parent", "tenant_id", "parent", postgresql_where="parent IS NOT NULL"),
+    )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
@@ -67,6 +76,10 @@ class Customer(Base):
     net_terms_days: Mapped[int] = mapped_column(Integer)
     billing_address: Mapped[dict[str, Any] | None] = mapped_column(JSONB(none_as_null=True))
     locale: Mapped[str | None] = mapped_column(String(8))
+    parent: Mapped[str | None] = mapped_column(String(256), comment="the parent's external_id")
+    invoice_to: Mapped[str] = mapped_column(
+        String(8), server_default="self", comment="self | parent (billed on its payer's invoices)"
+    )
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 

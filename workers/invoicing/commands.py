@@ -18,6 +18,7 @@ from schemas.envelope import CloudEvent, new_id
 from schemas.invoicing import (
     ConfigureInvoicing,
     CreatePlan,
+    CustomerSpec,
     InvoiceMarkedUncollectible,
     InvoiceVoided,
     MarkInvoiceUncollectible,
@@ -28,11 +29,13 @@ from schemas.invoicing import (
 from schemas.pricing import FlatPrice, PlanSpec
 from storage.invoicing import Customer, InvoicingRepository
 from storage.invoicing.credits import CreditRepository
+from storage.invoicing.hierarchy import HierarchyRepository
 from storage.metering import MeterRepository
 from workers.invoicing import (
     credit_notes,
     credits,
     discounting,
+    hierarchy,
     ledger,
     one_off,
     service,
@@ -62,12 +65,13 @@ async def upsert_customer(cmd: UpsertCustomer, tx: Tx) -> Result:
     }
     await taxing.check_names(tx, tenant, {"tax_rates": spec.tax_rates})
     customer = await repo.customer(tenant, spec.external_id)
+    if customer is not None and views.same_customer(views.customer_spec(customer), spec):
+        return {"customer_id": customer.id}
+    await _place(tx, tenant, spec, customer)
     if customer is None:
         customer = await repo.add_customer(new_id(), tenant, columns)
         created = True
     else:
-        if views.same_customer(views.customer_spec(customer), spec):
-            return {"customer_id": customer.id}
         if customer.currency != spec.currency and await repo.has_live_subscriptions(
             tenant, customer.id
         ):
@@ -80,6 +84,58 @@ async def upsert_customer(cmd: UpsertCustomer, tx: Tx) -> Result:
         created = False
     _emit(tx, service.customer_event(cmd, customer.id, created=created), spec.external_id)
     return {"customer_id": customer.id}
+
+
+def _node(c: Customer) -> hierarchy.Node:
+    return hierarchy.Node(c.external_id, c.currency, c.invoice_to, c.parent)
+
+
+async def _place(tx: Tx, tenant: str, spec: CustomerSpec, customer: Customer | None) -> None:
+    """Refuses a parent or ``invoice_to`` that breaks the tree's rules (hierarchy.check),
+    the tenant's tree locked until the command commits."""
+    touches_tree = spec.parent is not None or (
+        customer is not None and (customer.parent is not None or customer.invoice_to != "self")
+    )
+    # a payer's currency change: the customers billed on its invoices are in its currency
+    rolls_up = customer is not None and customer.currency != spec.currency
+    if not touches_tree and not rolls_up:
+        return
+    tree = tx.repo(HierarchyRepository)
+    await tree.lock(tenant)
+    depth = hierarchy.MAX_DEPTH + 1
+    height, billed_below = 0, 0
+    if customer is not None:
+        height, billed_below = await tree.shape(tenant, spec.external_id, depth)
+    if not touches_tree and not billed_below:
+        return  # outside any tree, and nothing billed on its invoices
+    chain: list[str] = []
+    if spec.parent is not None:
+        chain = [spec.parent, *await tree.ancestors(tenant, spec.parent, depth)]
+    rows = await tree.customers(tenant, chain)
+    nodes = [_node(rows[e]) for e in chain if e in rows]
+    parent = nodes[0] if spec.parent in rows else None
+    pays = hierarchy.payer(parent, nodes[1:])
+    others = 0
+    if spec.invoice_to == "parent" and pays is not None:
+        payer_id = rows[pays.external_id].id
+        billed = (await tree.rolled_up([payer_id], depth)).get(payer_id, [])
+        # already billed there: it and those below it are in the count
+        others = len(billed) - (1 + billed_below if spec.external_id in billed else 0)
+    live = customer is not None and await tx.repo(InvoicingRepository).has_live_subscriptions(
+        tenant, customer.id
+    )
+    hierarchy.check(
+        spec,
+        hierarchy.Placement(
+            parent=parent,
+            above_parent=nodes[1:],
+            current=None if customer is None else _node(customer),
+            subtree_height=height,
+            rolled_up_below=billed_below,
+            payer_others=others,
+            live_subscriptions=live,
+        ),
+    )
 
 
 # --- plans -----------------------------------------------------------------------------

@@ -118,6 +118,9 @@ class InvoiceContext:
     proration: Decimal
     rounding: str
     usage_billed: bool = True  # False: a trial's usage, shown with amount 0
+    # the customers whose usage is billed on this invoice besides ``subject``, each in a
+    # section of its own (invoice_to 'parent', docs/hierarchies.md), by external id
+    sections: tuple[str, ...] = ()
 
 
 def period_label(start: datetime, end: datetime) -> str:
@@ -167,9 +170,17 @@ def tax_names(plan: PlanSpec, price: Price) -> tuple[str, ...] | None:
     return None if names is None else tuple(names)
 
 
-def invoice_lines(ctx: InvoiceContext, usage: Mapping[str, Decimal | None]) -> list[Line]:
+def invoice_lines(
+    ctx: InvoiceContext,
+    usage: Mapping[str, Decimal | None],
+    section_usage: Mapping[tuple[str, str], Decimal | None] | None = None,
+) -> list[Line]:
     """One line per price of the plan: flat fees prorated, metered prices from ``usage``
-    (meter key -> the period's value), each line rounded once to minor units."""
+    (meter key -> the period's value), each line rounded once to minor units.
+
+    Then a section per customer of ``ctx.sections``: one line per metered price of the plan
+    priced on that customer's usage alone (``section_usage``: (subject, meter) -> value),
+    its ``subject`` naming the section; flat fees are billed once, in the payer's part."""
     start, end = usage_window(ctx.period_start, ctx.period_end)
     lines: list[Line] = []
     for price in ctx.plan.prices:
@@ -178,6 +189,11 @@ def invoice_lines(ctx: InvoiceContext, usage: Mapping[str, Decimal | None]) -> l
         else:
             quantity = usage.get(price.meter) or Decimal(0)
             lines.append(_priced_line(ctx, price, quantity, start, end)[1])
+    for subject in ctx.sections:
+        section = replace(ctx, subject=subject, sections=())
+        for price in metered_prices(ctx.plan):
+            quantity = (section_usage or {}).get((subject, price.meter)) or Decimal(0)
+            lines.append(_priced_line(section, price, quantity, start, end)[1])
     return lines
 
 

@@ -58,6 +58,12 @@ async def create_subscription(cmd: CreateSubscription, tx: Tx) -> Result:
     customer = await repo.customer(tenant, spec.customer)
     if customer is None:
         raise NotFound(f"no customer {spec.customer!r}", field="customer")
+    if customer.invoice_to == "parent":
+        raise Conflict(
+            f"customer {spec.customer!r} is invoiced to its parent: its usage is billed on its "
+            "payer's subscriptions (docs/hierarchies.md)",
+            field="customer",
+        )
     plan = await _plan(repo, tenant, spec.plan, "plan")
     if existing is not None:
         if (existing.customer_id, existing.plan_id, existing.start) != (

@@ -106,6 +106,8 @@ def customer_spec(c: Customer) -> CustomerSpec:
         net_terms_days=c.net_terms_days,
         billing_address=c.billing_address,
         locale=c.locale,
+        parent=c.parent,
+        invoice_to=c.invoice_to,
     )
 
 

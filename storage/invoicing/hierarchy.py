@@ -1,0 +1,139 @@
+"""Customer hierarchies' SQL (docs/hierarchies.md): a customer's ancestors, its subtree,
+and the customers whose usage is billed on a payer's invoices (``invoice_to = 'parent'``,
+transitively). Every walk is bounded by ``depth`` (the commands refuse cycles and deeper
+trees; the bound keeps a walk finite whatever the rows say)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from sqlalchemy import func, select, text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from storage.invoicing.models import Customer
+
+_ANCESTORS = text(
+    """
+    WITH RECURSIVE up(external_id, parent, depth) AS (
+        SELECT external_id, parent, 0 FROM customers
+        WHERE tenant_id = :tenant AND external_id = :start
+        UNION ALL
+        SELECT c.external_id, c.parent, up.depth + 1
+        FROM up JOIN customers c ON c.tenant_id = :tenant AND c.external_id = up.parent
+        WHERE up.depth < :depth
+    )
+    SELECT external_id FROM up WHERE depth > 0 ORDER BY depth
+    """
+)
+
+_SUBTREE = text(
+    """
+    WITH RECURSIVE down(external_id, depth) AS (
+        SELECT CAST(:root AS varchar), 0
+        UNION ALL
+        SELECT c.external_id, down.depth + 1
+        FROM down JOIN customers c ON c.tenant_id = :tenant AND c.parent = down.external_id
+        WHERE down.depth < :depth AND (NOT :rolled_up OR c.invoice_to = 'parent')
+    )
+    SELECT external_id, depth FROM down WHERE depth > 0 ORDER BY depth, external_id LIMIT :limit
+    """
+)
+
+_SHAPE = text(
+    """
+    WITH RECURSIVE down(external_id, depth, billed) AS (
+        SELECT CAST(:root AS varchar), 0, true
+        UNION ALL
+        SELECT c.external_id, down.depth + 1, down.billed AND c.invoice_to = 'parent'
+        FROM down JOIN customers c ON c.tenant_id = :tenant AND c.parent = down.external_id
+        WHERE down.depth < :depth
+    )
+    SELECT coalesce(max(depth), 0), count(*) FILTER (WHERE billed AND depth > 0) FROM down
+    """
+)
+
+_ROLLED_UP = text(
+    """
+    WITH RECURSIVE down(payer, tenant_id, external_id, depth) AS (
+        SELECT id, tenant_id, external_id, 0 FROM customers WHERE id = ANY(:ids)
+        UNION ALL
+        SELECT down.payer, c.tenant_id, c.external_id, down.depth + 1
+        FROM down JOIN customers c
+          ON c.tenant_id = down.tenant_id AND c.parent = down.external_id
+         AND c.invoice_to = 'parent'
+        WHERE down.depth < :depth
+    )
+    SELECT payer, external_id FROM down WHERE depth > 0 ORDER BY payer, external_id
+    """
+)
+
+
+class HierarchyRepository:
+    """Reads of a tenant's customer tree; every query takes the tenant (or customer ids the
+    caller holds)."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def lock(self, tenant_id: str) -> None:
+        """Serialise changes to one tenant's tree until the transaction ends (two commands
+        on two partitions could otherwise close a cycle between them)."""
+        await self.session.execute(
+            select(func.pg_advisory_xact_lock(func.hashtextextended(f"customers:{tenant_id}", 0)))
+        )
+
+    async def ancestors(self, tenant_id: str, external_id: str, depth: int) -> list[str]:
+        """The external ids above ``external_id``, its parent first, at most ``depth``."""
+        rows = await self.session.execute(
+            _ANCESTORS, {"tenant": tenant_id, "start": external_id, "depth": depth}
+        )
+        return [r[0] for r in rows]
+
+    async def subtree(
+        self, tenant_id: str, external_id: str, *, depth: int, limit: int, rolled_up: bool = False
+    ) -> list[tuple[str, int]]:
+        """The customers below ``external_id`` (not itself) with their depth (children: 1),
+        by depth then external id; ``rolled_up``: only those billed on its invoices."""
+        rows = await self.session.execute(
+            _SUBTREE,
+            {
+                "tenant": tenant_id,
+                "root": external_id,
+                "depth": depth,
+                "limit": limit,
+                "rolled_up": rolled_up,
+            },
+        )
+        return [(r[0], r[1]) for r in rows]
+
+    async def shape(self, tenant_id: str, external_id: str, depth: int) -> tuple[int, int]:
+        """The levels below ``external_id`` (0: none) and how many customers below it are
+        billed on its invoices (``invoice_to = 'parent'`` all the way up to it)."""
+        row = (
+            await self.session.execute(
+                _SHAPE, {"tenant": tenant_id, "root": external_id, "depth": depth}
+            )
+        ).one()
+        return int(row[0]), int(row[1])
+
+    async def rolled_up(self, customer_ids: Iterable[str], depth: int) -> dict[str, list[str]]:
+        """For each customer id: the external ids of the customers whose usage its invoices
+        bill (``invoice_to = 'parent'``, transitively), sorted; absent when none."""
+        ids = sorted(set(customer_ids))
+        out: dict[str, list[str]] = {}
+        if not ids:
+            return out
+        for payer, external_id in await self.session.execute(
+            _ROLLED_UP, {"ids": ids, "depth": depth}
+        ):
+            out.setdefault(payer, []).append(external_id)
+        return out
+
+    async def customers(self, tenant_id: str, external_ids: Iterable[str]) -> dict[str, Customer]:
+        """Customers of ``tenant_id`` by external id."""
+        rows = await self.session.scalars(
+            select(Customer).where(
+                Customer.tenant_id == tenant_id, Customer.external_id.in_(set(external_ids))
+            )
+        )
+        return {c.external_id: c for c in rows}
