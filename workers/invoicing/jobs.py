@@ -11,7 +11,7 @@ quarantined and the others are billed (bulkheads, ADR 0044).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -37,8 +37,18 @@ from storage.invoicing import (
     Plan,
     Subscription,
 )
+from storage.invoicing.hierarchy import HierarchyRepository
 from storage.invoicing.late_usage import LateUsageRepository
-from workers.invoicing import finalizing, late_usage, lifecycle, service, taxing, trials, views
+from workers.invoicing import (
+    finalizing,
+    hierarchy,
+    late_usage,
+    lifecycle,
+    service,
+    taxing,
+    trials,
+    views,
+)
 from workers.invoicing.discounting import Discounts
 from workers.invoicing.late_usage import ADJUSTMENT
 from workers.invoicing.ledger import Wallet
@@ -70,6 +80,16 @@ def _emit(tx: Tx, event: CloudEvent, tenant_id: str, customer: str) -> None:
     tx.emit(event, topic=topics.EVENTS_INVOICING, key=topics.partition_key(tenant_id, customer))
 
 
+async def rolled_up(tx: Tx, customer_ids: Iterable[str]) -> dict[str, tuple[str, ...]]:
+    """For each customer id: the external ids of the customers billed in sections of its
+    subscription invoices (``invoice_to: parent``, transitively; docs/hierarchies.md), read
+    in one query; absent when none."""
+    billed = await tx.repo(HierarchyRepository).rolled_up(
+        customer_ids, depth=hierarchy.MAX_DEPTH + 1
+    )
+    return {payer: tuple(subjects) for payer, subjects in billed.items()}
+
+
 async def create_drafts(
     tx: Tx,
     drafts: Sequence[Draft],
@@ -85,6 +105,7 @@ async def create_drafts(
     settings: dict[str, InvoicingConfig] = {
         t: views.config_of(configs.get(t)) for t in {d[0] for d in drafts}
     }
+    sections = await rolled_up(tx, {d[2].id for d in drafts})
     contexts = [
         (
             tenant,
@@ -97,6 +118,7 @@ async def create_drafts(
                 proration=proration,
                 rounding=settings[tenant].rounding,
                 usage_billed=usage_billed,
+                sections=sections.get(customer.id, ()),
             ),
         )
         for tenant, _, customer, plan, start, end, proration, usage_billed in drafts
@@ -309,6 +331,9 @@ class Billing:
         dropped = [d.id for d in drafts if d.kind == ADJUSTMENT and not late[d.id]]
         await repo.delete_drafts(dropped)
         drafts = [d for d in drafts if d.id not in dropped]
+        # the customers billed in its sections, read again: the tree may have changed since
+        # the draft was created (its lines are recomputed, as its usage is)
+        sections = await rolled_up(tx, {d.customer_id for d in drafts if d.kind != ADJUSTMENT})
         contexts = [
             (
                 d.tenant_id,
@@ -321,6 +346,7 @@ class Billing:
                     proration=d.proration,
                     rounding=d.rounding,
                     usage_billed=d.usage_billed,
+                    sections=sections.get(d.customer_id, ()),
                 ),
             )
             for d in drafts

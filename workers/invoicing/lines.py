@@ -72,17 +72,22 @@ class InvoiceMaker:
     async def lines(
         self, contexts: Sequence[tuple[str, service.InvoiceContext]]
     ) -> list[list[service.Line]]:
-        """The plan lines of each (tenant, context), usage read in one go."""
+        """The plan lines of each (tenant, context), usage read in one go: the payer's and,
+        for a consolidated invoice, that of every customer of its sections
+        (``ctx.sections``, docs/hierarchies.md)."""
         wanted: list[tuple[str, str, str, datetime, datetime]] = []
         for tenant, ctx in contexts:
             start, end = service.usage_window(ctx.period_start, ctx.period_end)
-            for price in service.metered_prices(ctx.plan):
-                wanted.append((tenant, price.meter, ctx.subject, start, end))
+            for subject in (ctx.subject, *ctx.sections):
+                for price in service.metered_prices(ctx.plan):
+                    wanted.append((tenant, price.meter, subject, start, end))
         values = iter(await self._values(wanted))
         out: list[list[service.Line]] = []
         for _, ctx in contexts:
-            usage = {p.meter: next(values) for p in service.metered_prices(ctx.plan)}
-            out.append(service.invoice_lines(ctx, usage))
+            metered = service.metered_prices(ctx.plan)
+            usage = {p.meter: next(values) for p in metered}
+            section_usage = {(s, p.meter): next(values) for s in ctx.sections for p in metered}
+            out.append(service.invoice_lines(ctx, usage, section_usage))
         return out
 
     async def adjustments(
@@ -97,10 +102,12 @@ class InvoiceMaker:
         known = {p.id: p for p in plans.values()}
         missing = {of_subscription(inv)[1] for inv, _ in history} - set(known)
         known |= await repo.plans(missing)
-        billed: dict[tuple[str, str, str, datetime], service.Billed] = {}
+        # keyed by subject too: a section's customer (docs/hierarchies.md) has its own usage
+        # of each period, adjusted in its own section; a flat customer has one subject
+        billed: dict[tuple[str, str, str, datetime, str | None], service.Billed] = {}
         for inv, ln in history:
             sub_id, plan_id = of_subscription(inv)
-            key = (inv.tenant_id, sub_id, ln.price_key, ln.period_start)
+            key = (inv.tenant_id, sub_id, ln.price_key, ln.period_start, ln.subject)
             if key not in billed:
                 spec = self.plans.spec(known[plan_id])
                 price = next((p for p in spec.prices if p.key == ln.price_key), None)
