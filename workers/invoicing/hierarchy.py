@@ -62,9 +62,9 @@ def check(spec: CustomerSpec, p: Placement) -> None:
     if any(n.external_id == spec.external_id for n in chain):
         path = " → ".join([spec.external_id, *(n.external_id for n in chain)])
         raise Conflict(f"the parent would make a cycle: {path}", field="parent")
-    if len(chain) + 1 + p.subtree_height > MAX_DEPTH:
+    if len(chain) + p.subtree_height > MAX_DEPTH:  # its level is len(chain), the root's 0
         raise Conflict(
-            f"the tree would be {len(chain) + 1 + p.subtree_height} levels deep below its "
+            f"the tree would be {len(chain) + p.subtree_height} levels deep below its "
             f"root; at most {MAX_DEPTH}",
             field="parent",
         )
