@@ -6,8 +6,9 @@ trees; the bound keeps a walk finite whatever the rows say)."""
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import NamedTuple
 
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select, text, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage.invoicing.models import Customer
@@ -66,6 +67,37 @@ _ROLLED_UP = text(
     SELECT payer, external_id FROM down WHERE depth > 0 ORDER BY payer, external_id
     """
 )
+
+_DESCENDANTS = text(
+    """
+    WITH RECURSIVE down(external_id, depth) AS (
+        SELECT CAST(:root AS varchar), 0
+        UNION ALL
+        SELECT c.external_id, down.depth + 1
+        FROM down JOIN customers c ON c.tenant_id = :tenant AND c.parent = down.external_id
+        WHERE down.depth < :depth
+    )
+    SELECT c.external_id, c.name, c.parent, c.invoice_to, c.currency, d.depth
+    FROM down d JOIN customers c ON c.tenant_id = :tenant AND c.external_id = d.external_id
+    WHERE d.depth > 0
+      AND (CAST(:after AS varchar) IS NULL OR (d.depth, d.external_id) > (
+            SELECT a.depth, a.external_id FROM down a
+            WHERE a.external_id = :after AND a.depth > 0))
+    ORDER BY d.depth, d.external_id
+    LIMIT :limit
+    """
+)
+
+
+class Descendant(NamedTuple):
+    """A customer below another, ``depth`` levels down (its children: 1)."""
+
+    external_id: str
+    name: str
+    parent: str | None
+    invoice_to: str
+    currency: str
+    depth: int
 
 
 class HierarchyRepository:
@@ -137,3 +169,32 @@ class HierarchyRepository:
             )
         )
         return {c.external_id: c for c in rows}
+
+    async def descendants(
+        self, tenant_id: str, external_id: str, *, depth: int, limit: int, after: str | None
+    ) -> list[Descendant]:
+        """The customers below ``external_id`` (not itself), by depth then external id, after
+        the customer ``after`` of that order (none when ``after`` is not below it)."""
+        rows = await self.session.execute(
+            _DESCENDANTS,
+            {
+                "tenant": tenant_id,
+                "root": external_id,
+                "depth": depth,
+                "limit": limit,
+                "after": after,
+            },
+        )
+        return [Descendant(*r) for r in rows]
+
+    async def names(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], str]:
+        """Customers' names by (tenant id, external id), of every tenant asked, in one query."""
+        wanted = sorted(set(keys))
+        if not wanted:
+            return {}
+        rows = await self.session.execute(
+            select(Customer.tenant_id, Customer.external_id, Customer.name).where(
+                tuple_(Customer.tenant_id, Customer.external_id).in_(wanted)
+            )
+        )
+        return {(t, e): n for t, e, n in rows}

@@ -26,6 +26,7 @@ from workers.documents.money import (
     format_quantity,
 )
 from workers.documents.render import RenderError, render_invoice_pdf
+from workers.documents.sections import Section, section_customers, section_of, sections
 from workers.documents.service import pdf_url, signing_keys
 from workers.documents.views import branding, etag, hosted_link, hosted_url, pdf_filename
 
@@ -38,6 +39,7 @@ __all__ = [
     "Purpose",
     "RenderError",
     "SecretsKeyMissing",
+    "Section",
     "branding",
     "etag",
     "format_date",
@@ -56,6 +58,9 @@ __all__ = [
     "pdf_filename",
     "pdf_url",
     "render_invoice_pdf",
+    "section_customers",
+    "section_of",
+    "sections",
     "sign",
     "signing_keys",
     "verify",

@@ -23,10 +23,12 @@ from schemas.documents import Branding, ConfigureBranding
 from schemas.envelope import WIRE, AnyEvent, CloudEvent
 from schemas.invoicing import InvoiceFinalized
 from storage.documents import DocumentRepository, NewDocument
+from storage.invoicing.hierarchy import HierarchyRepository
 from workers.documents import service
 from workers.documents.commands import COMMANDS
 from workers.documents.links import link_url
 from workers.documents.render import render_invoice_pdf
+from workers.documents.sections import section_customers
 from workers.runtime import Batch, Message, Runtime, Tx
 from workers.runtime.errors import describe
 
@@ -45,10 +47,10 @@ def decode_command(raw: bytes) -> ConfigureBranding:
     return ConfigureBranding.model_validate_json(raw, context=WIRE)
 
 
-async def _render(job: service.Job, hosted_url: str) -> bytes:
-    """The invoice's PDF, rendered in a thread. A logo the renderer cannot decode (its header
-    is a PNG's or JPEG's, the rest is not) is left off rather than failing every invoice of
-    the tenant until its branding is fixed."""
+async def _render(job: service.Job, hosted_url: str, names: dict[str, str]) -> bytes:
+    """The invoice's PDF, rendered in a thread (``names``: of its sections' customers). A
+    logo the renderer cannot decode (its header is a PNG's or JPEG's, the rest is not) is
+    left off rather than failing every invoice of the tenant until its branding is fixed."""
 
     def render(branding: Branding) -> bytes:
         return render_invoice_pdf(
@@ -57,6 +59,7 @@ async def _render(job: service.Job, hosted_url: str) -> bytes:
             locale=job.locale,
             hosted_url=hosted_url,
             rendered_at=job.rendered_at,
+            names=names,
         )
 
     try:
@@ -90,6 +93,10 @@ def register(runtime: Runtime, base_url: str, keys: list[bytes]) -> None:
             tenants = {t for t, _ in finalized}
             names = await repo.tenant_names(tenants)
             brandings = await repo.brandings(tenants)
+            # the names of consolidated invoices' sections (docs/hierarchies.md), one query
+            customer_names = await HierarchyRepository(session).names(
+                (t, c) for (t, _), m in finalized.items() for c in section_customers(m.event.data)
+            )
         documents: list[tuple[NewDocument, service.Job, Message[InvoiceFinalized], str]] = []
         for key, m in finalized.items():
             if key in done:
@@ -107,7 +114,8 @@ def register(runtime: Runtime, base_url: str, keys: list[bytes]) -> None:
             job = service.job(m.event, branding)
             url = link_url(base_url, keys, job.link)
             try:
-                pdf = await _render(job, url)
+                sections = {e: n for (t, e), n in customer_names.items() if t == tenant}
+                pdf = await _render(job, url, sections)
             except Exception as e:  # its data cannot be rendered: this invoice only
                 log.error(
                     "invoice not rendered",

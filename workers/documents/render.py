@@ -19,6 +19,7 @@ import functools
 import io
 import json
 import threading
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
 from importlib import resources
@@ -40,6 +41,7 @@ from workers.documents.money import (
     format_price,
     format_quantity,
 )
+from workers.documents.sections import sections
 
 _TAX_ID_NAMES = {"id_npwp": "NPWP", "eu_vat": "VAT", "gb_vat": "VAT"}
 _TAG_KINDS = {"discount": "kind_discount", "credit": "kind_credit"}
@@ -247,6 +249,31 @@ def _totals(invoice: InvoiceData, locale: Locale) -> list[dict[str, Any]]:
     return rows
 
 
+def _groups(invoice: InvoiceData, locale: Locale, names: Mapping[str, str]) -> list[dict[str, Any]]:
+    """The lines as printed: one group with no title, or for a consolidated invoice
+    (docs/hierarchies.md) a group per section — "name · external id" and its subtotal over
+    its lines — then the lines of the invoice as a whole (credits), untitled. Each line keeps
+    its position, which discount lines name."""
+    lines = [_line(ln, i + 1, invoice, locale) for i, ln in enumerate(invoice.lines)]
+    parts = sections(invoice, names)
+    if not parts:
+        return [{"title": "", "subtotal": "", "lines": lines}]
+    groups = [
+        {
+            "title": s.name if s.name == s.customer else f"{s.name} · {s.customer}",
+            "subtotal": f"{label('subtotal', locale)} "
+            f"{format_money(s.subtotal, invoice.currency, locale)}",
+            "lines": [lines[i] for i in s.lines],
+        }
+        for s in parts
+    ]
+    placed = {i for s in parts for i in s.lines}
+    rest = [ln for i, ln in enumerate(lines) if i not in placed]
+    if rest:
+        groups.append({"title": "", "subtotal": "", "lines": rest})
+    return groups
+
+
 def invoice_view(
     invoice: InvoiceData,
     branding: Branding,
@@ -254,8 +281,13 @@ def invoice_view(
     locale: Locale,
     hosted_url: str,
     rendered_at: datetime,
+    names: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Everything the template prints, formatted: strings, lists and flags only (no logo)."""
+    """Everything the template prints, formatted: strings, lists and flags only (no logo).
+    ``names``: the names of the customers of a consolidated invoice's sections, by external
+    id (the payer's defaults to the buyer's)."""
+    payer = invoice.buyer.name if invoice.buyer is not None else invoice.customer
+    names = {invoice.customer: payer, **(names or {})}
     cur = invoice.currency
     issued = _utc(rendered_at)
     state = payment_state(invoice, issued)
@@ -290,7 +322,7 @@ def invoice_view(
         "meta": meta,
         "buyer": _buyer(invoice, locale),
         "customer_id": f"{label('customer_id', locale)}: {invoice.customer}",
-        "lines": [_line(ln, i + 1, invoice, locale) for i, ln in enumerate(invoice.lines)],
+        "groups": _groups(invoice, locale, names),
         "totals": _totals(invoice, locale),
         "amount_due": format_money(invoice.amount_due, cur, locale),
         "due_line": due_line,
@@ -315,13 +347,20 @@ def render_invoice_pdf(
     locale: Locale,
     hosted_url: str,
     rendered_at: datetime,
+    names: Mapping[str, str] | None = None,
 ) -> bytes:
     """The invoice as a PDF (A4) in ``locale``, in ``branding``, linking to ``hosted_url`` (as
-    text and a QR code), dated ``rendered_at`` (its issue date and the PDF's date). Pure:
-    the same inputs give the same bytes. Synchronous and CPU-bound: off the event loop,
-    call it through ``asyncio.to_thread``."""
+    text and a QR code), dated ``rendered_at`` (its issue date and the PDF's date); a
+    consolidated invoice's lines under a header per customer, named by ``names`` (external
+    id → name). Pure: the same inputs give the same bytes. Synchronous and CPU-bound: off the
+    event loop, call it through ``asyncio.to_thread``."""
     view = invoice_view(
-        invoice, branding, locale=locale, hosted_url=hosted_url, rendered_at=rendered_at
+        invoice,
+        branding,
+        locale=locale,
+        hosted_url=hosted_url,
+        rendered_at=rendered_at,
+        names=names,
     )
     logo_format, logo = _logo(branding.logo) if branding.logo else ("", "[]")
     view["logo_format"] = logo_format
