@@ -333,10 +333,15 @@ class InvoicingRepository:
         subscription_id: str | None,
         status: str | None,
         limit: int,
+        customer_ids: Sequence[str] | None = None,
     ) -> list[Invoice]:
+        """The tenant's invoices, latest period first; ``customer_ids``: of any of these
+        customers (a subtree's)."""
         q = select(Invoice).where(Invoice.tenant_id == tenant_id)
         if customer_id:
             q = q.where(Invoice.customer_id == customer_id)
+        if customer_ids is not None:
+            q = q.where(Invoice.customer_id.in_(customer_ids))
         if subscription_id:
             q = q.where(Invoice.subscription_id == subscription_id)
         if status:

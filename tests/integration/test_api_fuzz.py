@@ -64,6 +64,10 @@ UNSAYABLE: dict[str, str] = {
     "POST /v1/partners/{partner_id}/statements": r"period",
     # a ledger's window: from before to (a rule across two parameters)
     "GET /v1/partners/{partner_id}/commissions": r"to",
+    # a subtree's usage: subtree=true with exactly one subject (a rule across two parameters)
+    "GET /v1/meters/{key}/usage": r"subject|subtree",
+    # a subtree's invoices: subtree=true with a customer (a rule across two parameters)
+    "GET /v1/invoices": r"customer|subtree",
 }
 
 #: The same, in any operation, by the reason the 422 gives for the field.

@@ -34,11 +34,12 @@ from schemas.invoicing import (
 from schemas.pricing import PlanSpec
 from schemas.topics import partition_key
 from storage.invoicing import InvoicingRepository
-from workers import invoicing
+from storage.invoicing.hierarchy import HierarchyRepository
+from workers import documents, invoicing
 from workers.ingress.deps import State, Tenant, Unit
 from workers.ingress.fields import Instant, Text
-from workers.ingress.problems import not_found
-from workers.ingress.routes import CommandAccepted, send_command
+from workers.ingress.problems import invalid, not_found
+from workers.ingress.routes import MAX_SUBTREE, CommandAccepted, send_command, subtree_of
 from workers.runtime import Tx
 
 if TYPE_CHECKING:
@@ -104,6 +105,41 @@ async def _customer(tx: Tx, tenant_id: str, external_id: str) -> Customer:
 @router.get("/customers/{external_id}", response_model=CustomerView, summary="One customer")
 async def get_customer(external_id: str, tx: Unit, tenant_id: Tenant) -> CustomerView:
     return _customer_view(await _customer(tx, tenant_id, external_id))
+
+
+# --- hierarchies (docs/hierarchies.md) ---------------------------------------------------
+
+
+class DescendantView(BaseModel):
+    external_id: str
+    name: str
+    parent: str | None = Field(description="Its parent's external_id")
+    invoice_to: Literal["self", "parent"]
+    currency: str
+    depth: int = Field(description="Levels below the customer asked about: its children are 1")
+
+
+@router.get(
+    "/customers/{external_id}/descendants",
+    response_model=list[DescendantView],
+    summary="The customers below a customer",
+)
+async def list_descendants(
+    external_id: str,
+    tx: Unit,
+    tenant_id: Tenant,
+    limit: int = Query(100, ge=1, le=1000),
+    after: str | None = Query(
+        None, description="external_id of the last customer of the previous page"
+    ),
+) -> list[DescendantView]:
+    """Every customer below it (children, their children, …; not itself), whatever their
+    ``invoice_to``: by depth, then external_id."""
+    await _customer(tx, tenant_id, external_id)
+    rows = await tx.repo(HierarchyRepository).descendants(
+        tenant_id, external_id, depth=invoicing.MAX_DEPTH, limit=limit, after=after
+    )
+    return [DescendantView.model_validate(r._asdict()) for r in rows]
 
 
 # --- plans -------------------------------------------------------------------------
@@ -201,6 +237,12 @@ class PaymentView(BaseModel):
     received_at: datetime
 
 
+class InvoiceSection(BaseModel):
+    customer: str = Field(description="The customer's external_id")
+    name: str
+    subtotal: int = Field(description="Its charge lines (not discounts or credits), minor units")
+
+
 class InvoiceView(InvoiceData):
     created_at: datetime
     finalized_at: datetime | None
@@ -208,6 +250,25 @@ class InvoiceView(InvoiceData):
     closed_at: datetime | None
     status_reason: str | None
     payments: list[PaymentView]
+    sections: list[InvoiceSection] = Field(
+        default_factory=list,
+        description="A consolidated invoice's parts (docs/hierarchies.md): the customer "
+        "invoiced first, then each customer whose usage it bills, in the order of their lines "
+        "(the lines' subject); the subtotals add up to subtotal. Empty when every line is the "
+        "invoice's own customer's",
+    )
+
+
+async def _sections(tx: Tx, tenant_id: str, data: InvoiceData) -> list[InvoiceSection]:
+    customers = documents.section_customers(data)
+    if not customers:
+        return []
+    rows = await tx.repo(HierarchyRepository).customers(tenant_id, customers)
+    names = {e: c.name for e, c in rows.items()}
+    return [
+        InvoiceSection(customer=s.customer, name=s.name, subtotal=s.subtotal)
+        for s in documents.sections(data, names)
+    ]
 
 
 async def _invoice_view(tx: Tx, invoice: Invoice, *, payments: bool) -> InvoiceView:
@@ -218,6 +279,7 @@ async def _invoice_view(tx: Tx, invoice: Invoice, *, payments: bool) -> InvoiceV
     paid = await repo.payments(invoice.tenant_id, invoice.id) if payments else []
     return InvoiceView(
         **dict(data),
+        sections=await _sections(tx, invoice.tenant_id, data),
         created_at=invoice.created_at,
         finalized_at=invoice.finalized_at,
         paid_at=invoice.paid_at,
@@ -232,17 +294,37 @@ async def list_invoices(
     tx: Unit,
     tenant_id: Tenant,
     customer: str | None = Query(None, description="A customer's external_id"),
+    subtree: bool = Query(
+        False,
+        description="With customer: the invoices of the customer and of every customer below "
+        f"it (at most {MAX_SUBTREE:,} customers)",
+    ),
     subscription_id: str | None = None,
     status: InvoiceStatus | None = None,
     limit: int = Query(100, ge=1, le=1000),
 ) -> list[InvoiceView]:
-    customer_id = (await _customer(tx, tenant_id, customer)).id if customer else None
+    """Latest period first."""
+    customer_id: str | None = None
+    customer_ids: list[str] | None = None
+    if subtree:
+        if not customer:
+            raise invalid(
+                "subtree needs a customer",
+                [{"field": "customer", "reason": "required with subtree=true"}],
+            )
+        members = await tx.repo(HierarchyRepository).customers(
+            tenant_id, await subtree_of(tx, tenant_id, customer, "subtree")
+        )
+        customer_ids = sorted(c.id for c in members.values())
+    elif customer:
+        customer_id = (await _customer(tx, tenant_id, customer)).id
     rows = await tx.repo(InvoicingRepository).list_invoices(
         tenant_id,
         customer_id=customer_id,
         subscription_id=subscription_id,
         status=status,
         limit=limit,
+        customer_ids=customer_ids,
     )
     return [await _invoice_view(tx, i, payments=False) for i in rows]
 

@@ -14,7 +14,10 @@ from schemas.envelope import CloudEvent
 from schemas.metering import CreateMeter, MeterSpec
 from schemas.usage import UsageEvent, UsageEventIn
 from storage.commands import CommandRepository
+from storage.invoicing import InvoicingRepository
+from storage.invoicing.hierarchy import HierarchyRepository
 from storage.metering import MeterRepository, UsageRepository
+from workers import invoicing
 from workers.ingress.deps import (
     State,
     Tenant,
@@ -31,6 +34,8 @@ from workers.runtime.ratelimit import retry_after
 from workers.runtime.tx import Tx
 
 router = APIRouter(prefix="/v1")
+
+MAX_SUBTREE = 5_000  # customers a subtree query reads at most (bounded work per request)
 
 INGRESS_SOURCE = "billstream/ingress"
 BATCH_MEDIA_TYPE = "application/cloudevents-batch+json"
@@ -303,6 +308,23 @@ async def get_meter(key: str, tx: Unit, tenant_id: Tenant) -> MeterView:
     return _view(await _meter(tx, tenant_id, key))
 
 
+async def subtree_of(tx: Tx, tenant_id: str, external_id: str, field: str) -> list[str]:
+    """``external_id`` and the external ids of every customer below it (docs/hierarchies.md);
+    404 for an unknown customer, 422 naming ``field`` past ``MAX_SUBTREE`` customers."""
+    if await tx.repo(InvoicingRepository).customer(tenant_id, external_id) is None:
+        raise not_found("customer", external_id)
+    below = await tx.repo(HierarchyRepository).subtree(
+        tenant_id, external_id, depth=invoicing.MAX_DEPTH, limit=MAX_SUBTREE
+    )
+    if len(below) + 1 > MAX_SUBTREE:
+        raise invalid(
+            f"the subtree of {external_id!r} has more than {MAX_SUBTREE:,} customers; query "
+            "smaller subtrees",
+            [{"field": field, "reason": f"at most {MAX_SUBTREE:,} customers in a subtree"}],
+        )
+    return [external_id, *(e for e, _ in below)]
+
+
 def _hour_aligned(name: str, t: datetime | None) -> None:
     utc = t.astimezone(UTC) if t is not None else None
     if utc is not None and (utc.minute or utc.second or utc.microsecond):
@@ -328,9 +350,26 @@ async def query_usage(
     to: Annotated[Instant | None, Query(description="Exclusive, whole hour.")] = None,
     window_size: Annotated[Literal["hour", "day", "none"], Query()] = "none",
     group_by: Annotated[list[str] | None, Query(description="Group names, or 'subject'.")] = None,
+    subtree: Annotated[
+        bool,
+        Query(
+            description="With exactly one subject (a customer): the usage of that customer "
+            "and of every customer below it, aggregated together (docs/hierarchies.md); "
+            f"at most {MAX_SUBTREE:,} customers. With group_by=subject: one row per customer "
+            "that has usage."
+        ),
+    ] = False,
 ) -> Response:
     """Exact values over [from, to) (UTC windows). Values are JSON numbers written exactly."""
     meter = await _meter(tx, tenant_id, key)
+    if subtree and len(subject or []) != 1:
+        raise invalid(
+            "subtree=true needs exactly one subject: the customer at the top of the subtree",
+            [
+                {"field": "subject", "reason": "exactly one with subtree=true"},
+                {"field": "subtree", "reason": "needs exactly one subject"},
+            ],
+        )
     _hour_aligned("from", from_)
     _hour_aligned("to", to)
     if from_ is not None and to is not None and from_ >= to:
@@ -346,9 +385,13 @@ async def query_usage(
             f"unknown group(s) {unknown}; this meter groups by: {allowed}",
             [{"field": "group_by", "reason": f"unknown group {g!r}"} for g in unknown],
         )
+    subjects = subject or []
+    if subtree:
+        subjects = await subtree_of(tx, tenant_id, subjects[0], "subject")
     rows = await tx.repo(UsageRepository).query(
-        meter, start=from_, end=to, subjects=subject or [], window=window_size, group_by=groups
+        meter, start=from_, end=to, subjects=subjects, window=window_size, group_by=groups
     )
+    root = subjects[0] if subtree and "subject" not in groups else None
     payload = {
         "meter": meter.key,
         "aggregation": meter.aggregation,
@@ -359,7 +402,7 @@ async def query_usage(
             {
                 "window_start": r.window_start.isoformat() if r.window_start else None,
                 "window_end": r.window_end.isoformat() if r.window_end else None,
-                "subject": r.subject,
+                "subject": root or r.subject,
                 "group_by": r.groups,
                 "value": r.value,
             }

@@ -6,6 +6,7 @@ of its rows the ingress answers with, and the spend of current periods alerts re
 from workers.invoicing.credit_note_views import find_credit_notes
 from workers.invoicing.credit_views import CreditBalance, credit_balances
 from workers.invoicing.discounts import coupon_data, discount_data
+from workers.invoicing.hierarchy import MAX_DEPTH
 from workers.invoicing.receipt_views import (
     attested_credit_notes,
     attested_invoices,
@@ -24,6 +25,7 @@ from workers.invoicing.views import (
 )
 
 __all__ = [
+    "MAX_DEPTH",
     "CreditBalance",
     "DraftPeriod",
     "TaxReportEncoder",
