@@ -54,6 +54,7 @@ from storage.invoicing import (
 from storage.invoicing.credit_notes import CreditNoteRepository
 from storage.invoicing.credits import CreditRepository
 from storage.invoicing.discounts import DiscountRepository
+from storage.invoicing.hierarchy import HierarchyRepository
 from storage.invoicing.taxes import TaxRateRepository
 from storage.metering import MeterRepository, UsageRepository
 from workers.invoicing import handlers, jobs
@@ -362,6 +363,14 @@ class NoTaxRates:
         assert not set(ids), "no named rate exists, none can be used"
 
 
+class NoHierarchy:
+    """The hierarchy repository of flat customers: none is billed on another's invoices
+    (tests/integration/test_hierarchies_billing.py covers consolidated invoices)."""
+
+    async def rolled_up(self, customer_ids: Iterable[str], depth: int) -> dict[str, list[str]]:
+        return {}
+
+
 def unit(repo: FakeInvoicing, usage: FakeUsage | None = None) -> MemoryTx:
     return MemoryTx(
         {
@@ -369,6 +378,7 @@ def unit(repo: FakeInvoicing, usage: FakeUsage | None = None) -> MemoryTx:
             DiscountRepository: NoDiscounts(),
             CreditRepository: NoCredits(),
             CreditNoteRepository: NoCreditNotes(),
+            HierarchyRepository: NoHierarchy(),
             InvoicingRepository: repo,
             MeterRepository: FakeMeters("calls"),
             UsageRepository: usage or FakeUsage(),
