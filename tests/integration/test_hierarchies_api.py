@@ -15,19 +15,26 @@ The tree (USD), a parking operator and its garages:
 
 from __future__ import annotations
 
+import html
+import io
+import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
+from pypdf import PdfReader
 from sqlalchemy import text
 
 from tests.conftest import make_tenant
 from tests.integration.http import Client
+from tests.integration.receipts_support import with_secrets
 from tests.integration.support import Sessions
 from tests.integration.test_invoicing import Stack, stack, usage_event
 from workers.devstack import wait_for
+from workers.documents.app import build as build_documents
 from workers.invoicing.app import build as build_invoicing
 from workers.metering.app import build as build_metering
 from workers.settings import Settings
@@ -75,8 +82,8 @@ OCTOBER_HOURS = {"parkco": (15, 25), "garage-a": (120, 180), "garage-b": (100, 5
 
 @pytest.fixture
 async def parking(settings: Settings, tenant: Any) -> AsyncIterator[Stack]:
-    s = settings.model_copy(update={"invoicing_tick_s": 0.1})
-    async with stack(s, tenant, build_metering(s), build_invoicing(s)) as st:
+    s = with_secrets(settings.model_copy(update={"invoicing_tick_s": 0.1}))
+    async with stack(s, tenant, build_metering(s), build_invoicing(s), build_documents(s)) as st:
         await st.api.ok("POST", "/v1/meters", HOURS)
         await st.api.ok("POST", "/v1/plans", GARAGE)
         for body in TREE:
@@ -236,6 +243,23 @@ async def test_the_invoices_of_a_subtree_and_a_consolidated_invoices_sections(
         {"customer": "level-b2", "name": "Level-B2", "subtotal": 0},
     ]
     assert sum(s["subtotal"] for s in parkco["sections"]) == parkco["subtotal"]
+    # its PDF and its hosted page: a header per customer (name · external id, subtotal)
+    pdf = await rendered_pdf(api, parkco["invoice_id"])
+    for header in ("Parkco · parkco", "Garage-A · garage-a", "Garage-B · garage-b",
+                   "Level-B2 · level-b2", "Subtotal $200.00", "Subtotal $100.00",
+                   "Subtotal $25.00", "$325.00"):  # fmt: skip
+        assert header in pdf, header
+    assert pdf.index("· garage-a") < pdf.index("· garage-b") < pdf.index("· level-b2")
+    r = await api.send("POST", f"/v1/invoices/{parkco['invoice_id']}/hosted-link", {})
+    assert r.status_code == 201, r.text
+    page = await st.http.get(urlsplit(r.json()["url"]).path)
+    assert page.status_code == 200, page.text
+    sections = re.findall(r'data-section="([^"]+)"', page.text)
+    assert sections == ["parkco", "garage-a", "garage-b", "level-b2"]
+    words = " ".join(html.unescape(re.sub(r"<[^>]+>", " ", page.text)).split())
+    for shown in ("Garage-A garage-a $100.00", "Garage-B garage-b $25.00", "$325.00"):
+        assert shown in words, shown
+
     # garage-c, invoiced to itself: 200 + (500 - 100) x 0.50 = 400.00, no sections
     [garage_c] = await st.invoices(customer="garage-c")
     assert (garage_c["total"], garage_c["sections"]) == (400_00, [])
@@ -257,6 +281,19 @@ async def test_the_invoices_of_a_subtree_and_a_consolidated_invoices_sections(
     assert status == 422 and "customer" in fields(body)
     status, body = await problem(api, "/v1/invoices", customer="nobody", subtree="true")
     assert status == 404
+
+
+async def rendered_pdf(api: Client, invoice_id: str) -> str:
+    """The invoice's PDF once rendered, as text (no-break spaces as spaces)."""
+
+    async def ready() -> bytes | None:
+        r = await api.http.get(f"/v1/invoices/{invoice_id}/pdf", headers=api.auth)
+        assert r.status_code in (200, 503), r.text
+        return r.content if r.status_code == 200 else None
+
+    content: bytes = await wait_for(ready, timeout_s=30)
+    pages = PdfReader(io.BytesIO(content)).pages
+    return "\n".join(p.extract_text() for p in pages).replace("\u00a0", " ")
 
 
 async def test_a_subtree_over_5000_customers_is_refused(parking: Stack, sessions: Sessions) -> None:

@@ -22,6 +22,7 @@ from schemas.payments import (
 from schemas.topics import partition_key
 from storage.documents import DocumentRepository
 from storage.invoicing import InvoicingRepository
+from storage.invoicing.hierarchy import HierarchyRepository
 from storage.payments import PaymentsRepository
 from workers import documents, invoicing
 from workers.ingress import page_text
@@ -115,6 +116,33 @@ def _line_rows(data: Any, f: Formats, t: Mapping[str, str]) -> list[dict[str, An
     return out
 
 
+async def _groups(
+    tx: Tx, tenant_id: str, data: Any, rows: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The lines as shown: one untitled group, or for a consolidated invoice a group per
+    customer — its name, external id and subtotal over its lines — then the lines of the
+    invoice as a whole (docs/hierarchies.md)."""
+    customers = documents.section_customers(data)
+    if not customers:
+        return [{"title": None, "customer": None, "subtotal": None, "lines": rows}]
+    found = await tx.repo(HierarchyRepository).customers(tenant_id, customers)
+    parts = documents.sections(data, {e: c.name for e, c in found.items()})
+    groups: list[dict[str, Any]] = [
+        {
+            "title": s.name,
+            "customer": s.customer,
+            "subtotal": s.subtotal,
+            "lines": [rows[i] for i in s.lines],
+        }
+        for s in parts
+    ]
+    placed = {i for s in parts for i in s.lines}
+    rest = [r for i, r in enumerate(rows) if i not in placed]
+    if rest:
+        groups.append({"title": None, "customer": None, "subtotal": None, "lines": rest})
+    return groups
+
+
 def _percent(value: Any, locale: Locale) -> str:
     return documents.format_percent(Decimal(value), locale)
 
@@ -167,7 +195,7 @@ async def hosted_invoice(token: Token, request: Request, st: State, tx: Unit) ->
         "money": f.money,
         "date": f.date,
         "period": f.period,
-        "lines": _line_rows(data, f, t),
+        "groups": await _groups(tx, h.link.tenant_id, data, _line_rows(data, f, t)),
         "taxes": _taxes(data, f, t),
         "pdf_url": f"/hosted/invoices/{token}/pdf" if document is not None else None,
         "form": form,
