@@ -253,3 +253,33 @@ async def test_late_usage_of_a_child_is_an_adjustment_line_in_its_section(billin
     assert (november["subtotal"], november["tax"], november["total"]) == (108_00, 10_80, 118_80)
     [oct_again] = [i for i in invoices if i["period_start"].startswith("2031-10")]
     assert (oct_again["invoice_id"], oct_again["total"]) == (october["invoice_id"], 162_25)
+
+
+async def test_the_sections_are_read_again_when_the_draft_is_finalized(billing: Stack) -> None:
+    st = billing
+    # drafts wait 24 h before they finalize
+    await st.api.ok("PUT", "/v1/invoicing/config", {"grace_period_hours": 24})
+    await st.api.ok("POST", "/v1/customers", child("agency-a"))
+    await st.api.ok("POST", "/v1/customers", {"external_id": "agency-b", "name": "agency-b",
+                                              "currency": "USD"})  # fmt: skip
+    await st.send_usage([
+        usage_event("a1", "agency-a", OCT + HOUR, "llm", tokens=300),
+        usage_event("b1", "agency-b", OCT + HOUR, "llm", tokens=500),
+    ])  # fmt: skip
+    await st.wait_usage("tokens", "agency-a", OCT, NOV, Decimal(300))
+    await st.wait_usage("tokens", "agency-b", OCT, NOV, Decimal(500))
+
+    [draft] = await billed(st, NOV + HOUR, "run-close")
+    assert draft["status"] == "draft"
+    # agency-a's section: (300 - 100) x 0.05 = 10.00; agency-b is invoiced on its own
+    assert sections(draft) == {None: 100_00, "hq": 0, "agency-a": 10_00}
+
+    # before it finalizes, agency-b is billed on hq's invoices too: its section is added
+    await st.api.ok("POST", "/v1/customers", child("agency-b"))
+    invoices = await billed(st, NOV + 25 * HOUR, "run-finalize")
+    [october] = [i for i in invoices if i["customer"] == "hq"]
+    assert (october["invoice_id"], october["status"]) == (draft["invoice_id"], "finalized")
+    # agency-b: (500 - 100) x 0.05 = 20.00
+    assert sections(october) == {None: 100_00, "hq": 0, "agency-a": 10_00, "agency-b": 20_00}
+    assert (october["subtotal"], october["tax"], october["total"]) == (130_00, 13_00, 143_00)
+    assert await st.invoices(customer="agency-b") == []
