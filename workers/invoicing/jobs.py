@@ -11,7 +11,7 @@ quarantined and the others are billed (bulkheads, ADR 0044).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -37,22 +37,19 @@ from storage.invoicing import (
     Plan,
     Subscription,
 )
-from storage.invoicing.hierarchy import HierarchyRepository
 from storage.invoicing.late_usage import LateUsageRepository
-from workers.invoicing import (
-    finalizing,
-    hierarchy,
-    late_usage,
-    lifecycle,
-    service,
-    taxing,
-    trials,
-    views,
-)
+from workers.invoicing import finalizing, late_usage, lifecycle, service, taxing, trials, views
 from workers.invoicing.discounting import Discounts
 from workers.invoicing.late_usage import ADJUSTMENT
 from workers.invoicing.ledger import Wallet
-from workers.invoicing.lines import PLANS, InvoiceMaker, Plans, line_values, of_subscription
+from workers.invoicing.lines import (
+    PLANS,
+    InvoiceMaker,
+    Plans,
+    line_values,
+    of_subscription,
+    rolled_up,
+)
 from workers.runtime import Item, Jobs, Tx
 from workers.runtime.offsets import OffsetReader
 from workers.settings import Settings
@@ -78,16 +75,6 @@ Draft = tuple[str, str, Customer, Plan, datetime, datetime, Decimal, bool]
 
 def _emit(tx: Tx, event: CloudEvent, tenant_id: str, customer: str) -> None:
     tx.emit(event, topic=topics.EVENTS_INVOICING, key=topics.partition_key(tenant_id, customer))
-
-
-async def rolled_up(tx: Tx, customer_ids: Iterable[str]) -> dict[str, tuple[str, ...]]:
-    """For each customer id: the external ids of the customers billed in sections of its
-    subscription invoices (``invoice_to: parent``, transitively; docs/hierarchies.md), read
-    in one query; absent when none."""
-    billed = await tx.repo(HierarchyRepository).rolled_up(
-        customer_ids, depth=hierarchy.MAX_DEPTH + 1
-    )
-    return {payer: tuple(subjects) for payer, subjects in billed.items()}
 
 
 async def create_drafts(

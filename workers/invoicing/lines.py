@@ -4,7 +4,7 @@ invoices is read in one go (the pricing itself is pure: ``service``, ``pricing``
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -12,9 +12,10 @@ from typing import TYPE_CHECKING, Any
 from schemas.invoicing import TierLine
 from schemas.pricing import FlatPrice, PlanSpec
 from storage.invoicing import InvoicingRepository
+from storage.invoicing.hierarchy import HierarchyRepository
 from storage.metering import MeterRepository, UsageRepository
 from workers import metering
-from workers.invoicing import service
+from workers.invoicing import hierarchy, service
 from workers.runtime import Tx
 
 if TYPE_CHECKING:
@@ -41,6 +42,30 @@ class Plans:
 
 
 PLANS = Plans()  # one per process: every job, command and read of this worker shares it
+
+
+async def rolled_up(tx: Tx, customer_ids: Iterable[str]) -> dict[str, tuple[str, ...]]:
+    """For each customer id: the external ids of the customers billed in sections of its
+    subscription invoices (``invoice_to: parent``, transitively; docs/hierarchies.md), read
+    in one query; absent when none."""
+    billed = await tx.repo(HierarchyRepository).rolled_up(
+        customer_ids, depth=hierarchy.MAX_DEPTH + 1
+    )
+    return {payer: tuple(subjects) for payer, subjects in billed.items()}
+
+
+async def rolled_up_subjects(
+    tx: Tx, subjects: Iterable[tuple[str, str]]
+) -> dict[tuple[str, str], tuple[str, ...]]:
+    """``rolled_up`` by (tenant, external id)."""
+    by_tenant: dict[str, set[str]] = {}
+    for tenant, subject in subjects:
+        by_tenant.setdefault(tenant, set()).add(subject)
+    ids: dict[str, tuple[str, str]] = {}
+    for tenant, wanted in by_tenant.items():
+        for subject, c in (await tx.repo(HierarchyRepository).customers(tenant, wanted)).items():
+            ids[c.id] = (tenant, subject)
+    return {ids[c]: billed for c, billed in (await rolled_up(tx, ids)).items()}
 
 
 class InvoiceMaker:

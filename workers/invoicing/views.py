@@ -22,7 +22,7 @@ from schemas.pricing import PlanSpec
 from storage.invoicing import INVOICE_COLUMNS, InvoicingRepository
 from workers.invoicing import service, taxes, taxing
 from workers.invoicing.errors import TaxRateNotInForce
-from workers.invoicing.lines import InvoiceMaker
+from workers.invoicing.lines import InvoiceMaker, rolled_up_subjects
 from workers.invoicing.service import usage_window
 from workers.runtime import Tx
 
@@ -169,7 +169,9 @@ async def draft_totals(tx: Tx, periods: Sequence[DraftPeriod]) -> list[int]:
 
 
 async def draft_amounts(tx: Tx, periods: Sequence[DraftPeriod]) -> list[service.Totals]:
-    """The totals of the invoice each period would get if it closed now."""
+    """The totals of the invoice each period would get if it closed now (a payer's with
+    the sections of the customers it bills, docs/hierarchies.md)."""
+    sections = await rolled_up_subjects(tx, {(p.tenant_id, p.subject) for p in periods})
     contexts = [
         (
             p.tenant_id,
@@ -181,6 +183,7 @@ async def draft_amounts(tx: Tx, periods: Sequence[DraftPeriod]) -> list[service.
                 period_end=p.end,
                 proration=Decimal(1),
                 rounding=p.rounding or service.DEFAULT_CONFIG.rounding,
+                sections=sections.get((p.tenant_id, p.subject), ()),
             ),
         )
         for p in periods
