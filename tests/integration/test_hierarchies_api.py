@@ -283,6 +283,84 @@ async def test_the_invoices_of_a_subtree_and_a_consolidated_invoices_sections(
     assert status == 404
 
 
+JPY_PLAN = {
+    "key": "lots-jp", "name": "Lots JP", "currency": "JPY", "interval": "month",
+    "prices": [
+        {"kind": "flat", "key": "base", "name": "Base", "amount": "5000"},
+        {"kind": "graduated", "key": "hours", "name": "Hours", "meter": "parking_hours",
+         "tiers": [{"up_to": "100", "unit_price": "30"}, {"up_to": None, "unit_price": "20"}]},
+    ],
+}  # fmt: skip
+BHD_PLAN = {
+    "key": "lots-bh", "name": "Lots BH", "currency": "BHD", "interval": "month",
+    "prices": [
+        {"kind": "flat", "key": "base", "name": "Base", "amount": "20.000"},
+        {"kind": "per_unit", "key": "hours", "name": "Hours", "meter": "parking_hours",
+         "unit_price": "0.125", "minimum_spend": "5.000"},
+    ],
+}  # fmt: skip
+
+
+async def test_consolidated_invoices_in_jpy_and_bhd_by_hand(parking: Stack) -> None:
+    """docs/hierarchies.md's examples in exponent 0 and 3: each section its own tiers and
+    its own minimum spend; tax once, by the payer's rate."""
+    st, api = parking, parking.api
+    for plan in (JPY_PLAN, BHD_PLAN):
+        await api.ok("POST", "/v1/plans", plan)
+    for payer, currency, plan, children in (
+        ("tokyo-hq", "JPY", "lots-jp", ("shinjuku", "ueno")),
+        ("manama-hq", "BHD", "lots-bh", ("seef", "juffair")),
+    ):
+        await api.ok("POST", "/v1/customers", customer(payer, currency=currency) | {
+            "tax_rate": "0.1"})  # fmt: skip
+        for c in children:
+            await api.ok("POST", "/v1/customers", customer(c, payer, "parent", currency))
+        sub = {"customer": payer, "plan": plan, "start": OCT.isoformat(), "id": f"s-{payer}"}
+        await api.ok("POST", "/v1/subscriptions", sub)
+    hours = {"tokyo-hq": 10, "shinjuku": 250, "ueno": 80, "seef": 123, "juffair": 10}
+    await st.send_usage([
+        usage_event(f"h-{who}", who, OCT + timedelta(days=9), "parking.session", hours=n)
+        for who, n in hours.items()
+    ])  # fmt: skip
+    for who, n in hours.items():
+        await st.wait_usage("parking_hours", who, OCT, NOV, Decimal(n))
+    await billed(st, NOV + HOUR)
+
+    def lines(inv: dict[str, Any]) -> list[tuple[str, str | None, int, bool]]:
+        return [(ln["price_key"], ln["subject"], ln["amount"], ln["minimum_applied"])
+                for ln in inv["lines"]]  # fmt: skip
+
+    [tokyo] = await st.invoices(customer="tokyo-hq")
+    # JPY: ¥5,000 once; tokyo-hq 10 h x ¥30 = ¥300; shinjuku 100 x ¥30 + 150 x ¥20 = ¥6,000
+    # (its own first tier); ueno 80 x ¥30 = ¥2,400. Subtotal ¥13,700, tax 10 % ¥1,370,
+    # total ¥15,070 (pooled, 340 h would have been 100 x 30 + 240 x 20 = ¥7,800, not ¥8,700)
+    assert lines(tokyo) == [
+        ("base", None, 5000, False),
+        ("hours", "tokyo-hq", 300, False),
+        ("hours", "shinjuku", 6000, False),
+        ("hours", "ueno", 2400, False),
+    ]
+    assert (tokyo["subtotal"], tokyo["tax"], tokyo["total"]) == (13700, 1370, 15070)
+    assert [(x["customer"], x["subtotal"]) for x in tokyo["sections"]] == [
+        ("tokyo-hq", 5300), ("shinjuku", 6000), ("ueno", 2400),
+    ]  # fmt: skip
+
+    [manama] = await st.invoices(customer="manama-hq")
+    # BHD (fils): BD 20.000 once; manama-hq 0 h, juffair 10 h x 0.125 = 1.250: each raised
+    # to its own minimum spend of BD 5.000; seef 123 x 0.125 = 15.375. Subtotal 45.375,
+    # tax 10 % = 4.5375 → 4.538 (half-even), total BD 49.913
+    assert lines(manama) == [
+        ("base", None, 20000, False),
+        ("hours", "manama-hq", 5000, True),
+        ("hours", "juffair", 5000, True),
+        ("hours", "seef", 15375, False),
+    ]
+    assert (manama["subtotal"], manama["tax"], manama["total"]) == (45375, 4538, 49913)
+    assert [(x["customer"], x["subtotal"]) for x in manama["sections"]] == [
+        ("manama-hq", 25000), ("juffair", 5000), ("seef", 15375),
+    ]  # fmt: skip
+
+
 async def rendered_pdf(api: Client, invoice_id: str) -> str:
     """The invoice's PDF once rendered, as text (no-break spaces as spaces)."""
 
