@@ -100,6 +100,24 @@ class Descendant(NamedTuple):
     depth: int
 
 
+_PAYERS = text(
+    """
+    WITH RECURSIVE up(tenant_id, start, external_id, parent, invoice_to, depth) AS (
+        SELECT c.tenant_id, c.external_id, c.external_id, c.parent, c.invoice_to, 0
+        FROM customers c
+        JOIN unnest(CAST(:tenants AS varchar[]), CAST(:subjects AS varchar[])) AS w(t, s)
+          ON c.tenant_id = w.t AND c.external_id = w.s
+        WHERE c.invoice_to = 'parent'
+        UNION ALL
+        SELECT up.tenant_id, up.start, p.external_id, p.parent, p.invoice_to, up.depth + 1
+        FROM up JOIN customers p ON p.tenant_id = up.tenant_id AND p.external_id = up.parent
+        WHERE up.invoice_to = 'parent' AND up.depth < :depth
+    )
+    SELECT tenant_id, start, external_id FROM up WHERE invoice_to = 'self'
+    """
+)
+
+
 class HierarchyRepository:
     """Reads of a tenant's customer tree; every query takes the tenant (or customer ids the
     caller holds)."""
@@ -160,6 +178,20 @@ class HierarchyRepository:
         ):
             out.setdefault(payer, []).append(external_id)
         return out
+
+    async def payers(
+        self, subjects: Iterable[tuple[str, str]], depth: int
+    ) -> dict[tuple[str, str], str]:
+        """For each (tenant, external id) invoiced to its parent: its payer's external id
+        (the nearest ancestor invoiced to itself); absent for the others."""
+        pairs = sorted(set(subjects))
+        if not pairs:
+            return {}
+        rows = await self.session.execute(
+            _PAYERS,
+            {"tenants": [t for t, _ in pairs], "subjects": [s for _, s in pairs], "depth": depth},
+        )
+        return {(t, s): payer for t, s, payer in rows}
 
     async def customers(self, tenant_id: str, external_ids: Iterable[str]) -> dict[str, Customer]:
         """Customers of ``tenant_id`` by external id."""

@@ -27,6 +27,7 @@ from schemas.envelope import AnyEvent
 from schemas.metering import UsageTotalsChanged, UsageTotalsData
 from schemas.payments import PaymentData, PaymentFailed, PaymentFailureData, PaymentSucceeded
 from storage.alerts import AlertsRepository
+from storage.invoicing.hierarchy import HierarchyRepository
 from storage.metering import MeterRepository, UsageRepository
 from storage.tenants import TenantRepository
 from workers.alerts import handlers, jobs, service
@@ -179,10 +180,20 @@ def rule(key: str, spec: dict[str, Any], tenant: str = T) -> RuleDef:
     return service.new_rule(CreateAlertRule(source="tests", tenantid=tenant, data=data))
 
 
+class FlatCustomers:
+    """No customer is invoiced to a parent (tests/integration/test_hierarchies_alerts.py)."""
+
+    async def payers(self, subjects: Any, depth: int) -> dict[tuple[str, str], str]:
+        return {}
+
+
 def tx_with(
     alerts: FakeAlerts, meters: FakeMeters | None = None, usage: FakeUsage | None = None
 ) -> MemoryTx:
-    repos: dict[type[Any], object] = {AlertsRepository: alerts}
+    repos: dict[type[Any], object] = {
+        AlertsRepository: alerts,
+        HierarchyRepository: FlatCustomers(),
+    }
     if meters is not None:
         repos[MeterRepository] = meters
     if usage is not None:

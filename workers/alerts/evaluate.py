@@ -8,7 +8,7 @@ the rules of its tenants, the subjects' current periods, the meters, and the per
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from schemas.metering import UsageTotalsChanged
@@ -40,6 +40,10 @@ class Touched:
     subject: str
     meter: str
     hour: datetime
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.tenant_id, self.subject
 
 
 def touched(events: Sequence[UsageTotalsChanged]) -> list[Touched]:
@@ -73,16 +77,28 @@ class UsageRules:
                 spend.setdefault(r.tenant_id, []).append(r)
             else:
                 by_meter.setdefault((r.tenant_id, r.target), []).append(r)
+        # usage of a customer invoiced to its parent changes its payer's spend
+        payers = await invoicing.payers(
+            self.tx, {(c.tenant_id, c.subject) for c in changes if c.tenant_id in spend}
+        )
+        spending = [
+            *changes,
+            *(replace(c, subject=payers[c.key]) for c in changes if c.key in payers),
+        ]
         watched = [
             c
             for c in changes
             if any(service.applies(r, c.subject) for r in by_meter.get((c.tenant_id, c.meter), []))
-            or any(service.applies(r, c.subject) for r in spend.get(c.tenant_id, []))
         ]
-        if not watched:
+        spent = [
+            c
+            for c in spending
+            if any(service.applies(r, c.subject) for r in spend.get(c.tenant_id, []))
+        ]
+        if not watched and not spent:
             return []
         periods = await self.alerts.current_periods(
-            {(c.tenant_id, c.subject) for c in watched}, now
+            {(c.tenant_id, c.subject) for c in [*watched, *spent]}, now
         )
         meters = await self.tx.repo(MeterRepository).by_keys(
             {(c.tenant_id, c.meter) for c in watched}
@@ -90,7 +106,7 @@ class UsageRules:
         out: list[Alert] = []
         out += await self._thresholds(watched, by_meter, periods, meters, now)
         out += await self._anomalies(watched, by_meter, meters, now)
-        out += await self._spend(watched, spend, periods, now)
+        out += await self._spend(spent, spend, periods, now)
         return service.with_ids(out)
 
     def _period(

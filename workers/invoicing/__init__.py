@@ -7,6 +7,7 @@ from workers.invoicing.credit_note_views import find_credit_notes
 from workers.invoicing.credit_views import CreditBalance, credit_balances
 from workers.invoicing.discounts import coupon_data, discount_data
 from workers.invoicing.hierarchy import MAX_DEPTH
+from workers.invoicing.lines import payers
 from workers.invoicing.receipt_views import (
     attested_credit_notes,
     attested_invoices,
@@ -40,6 +41,7 @@ __all__ = [
     "finalized_documents",
     "find_credit_notes",
     "invoice_data",
+    "payers",
     "subscription_data",
     "tax_report_page",
     "usage_window",

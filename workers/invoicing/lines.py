@@ -68,6 +68,12 @@ async def rolled_up_subjects(
     return {ids[c]: billed for c, billed in (await rolled_up(tx, ids)).items()}
 
 
+async def payers(tx: Tx, subjects: Iterable[tuple[str, str]]) -> dict[tuple[str, str], str]:
+    """Who pays for each (tenant, external id) invoiced to its parent (docs/hierarchies.md):
+    its usage is billed on that customer's invoices; absent for the others."""
+    return await tx.repo(HierarchyRepository).payers(subjects, depth=hierarchy.MAX_DEPTH + 1)
+
+
 class InvoiceMaker:
     """Computes invoice lines from plans and the metering read model, set-based."""
 
