@@ -217,7 +217,14 @@ def dev(
         database="BILLSTREAM_DATABASE_URL" in os.environ,
         broker="BILLSTREAM_KAFKA_BOOTSTRAP" in os.environ,
     )
-    raise typer.Exit(run_dev(settings, port=port))
+    raise typer.Exit(run_dev(settings, port=port, service_main=_service_main))
+
+
+def _service_main() -> None:
+    """A service ``billstream dev`` forked from itself: this CLI again, with the child's
+    arguments and environment, its settings read anew."""
+    get_settings.cache_clear()
+    main()
 
 
 # --- operations (workers/ops/commands/) -------------------------------------------------------

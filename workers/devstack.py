@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import ctypes
 import functools
+import gc
 import importlib
 import os
 import shutil
@@ -39,6 +40,7 @@ try:
 except (OSError, AttributeError):
     _prctl = None
 _PR_SET_PDEATHSIG = 1
+_PR_SET_NAME = 15
 
 
 def die_with_parent() -> Callable[[], None] | None:
@@ -59,6 +61,132 @@ def die_with_parent() -> Callable[[], None] | None:
             os.kill(os.getpid(), signal.SIGTERM)
 
     return preexec
+
+
+class Forked:
+    """A child made by :func:`fork_cli`, with what ``billstream dev`` asks of a
+    ``subprocess.Popen``: ``pid``, ``returncode``, ``poll``, ``wait``, ``send_signal``,
+    ``terminate``, ``kill``."""
+
+    def __init__(self, pid: int, args: list[str]) -> None:
+        self.pid = pid
+        self.args = args
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:  # reaped elsewhere: its code is lost
+                self.returncode = 255
+            else:
+                if pid:
+                    self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = 0.0005
+        while (code := self.poll()) is None:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise subprocess.TimeoutExpired(self.args, timeout or 0)
+            time.sleep(delay)  # as Popen.wait(timeout) does: no way to block with a deadline
+            delay = min(delay * 2, 0.05)
+        return code
+
+    def send_signal(self, signum: int) -> None:
+        if self.poll() is None:
+            os.kill(self.pid, signum)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
+def _set_title(title: str) -> None:
+    """Show ``title`` as this process's command line (``ps``, ``top``, psutil) and name: a
+    forked service would otherwise show the command it was forked from. Linux only, best
+    effort: the name (15 bytes, prctl PR_SET_NAME) and the original argv memory, overwritten
+    in place (as setproctitle does; the interpreter keeps its own copy of argv), the title
+    cut to the length the command line had."""
+    if _prctl is None or not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        name = ctypes.create_string_buffer(title.split()[-1].encode()[:15])
+        _prctl(_PR_SET_NAME, name, 0, 0, 0)
+        # /proc/self/stat: after "(comm)", fields 3.. ; arg_start and arg_end are 48 and 49
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        start, end = int(fields[48 - 3]), int(fields[49 - 3])
+        if end - start < 2:
+            return
+        raw = title.replace(" ", "\0").encode()[: end - start - 1]
+        ctypes.memmove(start, raw.ljust(end - start, b"\0"), end - start)
+
+
+def can_fork() -> bool:
+    """Whether :func:`fork_cli` may be used now: a POSIX fork with this process single-
+    threaded (a fork copies only the calling thread; locks held by others stay held)."""
+    import threading
+
+    return hasattr(os, "fork") and threading.active_count() == 1
+
+
+def fork_cli(
+    argv: list[str], env: dict[str, str], main: Callable[[], object], *, tied: bool = True
+) -> Forked:
+    """``python -m workers.cli *argv`` (the CLI's ``main``, which reads ``sys.argv`` and
+    the environment anew) with ``env`` as its environment, started by forking
+    this process instead of starting an interpreter: the child runs the same CLI entry point
+    with the same arguments and environment, in a session of its own (as
+    ``start_new_session``), dying with this process if ``tied`` (:func:`die_with_parent`),
+    but it inherits the modules this process has already imported, so N processes do not
+    each pay the imports (seconds of CPU each). Call :func:`can_fork` first, and import the
+    modules the child needs beforehand. The child never returns: it ends with ``os._exit``.
+    """
+    preexec = die_with_parent() if tied else None
+    sys.stdout.flush()
+    sys.stderr.flush()
+    gc.collect()
+    gc.freeze()  # the child's collector never finalizes what it inherited (see below)
+    pid = os.fork()
+    if pid:
+        gc.unfreeze()
+        return Forked(pid, ["workers.cli", *argv])
+    code = 1
+    try:
+        os.setsid()
+        if preexec is not None:
+            preexec()
+        # what a fresh interpreter would have: default dispositions, no inherited files but
+        # stdin/out/err. What the parent's objects held is closed under them; the objects
+        # are never used or finalized here (frozen, referenced, and the child leaves with
+        # os._exit), so a closed number reused by the child cannot be closed twice
+        for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGPIPE):
+            signal.signal(signum, signal.SIG_DFL)
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)  # as the interpreter sets it
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        os.closerange(3, os.sysconf("SC_OPEN_MAX") if hasattr(os, "sysconf") else 1024)
+        _set_title(" ".join(["billstream", *argv]))
+        os.environ.clear()
+        os.environ.update(env)
+        sys.argv = ["billstream", *argv]
+        main()
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except KeyboardInterrupt:
+        code = 130
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
 
 
 def _wait_for_port(port: int, proc: subprocess.Popen[bytes], deadline_s: float) -> None:
