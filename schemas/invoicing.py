@@ -123,6 +123,10 @@ _EXEMPT_WITH_A_RATE = {
         "tax_rate": {"not": {"anyOf": [{"type": "null"}, {"const": 0}, {"pattern": _ZERO}]}},
     },
 }
+_A_RATE_AND_RATES = {  # give tax_rate or tax_rates, not both
+    "required": ["tax_rate", "tax_rates"],
+    "properties": {"tax_rate": {"not": {"type": "null"}}, "tax_rates": {"not": {"type": "null"}}},
+}
 
 
 InvoiceTo = Literal["self", "parent"]
@@ -192,7 +196,10 @@ class CustomerSpec(_Model):
     def __get_pydantic_json_schema__(
         cls, core_schema: cs.CoreSchema, handler: GetJsonSchemaHandler
     ) -> JsonSchemaValue:
-        keywords = {"not": _EXEMPT_WITH_A_RATE, **_INVOICED_TO_A_PARENT}
+        keywords = {
+            "not": {"anyOf": [_EXEMPT_WITH_A_RATE, _A_RATE_AND_RATES]},
+            **_INVOICED_TO_A_PARENT,
+        }
         return show_model_bounds(cls is CustomerSpec, core_schema, handler, keywords)
 
     @model_validator(mode="after")
