@@ -65,7 +65,7 @@ def label(p: psutil.Process) -> str:
     for part in ("ingress", "localstripe", "broker"):
         if part in cmd:
             return part
-    if "workers.cli worker " in cmd:
+    if "workers.cli worker " in cmd or cmd.startswith("billstream worker "):  # forked: retitled
         return cmd.split("worker ", 1)[1].split()[0]
     if " dev " in f"{cmd} ":
         return "billstream dev"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import os
 import secrets
@@ -338,6 +339,7 @@ def run_dev(
         fork = service_main is not None and can_fork()
         if fork:
             _preload()
+            gc.collect()  # once, not in every child
         for service in SERVICES:
             service_env = dict(env)
             if service in metrics_ports:
