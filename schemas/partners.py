@@ -60,7 +60,7 @@ MAX_TIERS = 20
 RuleKind = Literal["percent", "fixed", "tiered"]
 EntryKind = Literal["accrued", "reversed"]
 LineKind = Literal["accrued", "reversed", "carried"]
-Cause = Literal["invoice_paid", "credit_note", "refund"]
+Cause = Literal["invoice_paid", "credit_note", "refund", "credit_note_voided"]
 StatementStatus = Literal["payable", "paid", "carried"]
 
 _NAMESPACE = uuid.UUID("0b7e4f0e-3c0a-5d55-9c3e-2b1f7a6d8e41")
@@ -337,8 +337,9 @@ PartnersCommand = Annotated[
 
 
 class CommissionData(_Model):
-    """One ledger entry: a commission accrued by a paid invoice for one rule, or (part of)
-    it reversed by a credit note or a refund."""
+    """One ledger entry: a commission accrued by a paid invoice for one rule, (part of) it
+    reversed by a credit note or a refund, or what a credit note reversed accrued again
+    when the credit note is voided (kind accrued, cause credit_note_voided)."""
 
     entry_id: str = Field(pattern=ENTRY_ID_PATTERN)
     kind: EntryKind
@@ -358,9 +359,11 @@ class CommissionData(_Model):
     period: str = Field(pattern=PERIOD_PATTERN, description="The month of effective_at (UTC)")
     effective_at: datetime = Field(description="When the cause happened (the paid or refund time)")
     cause: Cause
-    cause_id: str = Field(description="The invoice, credit note or refund id")
+    cause_id: str = Field(description="The invoice, credit note (also when voided) or refund id")
     accrual_id: str | None = Field(
-        default=None, description="For a reversal: the entry_id of the accrual it reverses"
+        default=None,
+        description="For a reversal: the entry_id of the accrual it reverses; for a "
+        "restoration (cause credit_note_voided): the accrual it restores",
     )
     statement_id: str | None = Field(
         default=None, description="The statement it is on, once one lists it (API only)"
