@@ -14,7 +14,6 @@ from schemas.envelope import CloudEvent
 from schemas.metering import CreateMeter, MeterSpec
 from schemas.usage import UsageEvent, UsageEventIn
 from storage.commands import CommandRepository
-from storage.invoicing import InvoicingRepository
 from storage.invoicing.hierarchy import HierarchyRepository
 from storage.metering import MeterRepository, UsageRepository
 from workers import invoicing
@@ -311,9 +310,10 @@ async def get_meter(key: str, tx: Unit, tenant_id: Tenant) -> MeterView:
 async def subtree_of(tx: Tx, tenant_id: str, external_id: str, field: str) -> list[str]:
     """``external_id`` and the external ids of every customer below it (docs/hierarchies.md);
     404 for an unknown customer, 422 naming ``field`` past ``MAX_SUBTREE`` customers."""
-    if await tx.repo(InvoicingRepository).customer(tenant_id, external_id) is None:
+    tree = tx.repo(HierarchyRepository)
+    if not await tree.customers(tenant_id, [external_id]):  # a read: no row lock
         raise not_found("customer", external_id)
-    below = await tx.repo(HierarchyRepository).subtree(
+    below = await tree.subtree(
         tenant_id, external_id, depth=invoicing.MAX_DEPTH, limit=MAX_SUBTREE
     )
     if len(below) + 1 > MAX_SUBTREE:
