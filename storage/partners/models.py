@@ -116,7 +116,8 @@ class CommissionAccrualRow(Base):
 
 class CommissionCauseRow(Base):
     """A credit note or a refund of an invoice that may carry commissions, kept once by its
-    id (a replay changes nothing) and applied when (or once) the invoice has accrued."""
+    id (a replay changes nothing) and applied when (or once) the invoice has accrued. A
+    voided credit note stays, with ``voided_at``, and is no longer counted."""
 
     __tablename__ = "commission_causes"
     __table_args__ = (Index("ix_commission_causes_invoice", "tenant_id", "invoice_id", "seq"),)
@@ -132,6 +133,9 @@ class CommissionCauseRow(Base):
     subtotal: Mapped[int] = mapped_column(BigInteger, comment="credit note: its subtotal")
     total: Mapped[int] = mapped_column(BigInteger, comment="credit note: its total")
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    voided_at: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True), comment="credit note: when it was voided (no longer counted)"
+    )
 
 
 class CommissionPeriodRow(Base):
@@ -173,7 +177,9 @@ class CommissionEntryRow(Base):
     amount: Mapped[int] = mapped_column(BigInteger, comment="> 0; a reversal counts negative")
     period: Mapped[str] = mapped_column(String(7))
     effective_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    cause: Mapped[str] = mapped_column(String(16))
+    cause: Mapped[str] = mapped_column(
+        String(32), comment="invoice_paid|credit_note|refund|credit_note_voided"
+    )
     cause_id: Mapped[str] = mapped_column(String(128))
     accrual_id: Mapped[str | None] = mapped_column(String(36))
     statement_id: Mapped[str | None] = mapped_column(String(36))

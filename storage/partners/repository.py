@@ -315,13 +315,33 @@ class PartnerRepository(Statements):
         )
         return (await self.session.execute(stmt)).first() is not None
 
+    async def void_cause(
+        self, tenant_id: str, cause: str, cause_id: str, at: datetime
+    ) -> CommissionCauseRow | None:
+        """Marks a kept cause (a credit note) voided: the row if it was live, else None (a
+        replay of the void, or a cause never kept)."""
+        stmt = (
+            update(CommissionCauseRow)
+            .where(
+                CommissionCauseRow.tenant_id == tenant_id,
+                CommissionCauseRow.cause == cause,
+                CommissionCauseRow.cause_id == cause_id,
+                CommissionCauseRow.voided_at.is_(None),
+            )
+            .values(voided_at=at)
+            .returning(CommissionCauseRow)
+        )
+        return (await self.session.scalars(stmt)).first()
+
     async def causes(self, tenant_id: str, invoice_id: str) -> list[CommissionCauseRow]:
-        """The invoice's credit notes and refunds, in the order they were kept."""
+        """The invoice's live credit notes and refunds (not voided), in the order they were
+        kept."""
         q = (
             select(CommissionCauseRow)
             .where(
                 CommissionCauseRow.tenant_id == tenant_id,
                 CommissionCauseRow.invoice_id == invoice_id,
+                CommissionCauseRow.voided_at.is_(None),
             )
             .order_by(CommissionCauseRow.seq)
         )

@@ -1,6 +1,6 @@
-"""Partners subscribers — commands; invoicing events (paid invoices, credit notes, the
-subscriptions' plans); payments' refunds: decode → one transaction → storage and the pure
-service → the ledger's events through the outbox."""
+"""Partners subscribers — commands; invoicing events (paid invoices, credit notes issued and
+voided, the subscriptions' plans); payments' refunds: decode → one transaction → storage and
+the pure service → the ledger's events through the outbox."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import json
 from pydantic import TypeAdapter
 
 from schemas import groups, topics
-from schemas.credit_notes import CreditNoteIssued
+from schemas.credit_notes import CreditNoteIssued, CreditNoteVoided
 from schemas.envelope import WIRE, AnyEvent, CloudEvent
 from schemas.invoicing import (
     InvoicePaid,
@@ -30,6 +30,7 @@ _READ: tuple[type[CloudEvent], ...] = (
     SubscriptionEnded,
     InvoicePaid,
     CreditNoteIssued,
+    CreditNoteVoided,
     PaymentRefunded,
 )
 _KNOWN: dict[str, type[CloudEvent]] = {c.model_fields["type"].default: c for c in _READ}
@@ -56,6 +57,8 @@ async def apply(tx: Tx, event: CloudEvent) -> None:
         await ledger.invoice_paid(tx, event)
     elif isinstance(event, CreditNoteIssued):
         await ledger.credit_note_issued(tx, event)
+    elif isinstance(event, CreditNoteVoided):
+        await ledger.credit_note_voided(tx, event)
     elif isinstance(event, PaymentRefunded):
         await ledger.payment_refunded(tx, event)
 

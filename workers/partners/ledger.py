@@ -1,10 +1,12 @@
 """The commission ledger kept from invoicing and payments events: an accrual when an
 attributed invoice is paid, a reversal when a credit note or a refund takes back part of
-what was paid. Storage and the pure service, in the consumer's transaction.
+what was paid, a restoration (an accrual again) when such a credit note is voided. Storage
+and the pure service, in the consumer's transaction.
 
 Replays change nothing: an invoice accrues once (``commission_invoices`` by invoice id), a
-cause is counted once (``commission_causes`` by kind and id), a ledger entry is written once
-(its id derived from invoice, rule and cause)."""
+cause is counted once (``commission_causes`` by kind and id) and voided once (its
+``voided_at``), a ledger entry is written once (its id derived from invoice, rule and
+cause)."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from datetime import datetime
 from typing import cast
 
 from schemas import topics
-from schemas.credit_notes import CreditNoteIssued
+from schemas.credit_notes import CreditNoteIssued, CreditNoteVoided
 from schemas.envelope import CloudEvent
 from schemas.invoicing import InvoicePaid
 from schemas.partners import Cause, CommissionData, CommissionRuleSpec, RuleKind, period_of
@@ -220,6 +222,35 @@ async def credit_note_issued(tx: Tx, event: CreditNoteIssued) -> None:
     part = d.refund_amount + d.amount_credited_to_balance
     reduction = service.Reduction("credit_note", d.credit_note_id, part, d.subtotal, d.total)
     await reduced(tx, event, reduction, d.invoice_id, d.customer)
+
+
+async def credit_note_voided(tx: Tx, event: CreditNoteVoided) -> None:
+    """A voided credit note of an attributed customer's invoice is no longer counted: what it
+    reversed of the invoice's commissions accrues again (once; a replay, or a note never
+    kept, changes nothing). Before the invoice accrues, it is simply not counted then."""
+    t, d = event.tenantid, event.data
+    repo = tx.repo(PartnerRepository)
+    if not await repo.attributed_customers([(t, d.customer)]):
+        return
+    inv = await repo.paid_invoice(t, d.invoice_id)
+    accruals = [] if inv is None else await repo.accruals(t, d.invoice_id, lock=True)
+    voided = await repo.void_cause(t, "credit_note", d.credit_note_id, event.time)
+    if voided is None or inv is None or not accruals:
+        return
+    state = {a.rule: (a.amount, a.reversed) for a in accruals}
+    kinds = {a.rule: cast(RuleKind, a.rule_kind) for a in accruals}
+    remaining = [_reduction(c) for c in await repo.causes(t, d.invoice_id)]
+    k0 = service.parse_exact(inv.paid_net)
+    out, done = service.restorations(state, k0, inv.net, inv.total, remaining, _reduction(voided))
+    if not out:
+        return
+    effective_at = max(event.time, inv.paid_at)
+    facts = _facts(inv, period_of(effective_at))
+    entries = [service.restoration_data(facts, r, kinds[r.rule], effective_at) for r in out]
+    for rule, total in done.items():
+        if total != state[rule][1]:
+            await repo.set_reversed(t, d.invoice_id, rule, total)
+    await _write(tx, t, entries, event)
 
 
 async def payment_refunded(tx: Tx, event: PaymentRefunded) -> None:

@@ -22,6 +22,9 @@ A reversal is state-based: the net kept K = K0 - Σ the causes' net parts (a cre
 refund and balance credit times its subtotal/total; a refund not made by a credit note times
 N/total); the target is round(a0 * max(K, 0) / K0) and what was accrued above it is
 reversed. A full refund reverses exactly a0; partial ones sum exactly to what they should.
+A voided credit note is no longer counted: each accrual's reversed total goes back to
+a0 - target(a0, K0, K of the causes still live), and what was reversed above that accrues
+again (a restoration) — the same ledger as if the note had never been issued.
 """
 
 from __future__ import annotations
@@ -339,6 +342,39 @@ def reversals(
     return out, done
 
 
+@dataclass(frozen=True)
+class Restoration:
+    rule: str
+    voided: Reduction  # the voided credit note
+    amount: int  # > 0: what accrues again
+    kept: Fraction  # K of the causes still live
+
+
+def restorations(
+    accruals: Mapping[str, tuple[int, int]],
+    k0: Fraction,
+    net: int,
+    total: int,
+    remaining: Sequence[Reduction],
+    voided: Reduction,
+) -> tuple[list[Restoration], dict[str, int]]:
+    """What a voided cause gives back, one restoration per rule.
+
+    ``accruals``: rule → (a0, reversed so far); ``remaining``: the causes still counted
+    (``voided`` no longer among them). Each rule's reversed total should be
+    a0 - target(a0, k0, K of ``remaining``); what was reversed above that is restored.
+    Returns the restorations and each rule's reversed sum after them."""
+    kept = k0 - sum((net_part(r, net, total) for r in remaining), Fraction(0))
+    done = {rule: rev for rule, (_, rev) in accruals.items()}
+    out: list[Restoration] = []
+    for rule, (a0, rev) in sorted(accruals.items()):
+        should = a0 - target(a0, k0, kept)
+        if rev > should:
+            out.append(Restoration(rule, voided, rev - should, kept))
+            done[rule] = should
+    return out, done
+
+
 # --- statements and payouts -----------------------------------------------------------------
 
 
@@ -430,6 +466,37 @@ def reversal_data(
         effective_at=effective_at,
         cause=r.reduction.cause,
         cause_id=r.reduction.cause_id,
+        accrual_id=entry_id(facts.tenant_id, "accrued", facts.invoice_id, r.rule),
+    )
+
+
+def restoration_data(
+    facts: EntryFacts, r: Restoration, rule_kind: RuleKind, effective_at: datetime
+) -> CommissionData:
+    """A restoration: an accrued entry, cause ``credit_note_voided`` (the note's id)."""
+    return CommissionData(
+        entry_id=entry_id(
+            facts.tenant_id,
+            "accrued",
+            facts.invoice_id,
+            r.rule,
+            "credit_note_voided",
+            r.voided.cause_id,
+        ),
+        kind="accrued",
+        partner_id=facts.partner_id,
+        customer=facts.customer,
+        invoice_id=facts.invoice_id,
+        invoice_number=facts.invoice_number,
+        rule=r.rule,
+        rule_kind=rule_kind,
+        currency=facts.currency,
+        base_minor=exact_text(max(r.kept, Fraction(0))),
+        amount=r.amount,
+        period=facts.period,
+        effective_at=effective_at,
+        cause="credit_note_voided",
+        cause_id=r.voided.cause_id,
         accrual_id=entry_id(facts.tenant_id, "accrued", facts.invoice_id, r.rule),
     )
 
