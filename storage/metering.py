@@ -10,7 +10,7 @@ windows of an hour or a day) is exact. ``usage_unique`` keeps the distinct value
 from __future__ import annotations
 
 from dataclasses import fields
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -323,47 +323,70 @@ class UsageRepository:
         if subjects:
             where.append("subject = ANY(CAST(:subjects AS text[]))")
             params["subjects"] = subjects
+        # Group by the window's UTC start ``w`` per row (cheap: the bucket itself for hours,
+        # date_bin for days — date_trunc with a zone name costs a zone lookup per row), and
+        # clip it to [start, end) once per window, outside.
         if window == "none":
-            win_start = "CAST(:start AS timestamptz)" if start is not None else "NULL"
-            win_end = "CAST(:end AS timestamptz)" if end is not None else "NULL"
+            w = None
+        elif window == "hour":
+            w = "bucket"  # buckets are whole UTC hours
         else:
-            params["step"] = timedelta(hours=1) if window == "hour" else timedelta(days=1)
-            win_start = f"date_trunc('{window}', bucket, 'UTC')"
-            win_end = f"date_trunc('{window}', bucket, 'UTC') + CAST(:step AS interval)"
-            if start is not None:
-                win_start = f"GREATEST({win_start}, :start)"
-            if end is not None:
-                win_end = f"LEAST({win_end}, :end)"
-        dims = [f"{win_start} AS window_start", f"{win_end} AS window_end"]
-        group_cols = ["window_start", "window_end"]
+            w = f"date_bin(CAST('1 day' AS interval), bucket, {_UTC_EPOCH})"
+        inner = [] if w is None else [f"{w} AS w"]
+        keys = [] if w is None else ["w"]
         if "subject" in group_by:
-            dims.append("subject")
-            group_cols.append("subject")
+            inner.append("subject")
+            keys.append("subject")
         names = [g for g in group_by if g != "subject"]
         for i, name in enumerate(names):
             params[f"g{i}"] = name
-            dims.append(f"groups ->> CAST(:g{i} AS text) AS g{i}")
-            group_cols.append(f"g{i}")
-        sql = (
-            f"SELECT {', '.join(dims)}, {_VALUE_SQL[meter.aggregation]} AS value "
-            f"FROM {table} WHERE {' AND '.join(where)} "
-            f"GROUP BY {', '.join(group_cols)} ORDER BY {', '.join(group_cols)}"
-        )
+            inner.append(f"groups ->> CAST(:g{i} AS text) AS g{i}")
+            keys.append(f"g{i}")
+        inner.append(f"{_VALUE_SQL[meter.aggregation]} AS value")
+        sql = f"SELECT {', '.join(inner)} FROM {table} WHERE {' AND '.join(where)}"
+        if not keys:  # one row, none at all without usage (as with groups)
+            sql += " HAVING count(*) > 0"
+        elif w is None:
+            sql += f" GROUP BY {', '.join(keys)} ORDER BY {', '.join(keys)}"
+        else:
+            params["step"] = timedelta(hours=1) if window == "hour" else timedelta(days=1)
+            win_start = "GREATEST(w, :start)" if start is not None else "w"
+            win_end = "w + CAST(:step AS interval)"
+            if end is not None:
+                win_end = f"LEAST({win_end}, :end)"
+            sql = (
+                f"SELECT {win_start}, {win_end}, {', '.join([*keys[1:], 'value'])} "
+                f"FROM ({sql} GROUP BY {', '.join(keys)}) AS q ORDER BY {', '.join(keys)}"
+            )
         result = await self.session.execute(text(sql), params)
         single_subject = subjects[0] if len(subjects) == 1 else None
+        by_subject = "subject" in group_by
+        first = (0 if w is None else 2) + by_subject  # the first group value's column
+        last = first + len(names)
         rows: list[UsageRow] = []
-        for r in result.mappings():
-            value = r["value"]
+        for r in result:
+            value = r[-1]
             rows.append(
                 UsageRow(
-                    window_start=r["window_start"],
-                    window_end=r["window_end"],
-                    subject=r["subject"] if "subject" in group_by else single_subject,
-                    groups={name: r[f"g{i}"] for i, name in enumerate(names)},
-                    value=Decimal(value) if value is not None else None,
+                    window_start=_utc(start) if w is None else r[0],
+                    window_end=_utc(end) if w is None else r[1],
+                    subject=r[first - 1] if by_subject else single_subject,
+                    groups=dict(zip(names, r[first:last], strict=True)),
+                    value=value if value is None or type(value) is Decimal else Decimal(value),
                 )
             )
         return rows
+
+
+def _utc(t: datetime | None) -> datetime | None:
+    """``t`` as the database gives a timestamptz back: in UTC (naive is taken as UTC)."""
+    if t is None:
+        return None
+    return t.astimezone(UTC) if t.tzinfo is not None else t.replace(tzinfo=UTC)
+
+
+# the origin of date_bin's days: UTC midnight (so a bin is a UTC day, as date_trunc's in UTC)
+_UTC_EPOCH = "CAST('2000-01-01 00:00:00+00' AS timestamptz)"
 
 
 _PERIOD_TOTALS = text(
