@@ -409,4 +409,4 @@ async def query_usage(
             for r in rows
         ],
     }
-    return Response(jsonexact.dumps(payload), media_type="application/json")
+    return Response(jsonexact.dumps_parsed(payload), media_type="application/json")
