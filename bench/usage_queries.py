@@ -32,6 +32,8 @@ the same query (the SQL ``UsageRepository.query`` sends, captured from the engin
     python bench/usage_queries.py [--requests 500] [--warmup 50] [--rounds 3] [--explain]
     python bench/usage_queries.py --requests 100 --rounds 1 --no-record    # a quick look
 
+The temp dir (1.5 GB: PostgreSQL's data, the logs) is removed at the end unless ``--keep``.
+
 It appends a "Usage queries at size" section to bench/RESULTS.md unless ``--no-record``.
 """
 
@@ -41,6 +43,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -419,6 +422,10 @@ async def main(args: argparse.Namespace) -> int:
         stop_all(procs)
         kafka.stop()
         pg.stop()
+        if args.keep:
+            print(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)  # 1.5 GB of PostgreSQL data
     if args.record:
         record(m, rounds, args)
     return 0
@@ -480,6 +487,7 @@ def cli(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--explain", action="store_true", help="print each window's plan")
     p.add_argument("--no-record", dest="record", action="store_false")
+    p.add_argument("--keep", action="store_true", help="keep the temp dir (logs, data)")
     return asyncio.run(main(p.parse_args(argv)))
 
 
