@@ -313,9 +313,7 @@ async def subtree_of(tx: Tx, tenant_id: str, external_id: str, field: str) -> li
     tree = tx.repo(HierarchyRepository)
     if not await tree.customers(tenant_id, [external_id]):  # a read: no row lock
         raise not_found("customer", external_id)
-    below = await tree.subtree(
-        tenant_id, external_id, depth=invoicing.MAX_DEPTH, limit=MAX_SUBTREE
-    )
+    below = await tree.subtree(tenant_id, external_id, depth=invoicing.MAX_DEPTH, limit=MAX_SUBTREE)
     if len(below) + 1 > MAX_SUBTREE:
         raise invalid(
             f"the subtree of {external_id!r} has more than {MAX_SUBTREE:,} customers; query "
