@@ -45,6 +45,7 @@ from schemas.partners import (
     CommissionReversed,
     CommissionRuleSpec,
     CommissionStatementIssued,
+    EntryKind,
     PayoutData,
     RuleKind,
     StatementData,
@@ -440,33 +441,44 @@ def accrual_data(facts: EntryFacts, a: Accrual, effective_at: datetime) -> Commi
     )
 
 
-def reversal_data(
-    facts: EntryFacts, r: Reversal, rule_kind: RuleKind, effective_at: datetime
+def _taking_back(
+    facts: EntryFacts,
+    kind: EntryKind,
+    cause: Cause,
+    cause_id: str,
+    rule: str,
+    rule_kind: RuleKind,
+    kept: Fraction,
+    amount: int,
+    effective_at: datetime,
 ) -> CommissionData:
+    """An entry that changes what an accrual keeps: a reversal or a restoration."""
     return CommissionData(
-        entry_id=entry_id(
-            facts.tenant_id,
-            "reversed",
-            facts.invoice_id,
-            r.rule,
-            r.reduction.cause,
-            r.reduction.cause_id,
-        ),
-        kind="reversed",
+        entry_id=entry_id(facts.tenant_id, kind, facts.invoice_id, rule, cause, cause_id),
+        kind=kind,
         partner_id=facts.partner_id,
         customer=facts.customer,
         invoice_id=facts.invoice_id,
         invoice_number=facts.invoice_number,
-        rule=r.rule,
+        rule=rule,
         rule_kind=rule_kind,
         currency=facts.currency,
-        base_minor=exact_text(max(r.kept, Fraction(0))),
-        amount=r.amount,
+        base_minor=exact_text(max(kept, Fraction(0))),
+        amount=amount,
         period=facts.period,
         effective_at=effective_at,
-        cause=r.reduction.cause,
-        cause_id=r.reduction.cause_id,
-        accrual_id=entry_id(facts.tenant_id, "accrued", facts.invoice_id, r.rule),
+        cause=cause,
+        cause_id=cause_id,
+        accrual_id=entry_id(facts.tenant_id, "accrued", facts.invoice_id, rule),
+    )
+
+
+def reversal_data(
+    facts: EntryFacts, r: Reversal, rule_kind: RuleKind, effective_at: datetime
+) -> CommissionData:
+    c = r.reduction
+    return _taking_back(
+        facts, "reversed", c.cause, c.cause_id, r.rule, rule_kind, r.kept, r.amount, effective_at
     )
 
 
@@ -474,31 +486,10 @@ def restoration_data(
     facts: EntryFacts, r: Restoration, rule_kind: RuleKind, effective_at: datetime
 ) -> CommissionData:
     """A restoration: an accrued entry, cause ``credit_note_voided`` (the note's id)."""
-    return CommissionData(
-        entry_id=entry_id(
-            facts.tenant_id,
-            "accrued",
-            facts.invoice_id,
-            r.rule,
-            "credit_note_voided",
-            r.voided.cause_id,
-        ),
-        kind="accrued",
-        partner_id=facts.partner_id,
-        customer=facts.customer,
-        invoice_id=facts.invoice_id,
-        invoice_number=facts.invoice_number,
-        rule=r.rule,
-        rule_kind=rule_kind,
-        currency=facts.currency,
-        base_minor=exact_text(max(r.kept, Fraction(0))),
-        amount=r.amount,
-        period=facts.period,
-        effective_at=effective_at,
-        cause="credit_note_voided",
-        cause_id=r.voided.cause_id,
-        accrual_id=entry_id(facts.tenant_id, "accrued", facts.invoice_id, r.rule),
-    )
+    return _taking_back(
+        facts, "accrued", "credit_note_voided", r.voided.cause_id, r.rule, rule_kind, r.kept,
+        r.amount, effective_at,
+    )  # fmt: skip
 
 
 def key(tenant_id: str, partner_id: str) -> str:
