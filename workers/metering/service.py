@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import MAX_EMAX, MIN_EMIN, Context, Decimal
 from typing import Any, Literal
@@ -175,15 +175,37 @@ class CompiledMeter:
     value_path: tuple[str | int, ...] | None
     group_paths: tuple[tuple[str, tuple[str | int, ...]], ...]
     value_where: str = ""  # how error messages name the value: "data.tokens"
+    # the common shape, read by aggregate's inner loop without evaluate(): the value (if
+    # any) and every group one property of ``data`` by name, and not unique_count
+    plain: bool = False
+    value_name: str = ""  # the property of data holding the value ("" for none)
+    group_props: tuple[str, ...] = ()  # the property of data holding each group's value
+    groups_json: dict[Any, str] = field(default_factory=dict, compare=False)  # per batch
 
     @classmethod
     def of(cls, meter: MeterDef) -> CompiledMeter:
+        value_path = compile_path(meter.value_property) if meter.value_property else None
+        group_paths = tuple(
+            (name, compile_path(path)) for name, path in sorted(meter.group_by.items())
+        )
+        plain = (
+            meter.aggregation != Aggregation.UNIQUE_COUNT
+            and (value_path is None or _one_name(value_path))
+            and all(_one_name(path) for _, path in group_paths)
+        )
         return cls(
             meter,
-            compile_path(meter.value_property) if meter.value_property else None,
-            tuple((name, compile_path(path)) for name, path in sorted(meter.group_by.items())),
+            value_path,
+            group_paths,
             f"data{meter.value_property[1:] if meter.value_property else ''}",
+            plain,
+            str(value_path[0]) if plain and value_path is not None else "",
+            tuple(str(path[0]) for _, path in group_paths) if plain else (),
         )
+
+
+def _one_name(path: tuple[str | int, ...]) -> bool:
+    return len(path) == 1 and isinstance(path[0], str)
 
 
 @dataclass
@@ -193,50 +215,150 @@ class Aggregated:
     rejected: list[tuple[int, str]] = field(default_factory=list)  # (index in input, reason)
 
 
+_MAX_INT = 10**bounds.MAX_INTEGER_DIGITS  # an int metered value: |v| <= this (bounds.py)
+
+
 def aggregate(events: Sequence[UsageEvent], meters: Sequence[MeterDef]) -> Aggregated:
     """Fold a batch of events into per-bucket deltas for every meter that reads them.
 
     An event is used by all its meters or by none: if any meter cannot read its value,
     the event is rejected (to the DLQ) with the reason, and counts nowhere.
     """
+    return _aggregate(events, meters, plain=True)
+
+
+def _aggregate(
+    events: Sequence[UsageEvent], meters: Sequence[MeterDef], *, plain: bool
+) -> Aggregated:
+    """``aggregate``; ``plain=False`` reads every meter the general way (``_contribution``),
+    which the plain way must match exactly (tests/unit/test_metering_plain.py).
+
+    Hot path: each bucket is folded into a list [count, sum, min, max, latest time, latest
+    value]; integer values (most) stay ``int`` there — exact, and far cheaper to add and
+    compare than Decimals — and become Decimals once per bucket at the end (the same
+    Decimals folding them one by one gives: ints are exact, every sum is exact)."""
     by_type: dict[tuple[str, str], list[CompiledMeter]] = {}
     for m in meters:
-        by_type.setdefault((m.tenant_id, m.event_type), []).append(CompiledMeter.of(m))
+        cm = CompiledMeter.of(m)
+        if not plain and cm.plain:
+            cm = replace(cm, plain=False)
+        by_type.setdefault((m.tenant_id, m.event_type), []).append(cm)
     out = Aggregated()
-    deltas: dict[tuple[str, str, str, datetime], UsageDelta] = {}
+    folds: dict[tuple[str, str, str, datetime], list[Any]] = {}
+    tenants: dict[str, str] = {}  # meter id -> tenant
     uniques: set[UniqueValue] = set()
     groups_json: dict[tuple[str, tuple[str | None, ...]], str] = {}
+    exact_add = _EXACT.add
     for index, event in enumerate(events):
         readers = by_type.get((event.tenantid, event.type))
         if not readers:
             out.rejected.append((index, f"no meter reads event type {event.type!r}"))
             continue
+        data = event.data
+        contributions: list[tuple[str, Any]] = []
         try:
-            contributions = [_contribution(cm, event, groups_json) for cm in readers]
+            for cm in readers:  # in order: the first meter that cannot read it says why
+                c = _plain_contribution(cm, data) if cm.plain and type(data) is dict else None
+                # None: not plain, or something unusual in it: read the long way
+                contributions.append(c if c is not None else _contribution(cm, event, groups_json))
         except UnusableEvent as e:
             out.rejected.append((index, e.message))
             continue
-        bucket = hour_bucket(event.time)
+        at = event.time
+        bucket = hour_bucket(at)
+        subject = event.subject
         for cm, (groups, value) in zip(readers, contributions, strict=True):
-            key = (cm.meter.id, event.subject, groups, bucket)
-            delta = deltas.get(key)
-            if delta is None:
-                delta = deltas[key] = UsageDelta(
-                    event.tenantid, cm.meter.id, event.subject, groups, bucket
+            meter_id = cm.meter.id
+            key = (meter_id, subject, groups, bucket)
+            fold = folds.get(key)
+            if value is None or type(value) is str:  # count, unique_count: the event counts
+                if fold is None:
+                    folds[key] = [1, None, None, None, None, None]
+                    tenants[meter_id] = event.tenantid
+                else:
+                    fold[0] += 1
+                if type(value) is str:
+                    uniques.add(
+                        UniqueValue(event.tenantid, meter_id, subject, groups, bucket, value)
+                    )
+            elif fold is None:
+                folds[key] = [1, value, value, value, at, value]
+                tenants[meter_id] = event.tenantid
+            else:  # a meter's values are all numbers, or none is
+                fold[0] += 1
+                total = fold[1]
+                fold[1] = (
+                    total + value
+                    if type(total) is int and type(value) is int
+                    else exact_add(total, value)
                 )
-            _fold(delta, cm.meter.aggregation, value, event.time)
-            if cm.meter.aggregation == Aggregation.UNIQUE_COUNT:
-                assert isinstance(value, str)
-                uniques.add(
-                    UniqueValue(event.tenantid, cm.meter.id, event.subject, groups, bucket, value)
-                )
+                if value < fold[2]:
+                    fold[2] = value
+                if value > fold[3]:
+                    fold[3] = value
+                latest = fold[4]
+                if at > latest or (at == latest and value > fold[5]):
+                    fold[4] = at
+                    fold[5] = value
     # a fixed row order: concurrent upserts (two members during a rebalance) lock rows in the
     # same order and cannot deadlock each other
-    out.deltas = [deltas[k] for k in sorted(deltas)]
+    deltas = out.deltas
+    for key in sorted(folds):
+        count, total, low, high, latest_time, latest_value = folds[key]
+        meter_id, subject, groups, bucket = key
+        deltas.append(
+            UsageDelta(
+                tenants[meter_id],
+                meter_id,
+                subject,
+                groups,
+                bucket,
+                count,
+                _decimal(total),
+                _decimal(low),
+                _decimal(high),
+                latest_time,
+                _decimal(latest_value),
+            )
+        )
     out.uniques = sorted(
         uniques, key=lambda u: (u.meter_id, u.subject, u.groups, u.bucket, u.value)
     )
     return out
+
+
+def _decimal(value: int | Decimal | None) -> Decimal | None:
+    return Decimal(value) if type(value) is int else value  # type: ignore[return-value]
+
+
+def _plain_contribution(cm: CompiledMeter, data: dict[str, Any]) -> tuple[str, Any] | None:
+    """``_contribution`` for a plain meter (``cm.plain``) when its value is an integer in
+    range or absent from the meter, and its group values are strings or missing; None for
+    anything else (``_contribution`` then reads it, and refuses it if it must)."""
+    props = cm.group_props
+    if len(props) == 1:
+        text = data.get(props[0])
+        if text is not None and type(text) is not str:
+            return None
+        cache_key: Any = text
+    else:
+        texts = tuple([data.get(prop) for prop in props])
+        for text in texts:
+            if text is not None and type(text) is not str:
+                return None
+        cache_key = texts
+    groups = cm.groups_json.get(cache_key)
+    if groups is None:
+        values = (cache_key,) if len(props) == 1 else cache_key
+        groups = cm.groups_json[cache_key] = canonical_groups(
+            {name: v for (name, _), v in zip(cm.group_paths, values, strict=True)}
+        )
+    if not cm.value_name:
+        return groups, None
+    value = data.get(cm.value_name)
+    if type(value) is not int or not -_MAX_INT <= value <= _MAX_INT:
+        return None
+    return groups, value
 
 
 def _contribution(
@@ -275,25 +397,6 @@ def _contribution(
         else:
             value = _number(raw, where)
     return groups, value
-
-
-def _fold(delta: UsageDelta, aggregation: str, value: Decimal | str | None, at: datetime) -> None:
-    delta.count += 1
-    if not isinstance(value, Decimal):
-        return
-    delta.sum = value if delta.sum is None else _EXACT.add(delta.sum, value)
-    delta.min = value if delta.min is None else min(delta.min, value)
-    delta.max = value if delta.max is None else max(delta.max, value)
-    if (
-        delta.latest_time is None
-        or at > delta.latest_time
-        or (
-            at == delta.latest_time
-            and delta.latest_value is not None
-            and value > delta.latest_value
-        )
-    ):
-        delta.latest_time, delta.latest_value = at, value
 
 
 # --- usage.totals_changed ------------------------------------------------------------
