@@ -27,19 +27,6 @@ _ANCESTORS = text(
     """
 )
 
-_SUBTREE = text(
-    """
-    WITH RECURSIVE down(external_id, depth) AS (
-        SELECT CAST(:root AS varchar), 0
-        UNION ALL
-        SELECT c.external_id, down.depth + 1
-        FROM down JOIN customers c ON c.tenant_id = :tenant AND c.parent = down.external_id
-        WHERE down.depth < :depth AND (NOT :rolled_up OR c.invoice_to = 'parent')
-    )
-    SELECT external_id, depth FROM down WHERE depth > 0 ORDER BY depth, external_id LIMIT :limit
-    """
-)
-
 _SHAPE = text(
     """
     WITH RECURSIVE down(external_id, depth, billed) AS (
@@ -138,23 +125,6 @@ class HierarchyRepository:
             _ANCESTORS, {"tenant": tenant_id, "start": external_id, "depth": depth}
         )
         return [r[0] for r in rows]
-
-    async def subtree(
-        self, tenant_id: str, external_id: str, *, depth: int, limit: int, rolled_up: bool = False
-    ) -> list[tuple[str, int]]:
-        """The customers below ``external_id`` (not itself) with their depth (children: 1),
-        by depth then external id; ``rolled_up``: only those billed on its invoices."""
-        rows = await self.session.execute(
-            _SUBTREE,
-            {
-                "tenant": tenant_id,
-                "root": external_id,
-                "depth": depth,
-                "limit": limit,
-                "rolled_up": rolled_up,
-            },
-        )
-        return [(r[0], r[1]) for r in rows]
 
     async def shape(self, tenant_id: str, external_id: str, depth: int) -> tuple[int, int]:
         """The levels below ``external_id`` (0: none) and how many customers below it are

@@ -313,14 +313,16 @@ async def subtree_of(tx: Tx, tenant_id: str, external_id: str, field: str) -> li
     tree = tx.repo(HierarchyRepository)
     if not await tree.customers(tenant_id, [external_id]):  # a read: no row lock
         raise not_found("customer", external_id)
-    below = await tree.subtree(tenant_id, external_id, depth=invoicing.MAX_DEPTH, limit=MAX_SUBTREE)
+    below = await tree.descendants(
+        tenant_id, external_id, depth=invoicing.MAX_DEPTH, limit=MAX_SUBTREE, after=None
+    )
     if len(below) + 1 > MAX_SUBTREE:
         raise invalid(
             f"the subtree of {external_id!r} has more than {MAX_SUBTREE:,} customers; query "
             "smaller subtrees",
             [{"field": field, "reason": f"at most {MAX_SUBTREE:,} customers in a subtree"}],
         )
-    return [external_id, *(e for e, _ in below)]
+    return [external_id, *(d.external_id for d in below)]
 
 
 def _hour_aligned(name: str, t: datetime | None) -> None:
