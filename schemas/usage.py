@@ -184,19 +184,29 @@ def _plain_event(parsed: Any) -> UsageEvent | None:
         tenantid = parsed["tenantid"]
     except KeyError:  # a required attribute missing
         return None
+    # type, tenantid, subject and source repeat across records: each distinct one is checked
+    # once and kept, and every event holds that one string object (cheaper to hash, compare
+    # and reach for the aggregation downstream than a fresh copy per record)
+    if type(type_) is not str or type(tenantid) is not str or type(subject) is not str:
+        return None
+    type_ = _TYPES.get(type_) or _checked(_TYPES, type_, _TYPE.fullmatch(type_) is not None)
+    tenantid = _TENANTS.get(tenantid) or _checked(
+        _TENANTS, tenantid, _TENANT.fullmatch(tenantid) is not None
+    )
+    subject = _SUBJECTS.get(subject) or _checked(
+        _SUBJECTS, subject, 0 < len(subject) <= 256 and _LINE_BAD.search(subject) is None
+    )
+    if type(source) is not str or type(id_) is not str or type(time) is not str:
+        return None
+    source = _SOURCES.get(source) or _checked(
+        _SOURCES, source, 0 < len(source) <= 512 and _LINE_BAD.search(source) is None
+    )
     if (
-        type(id_) is not str
-        or type(source) is not str
-        or type(type_) is not str
-        or type(subject) is not str
-        or type(time) is not str
-        or type(tenantid) is not str
+        not type_
+        or not tenantid
+        or not subject
+        or not source
         or not 0 < len(id_) <= 256
-        or not 0 < len(source) <= 512
-        or not 0 < len(subject) <= 256
-        or _LINE_BAD.search(id_ + source + subject) is not None
-        or _TYPE.fullmatch(type_) is None
-        or _TENANT.fullmatch(tenantid) is None
         or _TIME.fullmatch(time) is None
     ):
         return None
@@ -209,7 +219,14 @@ def _plain_event(parsed: Any) -> UsageEvent | None:
     data = parsed.get("data", _ABSENT)
     if data is _ABSENT:
         data = {}
-    elif type(data) is not dict or usage_data_problem(data) is not None:
+        keys = ""
+    elif type(data) is not dict:
+        return None
+    else:
+        keys = "".join(data)
+    if _LINE_BAD.search(id_ + keys) is not None:  # the id, and every key of data, one line
+        return None
+    if data and not _flat_and_plain(data) and usage_data_problem(data) is not None:
         return None
     if len(parsed) > len(_REQUIRED) + ("data" in parsed):  # the optional attributes
         if parsed.get("specversion", _SPECVERSION) != _SPECVERSION:
@@ -250,3 +267,46 @@ def _plain_event(parsed: Any) -> UsageEvent | None:
 _ABSENT: Any = object()
 _new = object.__new__
 _set = object.__setattr__
+
+# the distinct texts met so far that passed their field's check (type, tenantid, subject,
+# source), each kept as one string object; emptied when it grows past _MEMO_SIZE
+_TYPES: dict[str, str] = {}
+_TENANTS: dict[str, str] = {}
+_SUBJECTS: dict[str, str] = {}
+_SOURCES: dict[str, str] = {}
+_MEMO_SIZE = 100_000
+
+
+def _checked(memo: dict[str, str], text: str, fine: bool) -> str:
+    """``text`` remembered in ``memo`` if it passed its check (``fine``), else ``""``."""
+    if not fine:
+        return ""
+    if len(memo) >= _MEMO_SIZE:
+        memo.clear()
+    memo[text] = text
+    return text
+
+
+# schemas/bounds.py's (tests/unit/test_usage_decode.py holds them equal)
+_MAX_INT = 10**15
+_MAY_BE_NUMERIC = frozenset("+-.0123456789 \t\n\r\f\v")
+
+
+def _flat_and_plain(data: dict[str, Any]) -> bool:
+    """bounds._flat_and_plain without its check of the keys (done with the id): one level
+    of integers in range and strings that spell no number, no control character in them.
+    False means: let ``usage_data_problem`` look closer."""
+    texts: list[str] = []
+    for value in data.values():
+        kind = type(value)
+        if kind is int:
+            if -_MAX_INT <= value <= _MAX_INT:
+                continue
+            return False
+        if kind is str:
+            if value and value[0] in _MAY_BE_NUMERIC:
+                return False
+            texts.append(value)
+        elif value is not None and kind is not bool:
+            return False
+    return _TEXT_BAD.search("".join(texts)) is None

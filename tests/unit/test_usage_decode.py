@@ -186,3 +186,22 @@ def test_from_json_refuses_with_pydantics_message() -> None:
     with pytest.raises(ValidationError) as reference:
         UsageEvent.model_validate(jsonexact.loads(raw))
     assert str(fast.value) == str(reference.value)
+
+
+def test_the_copied_bounds_are_the_bounds() -> None:
+    from schemas import bounds, usage
+
+    assert usage._MAX_INT == bounds._MAX_INT
+    assert usage._MAY_BE_NUMERIC == bounds._MAY_BE_NUMERIC
+    assert usage._LINE_BAD.pattern == bounds._LINE_FORBIDDEN.pattern
+    assert usage._TEXT_BAD.pattern == bounds._TEXT_FORBIDDEN.pattern
+
+
+def test_a_text_once_refused_is_refused_again_and_once_accepted_accepted_again() -> None:
+    for _ in range(2):
+        assert _plain_event({**BASE, "subject": "x\x00"}) is None
+        assert _plain_event({**BASE, "type": "-x"}) is None
+        assert _plain_event({**BASE, "tenantid": "Bench"}) is None
+        assert _plain_event({**BASE, "source": ""}) is None
+        event = _plain_event({**BASE, "subject": "c-9", "source": "s-9"})
+        assert event is not None and (event.subject, event.source) == ("c-9", "s-9")
