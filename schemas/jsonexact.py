@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
@@ -74,9 +75,22 @@ def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not a valid JSON number")
 
 
-_decode = json.JSONDecoder(parse_float=Decimal, parse_constant=_no_constants).decode
+_decoder = json.JSONDecoder(parse_float=Decimal, parse_constant=_no_constants)
+_decode = _decoder.decode
+# the C scanner ``decode`` calls (set in JSONDecoder.__init__), without its whitespace steps
+_scan: Callable[[str, int], tuple[Any, int]] = _decoder.scan_once  # type: ignore[attr-defined]
 
 
 def loads(text: str | bytes) -> Any:
-    """Parse JSON with every non-integer number as an exact ``Decimal``; NaN/Infinity refused."""
-    return _decode(text.decode() if isinstance(text, bytes) else text)
+    """Parse JSON with every non-integer number as an exact ``Decimal``; NaN/Infinity refused.
+
+    A document with no whitespace around it (every record on a topic) is scanned straight;
+    anything else (whitespace, an error to report) goes through ``decode``: same result."""
+    s = text.decode() if isinstance(text, bytes) else text
+    try:
+        value, end = _scan(s, 0)
+    except StopIteration:  # leading whitespace, or not JSON: decode says which
+        return _decode(s)
+    if end != len(s):  # trailing whitespace, or extra data
+        return _decode(s)
+    return value
