@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 from aiokafka import ConsumerRecord
 from sqlalchemy import event
@@ -25,8 +25,10 @@ R = TypeVar("R")
 DLQ_HEADER_PREFIX = "billstream-dlq-"
 
 
-@dataclass(frozen=True)
-class Message(Generic[E]):
+class Message(NamedTuple, Generic[E]):
+    """One consumed record and its decoded event. A NamedTuple: a batch builds one per
+    record, and a tuple is built in a third of a frozen dataclass's time."""
+
     record: ConsumerRecord[bytes, bytes]
     event: E
 
