@@ -26,7 +26,10 @@ STAGES: list[tuple[str, str]] = [
     ("inbox keys (BLAKE2b)", r"^(message_key \(storage/inbox|Message\.inbox_key|inbox_key) \("),
     ("inbox claim (INSERT … RETURNING)", r"^(claim \(storage/inbox|Tx\.claim \()"),
     ("meter lookup (SELECT)", r"^MeterRepository\.for_event_types \("),
-    ("aggregate (pure Python)", r"^(_?aggregate|_plain_contribution|_contribution|_fold|hour_bucket) \("  # noqa: E501),
+    (
+        "aggregate (pure Python)",
+        r"^(_?aggregate|_plain_contribution|_contribution|_fold|hour_bucket) \(",
+    ),
     ("usage upsert (unnest)", r"^UsageRepository\.apply \("),
     ("transaction commit + outbox flush", r"^(Tx\.flush|AsyncSessionTransaction\.__aexit__) \("),
     ("transaction: other (session, begin)", r"^BatchProcessor\._transaction \("),
