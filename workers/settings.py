@@ -110,6 +110,14 @@ class Settings(BaseSettings):
     invoicing_chunk: int = Field(
         default=1000, ge=1, le=10_000, description="Subscriptions or drafts per transaction."
     )
+    invoicing_parallel: int = Field(
+        default=2,
+        ge=1,
+        le=8,
+        description="Chunks a billing run closes or finalizes at once in one worker (each its "
+        "own transaction, rows claimed with SKIP LOCKED): one computes while PostgreSQL "
+        "writes the other.",
+    )
     late_usage_lookback_days: int = Field(
         default=35,
         ge=0,

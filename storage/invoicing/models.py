@@ -20,6 +20,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     func,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
@@ -172,7 +173,10 @@ class Invoice(Base):
         ForeignKeyConstraint(
             ["tenant_id", "subscription_id"], ["subscriptions.tenant_id", "subscriptions.id"]
         ),
-        Index("ix_invoices_drafts", "finalize_after", postgresql_where="status = 'draft'"),
+        # the drafts a run finalizes, in claim order (migration 0031)
+        Index("ix_invoices_drafts", "finalize_after", "id", postgresql_where="status = 'draft'"),
+        # a tenant's list, latest period first (GET /v1/invoices; migration 0031)
+        Index("ix_invoices_list", "tenant_id", text("period_start DESC"), "id"),
         Index(
             "uq_invoices_idempotency_key",
             "tenant_id",

@@ -11,11 +11,12 @@ quarantined and the others are billed (bulkheads, ADR 0044).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
@@ -29,7 +30,6 @@ from schemas.invoicing import (
     SubscriptionUpdated,
 )
 from storage.invoicing import (
-    BillingRun,
     Customer,
     Invoice,
     InvoicingConfigRow,
@@ -38,6 +38,7 @@ from storage.invoicing import (
     Subscription,
 )
 from storage.invoicing.late_usage import LateUsageRepository
+from storage.invoicing.runs import held_run
 from workers.invoicing import finalizing, late_usage, lifecycle, service, taxing, trials, views
 from workers.invoicing.discounting import Discounts
 from workers.invoicing.late_usage import ADJUSTMENT
@@ -51,10 +52,14 @@ from workers.invoicing.lines import (
     rolled_up,
 )
 from workers.runtime import Item, Jobs, Tx
+from workers.runtime.errors import ShuttingDown, describe
+from workers.runtime.jobs import Apply, Claim
 from workers.runtime.offsets import OffsetReader
 from workers.settings import Settings
 
 log = structlog.get_logger("billstream.invoicing")
+
+T = TypeVar("T")
 
 BILLING = "invoicing.billing"  # the job loop: requested runs, then the periodic run
 CLOSE_PERIODS = "invoicing.close_periods"
@@ -180,12 +185,42 @@ class Billing:
     that are due, chunk by chunk."""
 
     def __init__(
-        self, jobs: Jobs, *, chunk: int, lookback: timedelta, plans: Plans = PLANS
+        self,
+        jobs: Jobs,
+        *,
+        chunk: int,
+        lookback: timedelta,
+        plans: Plans = PLANS,
+        parallel: int = 1,
     ) -> None:
         self.jobs = jobs
         self.chunk = chunk
         self.lookback = lookback
         self.plans = plans
+        self.parallel = parallel
+
+    async def _drain(
+        self,
+        job: str,
+        claim: Claim[T],
+        item_of: Callable[[T], Item],
+        apply: Apply[T],
+    ) -> int:
+        """Claimed chunks of ``job`` until none is left, ``parallel`` of them at a time (each
+        in its own transaction; SKIP LOCKED keeps them apart, as it does replicas): while
+        one chunk waits for PostgreSQL, the next is computed. Returns the sum applied."""
+
+        async def one() -> int:
+            applied = 0
+            while (step := await self.jobs.claimed(job, claim, item_of, apply)).claimed:
+                applied += step.applied
+            return applied
+
+        if self.parallel == 1:
+            return await one()
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(one()) for _ in range(self.parallel)]
+        return sum(t.result() for t in tasks)
 
     async def run(
         self,
@@ -215,10 +250,7 @@ class Billing:
         async def close(tx: Tx, subs: Sequence[Subscription]) -> int:
             return await self.close(tx, subs, as_of)
 
-        while (
-            step := await self.jobs.claimed(CLOSE_PERIODS, claim_due, _subscription, close)
-        ).claimed:
-            result.invoices_created += step.applied
+        result.invoices_created += await self._drain(CLOSE_PERIODS, claim_due, _subscription, close)
 
         async def claim_ended(tx: Tx, only: Sequence[Item] | None) -> list[Subscription]:
             return await tx.repo(LateUsageRepository).claim_ended(
@@ -255,10 +287,9 @@ class Billing:
         async def finalize(tx: Tx, drafts: Sequence[Invoice]) -> int:
             return await self.finalize(tx, drafts, as_of)
 
-        while (
-            step := await self.jobs.claimed(FINALIZE, claim_finalizable, _invoice, finalize)
-        ).claimed:
-            result.invoices_finalized += step.applied
+        result.invoices_finalized += await self._drain(
+            FINALIZE, claim_finalizable, _invoice, finalize
+        )
         result.drafts_waiting = await self.jobs.run(
             "invoicing.drafts_waiting",
             lambda tx: tx.repo(InvoicingRepository).drafts_waiting(tenant_id, as_of),
@@ -376,18 +407,17 @@ class Billing:
 # --- the job: requested runs, then the periodic run ------------------------------------
 
 
-def _run_item(run: BillingRun) -> Item:
-    return Item(run.tenant_id, "billing_run", run.id)
-
-
 class Scheduler:
     """Runs billing: requested runs (``RunBilling``, with their ``as_of``) first, then the
-    periodic run as of now. Every replica runs one; row locks share the work."""
+    periodic run as of now. Every replica runs one; locks share the work."""
 
     def __init__(self, jobs: Jobs, settings: Settings) -> None:
         self.jobs = jobs
         self.billing = Billing(
-            jobs, chunk=settings.invoicing_chunk, lookback=settings.late_usage_lookback
+            jobs,
+            chunk=settings.invoicing_chunk,
+            lookback=settings.late_usage_lookback,
+            parallel=settings.invoicing_parallel,
         )
         self.offsets = OffsetReader(settings)
 
@@ -416,29 +446,32 @@ class Scheduler:
         return r.invoices_created, r.invoices_finalized, r.drafts_waiting
 
     async def requested_run(self) -> bool:
-        """Carry out one pending ``RunBilling``; False when none is pending. The run's row
-        stays locked while it runs, so no other replica takes it; a crash leaves it pending
-        and it is run again (periods are never invoiced twice). A run that fails for good
-        is quarantined and marked failed with the reason, and the next one goes on."""
-        step = await self.jobs.claimed(
-            REQUESTED_RUNS, _claim_run, _run_item, self._carry_out, mark=_failed
-        )
-        return step.claimed > 0
+        """Carry out one pending ``RunBilling``; False when none is pending. The run is held
+        (``storage.invoicing.runs``: an advisory lock on a connection of its own, with no
+        transaction left open for the length of the run) while it runs, so no other replica
+        takes it; a crash leaves it pending and it is run again (periods are never invoiced
+        twice). A run that fails for good is quarantined and marked failed with the reason,
+        and the next one goes on."""
+        async with held_run(self.jobs.sessions, job=REQUESTED_RUNS) as run:
+            if run is None:
+                return False
+            try:
+                created, finalized, waiting = await self.run(run.as_of, run.tenant_id)
 
-    async def _carry_out(self, tx: Tx, runs: Sequence[BillingRun]) -> int:
-        for run in runs:
-            created, finalized, waiting = await self.run(run.as_of, run.tenant_id)
-            await tx.repo(InvoicingRepository).complete_run(
-                run, created=created, finalized=finalized, waiting=waiting, at=datetime.now(UTC)
-            )
-        return len(runs)
+                async def complete(tx: Tx) -> bool:
+                    return await tx.repo(InvoicingRepository).complete_pending_run(
+                        run.tenant_id, run.id, created=created, finalized=finalized,
+                        waiting=waiting, at=datetime.now(UTC),
+                    )  # fmt: skip
 
-
-async def _claim_run(tx: Tx, only: Sequence[Item] | None) -> list[BillingRun]:
-    run = await tx.repo(InvoicingRepository).claim_pending_run(
-        job=REQUESTED_RUNS, only=None if only is None else [(i.tenant_id, i.id) for i in only]
-    )
-    return [] if run is None else [run]
+                await self.jobs.run(REQUESTED_RUNS, complete)
+            except ShuttingDown:
+                raise
+            except Exception as e:
+                log.warning("billing run failed", run=run.id, error=describe(e))
+                item = Item(run.tenant_id, "billing_run", run.id)
+                await self.jobs.quarantine(REQUESTED_RUNS, item, e, _failed)
+            return True
 
 
 async def _failed(tx: Tx, item: Item, reason: str) -> None:
