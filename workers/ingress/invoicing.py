@@ -43,7 +43,7 @@ from workers.ingress.routes import MAX_SUBTREE, CommandAccepted, send_command, s
 from workers.runtime import Tx
 
 if TYPE_CHECKING:
-    from storage.invoicing import Customer, Invoice
+    from storage.invoicing import Customer, Invoice, InvoiceLineRow
 
 router = APIRouter(prefix="/v1", tags=["invoicing"])
 
@@ -271,10 +271,19 @@ async def _sections(tx: Tx, tenant_id: str, data: InvoiceData) -> list[InvoiceSe
     ]
 
 
-async def _invoice_view(tx: Tx, invoice: Invoice, *, payments: bool) -> InvoiceView:
+async def _invoice_view(
+    tx: Tx,
+    invoice: Invoice,
+    *,
+    payments: bool,
+    known: tuple[dict[str, Customer], dict[str, list[InvoiceLineRow]]] | None = None,
+) -> InvoiceView:
+    """``known``: the invoice's customer and lines already read (a list reads them for
+    every invoice in one query each)."""
     repo = tx.repo(InvoicingRepository)
-    customer = (await repo.customers([invoice.customer_id]))[invoice.customer_id]
-    lines = (await repo.lines([invoice.id]))[invoice.id]
+    if known is None:
+        known = (await repo.customers([invoice.customer_id]), await repo.lines([invoice.id]))
+    customer, lines = known[0][invoice.customer_id], known[1][invoice.id]
     data = invoicing.invoice_data(invoice, customer.external_id, lines)
     paid = await repo.payments(invoice.tenant_id, invoice.id) if payments else []
     return InvoiceView(
@@ -326,7 +335,12 @@ async def list_invoices(
         limit=limit,
         customer_ids=customer_ids,
     )
-    return [await _invoice_view(tx, i, payments=False) for i in rows]
+    repo = tx.repo(InvoicingRepository)
+    known = (
+        await repo.customers({i.customer_id for i in rows}),
+        await repo.lines([i.id for i in rows]),
+    )
+    return [await _invoice_view(tx, i, payments=False, known=known) for i in rows]
 
 
 async def _invoice(tx: Tx, tenant_id: str, invoice_id: str) -> Invoice:
