@@ -112,6 +112,7 @@ TENANT = "bench"
 ANCHOR = datetime(2031, 1, 1, tzinfo=UTC)
 AS_OF = datetime(2031, 2, 1, 2, tzinfo=UTC)  # January ended, grace hour passed
 TARGET_S = 20.0
+TARGET_100K_S = 90.0  # issue 22: above 10,000 subscriptions (100,000 in under 90 s)
 
 GRANTED_AT = datetime(2030, 12, 15, tzinfo=UTC)  # before the seeded period starts
 PROMO_EXPIRES = datetime(2031, 3, 1, tzinfo=UTC)  # after a run as of early February 2031
@@ -769,7 +770,8 @@ async def main(args: argparse.Namespace) -> int:
             await asyncio.to_thread(proc.wait, 120)
             print("\n".join(profile_summary(Path(profile), args.top)))
         if problem is None and args.record:
-            met = "met" if elapsed < TARGET_S else "NOT met"
+            target = TARGET_S if args.subscriptions <= 10_000 else TARGET_100K_S
+            met = "met" if elapsed < target else "NOT met"
             share = float(Fraction(args.credits_share))
             option = f" --credits-share {args.credits_share}" if with_credits else ""
             if args.taxes:
@@ -829,7 +831,7 @@ async def main(args: argparse.Namespace) -> int:
                 f"| `RunBilling` published → run completed (every period drafted from the "
                 f"metering read model, every draft finalized and numbered, events in the "
                 f"outbox; {checked}) | **{elapsed:.1f} s** "
-                f"({args.subscriptions / elapsed:,.0f} subscriptions/s) | <{TARGET_S:.0f} s | "
+                f"({args.subscriptions / elapsed:,.0f} subscriptions/s) | <{target:.0f} s | "
                 f"{met} |\n"
                 + (
                     f"| `RunBilling` published → the last invoice's receipt committed | "
