@@ -873,7 +873,7 @@ if __name__ == "__main__":
     parser.add_argument("--subscriptions", type=int, default=10_000)
     parser.add_argument("--chunk", type=int, default=1000)
     parser.add_argument(
-        "--parallel", type=int, default=2, help="chunks at once (BILLSTREAM_INVOICING_PARALLEL)"
+        "--parallel", type=int, default=1, help="chunks at once (BILLSTREAM_INVOICING_PARALLEL)"
     )
     parser.add_argument("--timeout", type=float, default=300.0)
     parser.add_argument(

@@ -111,7 +111,7 @@ class Settings(BaseSettings):
         default=1000, ge=1, le=10_000, description="Subscriptions or drafts per transaction."
     )
     invoicing_parallel: int = Field(
-        default=2,
+        default=1,
         ge=1,
         le=8,
         description="Chunks a billing run closes or finalizes at once in one worker (each its "
