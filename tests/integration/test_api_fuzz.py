@@ -90,6 +90,7 @@ UNSAYABLE_REASONS = (
     "the last tier must be unbounded",
     "must be greater than tier",
     "duplicate price key",
+    "is credited twice",  # a credit note names each invoice line once (1 and 1.0 alike)
     "minor units; at most",  # a plan's money, in minor units of the plan's own currency
     "the fixed charges (flat amounts, tier flat fees, minimum spends) add up to",
     "is not the sum of the lines'",  # a POS receipt's total and tax
