@@ -140,6 +140,33 @@ async def test_a_requested_run_that_fails_is_marked_failed_and_the_next_ones_run
     assert (q.tenant_id, q.kind, q.item_id) == ("acme", "billing_run", result["billing_run_id"])
 
 
+async def test_a_requested_run_that_meets_a_transient_failure_is_retried_not_failed(
+    billing: Stack, sessions: Sessions, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The broker or the database away a moment in the middle of a requested run: the run
+    is carried out again and completes; nothing is quarantined."""
+    acme = billing
+    await acme.api.ok(
+        "POST", "/v1/subscriptions", {"customer": "alice", "plan": "pro", "start": OCT.isoformat()}
+    )
+    real_run = Billing.run
+    failures: list[str] = []
+
+    async def run(self: Billing, as_of: datetime, tenant_id: str | None, *a: Any) -> Any:
+        if tenant_id == "acme" and not failures:
+            failures.append("once")
+            raise ConnectionError("the database went away a moment")
+        return await real_run(self, as_of, tenant_id, *a)
+
+    monkeypatch.setattr(Billing, "run", run)
+    done = await acme.run_billing(NOV + HOUR)
+    assert failures == ["once"]
+    assert (done["status"], done["invoices_created"], done["invoices_finalized"]) == (
+        "completed", 1, 1,
+    )  # fmt: skip
+    assert await _quarantined(sessions) == []
+
+
 async def test_jobs_isolate_the_one_failing_item_and_apply_the_rest(
     settings: Settings, sessions: Sessions, tenant: TenantKey
 ) -> None:

@@ -55,6 +55,7 @@ from workers.runtime import Item, Jobs, Tx
 from workers.runtime.errors import ShuttingDown, describe
 from workers.runtime.jobs import Apply, Claim
 from workers.runtime.offsets import OffsetReader
+from workers.runtime.transient import retrying
 from workers.settings import Settings
 
 log = structlog.get_logger("billstream.invoicing")
@@ -456,7 +457,14 @@ class Scheduler:
             if run is None:
                 return False
             try:
-                created, finalized, waiting = await self.run(run.as_of, run.tenant_id)
+                # a transient failure (the database or the broker away a moment) retries the
+                # run, as a claimed step would; only a permanent one fails it
+                created, finalized, waiting = await retrying(
+                    lambda: self.run(run.as_of, run.tenant_id),
+                    initial_s=self.jobs.retry_initial_s,
+                    max_s=self.jobs.retry_max_s,
+                    stopping=self.jobs.stopping,
+                )
 
                 async def complete(tx: Tx) -> bool:
                     return await tx.repo(InvoicingRepository).complete_pending_run(
