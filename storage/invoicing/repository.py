@@ -14,15 +14,15 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, delete, exists, func, select, text, tuple_, update
+from sqlalchemy import and_, delete, exists, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
+from storage.invoicing.billing_runs import BILLED_BY_RUNS, BillingRunQueries
 from storage.invoicing.bulk import bulk
 from storage.invoicing.claims import claim_subscriptions
 from storage.invoicing.models import (
-    BillingRun,
     Customer,
     Invoice,
     InvoiceLineRow,
@@ -36,11 +36,10 @@ from storage.quarantine import not_quarantined
 
 LINE_COLUMNS = [c.name for c in InvoiceLineRow.__table__.columns]
 INVOICE_COLUMNS = [c.name for c in Invoice.__table__.columns]
-_BILLED_BY_RUNS = Invoice.kind != "one_off"  # a one-off draft is finalized by its command
 ANALYZE_AFTER = 5000  # drafts snapshot at once: refresh the statistics of invoices
 
 
-class InvoicingRepository:
+class InvoicingRepository(BillingRunQueries):
     """Every method takes the tenant (or returns rows that carry it): no cross-tenant reads."""
 
     def __init__(self, session: AsyncSession) -> None:
@@ -267,7 +266,7 @@ class InvoicingRepository:
         ``ix_invoices_drafts`` (issue 22)."""
         result = await self.session.execute(
             update(Invoice)
-            .where(Invoice.status == "draft", Invoice.usage_offsets.is_(None), _BILLED_BY_RUNS)
+            .where(Invoice.status == "draft", Invoice.usage_offsets.is_(None), BILLED_BY_RUNS)
             .values(usage_offsets={str(p): o for p, o in usage_ends.items()})
         )
         snapshot = int(result.rowcount)  # type: ignore[attr-defined]
@@ -299,7 +298,7 @@ class InvoicingRepository:
         ).bindparams(committed=json.dumps({str(p): o for p, o in committed.items()}))
         q = select(Invoice).where(
             Invoice.status == "draft",
-            _BILLED_BY_RUNS,
+            BILLED_BY_RUNS,
             Invoice.finalize_after <= as_of,
             Invoice.usage_offsets.is_not(None),
             caught_up,
@@ -445,70 +444,3 @@ class InvoicingRepository:
                 .order_by(InvoicePayment.received_at)
             )
         )
-
-    # billing runs ------------------------------------------------------------------
-
-    async def add_run(self, tenant_id: str, id: str, as_of: datetime) -> bool:
-        """A pending billing run; False when one with this id exists."""
-        inserted = await self.session.scalar(
-            insert(BillingRun)
-            .values(tenant_id=tenant_id, id=id, as_of=as_of, status="pending")
-            .on_conflict_do_nothing(index_elements=["tenant_id", "id"])
-            .returning(BillingRun.id)
-        )
-        return inserted is not None
-
-    async def run(self, tenant_id: str, id: str) -> BillingRun | None:
-        return await self.session.scalar(
-            select(BillingRun).where(BillingRun.tenant_id == tenant_id, BillingRun.id == id)
-        )
-
-    async def pending_runs(self, *, job: str, limit: int) -> list[BillingRun]:
-        """The oldest pending runs, not locked; runs ``job`` quarantined are left out."""
-        q = select(BillingRun).where(
-            BillingRun.status == "pending",
-            not_quarantined(job, "billing_run", BillingRun.tenant_id, BillingRun.id),
-        )
-        return list(await self.session.scalars(q.order_by(BillingRun.requested_at).limit(limit)))
-
-    async def run_status(self, tenant_id: str, id: str) -> str | None:
-        return await self.session.scalar(
-            select(BillingRun.status).where(BillingRun.tenant_id == tenant_id, BillingRun.id == id)
-        )
-
-    async def complete_pending_run(
-        self, tenant_id: str, id: str, *, created: int, finalized: int, waiting: int, at: datetime
-    ) -> bool:
-        """The pending run ``id`` is done: what it created and finalized, and the drafts
-        still waiting for metering; False if it was not pending any more."""
-        result = await self.session.execute(
-            update(BillingRun)
-            .where(
-                BillingRun.tenant_id == tenant_id,
-                BillingRun.id == id,
-                BillingRun.status == "pending",
-            )
-            .values(
-                invoices_created=BillingRun.invoices_created + created,
-                invoices_finalized=BillingRun.invoices_finalized + finalized,
-                drafts_waiting=waiting,
-                status="completed",
-                completed_at=at,
-            )
-        )
-        return bool(result.rowcount)  # type: ignore[attr-defined]
-
-    async def fail_run(self, tenant_id: str, id: str, error: str) -> None:
-        await self.session.execute(
-            update(BillingRun)
-            .where(BillingRun.tenant_id == tenant_id, BillingRun.id == id)
-            .values(status="failed", error=error, completed_at=func.now())
-        )
-
-    async def drafts_waiting(self, tenant_id: str | None, as_of: datetime) -> int:
-        q = select(func.count()).where(
-            Invoice.status == "draft", Invoice.finalize_after <= as_of, _BILLED_BY_RUNS
-        )
-        if tenant_id is not None:
-            q = q.where(Invoice.tenant_id == tenant_id)
-        return int(await self.session.scalar(q) or 0)
