@@ -14,7 +14,7 @@ from pydantic import TypeAdapter
 from schemas.envelope import WIRE
 from schemas.metering import Aggregation, MeteringEvent, UsageTotalsChanged
 from schemas.usage import UsageEvent
-from workers.metering import service
+from workers.metering import service, totals
 from workers.metering.service import MeterDef, PeriodKey
 
 H10 = datetime(2024, 5, 1, 10, 0, tzinfo=UTC)
@@ -57,7 +57,7 @@ USERS = meter("users", "unique_count", group_by=REGION)
 METERS = [SPEND, CALLS, USERS]
 
 
-def keys(touched: list[service.TouchedTotal]) -> list[tuple[str, str, str, datetime, int]]:
+def keys(touched: list[totals.TouchedTotal]) -> list[tuple[str, str, str, datetime, int]]:
     return [
         (t.key.meter.tenant_id, t.key.subject, t.key.meter.key, t.key.start, t.events)
         for t in touched
@@ -78,7 +78,7 @@ def test_one_key_per_subject_meter_and_hour_every_group_combined_with_its_event_
     assert not result.rejected
     assert len(result.deltas) > 5 * len(METERS)  # group values were kept apart in the deltas
 
-    touched = service.touched_totals(result.deltas, METERS)
+    touched = totals.touched_totals(result.deltas, METERS)
 
     assert keys(touched) == [
         ("acme", "cust-1", "calls", H10, 3),
@@ -122,7 +122,7 @@ def test_only_the_events_a_meter_used_count_and_rejected_events_count_nowhere() 
     result = service.aggregate(events, meters)
     assert [i for i, _ in result.rejected] == [1, 3]
 
-    touched = service.touched_totals(result.deltas, meters)
+    touched = totals.touched_totals(result.deltas, meters)
 
     assert keys(touched) == [
         ("acme", "cust-1", "pages", H10, 1),
@@ -132,8 +132,8 @@ def test_only_the_events_a_meter_used_count_and_rejected_events_count_nowhere() 
 
 
 def test_nothing_touched_emits_nothing() -> None:
-    assert service.touched_totals([], METERS) == []
-    assert service.totals_changed([], [], H10) == []
+    assert totals.touched_totals([], METERS) == []
+    assert totals.totals_changed([], [], H10) == []
 
 
 def decoded(raw: bytes) -> UsageTotalsChanged:
@@ -144,10 +144,10 @@ def decoded(raw: bytes) -> UsageTotalsChanged:
 
 def test_the_events_carry_the_new_totals_in_the_envelope_downstream_consumers_read() -> None:
     events = [call("cust-1", H10, "1.5", "eu"), call("cust-1", H10 + M, "2.25", "us")]
-    touched = service.touched_totals(service.aggregate(events, [SPEND, USERS]).deltas, METERS)
+    touched = totals.touched_totals(service.aggregate(events, [SPEND, USERS]).deltas, METERS)
     now = datetime(2024, 5, 1, 12, 34, 56, 789, tzinfo=UTC)
 
-    built = service.totals_changed(touched, [Decimal("10.75"), Decimal(1)], now)
+    built = totals.totals_changed(touched, [Decimal("10.75"), Decimal(1)], now)
 
     (t1, raw_spend), (t2, raw_users) = built
     assert (t1, t2) == ("acme", "acme")
@@ -185,7 +185,7 @@ def test_any_subject_and_total_encode_as_the_schema_says(
     subject: str, total: Decimal | None
 ) -> None:
     key = PeriodKey(SPEND, subject, H10, H11)
-    [(tenant, raw)] = service.totals_changed([service.TouchedTotal(key, 3)], [total], H11)
+    [(tenant, raw)] = totals.totals_changed([totals.TouchedTotal(key, 3)], [total], H11)
     event = decoded(raw)
     assert (tenant, event.subject, event.data.subject) == ("acme", subject, subject)
     assert event.data.total == total and event.data.events == 3

@@ -10,6 +10,7 @@ from schemas.metering import MeteringCommand
 from schemas.usage import UsageEvent
 from storage.metering import MeterRepository, UsageRepository
 from workers.metering import service
+from workers.metering import totals as totals_
 from workers.metering.commands import COMMANDS
 from workers.runtime import Batch, Runtime, Tx
 
@@ -32,11 +33,11 @@ async def on_usage(batch: Batch[UsageEvent], tx: Tx) -> None:
         tx.reject(fresh[index], reason, code="unusable_event")
     usage = tx.repo(UsageRepository)
     await usage.apply(result.deltas, result.uniques)
-    touched = service.touched_totals(result.deltas, meters)
+    touched = totals_.touched_totals(result.deltas, meters)
     totals = await usage.period_totals([t.key for t in touched])
-    for tenant, value in service.totals_changed(touched, totals, utcnow()):
+    for tenant, value in totals_.totals_changed(touched, totals, utcnow()):
         tx.emit_encoded(
-            value, type=service.TOTALS_CHANGED, topic=topics.EVENTS_METERING, key=tenant
+            value, type=totals_.TOTALS_CHANGED, topic=topics.EVENTS_METERING, key=tenant
         )
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -397,90 +396,6 @@ def _contribution(
         else:
             value = _number(raw, where)
     return groups, value
-
-
-# --- usage.totals_changed ------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TouchedTotal:
-    """One (tenant, subject, meter, hour) a batch changed, and how many of its events did."""
-
-    key: PeriodKey  # the meter, the subject and the hour [start, start + 1 h)
-    events: int
-
-
-def touched_totals(deltas: Sequence[UsageDelta], meters: Sequence[MeterDef]) -> list[TouchedTotal]:
-    """The (subject, meter, hour) totals a batch's deltas changed: one per key, every group
-    value of that hour combined, sorted by (tenant, subject, meter key, hour).
-
-    Each event adds exactly 1 to the count of one delta per meter that reads it, so the
-    counts summed over a key's group values are the events of the batch behind it.
-    """
-    by_id = {m.id: m for m in meters}
-    events: dict[tuple[str, str, datetime], int] = {}
-    for d in deltas:
-        key = (d.meter_id, d.subject, d.bucket)
-        events[key] = events.get(key, 0) + d.count
-    touched = [
-        TouchedTotal(PeriodKey(by_id[meter_id], subject, bucket, bucket + HOUR), n)
-        for (meter_id, subject, bucket), n in events.items()
-    ]
-    touched.sort(key=lambda t: (t.key.meter.tenant_id, t.key.subject, t.key.meter.key, t.key.start))
-    return touched
-
-
-TOTALS_CHANGED = "usage.totals_changed"
-
-
-def _utc_text(t: datetime) -> str:
-    """A UTC time as pydantic writes it (``…Z``)."""
-    return t.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
-def totals_changed(
-    touched: Sequence[TouchedTotal], totals: Sequence[Decimal | None], at: datetime
-) -> list[tuple[str, bytes]]:
-    """One ``usage.totals_changed`` per touched key, carrying its new ``totals`` (in order),
-    as (tenant id, the event's JSON).
-
-    Written straight as JSON rather than through the pydantic model: a batch emits up to
-    one per event, and the model costs ~15 µs each where this costs a few. A unit test holds
-    the output to the ``UsageTotalsChanged`` schema.
-    """
-    time = _utc_text(at)
-    meters: dict[str, str] = {}
-    hours: dict[datetime, str] = {}
-    out: list[tuple[str, bytes]] = []
-    dumps = functools.partial(json.dumps, ensure_ascii=False)  # UTF-8, as pydantic writes
-    for t, total in zip(touched, totals, strict=True):
-        m = t.key.meter
-        head = meters.get(m.id)
-        if head is None:
-            head = meters[m.id] = (
-                f'"meter_id":{dumps(m.id)},"meter":{dumps(m.key)},'
-                f'"aggregation":{dumps(Aggregation(m.aggregation).value)}'
-            )
-        period = hours.get(t.key.start)
-        if period is None:
-            period = hours[t.key.start] = (
-                f'"period_start":"{_utc_text(t.key.start)}","period_end":"{_utc_text(t.key.end)}"'
-            )
-        subject = dumps(t.key.subject)
-        value = f',"total":"{format(total, "f")}"' if total is not None else ""
-        out.append(
-            (
-                m.tenant_id,
-                (
-                    f'{{"specversion":"1.0","id":"{new_id()}","source":"{SOURCE}",'
-                    f'"type":"{TOTALS_CHANGED}","time":"{time}","subject":{subject},'
-                    f'"datacontenttype":"application/json","data":{{{head},"subject":{subject},'
-                    f'{period}{value},"events":{t.events}}},"tenantid":{dumps(m.tenant_id)},'
-                    '"dataversion":"1"}'
-                ).encode(),
-            )
-        )
-    return out
 
 
 # --- meters ------------------------------------------------------------------------
