@@ -24,6 +24,7 @@ from schemas.bounds import (
     Line,
     ShowBounds,
     check_usage_data,
+    plain_values,
     usage_data_problem,
 )
 from schemas.envelope import TENANT_ID_PATTERN, CloudEvent
@@ -226,7 +227,7 @@ def _plain_event(parsed: Any) -> UsageEvent | None:
         keys = "".join(data)
     if _LINE_BAD.search(id_ + keys) is not None:  # the id, and every key of data, one line
         return None
-    if data and not _flat_and_plain(data) and usage_data_problem(data) is not None:
+    if data and not plain_values(data) and usage_data_problem(data) is not None:
         return None
     if len(parsed) > len(_REQUIRED) + ("data" in parsed):  # the optional attributes
         if parsed.get("specversion", _SPECVERSION) != _SPECVERSION:
@@ -285,28 +286,3 @@ def _checked(memo: dict[str, str], text: str, fine: bool) -> str:
         memo.clear()
     memo[text] = text
     return text
-
-
-# schemas/bounds.py's (tests/unit/test_usage_decode.py holds them equal)
-_MAX_INT = 10**15
-_MAY_BE_NUMERIC = frozenset("+-.0123456789 \t\n\r\f\v")
-
-
-def _flat_and_plain(data: dict[str, Any]) -> bool:
-    """bounds._flat_and_plain without its check of the keys (done with the id): one level
-    of integers in range and strings that spell no number, no control character in them.
-    False means: let ``usage_data_problem`` look closer."""
-    texts: list[str] = []
-    for value in data.values():
-        kind = type(value)
-        if kind is int:
-            if -_MAX_INT <= value <= _MAX_INT:
-                continue
-            return False
-        if kind is str:
-            if value and value[0] in _MAY_BE_NUMERIC:
-                return False
-            texts.append(value)
-        elif value is not None and kind is not bool:
-            return False
-    return _TEXT_BAD.search("".join(texts)) is None
