@@ -54,6 +54,14 @@ class Snapshot:
 
 # --- one customer's snapshot in one statement (the check's hot path) ---------------------------
 
+#: the PostgreSQL channel every change to a row ``SNAPSHOT`` reads is announced on, by the
+#: trigger function ``NOTIFY_FUNCTION`` (migration 0032, which repeats both names: a
+#: migration does not import the code). Payload, JSON: ``["<tenant>", "<customer>"]`` (that
+#: customer's rows), ``["<tenant>"]`` (the tenant's features, plan grants or configuration),
+#: ``[]`` (a table truncated: everything). ``cache.SnapshotCache`` listens to it.
+NOTIFY_CHANNEL = "billstream_entitlements"
+NOTIFY_FUNCTION = "billstream_entitlements_notify"
+
 SNAPSHOT = """
     WITH subs AS (
         SELECT * FROM entitlement_subscriptions
@@ -147,6 +155,7 @@ class SnapshotReader:
         self._idle: list[_Held] = []
         self._slots = asyncio.Semaphore(keep)
         self._closed = False
+        self.statements = 0  # how many times the statement ran (tests, the cache's proof)
 
     async def read(
         self, tenant_id: str, customer: str, at: datetime, *, feature: str | None = None
@@ -155,6 +164,7 @@ class SnapshotReader:
             kept = bool(self._idle)
             held = self._idle.pop() if kept else await self._checkout()
             while True:
+                self.statements += 1
                 try:
                     row = await held.driver.fetchrow(SNAPSHOT, tenant_id, customer, at, feature)
                 except BaseException as e:

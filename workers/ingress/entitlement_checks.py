@@ -1,11 +1,13 @@
 """The entitlement check (``GET /v1/customers/{customer}/entitlements[/{feature}]``),
 signed entitlement tokens and the public keys they verify with (docs/entitlements.md).
 
-A check is the hot path: one statement on a connection kept for checks, outside any
-transaction (``SnapshotReader``), and the one pure function every answer and every event
-comes from (``entitlements.evaluate``). The fast path (``fastpath.py``) answers both checks
-without the framework, with the same bytes as the routes declared here. A token is that
-answer, signed: the signing key is kept ``SIGNING_KEY_CACHE_S`` per process.
+A check is the hot path: the customer's rows from memory (``SnapshotCache``: kept until
+PostgreSQL announces a change to one of them), else one statement on a connection kept for
+checks, outside any transaction (``SnapshotReader``); then the one pure function every
+answer and every event comes from (``entitlements.evaluate``). The fast path
+(``fastpath.py``) answers both checks without the framework, with the same bytes as the
+routes declared here. A token is that answer, signed: the signing key is kept
+``SIGNING_KEY_CACHE_S`` per process.
 
 ``/.well-known/jwks.json`` needs no API key: it is the deployment's, not a tenant's (the
 door only authenticates routes that need a tenant). ``…/entitlements/token`` (POST) is
@@ -31,6 +33,7 @@ from schemas.entitlements import (
 )
 from schemas.envelope import new_id
 from storage.entitlements import EntitlementRepository
+from storage.entitlements.cache import SnapshotCache
 from storage.entitlements.snapshot import SnapshotReader
 from workers import entitlements, payments
 from workers.ingress.deps import IngressState, State, Tenant, Unit
@@ -56,24 +59,26 @@ KEY_RETRY_AFTER_S = 5
 # --- the check -----------------------------------------------------------------------------
 
 
-def snapshots(app_state: Any) -> SnapshotReader:
-    """The process's ``SnapshotReader`` (kept on the app's state, made on the first check;
-    ``workers/ingress/fastpath.install`` closes it when the app stops)."""
-    reader: SnapshotReader | None = getattr(app_state, "entitlement_snapshots", None)
-    if reader is None:
+def snapshots(app_state: Any) -> SnapshotCache:
+    """The process's ``SnapshotCache`` over its ``SnapshotReader`` (kept on the app's state,
+    made on the first check; ``workers/ingress/fastpath.install`` closes it when the app
+    stops)."""
+    cache: SnapshotCache | None = getattr(app_state, "entitlement_snapshots", None)
+    if cache is None:
         st: IngressState = app_state.ingress
         # as many checks on PostgreSQL at once as the pool's size (the rest of the ingress
         # has its overflow): fewer would queue checks behind a PostgreSQL short of CPU
         keep = st.settings.database_pool_size
-        reader = app_state.entitlement_snapshots = SnapshotReader(st.database.engine, keep=keep)
-    return reader
+        reader = SnapshotReader(st.database.engine, keep=keep)
+        cache = app_state.entitlement_snapshots = SnapshotCache(reader)
+    return cache
 
 
 async def _check(
-    reader: SnapshotReader, tenant_id: str, customer: str, feature: str | None = None
+    reader: SnapshotCache, tenant_id: str, customer: str, feature: str | None = None
 ) -> tuple[Snapshot, CustomerEntitlements, datetime]:
-    """The customer's entitlements now (``feature``: that one only), from one statement
-    outside any transaction (``SnapshotReader``): the hottest read of the API."""
+    """The customer's entitlements now (``feature``: that one only), from memory or one
+    statement outside any transaction (``SnapshotCache``): the hottest read of the API."""
     now = datetime.now(UTC)
     snap = await reader.read(tenant_id, customer, now, feature=feature)
     if not snap.customer_known:
@@ -84,7 +89,7 @@ async def _check(
 
 
 async def check_body(
-    reader: SnapshotReader, tenant_id: str, customer: str, feature: str | None
+    reader: SnapshotCache, tenant_id: str, customer: str, feature: str | None
 ) -> bytes:
     """The JSON a check answers (``feature``: that feature's view, else every feature's):
     the routes below and the fast path (``fastpath.py``) send these bytes."""

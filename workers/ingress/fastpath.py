@@ -137,8 +137,8 @@ def _with_id(send: Send, rid: bytes) -> Send:
 
 def install(app: FastAPI) -> None:
     """Put the fast path in front of every other middleware of ``app`` (call it after the
-    last ``add_middleware``), and give back the connections the checks keep when the app
-    stops, before its own lifespan disposes of the engine."""
+    last ``add_middleware``), and, when the app stops, before its own lifespan disposes of
+    the engine, stop the checks' cache listening and give back the connections it keeps."""
     app.add_middleware(CheckFastPath)
     inner = app.router.lifespan_context
 
@@ -148,8 +148,8 @@ def install(app: FastAPI) -> None:
             try:
                 yield state
             finally:
-                reader = getattr(a.state, "entitlement_snapshots", None)
-                if reader is not None:
-                    await reader.close()
+                cache = getattr(a.state, "entitlement_snapshots", None)
+                if cache is not None:
+                    await cache.close()
 
     app.router.lifespan_context = lifespan
