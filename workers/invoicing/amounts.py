@@ -60,6 +60,41 @@ class Line:
     tax_amounts: tuple[taxes.TaxAmount, ...] = ()  # computed as the invoice is totalled
 
     def model(self) -> InvoiceLine:
+        """The contract of this line. Built without validation when every value already has
+        the type validation would give it (a computed line: plain ints, finite decimals,
+        aware datetimes); otherwise validated as any input is. The same JSON either way
+        (tests/unit/test_invoicing_contracts.py)."""
+        if _plain(self):
+            return InvoiceLine.model_construct(
+                price_key=self.price_key,
+                kind=self.kind,
+                description=self.description,
+                meter=self.meter,
+                subject=self.subject,
+                period_start=self.period_start,
+                period_end=self.period_end,
+                quantity=self.quantity,
+                unit_price=self.unit_price,
+                tiers=[
+                    TierLine.model_construct(
+                        tier=p.tier,
+                        quantity=p.quantity,
+                        unit_price=p.unit_price,
+                        flat_fee=p.flat_fee,
+                        amount=p.amount,
+                    )
+                    for p in self.tiers
+                ],
+                proration=self.proration,
+                minimum_applied=self.minimum_applied,
+                amount=self.amount,
+                adjustment_for=self.adjustment_for,
+                grant_id=self.grant_id,
+                tax_rate=self.tax_rate,
+                applies_to=self.applies_to,
+                discount_id=self.discount_id,
+                taxes=[t.model() for t in self.tax_amounts],
+            )
         return InvoiceLine(
             price_key=self.price_key,
             kind=self.kind,
@@ -90,6 +125,50 @@ class Line:
             discount_id=self.discount_id,
             taxes=[t.model() for t in self.tax_amounts],
         )
+
+
+def _decimal(v: object) -> bool:
+    return type(v) is Decimal and v.is_finite()
+
+
+def _text(v: object) -> bool:
+    return v is None or type(v) is str
+
+
+def _aware(v: object) -> bool:
+    return type(v) is datetime and v.tzinfo is not None
+
+
+def _plain(ln: Line) -> bool:
+    """Whether every value of ``ln`` is already what validating ``InvoiceLine`` would make
+    of it (so the model can be built without validation and dumps the same)."""
+    return (
+        type(ln.price_key) is str
+        and type(ln.kind) is str
+        and type(ln.description) is str
+        and _text(ln.meter)
+        and _text(ln.subject)
+        and _aware(ln.period_start)
+        and _aware(ln.period_end)
+        and _decimal(ln.quantity)
+        and (ln.unit_price is None or _decimal(ln.unit_price))
+        and _decimal(ln.proration)
+        and type(ln.minimum_applied) is bool
+        and type(ln.amount) is int
+        and _text(ln.adjustment_for)
+        and _text(ln.grant_id)
+        and (ln.tax_rate is None or _decimal(ln.tax_rate))
+        and (ln.applies_to is None or type(ln.applies_to) is int)
+        and _text(ln.discount_id)
+        and all(
+            type(p.tier) is int
+            and _decimal(p.quantity)
+            and _decimal(p.unit_price)
+            and _decimal(p.flat_fee)
+            and _decimal(p.amount)
+            for p in ln.tiers
+        )
+    )
 
 
 @dataclass(frozen=True)

@@ -44,11 +44,17 @@ def settle(
     wallet.draw(row, t.subtotal - t.discount)  # what was charged, before prepaid credits
     change = service.finalized(row, t, party.tax_rate, number, as_of, customer.net_terms_days)
     change["tax_note"] = book.note(party)
-    change["buyer"] = taxing.buyer(customer).model_dump(mode="json")
+    buyer = taxing.buyer(customer)
+    change["buyer"] = buyer.model_dump(mode="json")
     row.update(change)
     book.used.update(taxes.used(t.computed))
     view = service.invoice_data(
-        row, customer.external_id, [ln.model() for ln in out], status="finalized"
+        row,
+        customer.external_id,
+        [ln.model() for ln in out],
+        status="finalized",
+        breakdown=[a.model() for a in t.computed.breakdown],
+        buyer=buyer,
     )
     emit(tx, service.invoice_event(InvoiceFinalized, view, **envelope), customer.external_id)
     if change["status"] == "paid":

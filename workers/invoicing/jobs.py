@@ -144,7 +144,7 @@ async def create_drafts(
             "subtotal": t.subtotal,
             "tax": t.tax,
             "tax_inclusive": t.tax_inclusive,
-            "tax_breakdown": [a.model().model_dump(mode="json") for a in t.computed.breakdown],
+            "tax_breakdown": [a.json for a in t.computed.breakdown],
             "total": t.total,
             "amount_paid": 0,
             "tax_rate": party.tax_rate,
@@ -155,7 +155,10 @@ async def create_drafts(
         invoices.append(row)
         lines += line_values(row["id"], tenant, plan_lines)
         data[row["id"]] = service.invoice_data(
-            row, customer.external_id, [ln.model() for ln in plan_lines]
+            row,
+            customer.external_id,
+            [ln.model() for ln in plan_lines],
+            breakdown=[a.model() for a in t.computed.breakdown],
         )
     inserted = await tx.repo(InvoicingRepository).insert_invoices(invoices, lines)
     for row in invoices:

@@ -9,13 +9,14 @@ from datetime import datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+from schemas.decimals import dump_decimal
 from schemas.invoicing import TierLine
 from schemas.pricing import FlatPrice, PlanSpec
 from storage.invoicing import InvoicingRepository
 from storage.invoicing.hierarchy import HierarchyRepository
 from storage.metering import MeterRepository, UsageRepository
 from workers import metering
-from workers.invoicing import hierarchy, service
+from workers.invoicing import hierarchy, pricing, service
 from workers.runtime import Tx
 
 if TYPE_CHECKING:
@@ -193,7 +194,7 @@ def line_values(
             "period_end": ln.period_end,
             "quantity": ln.quantity,
             "unit_price": ln.unit_price,
-            "tiers": [TierLine.model_validate(vars(p)).model_dump(mode="json") for p in ln.tiers],
+            "tiers": [_tier_json(p) for p in ln.tiers],
             "proration": ln.proration,
             "minimum_applied": ln.minimum_applied,
             "amount": ln.amount,
@@ -203,7 +204,31 @@ def line_values(
             "applies_to": ln.applies_to,
             "discount_id": ln.discount_id,
             "tax_names": None if ln.tax_names is None else list(ln.tax_names),
-            "taxes": [t.model().model_dump(mode="json") for t in ln.tax_amounts],
+            "taxes": [t.json for t in ln.tax_amounts],
         }
         for i, ln in enumerate(lines)
     ]
+
+
+def _tier_json(p: pricing.TierPart) -> dict[str, Any]:
+    """``TierLine`` of ``p`` as JSON values, built straight when its values are plain (an
+    int and finite decimals: what validation would keep as they are)."""
+    if (
+        type(p.tier) is int
+        and type(p.quantity) is Decimal
+        and type(p.unit_price) is Decimal
+        and type(p.flat_fee) is Decimal
+        and type(p.amount) is Decimal
+        and p.quantity.is_finite()
+        and p.unit_price.is_finite()
+        and p.flat_fee.is_finite()
+        and p.amount.is_finite()
+    ):
+        return {
+            "tier": p.tier,
+            "quantity": dump_decimal(p.quantity),
+            "unit_price": dump_decimal(p.unit_price),
+            "flat_fee": dump_decimal(p.flat_fee),
+            "amount": dump_decimal(p.amount),
+        }
+    return TierLine.model_validate(vars(p)).model_dump(mode="json")

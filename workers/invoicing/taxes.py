@@ -113,6 +113,28 @@ class TaxAmount:
 
     @cached_property
     def _model(self) -> schema.TaxAmount:
+        # many lines of a run share one rate and amount (a flat fee's tax): one model each,
+        # keyed by what it shows (the percentage as written: 20 and 20.0 dump apart)
+        r = self.rate
+        key = (
+            r.id, r.name, r.display_name, str(r.percentage), r.inclusive, r.country,
+            r.jurisdiction, r.base, self.taxable_amount, self.taxable_base, self.tax,
+            self.taxability,
+        )  # fmt: skip
+        model = _AMOUNT_MODELS.get(key)
+        if model is None:
+            if len(_AMOUNT_MODELS) >= _AMOUNT_MODELS_MAX:
+                _AMOUNT_MODELS.clear()
+            model = _AMOUNT_MODELS[key] = self._validated()
+        return model
+
+    @cached_property
+    def json(self) -> dict[str, Any]:
+        """The contract as JSON values (an invoice line's ``taxes`` column): shared, never
+        to be changed by the caller."""
+        return _amount_json(self._model)
+
+    def _validated(self) -> schema.TaxAmount:
         r = self.rate
         return schema.TaxAmount(
             tax_rate_id=r.id,
@@ -132,6 +154,23 @@ class TaxAmount:
     def model(self) -> schema.TaxAmount:
         """The contract (built once: rows, events and views of a line share it)."""
         return self._model
+
+
+_AMOUNT_MODELS: dict[tuple[Any, ...], schema.TaxAmount] = {}
+_AMOUNT_MODELS_MAX = 10_000
+_AMOUNT_JSON: dict[int, tuple[schema.TaxAmount, dict[str, Any]]] = {}
+
+
+def _amount_json(model: schema.TaxAmount) -> dict[str, Any]:
+    """``model.model_dump(mode="json")``, once per model (models are shared and frozen)."""
+    hit = _AMOUNT_JSON.get(id(model))
+    if hit is not None and hit[0] is model:
+        return hit[1]
+    if len(_AMOUNT_JSON) >= _AMOUNT_MODELS_MAX:
+        _AMOUNT_JSON.clear()
+    dumped = model.model_dump(mode="json")
+    _AMOUNT_JSON[id(model)] = (model, dumped)
+    return dumped
 
 
 @dataclass(frozen=True)
