@@ -13,6 +13,23 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession
 
 
+class EncodedList(list[Any]):
+    """A JSONB array value that carries its JSON text, already encoded: ``bulk`` sends the
+    text; everything else sees the list it is."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, values: list[Any], text: str) -> None:
+        super().__init__(values)
+        self.text = text
+
+
+def _json(value: Any) -> str | None:
+    if value is None:
+        return None
+    return value.text if type(value) is EncodedList else json.dumps(value)
+
+
 def _sql_type(column: Any) -> str:
     dialect: Any = postgresql.dialect()  # type: ignore[no-untyped-call]
     return str(column.type.compile(dialect=dialect))
@@ -37,7 +54,7 @@ async def bulk(
     for i, c in enumerate(columns):
         values = [r[c.name] for r in rows]
         if isinstance(c.type, JSONB):
-            values = [None if v is None else json.dumps(v) for v in values]
+            values = [_json(v) for v in values]
         params[f"p{i}"] = values
     arrays = ", ".join(f"CAST(:p{i} AS {_sql_type(c)}[])" for i, c in enumerate(columns))
     source = f"unnest({arrays}) AS v({', '.join(names)})"

@@ -7,7 +7,8 @@ buyer, paid); anything not plainly of the right type falls back to validation.""
 
 from __future__ import annotations
 
-from dataclasses import replace
+import json
+from dataclasses import fields, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
@@ -18,6 +19,7 @@ import pytest
 from schemas.invoicing import InvoiceCreated, InvoiceData, InvoiceFinalized, InvoiceLine, TierLine
 from schemas.pricing import FlatPrice, GraduatedPrice, PerUnitPrice, PlanSpec, Tier, VolumePrice
 from schemas.taxes import Buyer, TaxId
+from storage.invoicing.bulk import _json as bulk_json
 from workers.invoicing import service, taxes
 from workers.invoicing.amounts import Line
 from workers.invoicing.lines import line_values
@@ -102,10 +104,13 @@ def test_lines_dump_as_validated(rates: tuple[Rate, ...]) -> None:
         assert ln.model() == validated(ln)
     rows = line_values("inv-1", "t1", lines)
     for row, ln in zip(rows, lines, strict=True):
-        assert row["tiers"] == [
-            TierLine.model_validate(vars(p)).model_dump(mode="json") for p in ln.tiers
-        ]
-        assert row["taxes"] == [t.model().model_dump(mode="json") for t in ln.tax_amounts]
+        tiers = [TierLine.model_validate(vars(p)).model_dump(mode="json") for p in ln.tiers]
+        amounts = [t.model().model_dump(mode="json") for t in ln.tax_amounts]
+        assert row["tiers"] == tiers and row["taxes"] == amounts
+        # what bulk sends for them: their JSON text, the same values
+        assert json.loads(row["tiers"].text) == tiers and json.loads(row["taxes"].text) == amounts
+        assert bulk_json(row["tiers"]) == row["tiers"].text
+    assert bulk_json([{"a": 1}]) == '[{"a": 1}]' and bulk_json(None) is None
 
 
 def test_a_line_not_plainly_typed_is_validated() -> None:
@@ -199,3 +204,14 @@ def test_views_fall_back_to_validation() -> None:
     with pytest.raises(ValueError):
         service.invoice_event(InvoiceCreated, view, tenantid="Not A Tenant")
     assert taxes.TaxAmount(VAT, 1, 1, 0).json["tax_rate_id"] == "vat-de"
+
+
+def test_evolve_is_replace_for_a_line() -> None:
+    assert not hasattr(Line, "__post_init__")
+    assert all(f.init for f in fields(Line))
+    lines, t = taxed(computed_lines(), VAT, PPN)
+    for ln, amounts in zip(lines, t.computed.lines, strict=True):
+        for changes in ({"rates": (VAT,)}, {"tax_amounts": amounts}, {"amount": 7, "rates": None}):
+            copy = taxes.evolve(ln, **changes)
+            assert copy == replace(ln, **changes) and type(copy) is Line and copy is not ln
+            assert repr(copy) == repr(replace(ln, **changes))

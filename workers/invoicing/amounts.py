@@ -5,7 +5,7 @@ own tax rate. ``service`` re-exports all of it."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import (
     ROUND_CEILING,
@@ -233,4 +233,5 @@ def with_taxes(lines: Sequence[Line], t: Totals) -> list[Line]:
     """``lines`` with the taxes ``totals`` computed for each."""
     if not t.computed.lines:
         return list(lines)
-    return [replace(ln, tax_amounts=a) for ln, a in zip(lines, t.computed.lines, strict=True)]
+    evolve = taxes.evolve
+    return [evolve(ln, tax_amounts=a) for ln, a in zip(lines, t.computed.lines, strict=True)]

@@ -13,6 +13,7 @@ from schemas.decimals import dump_decimal
 from schemas.invoicing import TierLine
 from schemas.pricing import FlatPrice, PlanSpec
 from storage.invoicing import InvoicingRepository
+from storage.invoicing.bulk import EncodedList
 from storage.invoicing.hierarchy import HierarchyRepository
 from storage.metering import MeterRepository, UsageRepository
 from workers import metering
@@ -194,7 +195,7 @@ def line_values(
             "period_end": ln.period_end,
             "quantity": ln.quantity,
             "unit_price": ln.unit_price,
-            "tiers": [_tier_json(p) for p in ln.tiers],
+            "tiers": _tiers(ln.tiers),
             "proration": ln.proration,
             "minimum_applied": ln.minimum_applied,
             "amount": ln.amount,
@@ -204,15 +205,37 @@ def line_values(
             "applies_to": ln.applies_to,
             "discount_id": ln.discount_id,
             "tax_names": None if ln.tax_names is None else list(ln.tax_names),
-            "taxes": [t.json for t in ln.tax_amounts],
+            "taxes": EncodedList(
+                [t.json for t in ln.tax_amounts],
+                "[" + ", ".join([t.json_text for t in ln.tax_amounts]) + "]",
+            ),
         }
         for i, ln in enumerate(lines)
     ]
 
 
-def _tier_json(p: pricing.TierPart) -> dict[str, Any]:
+def _tiers(parts: Sequence[pricing.TierPart]) -> list[dict[str, Any]]:
+    """The ``tiers`` column of a line: ``TierLine`` of each part as JSON values, with their
+    text (``EncodedList``) when every part is plain."""
+    values: list[dict[str, Any]] = []
+    for p in parts:
+        v = _tier_json(p)
+        if v is None:
+            return [TierLine.model_validate(vars(p)).model_dump(mode="json") for p in parts]
+        values.append(v)
+    text = ", ".join(
+        f'{{"tier": {v["tier"]}, "quantity": "{v["quantity"]}", '
+        f'"unit_price": "{v["unit_price"]}", "flat_fee": "{v["flat_fee"]}", '
+        f'"amount": "{v["amount"]}"}}'
+        for v in values
+    )
+    return EncodedList(values, f"[{text}]")
+
+
+def _tier_json(p: pricing.TierPart) -> dict[str, Any] | None:
     """``TierLine`` of ``p`` as JSON values, built straight when its values are plain (an
-    int and finite decimals: what validation would keep as they are)."""
+    int and finite decimals, what validation keeps as they are: their text is digits, a
+    sign and a point, nothing to escape); None otherwise."""
     if (
         type(p.tier) is int
         and type(p.quantity) is Decimal
@@ -231,4 +254,4 @@ def _tier_json(p: pricing.TierPart) -> dict[str, Any]:
             "flat_fee": dump_decimal(p.flat_fee),
             "amount": dump_decimal(p.amount),
         }
-    return TierLine.model_validate(vars(p)).model_dump(mode="json")
+    return None

@@ -20,9 +20,10 @@ more than its gross.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import (
     ROUND_CEILING,
@@ -36,7 +37,7 @@ from decimal import (
 )
 from fractions import Fraction
 from functools import cached_property, lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from schemas import taxes as schema
 from workers.invoicing.errors import TaxRateNotInForce, TaxRatesMixed
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
     from workers.invoicing.amounts import Line
 
 TAXABLE: schema.TaxStatus = "taxable"
+_D = TypeVar("_D")
 DISCOUNT = "discount"
 
 
@@ -130,9 +132,14 @@ class TaxAmount:
 
     @cached_property
     def json(self) -> dict[str, Any]:
-        """The contract as JSON values (an invoice line's ``taxes`` column): shared, never
-        to be changed by the caller."""
-        return _amount_json(self._model)
+        """The contract as JSON values (an invoice's ``tax_breakdown``): shared, never to be
+        changed by the caller."""
+        return _amount_json(self._model)[0]
+
+    @cached_property
+    def json_text(self) -> str:
+        """``json`` encoded (an invoice line's ``taxes`` column)."""
+        return _amount_json(self._model)[1]
 
     def _validated(self) -> schema.TaxAmount:
         r = self.rate
@@ -158,19 +165,21 @@ class TaxAmount:
 
 _AMOUNT_MODELS: dict[tuple[Any, ...], schema.TaxAmount] = {}
 _AMOUNT_MODELS_MAX = 10_000
-_AMOUNT_JSON: dict[int, tuple[schema.TaxAmount, dict[str, Any]]] = {}
+_AMOUNT_JSON: dict[int, tuple[schema.TaxAmount, dict[str, Any], str]] = {}
 
 
-def _amount_json(model: schema.TaxAmount) -> dict[str, Any]:
-    """``model.model_dump(mode="json")``, once per model (models are shared and frozen)."""
+def _amount_json(model: schema.TaxAmount) -> tuple[dict[str, Any], str]:
+    """``model.model_dump(mode="json")`` and its JSON text, once per model (models are
+    shared and frozen)."""
     hit = _AMOUNT_JSON.get(id(model))
     if hit is not None and hit[0] is model:
-        return hit[1]
+        return hit[1], hit[2]
     if len(_AMOUNT_JSON) >= _AMOUNT_MODELS_MAX:
         _AMOUNT_JSON.clear()
     dumped = model.model_dump(mode="json")
-    _AMOUNT_JSON[id(model)] = (model, dumped)
-    return dumped
+    text = json.dumps(dumped)
+    _AMOUNT_JSON[id(model)] = (model, dumped, text)
+    return dumped, text
 
 
 @dataclass(frozen=True)
@@ -455,8 +464,19 @@ class Book:
             else:
                 names = self.default if names is None else names
                 rates = self.rates(names, ln.period_start, ln.period_end)
-            out.append(replace(ln, rates=rates))
+            out.append(ln if ln.rates is rates else evolve(ln, rates=rates))
         return out
+
+
+def evolve(obj: _D, **changes: Any) -> _D:
+    """``dataclasses.replace`` for a line: a frozen dataclass whose fields are all init
+    fields, with no ``__post_init__`` (``Line``) — the same copy, without running its
+    ``__init__`` (a run copies every line twice: with its rates, with its taxes)."""
+    new = object.__new__(type(obj))
+    state = new.__dict__
+    state.update(obj.__dict__)
+    state.update(changes)
+    return new
 
 
 def used(computed: Computed) -> set[str]:

@@ -73,8 +73,13 @@ def subscription_data(
 
 
 def values(invoice: Invoice) -> dict[str, Any]:
-    """Every column of ``invoice``, by name."""
-    return {c: getattr(invoice, c) for c in INVOICE_COLUMNS}
+    """Every column of ``invoice``, by name (read from the loaded state when every column
+    is loaded: what the attributes would return, without their descriptors)."""
+    state = invoice.__dict__
+    try:
+        return {c: state[c] for c in INVOICE_COLUMNS}
+    except KeyError:  # expired or not loaded: the attributes load it
+        return {c: getattr(invoice, c) for c in INVOICE_COLUMNS}
 
 
 def line_models(rows: Iterable[InvoiceLineRow]) -> list[InvoiceLine]:
