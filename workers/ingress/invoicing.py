@@ -286,7 +286,9 @@ async def _invoice_view(
     customer, lines = known[0][invoice.customer_id], known[1][invoice.id]
     data = invoicing.invoice_data(invoice, customer.external_id, lines)
     paid = await repo.payments(invoice.tenant_id, invoice.id) if payments else []
-    return InvoiceView(
+    # ``data`` is a valid InvoiceData and the rest are the row's typed columns: built
+    # without validating the invoice and its lines a second time (a list shows 100)
+    return InvoiceView.model_construct(
         **dict(data),
         sections=await _sections(tx, invoice.tenant_id, data),
         created_at=invoice.created_at,
