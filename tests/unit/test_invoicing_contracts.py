@@ -21,7 +21,7 @@ from schemas.pricing import FlatPrice, GraduatedPrice, PerUnitPrice, PlanSpec, T
 from schemas.taxes import Buyer, TaxId
 from storage.invoicing.bulk import _json as bulk_json
 from workers.invoicing import service, taxes
-from workers.invoicing.amounts import Line, constructed
+from workers.invoicing.amounts import Line
 from workers.invoicing.lines import line_values
 from workers.invoicing.taxes import Rate, TaxAmount, Taxation
 
@@ -215,19 +215,3 @@ def test_evolve_is_replace_for_a_line() -> None:
             copy = taxes.evolve(ln, **changes)
             assert copy == replace(ln, **changes) and type(copy) is Line and copy is not ln
             assert repr(copy) == repr(replace(ln, **changes))
-
-
-def test_constructed_is_model_construct() -> None:
-    for ln in taxed(computed_lines(), VAT)[0]:
-        fast, slow = ln.model(), validated(ln)
-        assert fast == slow and fast.model_fields_set == slow.model_fields_set
-        assert fast.model_dump() == slow.model_dump()
-        assert fast.model_copy(update={"amount": 1}).amount == 1
-    tier = {"tier": 0, "quantity": D(1), "unit_price": D(2), "flat_fee": D(0), "amount": D(2)}
-    lean = constructed(TierLine, **tier)
-    assert lean == TierLine(**tier) and lean.model_dump_json() == TierLine(**tier).model_dump_json()
-    # values not naming every field in order: model_construct's own way
-    shuffled = constructed(TierLine, **dict(reversed(tier.items())))
-    assert shuffled.model_dump_json() == TierLine(**tier).model_dump_json()
-    partial = constructed(InvoiceLine, price_key="p", kind="flat")
-    assert partial.model_fields_set == {"price_key", "kind"} and partial.meter is None

@@ -17,9 +17,6 @@ from decimal import (
     ROUND_UP,
     Decimal,
 )
-from typing import Any, TypeVar
-
-from pydantic import BaseModel
 
 from schemas.currency import exponent
 from schemas.invoicing import InvoiceLine, TierLine
@@ -68,8 +65,7 @@ class Line:
         aware datetimes); otherwise validated as any input is. The same JSON either way
         (tests/unit/test_invoicing_contracts.py)."""
         if _plain(self):
-            return constructed(
-                InvoiceLine,
+            return InvoiceLine.model_construct(
                 price_key=self.price_key,
                 kind=self.kind,
                 description=self.description,
@@ -80,8 +76,7 @@ class Line:
                 quantity=self.quantity,
                 unit_price=self.unit_price,
                 tiers=[
-                    constructed(
-                        TierLine,
+                    TierLine.model_construct(
                         tier=p.tier,
                         quantity=p.quantity,
                         unit_price=p.unit_price,
@@ -130,39 +125,6 @@ class Line:
             discount_id=self.discount_id,
             taxes=[t.model() for t in self.tax_amounts],
         )
-
-
-M = TypeVar("M", bound=BaseModel)
-_LEAN: dict[type[BaseModel], tuple[str, ...] | None] = {}
-
-
-def constructed(cls: type[M], **values: Any) -> M:
-    """``cls.model_construct(**values)`` for values given for every field, in the order of
-    the fields: what ``model_construct`` does for such a model (no aliases, no private
-    attributes, no post-init, extra fields not kept), without its loop over the fields. Any
-    other model, or values not naming every field in order, go through
-    ``model_construct``."""
-    if cls not in _LEAN:
-        lean = (
-            not cls.__pydantic_post_init__
-            and not cls.__private_attributes__
-            and not cls.__pydantic_root_model__
-            and cls.model_config.get("extra") != "allow"
-            and all(
-                f.alias is None and f.validation_alias is None
-                for f in cls.__pydantic_fields__.values()
-            )
-        )
-        _LEAN[cls] = tuple(cls.__pydantic_fields__) if lean else None
-    names = _LEAN[cls]
-    if names is None or tuple(values) != names:
-        return cls.model_construct(**values)
-    m = cls.__new__(cls)
-    object.__setattr__(m, "__dict__", values)
-    object.__setattr__(m, "__pydantic_fields_set__", set(names))
-    object.__setattr__(m, "__pydantic_extra__", None)
-    object.__setattr__(m, "__pydantic_private__", None)
-    return m
 
 
 def _decimal(v: object) -> bool:

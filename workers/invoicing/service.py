@@ -376,7 +376,7 @@ def _constructed(
     )
     if not plain:
         return None
-    return amounts.constructed(InvoiceData, **(v | {"tax_breakdown": breakdown, "buyer": buyer}))
+    return InvoiceData.model_construct(**(v | {"tax_breakdown": breakdown, "buyer": buyer}))
 
 
 def amount_due(row: Mapping[str, Any]) -> int:
