@@ -64,12 +64,15 @@ class InvoicingRepository(BillingRunQueries):
 
     # customers ---------------------------------------------------------------------
 
-    async def customer(self, tenant_id: str, external_id: str) -> Customer | None:
-        return await self.session.scalar(
-            select(Customer)
-            .where(Customer.tenant_id == tenant_id, Customer.external_id == external_id)
-            .with_for_update()
+    async def customer(
+        self, tenant_id: str, external_id: str, *, lock: bool = True
+    ) -> Customer | None:
+        """The customer, its row locked for the transaction (a command changing it or what
+        hangs on it) unless ``lock`` is False (a read: the API's)."""
+        q = select(Customer).where(
+            Customer.tenant_id == tenant_id, Customer.external_id == external_id
         )
+        return await self.session.scalar(q.with_for_update() if lock else q)
 
     async def customers(self, ids: Iterable[str]) -> dict[str, Customer]:
         rows = await self.session.scalars(select(Customer).where(Customer.id.in_(set(ids))))

@@ -213,7 +213,7 @@ async def get_promotion_code(code: CodePath, tx: Unit, tenant_id: Tenant) -> Pro
 
 
 async def _customer(tx: Tx, tenant_id: str, external_id: str) -> Customer:
-    c = await tx.repo(InvoicingRepository).customer(tenant_id, external_id)
+    c = await tx.repo(InvoicingRepository).customer(tenant_id, external_id, lock=False)
     if c is None:
         raise not_found("customer", external_id, _PENDING_HINT)
     return c

@@ -260,7 +260,7 @@ async def create_portal_session(
     ``locale`` defaults to the customer's, then the branding's ``default_locale``. 404
     naming ``customer`` for an unknown customer."""
     keys = _keys(st)
-    customer = await tx.repo(InvoicingRepository).customer(tenant_id, spec.customer)
+    customer = await tx.repo(InvoicingRepository).customer(tenant_id, spec.customer, lock=False)
     if customer is None:
         raise Problem(
             404,

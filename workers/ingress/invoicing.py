@@ -96,7 +96,7 @@ async def list_customers(
 
 
 async def _customer(tx: Tx, tenant_id: str, external_id: str) -> Customer:
-    c = await tx.repo(InvoicingRepository).customer(tenant_id, external_id)
+    c = await tx.repo(InvoicingRepository).customer(tenant_id, external_id, lock=False)
     if c is None:
         raise not_found("customer", external_id)
     return c
