@@ -24,6 +24,9 @@ class CommandRecord(Base):
     )
     id: Mapped[str] = mapped_column(String(256), primary_key=True)
     type: Mapped[str] = mapped_column(String(256))
+    # the envelope's subject, recorded by the ingress (NULL: a worker recorded the outcome
+    # first and the ingress has not recorded it yet, or a command from before 0033)
+    subject: Mapped[str | None] = mapped_column(String(256))
     status: Mapped[str] = mapped_column(String(16))
     error: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     result: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
@@ -59,12 +62,20 @@ class CommandRepository:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
 
-    async def accept(self, tenant_id: str, command_id: str, command_type: str) -> None:
-        """Record a command as pending (no-op when a worker has already recorded its outcome)."""
+    async def accept(
+        self, tenant_id: str, command_id: str, command_type: str, subject: str | None = None
+    ) -> None:
+        """Record a command as pending, sent for ``subject`` (only the subject when a worker
+        has already recorded its outcome)."""
+        stmt = insert(CommandRecord).values(
+            tenant_id=tenant_id, id=command_id, type=command_type, subject=subject,
+            status="pending",
+        )  # fmt: skip
         await self.session.execute(
-            insert(CommandRecord)
-            .values(tenant_id=tenant_id, id=command_id, type=command_type, status="pending")
-            .on_conflict_do_nothing()
+            stmt.on_conflict_do_update(
+                index_elements=[CommandRecord.tenant_id, CommandRecord.id],
+                set_={"subject": stmt.excluded.subject},
+            )
         )
 
     async def complete(self, outcomes: list[tuple[str, CommandOutcome]]) -> None:

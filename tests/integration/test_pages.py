@@ -569,6 +569,10 @@ async def test_a_charge_declined_at_collection_leaves_the_invoice_due_and_says_w
 
         status = await wait_for(failed, timeout_s=30)
         assert status["command"] == {"status": "succeeded", "message": None}  # card attached
+        # another invoice's link never reads this invoice's command
+        other = await hosted_path(st.api, (await one_off(st.api, "dana", CONSULTING))["invoice_id"])
+        r = await st.http.get(f"{other}/status", params={"command": command})
+        assert r.status_code == 200 and "command" not in r.json(), r.text
         assert status["payment"]["attempt"] == 1
         assert status["payment"]["failure_message"] == "Your card was declined."
         assert status["invoice"] == {

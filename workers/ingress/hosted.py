@@ -226,6 +226,9 @@ async def hosted_pdf(token: Token, request: Request, st: State, tx: Unit) -> Res
     return pdf_response(found[1], h.data.number, h.data.invoice_id)
 
 
+_PAY = PayInvoice.model_fields["type"].default
+
+
 @router.get("/hosted/invoices/{token}/status")
 async def hosted_status(
     token: Token,
@@ -260,9 +263,7 @@ async def hosted_status(
             "state": latest.state,
             "failure_message": latest.failure_message if latest.state == "failed" else None,
         },
-        **await command_outcome(
-            tx, h.link.tenant_id, command, PayInvoice.model_fields["type"].default
-        ),
+        **await command_outcome(tx, h.link.tenant_id, command, _PAY, data.invoice_id),
     }
     return json_response(body)
 

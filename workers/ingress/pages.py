@@ -334,14 +334,15 @@ def pdf_response(content: bytes, number: str | None, invoice_id: str) -> Respons
 
 
 async def command_outcome(
-    tx: Tx, tenant_id: str, command_id: str | None, kind: str
+    tx: Tx, tenant_id: str, command_id: str | None, kind: str, subject: str
 ) -> dict[str, Any]:
-    """A page's command's outcome (only commands of ``kind``): status and, if it failed,
-    the reason a customer may read."""
+    """A page's command's outcome (only commands of ``kind`` sent for ``subject``: the
+    page's invoice or customer, so one link never reads another's): status and, if it
+    failed, the reason a customer may read."""
     if not command_id or len(command_id) > 64:
         return {}
     row = await tx.repo(CommandRepository).get(tenant_id, command_id)
-    if row is None or row.type != kind:
+    if row is None or row.type != kind or row.subject != subject:
         return {}
     message = (row.error or {}).get("message") if row.status == "failed" else None
     return {"command": {"status": row.status, "message": message}}

@@ -351,7 +351,8 @@ async def portal_status(
     if isinstance(p, HTMLResponse):
         return refused(p.status_code, "This link is not valid or has expired")
     kind = AttachPaymentMethod.model_fields["type"].default
-    return json_response(await command_outcome(tx, p.link.tenant_id, command, kind))
+    outcome = await command_outcome(tx, p.link.tenant_id, command, kind, p.customer.external_id)
+    return json_response(outcome)
 
 
 @router.post("/portal/{token}/card-setup")

@@ -224,7 +224,9 @@ async def submit(
 
     async def accept() -> tuple[int, dict[str, Any]]:
         async with st.jobs.transaction("ingress") as tx:
-            await tx.repo(CommandRepository).accept(tenant_id, command.id, command.type)
+            await tx.repo(CommandRepository).accept(
+                tenant_id, command.id, command.type, command.subject
+            )
             await st.publisher.publish(topic, [(key.encode(), command.to_json())])
         accepted = CommandAccepted(
             command_id=command.id, status="pending", status_url=f"/v1/commands/{command.id}"
