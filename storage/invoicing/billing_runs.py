@@ -46,11 +46,37 @@ class BillingRunQueries:
             select(BillingRun.status).where(BillingRun.tenant_id == tenant_id, BillingRun.id == id)
         )
 
+    async def count_on_run(self, tenant_id: str, id: str, *, created: int, finalized: int) -> None:
+        """Add what a chunk of the pending run ``id`` created and finalized to the run's
+        counts, in the chunk's own transaction (whichever replica worked it; nothing once the
+        run is not pending any more)."""
+        if created or finalized:
+            await self.session.execute(
+                update(BillingRun)
+                .where(
+                    BillingRun.tenant_id == tenant_id,
+                    BillingRun.id == id,
+                    BillingRun.status == "pending",
+                )
+                .values(
+                    invoices_created=BillingRun.invoices_created + created,
+                    invoices_finalized=BillingRun.invoices_finalized + finalized,
+                )
+            )
+
     async def complete_pending_run(
-        self, tenant_id: str, id: str, *, created: int, finalized: int, waiting: int, at: datetime
+        self,
+        tenant_id: str,
+        id: str,
+        *,
+        waiting: int,
+        at: datetime,
+        created: int = 0,
+        finalized: int = 0,
     ) -> bool:
-        """The pending run ``id`` is done: what it created and finalized, and the drafts
-        still waiting for metering; False if it was not pending any more."""
+        """The pending run ``id`` is done: the drafts still waiting for metering (and what
+        it created and finalized beyond what its chunks counted, ``count_on_run``); False if
+        it was not pending any more."""
         result = await self.session.execute(
             update(BillingRun)
             .where(

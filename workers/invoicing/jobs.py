@@ -7,6 +7,10 @@ again. A period is invoiced once (unique per subscription and period start); a d
 finalizes once (its status is checked under the row lock). Invoice events go to the outbox
 in the same transaction. A subscription, draft or requested run that fails for good is
 quarantined and the others are billed (bulkheads, ADR 0044).
+
+A requested run is held by one replica and helped by the others (``Scheduler``): they all
+work its chunks, each chunk counting what it created and finalized on the run in its own
+transaction, and the holder completes it once no helper has a chunk in flight.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from storage.invoicing import (
     Subscription,
 )
 from storage.invoicing.late_usage import LateUsageRepository
-from storage.invoicing.runs import held_run
+from storage.invoicing.runs import HeldRun, held_run, helped_run
 from workers.invoicing import finalizing, late_usage, lifecycle, service, taxing, trials, views
 from workers.invoicing.discounting import Discounts
 from workers.invoicing.late_usage import ADJUSTMENT
@@ -232,14 +236,25 @@ class Billing:
         tenant_id: str | None,
         usage_ends: dict[int, int],
         metering_committed: dict[int, int],
+        requested: HeldRun | None = None,
     ) -> RunResult:
         """Close every period ended by ``as_of`` and finalize the drafts that are due and
         whose period's usage metering has applied (its committed offsets reached the usage
-        topic's end offsets as they were when the period was closed).
+        topic's end offsets as they were when the period was closed). ``requested``: the
+        requested run this is (held or helped): each chunk adds what it created and
+        finalized to the run's counts in its own transaction, so they stay exact whichever
+        replica worked it and whatever crashed.
 
         A subscription or draft that fails (its data cannot be billed) is quarantined and
         the others are billed (bulkheads, ADR 0044)."""
         result = RunResult()
+
+        async def count(tx: Tx, created: int, finalized: int) -> None:
+            if requested is not None:
+                await tx.repo(InvoicingRepository).count_on_run(
+                    requested.tenant_id, requested.id, created=created, finalized=finalized
+                )
+
         await trials.notify(self.jobs, as_of, tenant_id, self.chunk)  # trial_will_end
 
         async def claim_due(tx: Tx, only: Sequence[Item] | None) -> list[Subscription]:
@@ -252,7 +267,9 @@ class Billing:
             )
 
         async def close(tx: Tx, subs: Sequence[Subscription]) -> int:
-            return await self.close(tx, subs, as_of)
+            created = await self.close(tx, subs, as_of)
+            await count(tx, created, 0)
+            return created
 
         result.invoices_created += await self._drain(CLOSE_PERIODS, claim_due, _subscription, close)
 
@@ -289,7 +306,9 @@ class Billing:
             )
 
         async def finalize(tx: Tx, drafts: Sequence[Invoice]) -> int:
-            return await self.finalize(tx, drafts, as_of)
+            finalized = await self.finalize(tx, drafts, as_of)
+            await count(tx, 0, finalized)
+            return finalized
 
         result.invoices_finalized += await self._drain(
             FINALIZE, claim_finalizable, _invoice, finalize
@@ -304,7 +323,7 @@ class Billing:
 
     async def close(self, tx: Tx, subs: Sequence[Subscription], as_of: datetime) -> int:
         """Draft invoices for the ended periods of ``subs`` (claimed, locked); returns how
-        many subscriptions were closed."""
+        many were created."""
         repo = tx.repo(InvoicingRepository)
         plans = await repo.plans(
             {s.plan_id for s in subs} | {s.next_plan_id for s in subs if s.next_plan_id}
@@ -336,8 +355,7 @@ class Billing:
                     event = service.subscription_event(cls, data, tenantid=sub.tenant_id)
                     _emit(tx, event, sub.tenant_id, customer.external_id)
         await repo.update_subscriptions([{c: getattr(s, c) for c in SUB_STATE} for s in states])
-        await create_drafts(tx, drafts, configs, plans=self.plans)
-        return len(subs)
+        return await create_drafts(tx, drafts, configs, plans=self.plans)
 
     # --- finalizing drafts -----------------------------------------------------------
 
@@ -413,7 +431,8 @@ class Billing:
 
 class Scheduler:
     """Runs billing: requested runs (``RunBilling``, with their ``as_of``) first, then the
-    periodic run as of now. Every replica runs one; locks share the work."""
+    periodic run as of now. Every replica runs one; locks share the work: a requested run
+    is held by one replica and helped by the others."""
 
     def __init__(self, jobs: Jobs, settings: Settings) -> None:
         self.jobs = jobs
@@ -434,55 +453,93 @@ class Scheduler:
     async def close(self) -> None:
         await self.offsets.close()
 
-    async def run(self, as_of: datetime, tenant_id: str | None) -> tuple[int, int, int]:
+    async def run(
+        self,
+        as_of: datetime,
+        tenant_id: str | None,
+        requested: HeldRun | None = None,
+        *,
+        helping: bool = False,
+    ) -> RunResult:
+        """One billing run as of ``as_of`` (``requested``: the requested run it works, held
+        or, ``helping``, helped); logged when it billed anything."""
         ends = await self.offsets.end_offsets(topics.USAGE)
         committed = await self.offsets.committed(groups.METERING_USAGE, topics.USAGE)
-        r = await self.billing.run(as_of, tenant_id, ends, committed)
+        r = await self.billing.run(as_of, tenant_id, ends, committed, requested)
         if r.invoices_created or r.invoices_finalized:
             log.info(
                 "billing run",
                 as_of=as_of.isoformat(),
                 tenant=tenant_id,
+                run=None if requested is None else requested.id,
+                helping=helping,
                 created=r.invoices_created,
                 finalized=r.invoices_finalized,
                 waiting=r.drafts_waiting,
             )
-        return r.invoices_created, r.invoices_finalized, r.drafts_waiting
+        return r
 
     async def requested_run(self) -> bool:
-        """Carry out one pending ``RunBilling``; False when none is pending. The run is held
+        """Carry out one pending ``RunBilling``; False when none is pending that no other
+        replica holds (this replica then helps one of those, ``help``). The run is held
         (``storage.invoicing.runs``: an advisory lock on a connection of its own, with no
         transaction left open for the length of the run) while it runs, so no other replica
         takes it; a crash leaves it pending and it is run again (periods are never invoiced
-        twice). A run that fails for good is quarantined and marked failed with the reason,
-        and the next one goes on."""
+        twice). Once its own work is done the holder waits for its helpers' chunks in flight
+        (``HeldRun.alone``), bills what they left, and completes it. A run that fails for
+        good is quarantined and marked failed with the reason, and the next one goes on."""
         async with held_run(self.jobs.sessions, job=REQUESTED_RUNS) as run:
-            if run is None:
-                return False
-            try:
-                # a transient failure (the database or the broker away a moment) retries the
-                # run, as a claimed step would; only a permanent one fails it
-                created, finalized, waiting = await retrying(
-                    lambda: self.run(run.as_of, run.tenant_id),
-                    initial_s=self.jobs.retry_initial_s,
-                    max_s=self.jobs.retry_max_s,
-                    stopping=self.jobs.stopping,
-                )
+            if run is not None:
+                await self._carry_out(run)
+                return True
+        await self.help()
+        return False
+
+    async def _carry_out(self, run: HeldRun) -> None:
+        async def again() -> RunResult:
+            # a transient failure (the database or the broker away a moment) retries the
+            # run, as a claimed step would; only a permanent one fails it
+            return await retrying(
+                lambda: self.run(run.as_of, run.tenant_id, run),
+                initial_s=self.jobs.retry_initial_s,
+                max_s=self.jobs.retry_max_s,
+                stopping=self.jobs.stopping,
+            )
+
+        try:
+            await again()
+            async with run.alone():
+                # what a helper left: a chunk a helper had in flight when it died, or one
+                # the holder's last claim skipped while a helper had it locked
+                result = await again()
 
                 async def complete(tx: Tx) -> bool:
                     return await tx.repo(InvoicingRepository).complete_pending_run(
-                        run.tenant_id, run.id, created=created, finalized=finalized,
-                        waiting=waiting, at=datetime.now(UTC),
+                        run.tenant_id, run.id, waiting=result.drafts_waiting,
+                        at=datetime.now(UTC),
                     )  # fmt: skip
 
                 await self.jobs.run(REQUESTED_RUNS, complete)
+        except ShuttingDown:
+            raise
+        except Exception as e:
+            log.warning("billing run failed", run=run.id, error=describe(e))
+            item = Item(run.tenant_id, "billing_run", run.id)
+            await self.jobs.quarantine(REQUESTED_RUNS, item, e, _failed)
+
+    async def help(self) -> None:
+        """Work the chunks of the oldest pending run another replica holds, as its holder
+        does (its ``as_of`` and tenant); each chunk counts itself on the run. The holder
+        completes it (or fails it); a failure here is logged and the helping stops."""
+        async with helped_run(self.jobs.sessions, job=REQUESTED_RUNS) as run:
+            if run is None:
+                return
+            try:
+                await self.run(run.as_of, run.tenant_id, run, helping=True)
             except ShuttingDown:
                 raise
             except Exception as e:
-                log.warning("billing run failed", run=run.id, error=describe(e))
-                item = Item(run.tenant_id, "billing_run", run.id)
-                await self.jobs.quarantine(REQUESTED_RUNS, item, e, _failed)
-            return True
+                log.warning("helping a billing run failed", run=run.id, error=describe(e))
 
 
 async def _failed(tx: Tx, item: Item, reason: str) -> None:
