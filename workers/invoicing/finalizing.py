@@ -7,10 +7,12 @@ wallet (locking the customers) and writes the lines, the changes and the wallet 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from schemas.invoicing import InvoiceFinalized, InvoicePaid, InvoicingConfig
+from schemas.invoicing import InvoiceFinalized, InvoiceLine, InvoicePaid, InvoicingConfig
+from schemas.taxes import Buyer, TaxAmount
 from storage.invoicing import Customer
 from workers.invoicing import service, taxes, taxing
 from workers.invoicing.base import emit
@@ -34,6 +36,55 @@ def settle(
     discount ``lines``: returns the columns it changes and all its lines (credit lines
     added, every line with its taxes); emits its events (``envelope``: the tenant, or what
     caused it). The rate versions it used become immutable."""
+    settled = prepare(row, lines, customer, config, as_of, wallet, book)
+    return settled.numbered(tx, number, **envelope), settled.lines
+
+
+@dataclass
+class Settled:
+    """An invoice settled but not numbered yet (``prepare``): its columns but the number, all
+    its lines, and what its events are made of."""
+
+    row: dict[str, Any]
+    change: dict[str, Any]
+    lines: list[service.Line]
+    customer: str  # external id
+    models: list[InvoiceLine]
+    breakdown: list[TaxAmount]
+    buyer: Buyer
+
+    def numbered(self, tx: Tx, number: str, **envelope: Any) -> dict[str, Any]:
+        """Give it its ``number`` and emit its events; returns the columns it changes."""
+        self.change["number"] = number
+        self.row.update(self.change)
+        view = service.invoice_data(
+            self.row,
+            self.customer,
+            self.models,
+            status="finalized",
+            breakdown=self.breakdown,
+            buyer=self.buyer,
+        )
+        emit(tx, service.invoice_event(InvoiceFinalized, view, **envelope), self.customer)
+        if self.change["status"] == "paid":
+            paid = view.model_copy(update={"status": "paid"})
+            emit(tx, service.invoice_event(InvoicePaid, paid, **envelope), self.customer)
+        return self.change
+
+
+def prepare(
+    row: dict[str, Any],
+    lines: Sequence[service.Line],
+    customer: Customer,
+    config: InvoicingConfig,
+    as_of: datetime,
+    wallet: Wallet,
+    book: taxes.Book,
+) -> Settled:
+    """All of ``settle`` but the number and the events (``Settled.numbered``): a billing run
+    settles a chunk's invoices first and reserves their numbers last, so the tenant's
+    counter row (locked until the transaction commits) is held as briefly as possible
+    while replicas finalize chunks at once."""
     party = taxing.party(customer)
     taxation = book.taxation(party)
     lines = book.resolve(lines, party)
@@ -42,22 +93,17 @@ def settle(
     t = service.totals(out, taxation, row["currency"], row["rounding"], mode)
     out = service.with_taxes(out, t)
     wallet.draw(row, t.subtotal - t.discount)  # what was charged, before prepaid credits
-    change = service.finalized(row, t, party.tax_rate, number, as_of, customer.net_terms_days)
+    change = service.finalized(row, t, party.tax_rate, "", as_of, customer.net_terms_days)
     change["tax_note"] = book.note(party)
     buyer = taxing.buyer(customer)
     change["buyer"] = buyer.model_dump(mode="json")
-    row.update(change)
     book.used.update(taxes.used(t.computed))
-    view = service.invoice_data(
+    return Settled(
         row,
+        change,
+        out,
         customer.external_id,
         [ln.model() for ln in out],
-        status="finalized",
-        breakdown=[a.model() for a in t.computed.breakdown],
-        buyer=buyer,
+        [a.model() for a in t.computed.breakdown],
+        buyer,
     )
-    emit(tx, service.invoice_event(InvoiceFinalized, view, **envelope), customer.external_id)
-    if change["status"] == "paid":
-        paid = view.model_copy(update={"status": "paid"})
-        emit(tx, service.invoice_event(InvoicePaid, paid, **envelope), customer.external_id)
-    return change, out

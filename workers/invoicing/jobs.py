@@ -397,27 +397,32 @@ class Billing:
         configs = await repo.configs({d.tenant_id for d in drafts})
         settings = {t: views.config_of(configs.get(t)) for t in {d.tenant_id for d in drafts}}
         books = await taxing.books(tx, settings, share=True)
-        numbers: dict[str, int] = {}
-        for tenant in sorted({d.tenant_id for d in drafts}):
-            count = sum(1 for d in drafts if d.tenant_id == tenant)
-            numbers[tenant] = await repo.next_numbers(tenant, as_of.year, count)
         discounts = await Discounts.open(tx, drafts, as_of)
         wallet = await Wallet.open(tx, {d.customer_id for d in drafts}, as_of)
+        settled: list[finalizing.Settled] = []
         new_lines: list[dict[str, Any]] = []
-        changes: list[dict[str, Any]] = []
         for d, plan_lines in zip(drafts, all_lines, strict=True):
             row = views.values(d)
             lines = plan_lines + late[d.id]
             lines += discounts.lines(row, lines)
-            config = settings[d.tenant_id]
-            number = service.invoice_number(config.number_prefix, as_of.year, numbers[d.tenant_id])
-            numbers[d.tenant_id] += 1
-            change, lines = finalizing.settle(
-                tx, row, lines, customers[d.customer_id], config, number, as_of, wallet,
-                books[d.tenant_id], tenantid=d.tenant_id,
+            s = finalizing.prepare(
+                row, lines, customers[d.customer_id], settings[d.tenant_id], as_of, wallet,
+                books[d.tenant_id],
             )  # fmt: skip
-            changes.append(change)
-            new_lines += line_values(d.id, d.tenant_id, lines)
+            settled.append(s)
+            new_lines += line_values(d.id, d.tenant_id, s.lines)
+        # the numbers last: a tenant's counter row stays locked until the transaction
+        # commits, and replicas finalizing chunks at once wait for it in turn
+        numbers: dict[str, int] = {}
+        for tenant in sorted({d.tenant_id for d in drafts}):
+            count = sum(1 for d in drafts if d.tenant_id == tenant)
+            numbers[tenant] = await repo.next_numbers(tenant, as_of.year, count)
+        changes: list[dict[str, Any]] = []
+        for d, s in zip(drafts, settled, strict=True):
+            prefix = settings[d.tenant_id].number_prefix
+            number = service.invoice_number(prefix, as_of.year, numbers[d.tenant_id])
+            numbers[d.tenant_id] += 1
+            changes.append(s.numbered(tx, number, tenantid=d.tenant_id))
         await repo.replace_lines([d.id for d in drafts], new_lines)
         await repo.update_invoices(changes)
         await taxing.mark_used(tx, books, as_of)

@@ -52,10 +52,10 @@ async def _finalize(
     credits pay it and emit its events; writes its lines and columns."""
     repo = tx.repo(InvoicingRepository)
     tenant = row["tenant_id"]
+    wallet = await Wallet.open(tx, {customer.id}, at)  # the customer locked, then the counter
     number = service.invoice_number(
         config.number_prefix, at.year, await repo.next_numbers(tenant, at.year, 1)
     )
-    wallet = await Wallet.open(tx, {customer.id}, at)
     books = await taxing.books(tx, {tenant: config}, share=True)
     change, lines = finalizing.settle(
         tx, row, lines, customer, config, number, at, wallet, books[tenant], **cause.caused()
