@@ -34,6 +34,7 @@ from storage.db import Sessions
 from storage.invoicing.repository import InvoicingRepository
 
 _NAMESPACE = "billstream.billing_run"
+HOLDING = _NAMESPACE  # the lock the run's holder holds (its key's first half)
 HELPING = f"{_NAMESPACE}.helping"  # the lock helpers hold shared, the holder exclusive
 
 

@@ -7,16 +7,20 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import signal
+import subprocess
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import text
 
 from schemas import topics
 from schemas.invoicing import BillingRunSpec, RunBilling
-from storage.invoicing.runs import HELPING
+from storage.invoicing.runs import HELPING, HOLDING
 from tests.conftest import TenantKey
 from tests.integration.billing_seed import CALLS, expected_total, invoice_numbers, seed
 from tests.integration.support import (
@@ -216,4 +220,83 @@ async def test_the_holder_completes_the_run_only_once_its_helpers_chunks_are_don
             return seen if seen is not None and seen[0] == "completed" else None
 
         assert await wait_for(completed, timeout_s=60) == ("completed", n, n, 0)
+    await check_invoiced_once(sessions, t, n)
+
+
+async def both_locks_held(sessions: Sessions, tenant: str, run_id: str) -> bool:
+    """Whether the run is held ("holding") and helped ("helping") at this instant."""
+    async with sessions() as db:
+        held = await db.scalar(
+            text(
+                "SELECT count(DISTINCT classid) FROM pg_locks WHERE locktype = 'advisory' "
+                "AND granted AND objsubid = 2 AND objid = hashtext(:run)::oid "
+                "AND classid IN (hashtext(:holding)::oid, hashtext(:helping)::oid)"
+            ),
+            {"holding": HOLDING, "helping": HELPING, "run": f"{tenant}/{run_id}"},
+        )
+        return bool(held == 2)
+
+
+def logged(log: Path, event: str, run_id: str) -> bool:
+    for raw in log.read_text().splitlines():
+        with contextlib.suppress(ValueError):
+            line = json.loads(raw)
+            if line.get("event") == event and line.get("run") == run_id:
+                return True
+    return False
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("killed", ["helping", "holding"])
+async def test_a_replica_killed_mid_run_leaves_the_counts_exact(
+    settings: Settings, sessions: Sessions, tenant: TenantKey, tmp_path: Path, killed: str
+) -> None:
+    """kill -9 of the helper (its chunk in flight rolls back, its lock goes: the holder bills
+    what it left) or of the holder (the run stays pending; the other replica holds it
+    next): the run completes, every period invoiced once, its counts equal its invoices."""
+    n = 2_000
+    t = tenant.tenant_id
+    meters = await insert_meters(sessions, t, [CALLS])
+    await seed(sessions, t, n, ANCHOR, meters["calls"].id, periods=1)
+    env = worker_env(settings) | {
+        "BILLSTREAM_INVOICING_TICK_S": "0.05",
+        "BILLSTREAM_INVOICING_CHUNK": "20",
+    }
+    logs = [tmp_path / "a.log", tmp_path / "b.log"]
+    with (
+        worker_process("invoicing", env, logs[0]) as a,
+        worker_process("invoicing", env, logs[1]) as b,
+    ):
+
+        async def started() -> bool:
+            assert a.poll() is None and b.poll() is None
+            return all(b"worker started" in log.read_bytes() for log in logs)
+
+        await wait_for(started, timeout_s=60)
+        await request_run(settings, t, "run-kill")
+
+        async def both_at_work() -> subprocess.Popen[bytes] | None:
+            if not await both_locks_held(sessions, t, "run-kill"):
+                return None
+            seen = await run_and_drafts(sessions, t, "run-kill")
+            if seen is None or not 0 < seen[2] < n - 200:
+                return None  # not finalizing yet, or nearly done
+            event = "helping billing run" if killed == "helping" else "billing run held"
+            for proc, log in zip((a, b), logs, strict=True):
+                if logged(log, event, "run-kill"):
+                    return proc
+            return None
+
+        victim = await wait_for(both_at_work, timeout_s=60, interval_s=0.01)
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.wait()
+
+        async def completed() -> tuple[Any, ...] | None:
+            seen = await run_and_drafts(sessions, t, "run-kill")
+            if seen is None or seen[0] != "completed":
+                return None
+            assert seen == ("completed", n, n, 0)
+            return seen
+
+        await wait_for(completed, timeout_s=120, interval_s=0.02)
     await check_invoiced_once(sessions, t, n)

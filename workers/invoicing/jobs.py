@@ -511,6 +511,7 @@ class Scheduler:
                 stopping=self.jobs.stopping,
             )
 
+        log.info("billing run held", run=run.id, tenant=run.tenant_id)
         try:
             await again()
             async with run.alone():
@@ -539,6 +540,7 @@ class Scheduler:
         async with helped_run(self.jobs.sessions, job=REQUESTED_RUNS) as run:
             if run is None:
                 return
+            log.info("helping billing run", run=run.id, tenant=run.tenant_id)
             try:
                 await self.run(run.as_of, run.tenant_id, run, helping=True)
             except ShuttingDown:
