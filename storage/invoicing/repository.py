@@ -39,6 +39,23 @@ INVOICE_COLUMNS = [c.name for c in Invoice.__table__.columns]
 ANALYZE_AFTER = 5000  # drafts snapshot at once: refresh the statistics of invoices
 
 
+#: lines of the invoices ``:ids``, each invoice's read by a lookup of the primary key
+#: (invoice_id, position). ``WHERE invoice_id IN (…)`` let the planner pick a scan of every
+#: line of every invoice when the table's statistics were older than a billing run's writes
+#: (100 invoices estimated at ~10,000 lines): during a run of 100,000 subscriptions each
+#: ``GET /v1/invoices`` read half a million lines (issue 22). The subquery's ``ORDER BY``
+#: keeps PostgreSQL from flattening it into a join: it runs per id, by the index.
+_LINES = text(
+    """
+    SELECT l.* FROM unnest(CAST(:ids AS varchar[])) AS k(id)
+    CROSS JOIN LATERAL (
+        SELECT * FROM invoice_lines WHERE invoice_id = k.id ORDER BY position
+    ) AS l
+    ORDER BY l.invoice_id, l.position
+    """
+)
+
+
 class InvoicingRepository(BillingRunQueries):
     """Every method takes the tenant (or returns rows that carry it): no cross-tenant reads."""
 
@@ -274,7 +291,7 @@ class InvoicingRepository(BillingRunQueries):
         )
         snapshot = int(result.rowcount)  # type: ignore[attr-defined]
         if snapshot >= ANALYZE_AFTER:
-            await self.session.execute(text("ANALYZE invoices"))
+            await self.session.execute(text("ANALYZE invoices, invoice_lines"))
         return snapshot
 
     async def claim_finalizable(
@@ -327,10 +344,10 @@ class InvoicingRepository(BillingRunQueries):
         return await self.session.scalar(q.with_for_update() if lock else q)
 
     async def lines(self, invoice_ids: Sequence[str]) -> dict[str, list[InvoiceLineRow]]:
+        """The lines of each invoice, in order: one primary-key lookup per invoice, whatever
+        the statistics say (``_LINES``)."""
         rows = await self.session.scalars(
-            select(InvoiceLineRow)
-            .where(InvoiceLineRow.invoice_id.in_(invoice_ids))
-            .order_by(InvoiceLineRow.invoice_id, InvoiceLineRow.position)
+            select(InvoiceLineRow).from_statement(_LINES.bindparams(ids=sorted(set(invoice_ids))))
         )
         out: dict[str, list[InvoiceLineRow]] = {i: [] for i in invoice_ids}
         for r in rows:
