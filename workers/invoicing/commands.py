@@ -173,7 +173,7 @@ async def create_plan(cmd: CreatePlan, tx: Tx) -> Result:
 
 
 async def run_billing(cmd: RunBilling, tx: Tx) -> Result:
-    """Records a pending billing run (the billing job carries it out, ``jobs.Scheduler``)."""
+    """Records a pending billing run (the billing job carries it out, ``scheduler.Scheduler``)."""
     repo = tx.repo(InvoicingRepository)
     if not await repo.add_run(cmd.tenantid, cmd.data.id, cmd.data.as_of):
         existing = await repo.run(cmd.tenantid, cmd.data.id)

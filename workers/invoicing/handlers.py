@@ -11,6 +11,7 @@ from schemas.invoicing import InvoicingCommand
 from schemas.payments import PaymentEvent
 from workers.invoicing import commands, credit_jobs, jobs
 from workers.invoicing.payments import PAYMENT_EVENTS
+from workers.invoicing.scheduler import Scheduler
 from workers.runtime import Batch, Runtime, Tx
 from workers.settings import Settings
 
@@ -55,7 +56,7 @@ def register(runtime: Runtime, settings: Settings) -> None:
     runtime.consumer(
         topics.EVENTS_PAYMENTS, group=groups.INVOICING_PAYMENTS, decode=decode_payment
     )(on_payment)
-    scheduler = jobs.Scheduler(runtime.jobs, settings)
+    scheduler = Scheduler(runtime.jobs, settings)
     runtime.job(
         jobs.BILLING, scheduler.tick, every_s=settings.invoicing_tick_s, close=scheduler.close
     )
