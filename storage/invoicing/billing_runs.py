@@ -65,18 +65,11 @@ class BillingRunQueries:
             )
 
     async def complete_pending_run(
-        self,
-        tenant_id: str,
-        id: str,
-        *,
-        waiting: int,
-        at: datetime,
-        created: int = 0,
-        finalized: int = 0,
+        self, tenant_id: str, id: str, *, waiting: int, at: datetime
     ) -> bool:
-        """The pending run ``id`` is done: the drafts still waiting for metering (and what
-        it created and finalized beyond what its chunks counted, ``count_on_run``); False if
-        it was not pending any more."""
+        """The pending run ``id`` is done (its chunks counted what they created and
+        finalized, ``count_on_run``): the drafts still waiting for metering; False if it was
+        not pending any more."""
         result = await self.session.execute(
             update(BillingRun)
             .where(
@@ -84,13 +77,7 @@ class BillingRunQueries:
                 BillingRun.id == id,
                 BillingRun.status == "pending",
             )
-            .values(
-                invoices_created=BillingRun.invoices_created + created,
-                invoices_finalized=BillingRun.invoices_finalized + finalized,
-                drafts_waiting=waiting,
-                status="completed",
-                completed_at=at,
-            )
+            .values(drafts_waiting=waiting, status="completed", completed_at=at)
         )
         return bool(result.rowcount)  # type: ignore[attr-defined]
 

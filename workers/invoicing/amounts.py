@@ -17,6 +17,7 @@ from decimal import (
     ROUND_UP,
     Decimal,
 )
+from typing import Any
 
 from schemas.currency import exponent
 from schemas.invoicing import InvoiceLine, TierLine
@@ -64,67 +65,36 @@ class Line:
         the type validation would give it (a computed line: plain ints, finite decimals,
         aware datetimes); otherwise validated as any input is. The same JSON either way
         (tests/unit/test_invoicing_contracts.py)."""
+        values: dict[str, Any] = {
+            "price_key": self.price_key,
+            "kind": self.kind,
+            "description": self.description,
+            "meter": self.meter,
+            "subject": self.subject,
+            "period_start": self.period_start,
+            "period_end": self.period_end,
+            "quantity": self.quantity,
+            "unit_price": self.unit_price,
+            "proration": self.proration,
+            "minimum_applied": self.minimum_applied,
+            "amount": self.amount,
+            "adjustment_for": self.adjustment_for,
+            "grant_id": self.grant_id,
+            "tax_rate": self.tax_rate,
+            "applies_to": self.applies_to,
+            "discount_id": self.discount_id,
+            "taxes": [t.model() for t in self.tax_amounts],
+        }
+        tiers: list[dict[str, Any]] = [
+            {"tier": p.tier, "quantity": p.quantity, "unit_price": p.unit_price,
+             "flat_fee": p.flat_fee, "amount": p.amount}
+            for p in self.tiers
+        ]  # fmt: skip
         if _plain(self):
             return InvoiceLine.model_construct(
-                price_key=self.price_key,
-                kind=self.kind,
-                description=self.description,
-                meter=self.meter,
-                subject=self.subject,
-                period_start=self.period_start,
-                period_end=self.period_end,
-                quantity=self.quantity,
-                unit_price=self.unit_price,
-                tiers=[
-                    TierLine.model_construct(
-                        tier=p.tier,
-                        quantity=p.quantity,
-                        unit_price=p.unit_price,
-                        flat_fee=p.flat_fee,
-                        amount=p.amount,
-                    )
-                    for p in self.tiers
-                ],
-                proration=self.proration,
-                minimum_applied=self.minimum_applied,
-                amount=self.amount,
-                adjustment_for=self.adjustment_for,
-                grant_id=self.grant_id,
-                tax_rate=self.tax_rate,
-                applies_to=self.applies_to,
-                discount_id=self.discount_id,
-                taxes=[t.model() for t in self.tax_amounts],
+                **values, tiers=[TierLine.model_construct(**t) for t in tiers]
             )
-        return InvoiceLine(
-            price_key=self.price_key,
-            kind=self.kind,
-            description=self.description,
-            meter=self.meter,
-            subject=self.subject,
-            period_start=self.period_start,
-            period_end=self.period_end,
-            quantity=self.quantity,
-            unit_price=self.unit_price,
-            tiers=[
-                TierLine(
-                    tier=p.tier,
-                    quantity=p.quantity,
-                    unit_price=p.unit_price,
-                    flat_fee=p.flat_fee,
-                    amount=p.amount,
-                )
-                for p in self.tiers
-            ],
-            proration=self.proration,
-            minimum_applied=self.minimum_applied,
-            amount=self.amount,
-            adjustment_for=self.adjustment_for,
-            grant_id=self.grant_id,
-            tax_rate=self.tax_rate,
-            applies_to=self.applies_to,
-            discount_id=self.discount_id,
-            taxes=[t.model() for t in self.tax_amounts],
-        )
+        return InvoiceLine(**values, tiers=[TierLine(**t) for t in tiers])
 
 
 def _decimal(v: object) -> bool:
