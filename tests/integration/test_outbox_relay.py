@@ -4,13 +4,15 @@ worker's relay is busy."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import Sequence
 
 from storage import outbox
 from storage.db import create_engine, session_factory
 from tests.integration.support import Sessions, read_topic
 from workers.devstack import wait_for
-from workers.runtime.publisher import RecordPublisher
+from workers.runtime.publisher import Record, RecordPublisher
 from workers.runtime.relay import OutboxRelay
 from workers.runtime.topics import ensure_topics
 from workers.settings import Settings
@@ -86,6 +88,49 @@ async def test_rows_of_a_stopped_worker_are_published_by_another_once_they_waite
             await wait_for(drained)
         finally:
             await adopting.stop()  # also stops the shared publisher
+        published = [json.loads(r.value)["n"] for r in await read_topic(settings, TOPIC, 3)]
+        assert published == [1, 2, 3]
+    finally:
+        await publisher.stop()
+        await engine.dispose()
+
+
+class _HeldPublisher(RecordPublisher):
+    """Publishes when the test lets it: a round is in flight until then."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings, client_id="test-relay-held")
+        self.entered, self.release = asyncio.Event(), asyncio.Event()
+
+    async def publish(self, records: Sequence[Record]) -> None:
+        self.entered.set()
+        await self.release.wait()
+        await super().publish(records)
+
+
+async def test_a_relay_stopped_mid_round_finishes_it_and_publishes_each_row_once(
+    settings: Settings,
+) -> None:
+    """A worker stopping while its relay publishes: the round in flight completes (its rows
+    published and deleted together), so no row goes out twice (a cancelled round's rows
+    were on the wire and still in the outbox)."""
+    await ensure_topics(settings.kafka_bootstrap, partitions=1, replication=1, names=[TOPIC])
+    engine = create_engine(settings.database_url)
+    sessions = session_factory(engine, relay="receipts")
+    publisher = _HeldPublisher(settings)
+    relay = OutboxRelay(publisher, sessions, poll_interval_s=0.05, batch=100)
+    try:
+        async with sessions() as session, session.begin():
+            await outbox.add(session, [row(n) for n in (1, 2, 3)])
+        relay.start()
+        await asyncio.wait_for(publisher.entered.wait(), 10)
+        stopping = asyncio.create_task(relay.stop())
+        await asyncio.sleep(0)  # the stop has begun: it waits for the round
+        assert not stopping.done()
+        publisher.release.set()
+        await asyncio.wait_for(stopping, 20)
+        async with sessions() as session:
+            assert await outbox.pending(session, 100) == []  # deleted with the round
         published = [json.loads(r.value)["n"] for r in await read_topic(settings, TOPIC, 3)]
         assert published == [1, 2, 3]
     finally:

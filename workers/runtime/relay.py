@@ -27,6 +27,8 @@ from workers.runtime.transient import retrying
 log = structlog.get_logger("billstream.relay")
 
 RETRY_INITIAL_S = 0.2
+#: how long ``stop`` lets a round in flight finish
+STOP_GRACE_S = 10.0
 
 
 class OutboxRelay:
@@ -60,18 +62,32 @@ class OutboxRelay:
         self._task = asyncio.create_task(self.loop.run(), name="outbox-relay")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        """Let the round in flight finish (its rows published and deleted in one go) and
+        stop; a round still running after ``STOP_GRACE_S`` (the broker away, say) is
+        cancelled — its rows, maybe on the wire already, are published again later
+        (at-least-once). Cancelling at once republished every stop's last round."""
+        task, self._task = self._task, None
+        if task is not None:
+            self.loop.stopping.set()
+            self.loop.wake()
+            try:
+                await asyncio.wait_for(asyncio.shield(task), STOP_GRACE_S)
+            except TimeoutError:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self.publisher.stop()
 
     async def _tick(self) -> bool:
         """One batch of this worker's rows (and, when due, the rows of stopped workers);
         transient failures (broker or database down) retried with backoff. True when a full
         batch went out: more is probably waiting."""
-        published = await retrying(self._round, initial_s=RETRY_INITIAL_S, max_s=self.retry_max_s)
+        published = await retrying(
+            self._round,
+            initial_s=RETRY_INITIAL_S,
+            max_s=self.retry_max_s,
+            stopping=self.loop.stopping,
+        )
         return published >= self.batch
 
     async def _round(self) -> int:
