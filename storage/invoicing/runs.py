@@ -67,22 +67,8 @@ class HeldRun:
 async def held_run(sessions: Sessions, *, job: str) -> AsyncIterator[HeldRun | None]:
     """The oldest pending run that no other replica holds (runs ``job`` quarantined are left
     out), held until the block ends; None when there is none."""
-    async with sessions() as session:
-        conn = await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
-        candidates = await InvoicingRepository(session).pending_runs(job=job, limit=8)
-        for run in candidates:
-            key = _key(_NAMESPACE, run.tenant_id, run.id)
-            if not await conn.scalar(select(func.pg_try_advisory_lock(*key))):
-                continue  # another replica is carrying it out
-            try:
-                # still pending now that it is held (another replica may have just done it)
-                status = await InvoicingRepository(session).run_status(run.tenant_id, run.id)
-                if status == "pending":
-                    yield HeldRun(run.tenant_id, run.id, run.as_of, conn)
-                    return
-            finally:
-                await conn.scalar(select(func.pg_advisory_unlock(*key)))
-        yield None
+    async with _locked_run(sessions, job, _NAMESPACE, shared=False) as run:
+        yield run
 
 
 @asynccontextmanager
@@ -90,18 +76,34 @@ async def helped_run(sessions: Sessions, *, job: str) -> AsyncIterator[HeldRun |
     """The oldest pending run (runs ``job`` quarantined are left out) that this replica may
     help, its ``HELPING`` lock held shared until the block ends; None when there is none, or
     when the holder of each is waiting for its helpers to be done (``HeldRun.alone``)."""
+    async with _locked_run(sessions, job, HELPING, shared=True) as run:
+        yield run
+
+
+@asynccontextmanager
+async def _locked_run(
+    sessions: Sessions, job: str, namespace: str, *, shared: bool
+) -> AsyncIterator[HeldRun | None]:
+    """The oldest pending run whose ``namespace`` lock this replica could take (shared or
+    exclusive), on a connection of its own outside any transaction, until the block ends.
+    An exclusive holder gets the connection (``HeldRun.alone`` locks on it)."""
+    lock, unlock = (
+        (func.pg_try_advisory_lock_shared, func.pg_advisory_unlock_shared)
+        if shared
+        else (func.pg_try_advisory_lock, func.pg_advisory_unlock)
+    )
     async with sessions() as session:
         conn = await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
-        candidates = await InvoicingRepository(session).pending_runs(job=job, limit=8)
-        for run in candidates:
-            key = _key(HELPING, run.tenant_id, run.id)
-            if not await conn.scalar(select(func.pg_try_advisory_lock_shared(*key))):
-                continue  # its holder is finishing it
+        repo = InvoicingRepository(session)
+        for run in await repo.pending_runs(job=job, limit=8):
+            key = _key(namespace, run.tenant_id, run.id)
+            if not await conn.scalar(select(lock(*key))):
+                continue  # another replica holds it (or its holder is finishing it)
             try:
-                status = await InvoicingRepository(session).run_status(run.tenant_id, run.id)
-                if status == "pending":
-                    yield HeldRun(run.tenant_id, run.id, run.as_of)
+                # still pending now that it is locked (another replica may have just done it)
+                if await repo.run_status(run.tenant_id, run.id) == "pending":
+                    yield HeldRun(run.tenant_id, run.id, run.as_of, None if shared else conn)
                     return
             finally:
-                await conn.scalar(select(func.pg_advisory_unlock_shared(*key)))
+                await conn.scalar(select(unlock(*key)))
         yield None
