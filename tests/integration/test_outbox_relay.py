@@ -136,3 +136,30 @@ async def test_a_relay_stopped_mid_round_finishes_it_and_publishes_each_row_once
     finally:
         await publisher.stop()
         await engine.dispose()
+
+
+async def test_a_relay_takes_its_oldest_rows_and_rows_of_no_worker_in_commit_order(
+    settings: Settings,
+) -> None:
+    """``pending``: a worker's rows and rows of no worker merged in id (commit) order, at most
+    ``limit``, another worker's never — however the two kinds interleave."""
+    engine = create_engine(settings.database_url)
+    sessions = {r: session_factory(engine, relay=r) for r in ("usage-x", "alerts-x", "")}
+    try:
+        order = ["usage-x", "", "alerts-x", "", "usage-x", "usage-x", "alerts-x", "", "usage-x"]
+        for n, relay in enumerate(order):
+            async with sessions[relay]() as session, session.begin():
+                await outbox.add(session, [row(1000 + n)])
+        mine = [1000 + n for n, r in enumerate(order) if r in ("usage-x", "")]
+        async with sessions["usage-x"]() as session, session.begin():
+            for limit in (1, 3, 5, 100):
+                taken = await outbox.pending(session, limit)
+                got = [json.loads(m.value)["n"] for m in taken if m.topic == TOPIC]
+                assert got == mine[:limit], limit
+            await outbox.remove(session, [m.id for m in await outbox.pending(session, 100)])
+        async with sessions["alerts-x"]() as session, session.begin():
+            taken = await outbox.pending(session, 100)
+            assert [json.loads(m.value)["n"] for m in taken if m.topic == TOPIC] == [1002, 1006]
+            await outbox.remove(session, [m.id for m in taken])
+    finally:
+        await engine.dispose()
