@@ -11,8 +11,11 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from datetime import datetime
+from decimal import Decimal
 from typing import Annotated, Any
 
+import msgspec
+from msgspec import UNSET, UnsetType
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter
 
 from schemas import jsonexact
@@ -93,16 +96,16 @@ class UsageEvent(CloudEvent):
         """Parse a record; numbers in ``data`` become exact Decimals (never floats).
 
         The metering worker's hot path: a record as billstream and ordinary producers write
-        it is checked by hand (:func:`_plain_event`, every rule of the model) and built
-        without pydantic, a few µs cheaper; anything else — a refusal, an unusual spelling —
+        it is parsed by msgspec into its JSON types and checked by hand
+        (:func:`_plain_event`, every rule of the model), then built without pydantic — a
+        few µs cheaper (docs/adr/0058); anything else — a refusal, an unusual spelling —
         goes through ``model_validate``, which accepts or refuses it with its own message.
         """
-        parsed = jsonexact.loads(raw)
         if cls is UsageEvent:
-            event = _plain_event(parsed)
+            event = _plain_event(raw)
             if event is not None:
                 return event
-        return cls.model_validate(parsed)
+        return cls.model_validate(jsonexact.loads(raw))
 
     def to_json(self) -> bytes:
         """Numbers in ``data`` are written exactly as JSON numbers."""
@@ -148,7 +151,6 @@ _TIMES: TypeAdapter[list[datetime]] = TypeAdapter(list[AwareDatetime])
 # is convenient (a time spelled "2026-11-22 10:15:30Z" is for pydantic to judge), but it must
 # never accept what pydantic refuses: tests/unit/test_usage_decode.py holds it to that.
 
-_KNOWN = frozenset(UsageEvent.model_fields)
 # the required attributes, read one by one in _plain_event
 _REQUIRED = ("id", "source", "type", "subject", "time", "tenantid")
 _SPECVERSION = UsageEvent.model_fields["specversion"].default
@@ -167,41 +169,62 @@ _TIME = re.compile(
 )
 
 
-def _plain_event(parsed: Any) -> UsageEvent | None:
-    """``UsageEvent.model_validate(parsed)`` for a plain record, or None: let pydantic judge.
+class _Record(msgspec.Struct, forbid_unknown_fields=True):
+    """A usage record's attributes in their JSON types, as msgspec parses them: unknown
+    attributes, a missing required one or a wrong JSON type make it fail (then pydantic
+    judges). Numbers in ``data`` that are not integers become Decimals (``float_hook``)."""
 
-    Every rule of the model, by hand: no unknown attribute; ``id``, ``source``, ``type``,
-    ``subject``, ``time`` and ``tenantid`` present; the constants as they must be; each text
-    a ``str`` of its length, pattern and characters; ``time`` with its offset, in the window;
-    ``data`` an object that ``check_usage_data`` passes."""
-    if type(parsed) is not dict or not _KNOWN.issuperset(parsed):
-        return None
+    id: str
+    source: str
+    type: str
+    subject: str
+    time: str
+    tenantid: str
+    specversion: str | UnsetType = UNSET
+    datacontenttype: str | UnsetType = UNSET
+    dataversion: str | UnsetType = UNSET
+    data: dict[str, Any] | UnsetType = UNSET
+    correlationid: str | UnsetType | None = UNSET
+    causationid: str | UnsetType | None = UNSET
+
+
+# strict: JSON types as they are (no "1" for 1); the same numbers as jsonexact.loads
+_decode_record = msgspec.json.Decoder(_Record, float_hook=Decimal).decode
+
+
+def _plain_event(raw: bytes | str) -> UsageEvent | None:
+    """``UsageEvent.model_validate(jsonexact.loads(raw))`` for a plain record, or None: let
+    pydantic judge.
+
+    Every rule of the model, by hand, after msgspec has checked the JSON types (no unknown
+    attribute; ``id``, ``source``, ``type``, ``subject``, ``time`` and ``tenantid`` present,
+    strings): the constants as they must be; each text of its length, pattern and
+    characters; ``time`` with its offset, in the window; ``data`` an object that
+    ``check_usage_data`` passes. msgspec refuses what the standard library's parser refuses
+    (control characters in strings, NaN, trailing data, invalid UTF-8) and some it accepts
+    (an escaped lone surrogate): those go to pydantic too."""
     try:
-        id_ = parsed["id"]
-        source = parsed["source"]
-        type_ = parsed["type"]
-        subject = parsed["subject"]
-        time = parsed["time"]
-        tenantid = parsed["tenantid"]
-    except KeyError:  # a required attribute missing
+        record = _decode_record(raw)
+    except (msgspec.MsgspecError, UnicodeError):  # a str with a lone surrogate: not UTF-8
         return None
     # type, tenantid, subject and source repeat across records: each distinct one is checked
     # once and kept, and every event holds that one string object (cheaper to hash, compare
     # and reach for the aggregation downstream than a fresh copy per record)
-    if type(type_) is not str or type(tenantid) is not str or type(subject) is not str:
-        return None
+    type_ = record.type
     type_ = _TYPES.get(type_) or _checked(_TYPES, type_, _TYPE.fullmatch(type_) is not None)
+    tenantid = record.tenantid
     tenantid = _TENANTS.get(tenantid) or _checked(
         _TENANTS, tenantid, _TENANT.fullmatch(tenantid) is not None
     )
+    subject = record.subject
     subject = _SUBJECTS.get(subject) or _checked(
         _SUBJECTS, subject, 0 < len(subject) <= 256 and _LINE_BAD.search(subject) is None
     )
-    if type(source) is not str or type(id_) is not str or type(time) is not str:
-        return None
+    source = record.source
     source = _SOURCES.get(source) or _checked(
         _SOURCES, source, 0 < len(source) <= 512 and _LINE_BAD.search(source) is None
     )
+    id_, time = record.id, record.time
     if (
         not type_
         or not tenantid
@@ -217,31 +240,30 @@ def _plain_event(parsed: Any) -> UsageEvent | None:
         return None
     if not TIME_MIN <= at < TIME_MAX:
         return None
-    data = parsed.get("data", _ABSENT)
-    if data is _ABSENT:
+    data = record.data
+    if data is UNSET:
         data = {}
         keys = ""
-    elif type(data) is not dict:
-        return None
     else:
         keys = "".join(data)
-    if _LINE_BAD.search(id_ + keys) is not None:  # the id, and every key of data, one line
+    line = id_ + keys  # the id, and every key of data, one line (printable: certainly)
+    if not line.isprintable() and _LINE_BAD.search(line) is not None:
         return None
     if data and not plain_values(data) and usage_data_problem(data) is not None:
         return None
-    if len(parsed) > len(_REQUIRED) + ("data" in parsed):  # the optional attributes
-        if parsed.get("specversion", _SPECVERSION) != _SPECVERSION:
+    specversion, datacontenttype = record.specversion, record.datacontenttype
+    dataversion, correlationid, causationid = (
+        record.dataversion,
+        record.correlationid,
+        record.causationid,
+    )
+    if specversion is not UNSET and specversion != _SPECVERSION:
+        return None
+    if datacontenttype is not UNSET and datacontenttype != _DATACONTENTTYPE:
+        return None
+    for value in (correlationid, causationid):
+        if type(value) is str and (len(value) > 256 or _TEXT_BAD.search(value)):
             return None
-        if parsed.get("datacontenttype", _DATACONTENTTYPE) != _DATACONTENTTYPE:
-            return None
-        if type(parsed.get("dataversion", _DATAVERSION)) is not str:
-            return None
-        for name in ("correlationid", "causationid"):
-            value = parsed.get(name)
-            if value is not None and (
-                type(value) is not str or len(value) > 256 or _TEXT_BAD.search(value)
-            ):
-                return None
     values = {
         "specversion": _SPECVERSION,
         "id": id_,
@@ -252,20 +274,32 @@ def _plain_event(parsed: Any) -> UsageEvent | None:
         "datacontenttype": _DATACONTENTTYPE,
         "data": data,
         "tenantid": tenantid,
-        "correlationid": parsed.get("correlationid"),
-        "causationid": parsed.get("causationid"),
-        "dataversion": parsed.get("dataversion", _DATAVERSION),
+        "correlationid": None if correlationid is UNSET else correlationid,
+        "causationid": None if causationid is UNSET else causationid,
+        "dataversion": _DATAVERSION if dataversion is UNSET else dataversion,
     }
+    fields_set = set(_REQUIRED)  # and the optional attributes the record has
+    if specversion is not UNSET:
+        fields_set.add("specversion")
+    if datacontenttype is not UNSET:
+        fields_set.add("datacontenttype")
+    if dataversion is not UNSET:
+        fields_set.add("dataversion")
+    if record.data is not UNSET:
+        fields_set.add("data")
+    if correlationid is not UNSET:
+        fields_set.add("correlationid")
+    if causationid is not UNSET:
+        fields_set.add("causationid")
     # what model_construct does, without its loop over the fields' defaults
     event = _new(UsageEvent)
     _set(event, "__dict__", values)
-    _set(event, "__pydantic_fields_set__", set(parsed))
+    _set(event, "__pydantic_fields_set__", fields_set)
     _set(event, "__pydantic_extra__", None)
     _set(event, "__pydantic_private__", None)
     return event
 
 
-_ABSENT: Any = object()
 _new = object.__new__
 _set = object.__setattr__
 
