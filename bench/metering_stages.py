@@ -89,7 +89,7 @@ def timed(label: str, fn: Callable[..., Any]) -> Callable[..., Any]:
 def instrument() -> None:
     """Wrap each stage where the handler and the runtime look it up."""
     # the decoder is captured by handlers.register: wrap it before registering
-    service.decode_usage = timed("1 decode (JSON + pydantic)", service.decode_usage)
+    service.decode_usage = timed("1 decode (JSON + checks)", service.decode_usage)
     storage_tenants.TenantRepository.existing = timed(
         "2 tenant check (SELECT)", storage_tenants.TenantRepository.existing
     )

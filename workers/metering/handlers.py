@@ -7,7 +7,7 @@ from pydantic import TypeAdapter
 from schemas import groups, topics
 from schemas.envelope import WIRE, utcnow
 from schemas.metering import MeteringCommand
-from schemas.usage import UsageEvent
+from schemas.usage import UsageRecord
 from storage.metering import MeterRepository, UsageRepository
 from workers.metering import service
 from workers.metering import totals as totals_
@@ -21,7 +21,7 @@ def decode_command(raw: bytes) -> MeteringCommand:
     return _commands.validate_json(raw, context=WIRE)
 
 
-async def on_usage(batch: Batch[UsageEvent], tx: Tx) -> None:
+async def on_usage(batch: Batch[UsageRecord], tx: Tx) -> None:
     """Aggregates usage events into hourly buckets of every meter that reads them, and
     emits one usage.totals_changed per (subject, meter, hour) the batch changed."""
     fresh = await tx.claim(batch)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import MAX_EMAX, MIN_EMIN, Context, Decimal
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from schemas import bounds
 from schemas.envelope import new_id
@@ -19,7 +19,7 @@ from schemas.metering import (
     MeterCreatedData,
     MeterSpec,
 )
-from schemas.usage import UsageEvent
+from schemas.usage import UsageRecord, decode_record
 from workers.metering.errors import MeterConflict, UnusableEvent
 
 SOURCE = "billstream/metering"
@@ -103,9 +103,25 @@ def canonical_groups(groups: dict[str, str | None]) -> str:
 _EXACT = Context(prec=131072 + 16383 + 32, Emax=MAX_EMAX, Emin=MIN_EMIN)
 
 
-def decode_usage(raw: bytes) -> UsageEvent:
+def decode_usage(raw: bytes) -> UsageRecord:
     """Parse a usage record; numbers in ``data`` become exact Decimals (never floats)."""
-    return UsageEvent.from_json(raw)
+    return decode_record(raw)
+
+
+class Usage(Protocol):
+    """What aggregation reads of a usage event: a ``UsageRecord`` (decoded off the topic) or
+    a ``UsageEvent``."""
+
+    @property
+    def tenantid(self) -> str: ...
+    @property
+    def type(self) -> str: ...
+    @property
+    def subject(self) -> str: ...
+    @property
+    def time(self) -> datetime: ...
+    @property
+    def data(self) -> dict[str, Any]: ...
 
 
 _BUCKETS: dict[tuple[int, int, int, int, timedelta], datetime] = {}
@@ -144,7 +160,7 @@ def _number(value: Any, where: str) -> Decimal:
         raise UnusableEvent(f"{where} is a {type(value).__name__}, not a number", field=where)
     if not number.is_finite():
         raise UnusableEvent(f"{where} is {value!r}, not a finite number", field=where)
-    # events read off the topic were checked when decoded (UsageEvent.data); this holds for
+    # events read off the topic were checked when decoded (as UsageEvent.data is); this holds for
     # events built in-process too: nothing out of range is ever stored (ADR 0043)
     reason = bounds.metered_problem(number)
     if reason:
@@ -217,7 +233,7 @@ class Aggregated:
 _MAX_INT = 10**bounds.MAX_INTEGER_DIGITS  # an int metered value: |v| <= this (bounds.py)
 
 
-def aggregate(events: Sequence[UsageEvent], meters: Sequence[MeterDef]) -> Aggregated:
+def aggregate(events: Sequence[Usage], meters: Sequence[MeterDef]) -> Aggregated:
     """Fold a batch of events into per-bucket deltas for every meter that reads them.
 
     An event is used by all its meters or by none: if any meter cannot read its value,
@@ -226,9 +242,7 @@ def aggregate(events: Sequence[UsageEvent], meters: Sequence[MeterDef]) -> Aggre
     return _aggregate(events, meters, plain=True)
 
 
-def _aggregate(
-    events: Sequence[UsageEvent], meters: Sequence[MeterDef], *, plain: bool
-) -> Aggregated:
+def _aggregate(events: Sequence[Usage], meters: Sequence[MeterDef], *, plain: bool) -> Aggregated:
     """``aggregate``; ``plain=False`` reads every meter the general way (``_contribution``),
     which the plain way must match exactly (tests/unit/test_metering_plain.py).
 
@@ -362,7 +376,7 @@ def _plain_contribution(cm: CompiledMeter, data: dict[str, Any]) -> tuple[str, A
 
 def _contribution(
     cm: CompiledMeter,
-    event: UsageEvent,
+    event: Usage,
     groups_json: dict[tuple[str, tuple[str | None, ...]], str] | None = None,
 ) -> tuple[str, Decimal | str | None]:
     """The canonical group JSON and the value ``event`` adds to meter ``cm``.

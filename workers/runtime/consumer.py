@@ -26,7 +26,6 @@ from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from schemas.envelope import CloudEvent
 from schemas.topics import DLQ_SUFFIX
 from storage import outbox
 from storage.commands import CommandOutcome
@@ -35,9 +34,9 @@ from workers.runtime.errors import ShuttingDown, describe
 from workers.runtime.jobs import JobLoop, Jobs, Tick
 from workers.runtime.pipeline import Pipeline
 from workers.runtime.transient import retrying
-from workers.runtime.tx import Message, Tx, dead_letter
+from workers.runtime.tx import Envelope, Message, Tx, dead_letter
 
-E = TypeVar("E", bound=CloudEvent)
+E = TypeVar("E", bound=Envelope)
 Handler = Callable[[Sequence[Message[E]], Tx], Awaitable[None]]
 Decoder = Callable[[bytes], E]
 

@@ -23,9 +23,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from schemas.envelope import CloudEvent
 from storage.commands import CommandOutcome
 from workers.runtime.errors import PermanentError
-from workers.runtime.tx import Batch, Message, Tx
+from workers.runtime.tx import Batch, Envelope, Message, Tx
 
-E = TypeVar("E", bound=CloudEvent)
+E = TypeVar("E", bound=Envelope)
+C = TypeVar("C", bound=CloudEvent)
 R = TypeVar("R")
 
 
@@ -37,7 +38,7 @@ class _NoSession:
         )
 
 
-def message(event: E, *, topic: str = "test", offset: int = 0) -> Message[E]:
+def message(event: C, *, topic: str = "test", offset: int = 0) -> Message[C]:
     """``event`` as the runtime hands it to a handler, read off ``topic``."""
     record: ConsumerRecord[bytes, bytes] = ConsumerRecord(
         topic, 0, offset, 0, 0, event.tenantid.encode(), event.to_json(), None, 0, 0, []

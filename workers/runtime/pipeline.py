@@ -24,13 +24,13 @@ import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 
-from schemas.envelope import CloudEvent
 from workers.runtime.errors import ShuttingDown
+from workers.runtime.tx import Envelope
 
 if TYPE_CHECKING:
     from workers.runtime.consumer import BatchProcessor, Decoded
 
-E = TypeVar("E", bound=CloudEvent)
+E = TypeVar("E", bound=Envelope)
 Records = Sequence[ConsumerRecord[bytes, bytes]]
 
 log = structlog.get_logger("billstream.runtime")

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Generic, NamedTuple, TypeVar
+from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
 from aiokafka import ConsumerRecord
 from sqlalchemy import event
@@ -19,7 +19,19 @@ from storage.commands import CommandOutcome, CommandRepository
 from storage.tenants import TenantRepository
 from workers.runtime.errors import PermanentError
 
-E = TypeVar("E", bound=CloudEvent)
+
+class Envelope(inbox.Identity, Protocol):
+    """What the runtime reads of a decoded message: its identity (``tenantid``, ``source``,
+    ``id``), ``type`` and ``correlationid``. A ``CloudEvent`` is one; so is any leaner record
+    a context decodes its hot topic into (metering's ``UsageRecord``)."""
+
+    @property
+    def type(self) -> str: ...
+    @property
+    def correlationid(self) -> str | None: ...
+
+
+E = TypeVar("E", bound=Envelope)
 R = TypeVar("R")
 
 DLQ_HEADER_PREFIX = "billstream-dlq-"
