@@ -303,13 +303,15 @@ class InvoicingRepository(BillingRunQueries):
         *,
         job: str,
         only: Sequence[str] | None = None,
+        wait: bool = False,
     ) -> list[Invoice]:
         """Drafts past their grace period whose usage metering has applied (``committed``,
         its offsets, reached the draft's snapshot on every partition), oldest first, locked
         (skipping other replicas'), and only the earliest draft of each subscription: a
         subscription's invoices finalize in period order, so late-usage adjustments see
         every earlier invoice. Drafts ``job`` quarantined are left out; ``only``: just these
-        invoice ids, if still finalizable."""
+        invoice ids, if still finalizable. ``wait``: wait for a draft another transaction
+        holds locked instead of skipping it (then judge it as that transaction left it)."""
         earlier = aliased(Invoice)
         caught_up = text(
             "NOT EXISTS (SELECT 1 FROM jsonb_each_text(invoices.usage_offsets) AS e(p, o)"
@@ -337,7 +339,7 @@ class InvoicingRepository(BillingRunQueries):
         if only is not None:
             q = q.where(Invoice.id.in_(only))
         q = q.order_by(Invoice.finalize_after, Invoice.id).limit(limit)
-        return list(await self.session.scalars(q.with_for_update(skip_locked=True)))
+        return list(await self.session.scalars(q.with_for_update(skip_locked=not wait)))
 
     async def invoice(self, tenant_id: str, id: str, *, lock: bool = False) -> Invoice | None:
         q = select(Invoice).where(Invoice.tenant_id == tenant_id, Invoice.id == id)

@@ -5,13 +5,14 @@ flight."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
 import signal
 import subprocess
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,8 @@ from tests.integration.support import (
 from workers.devstack import wait_for
 from workers.invoicing import service
 from workers.invoicing.app import build as build_invoicing
+from workers.invoicing.jobs import Billing
+from workers.runtime import Jobs
 from workers.settings import Settings
 
 ANCHOR = datetime(2031, 1, 1, tzinfo=UTC)  # the scheduler's own runs (as of now) never bill it
@@ -299,4 +302,41 @@ async def test_a_replica_killed_mid_run_leaves_the_counts_exact(
             return seen
 
         await wait_for(completed, timeout_s=120, interval_s=0.02)
+    await check_invoiced_once(sessions, t, n)
+
+
+async def test_a_replica_finding_every_draft_locked_waits_then_finalizes_them(
+    sessions: Sessions, tenant: TenantKey
+) -> None:
+    """Another replica's snapshot of the drafts' offsets (one statement over every draft, a
+    second or more at 100,000) holds them all locked when this replica starts finalizing:
+    every claim skips them. The run waits for the lock and finalizes them once it is
+    released, instead of ending its phase with nothing done (one of two replicas then sat
+    out the phase, the holder waiting for its helper to finalize alone)."""
+    n = 30
+    t = tenant.tenant_id
+    meters = await insert_meters(sessions, t, [CALLS])
+    await seed(sessions, t, n, ANCHOR, meters["calls"].id, periods=1)
+    billing = Billing(
+        Jobs(sessions, retry_initial_s=0.01, retry_max_s=0.1), chunk=10, lookback=timedelta(60)
+    )
+    # January closed, its grace hour not yet over: every invoice a draft
+    closed = await billing.run(AS_OF - timedelta(hours=1, minutes=30), t, {}, {})
+    assert (closed.invoices_created, closed.invoices_finalized) == (n, 0)
+    async with sessions() as other, other.begin():
+        await other.execute(
+            text("SELECT 1 FROM invoices WHERE tenant_id = :t AND status = 'draft' FOR UPDATE"),
+            {"t": t},
+        )
+        run = asyncio.create_task(billing.run(AS_OF, t, {}, {}))
+
+        async def waiting_for_the_lock() -> bool:
+            assert not run.done(), f"gave up with every draft locked: {run.result()}"
+            async with sessions() as db:
+                waits = text("SELECT EXISTS (SELECT 1 FROM pg_locks WHERE NOT granted)")
+                return bool(await db.scalar(waits))
+
+        await wait_for(waiting_for_the_lock, timeout_s=30, interval_s=0.02)
+    result = await asyncio.wait_for(run, timeout=60)
+    assert (result.invoices_finalized, result.drafts_waiting) == (n, 0)
     await check_invoiced_once(sessions, t, n)
