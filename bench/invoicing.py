@@ -1077,7 +1077,10 @@ async def main(args: argparse.Namespace) -> int:
             ingress.stop()
         kafka.stop()
         pg.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
+        if args.keep:
+            print(f"kept: {tmp} (the workers' logs, the data)")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
@@ -1147,4 +1150,5 @@ if __name__ == "__main__":
     )
     parser.add_argument("--note", default="", help="a paragraph added to the recorded section")
     parser.add_argument("--no-record", dest="record", action="store_false")
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, data)")
     sys.exit(asyncio.run(main(parser.parse_args())))
