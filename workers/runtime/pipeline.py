@@ -38,22 +38,26 @@ log = structlog.get_logger("billstream.runtime")
 
 def first_offsets(records: Records) -> dict[TopicPartition, int]:
     """The first offset of each partition in ``records``."""
-    first: dict[TopicPartition, int] = {}
+    # keyed by (topic, partition) as a plain tuple: a TopicPartition per record (a
+    # NamedTuple, built in Python) cost more than the rest of the loop
+    first: dict[tuple[str, int], int] = {}
+    get = first.get
     for r in records:
-        tp = TopicPartition(r.topic, r.partition)
-        if r.offset < first.get(tp, r.offset + 1):
-            first[tp] = r.offset
-    return first
+        key = r.topic, r.partition
+        if r.offset < get(key, r.offset + 1):
+            first[key] = r.offset
+    return {TopicPartition(*key): offset for key, offset in first.items()}
 
 
 def next_offsets(records: Records) -> dict[TopicPartition, int]:
     """The offset to commit for each partition in ``records``: its last offset + 1."""
-    following: dict[TopicPartition, int] = {}
+    following: dict[tuple[str, int], int] = {}
+    get = following.get
     for r in records:
-        tp = TopicPartition(r.topic, r.partition)
-        if r.offset >= following.get(tp, 0):
-            following[tp] = r.offset + 1
-    return following
+        key = r.topic, r.partition
+        if r.offset >= get(key, 0):
+            following[key] = r.offset + 1
+    return {TopicPartition(*key): offset for key, offset in following.items()}
 
 
 class Pipeline(Generic[E]):
