@@ -43,6 +43,7 @@ Decoder = Callable[[bytes], E]
 log = structlog.get_logger("billstream.runtime")
 
 DECODE_SLICE = 256  # records decoded between two turns of the event loop (~2 ms)
+_new_tuple = tuple.__new__
 
 
 @dataclass(frozen=True)
@@ -106,15 +107,19 @@ class BatchProcessor(Generic[E]):
         self._m_consumed.inc(len(records))
         decoded: list[Message[E]] = []
         undecodable: list[outbox.OutgoingMessage] = []
-        for i, record in enumerate(records):
-            if i % DECODE_SLICE == DECODE_SLICE - 1:
+        decode, append = self.consumer.decode, decoded.append
+        for start in range(0, len(records), DECODE_SLICE):
+            if start:
                 await asyncio.sleep(0)
-            try:
-                decoded.append(Message(record, self.consumer.decode(record.value)))
-            except Exception as e:  # any decoding failure makes this record poison
-                undecodable.append(
-                    dead_letter(record, self.consumer.group, describe(e), "undecodable")
-                )
+            for record in records[start : start + DECODE_SLICE]:
+                try:
+                    # Message(record, event) without the NamedTuple's __new__, a Python
+                    # function (~100 ns a record)
+                    append(_new_tuple(Message, (record, decode(record.value))))
+                except Exception as e:  # any decoding failure makes this record poison
+                    undecodable.append(
+                        dead_letter(record, self.consumer.group, describe(e), "undecodable")
+                    )
         return Decoded(decoded, undecodable, time.perf_counter() - started)
 
     async def apply(self, batch: Decoded[E]) -> None:
