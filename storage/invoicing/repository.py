@@ -36,7 +36,7 @@ from storage.quarantine import not_quarantined
 
 LINE_COLUMNS = [c.name for c in InvoiceLineRow.__table__.columns]
 INVOICE_COLUMNS = [c.name for c in Invoice.__table__.columns]
-ANALYZE_AFTER = 5000  # drafts snapshot at once: refresh the statistics of invoices
+ANALYZE_AFTER = 5000  # drafts made or snapshot by a run: refresh the statistics of invoices
 
 
 #: lines of the invoices ``:ids``, each invoice's read by a lookup of the primary key
@@ -275,22 +275,23 @@ class InvoicingRepository(BillingRunQueries):
                 delete(Invoice).where(Invoice.id.in_(ids), Invoice.status == "draft")
             )
 
-    async def snapshot_offsets(self, usage_ends: dict[int, int]) -> int:
-        """Record the usage topic's end offsets on the drafts that have none yet: usage up
-        to their period end was appended before this moment.
+    async def snapshot_offsets(self, usage_ends: dict[int, int], drafted: int = 0) -> int:
+        """Record the usage topic's end offsets on the drafts that have none yet (those not
+        drafted by a billing run, which stamps its own): usage up to their period end was
+        appended before this moment.
 
-        After a large snapshot the table's statistics are refreshed (``ANALYZE``, a sample:
-        a few hundred ms at 100,000 invoices): they were taken while these drafts had no
-        offsets, and with them the planner expects almost no draft to be finalizable and
-        sorts every draft, chunk after chunk, instead of reading the next chunk off
-        ``ix_invoices_drafts`` (issue 22)."""
+        After a run drafted or snapshot many (``drafted`` + these) the table's statistics are
+        refreshed (``ANALYZE``, a sample: a few hundred ms at 100,000 invoices): they were
+        taken before these drafts, and with them the planner expects almost no draft to be
+        finalizable and sorts every draft, chunk after chunk, instead of reading the next
+        chunk off ``ix_invoices_drafts`` (issue 22)."""
         result = await self.session.execute(
             update(Invoice)
             .where(Invoice.status == "draft", Invoice.usage_offsets.is_(None), BILLED_BY_RUNS)
             .values(usage_offsets={str(p): o for p, o in usage_ends.items()})
         )
         snapshot = int(result.rowcount)  # type: ignore[attr-defined]
-        if snapshot >= ANALYZE_AFTER:
+        if snapshot + drafted >= ANALYZE_AFTER:
             await self.session.execute(text("ANALYZE invoices, invoice_lines"))
         return snapshot
 

@@ -261,8 +261,12 @@ class Billing:
                 only=None if only is None else [(i.tenant_id, i.id) for i in only],
             )
 
+        # the drafts it closes are stamped with the usage topic's ends as of the run's start
+        # (what the snapshot below gives the drafts of other paths): no second write of each
+        offsets = {str(p): o for p, o in usage_ends.items()}
+
         async def close(tx: Tx, subs: Sequence[Subscription]) -> int:
-            created = await self.close(tx, subs, as_of)
+            created = await self.close(tx, subs, as_of, offsets)
             await count(tx, created, 0)
             return created
 
@@ -285,9 +289,10 @@ class Billing:
         ).claimed:
             pass
 
+        drafted = result.invoices_created
         await self.jobs.run(
             "invoicing.snapshot",
-            lambda tx: tx.repo(InvoicingRepository).snapshot_offsets(usage_ends),
+            lambda tx: tx.repo(InvoicingRepository).snapshot_offsets(usage_ends, drafted),
         )
 
         async def claim_finalizable(tx: Tx, only: Sequence[Item] | None) -> list[Invoice]:
@@ -333,9 +338,16 @@ class Billing:
 
     # --- closing periods ---------------------------------------------------------------
 
-    async def close(self, tx: Tx, subs: Sequence[Subscription], as_of: datetime) -> int:
-        """Draft invoices for the ended periods of ``subs`` (claimed, locked); returns how
-        many were created."""
+    async def close(
+        self,
+        tx: Tx,
+        subs: Sequence[Subscription],
+        as_of: datetime,
+        usage_offsets: dict[str, int] | None = None,
+    ) -> int:
+        """Draft invoices for the ended periods of ``subs`` (claimed, locked), with
+        ``usage_offsets`` (or none yet: a snapshot gives them); returns how many were
+        created."""
         repo = tx.repo(InvoicingRepository)
         plans = await repo.plans(
             {s.plan_id for s in subs} | {s.next_plan_id for s in subs if s.next_plan_id}
@@ -367,7 +379,7 @@ class Billing:
                     event = service.subscription_event(cls, data, tenantid=sub.tenant_id)
                     _emit(tx, event, sub.tenant_id, customer.external_id)
         await repo.update_subscriptions([{c: getattr(s, c) for c in SUB_STATE} for s in states])
-        return await create_drafts(tx, drafts, configs, plans=self.plans)
+        return await create_drafts(tx, drafts, configs, usage_offsets, plans=self.plans)
 
     # --- finalizing drafts -----------------------------------------------------------
 
