@@ -42,7 +42,7 @@ class MeterDef:
     description: str | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class UsageDelta:
     """What one batch adds to one hourly bucket."""
 
@@ -124,21 +124,23 @@ class Usage(Protocol):
     def data(self) -> dict[str, Any]: ...
 
 
-_BUCKETS: dict[tuple[int, int, int, int, timedelta], datetime] = {}
+_BUCKETS: dict[float, datetime] = {}
+_EXACT_HOURS = 2.0**32  # below this many seconds since 1970 (2106), a float second is exact
 
 
 def hour_bucket(t: datetime) -> datetime:
-    """The UTC hour ``t`` falls in. Memoised by local hour and zone when the zone's offset is
-    whole hours (then a local hour is one UTC hour): converting costs ~1 µs, a lookup ~0.2."""
-    offset = t.utcoffset()
-    if offset is None or offset.seconds % 3600:
+    """The UTC hour ``t`` falls in. Memoised by the hour's number since 1970: ``timestamp()``
+    is correctly rounded, and below 2**32 s a float is within 0.5 µs of it, so a time 1 µs
+    before an hour's end never rounds into the next (converting costs ~1 µs, this ~0.3)."""
+    seconds = t.timestamp()
+    if not 0 <= seconds < _EXACT_HOURS:
         return t.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
-    key = (t.year, t.month, t.day, t.hour, offset)  # the offset, not the zone: DST folds
-    bucket = _BUCKETS.get(key)
+    hour = seconds // 3600
+    bucket = _BUCKETS.get(hour)
     if bucket is None:
         if len(_BUCKETS) > 100_000:
             _BUCKETS.clear()
-        bucket = _BUCKETS[key] = t.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+        bucket = _BUCKETS[hour] = t.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
     return bucket
 
 
@@ -268,19 +270,25 @@ def _aggregate(events: Sequence[Usage], meters: Sequence[MeterDef], *, plain: bo
             out.rejected.append((index, f"no meter reads event type {event.type!r}"))
             continue
         data = event.data
-        contributions: list[tuple[str, Any]] = []
+        plain_data = type(data) is dict
         try:
-            for cm in readers:  # in order: the first meter that cannot read it says why
-                c = _plain_contribution(cm, data) if cm.plain and type(data) is dict else None
-                # None: not plain, or something unusual in it: read the long way
-                contributions.append(c if c is not None else _contribution(cm, event, groups_json))
+            # in order: the first meter that cannot read it says why. A plain contribution
+            # of None: not plain, or something unusual in it: read the long way
+            pairs: list[tuple[CompiledMeter, tuple[str, Any]]] = [
+                (
+                    cm,
+                    (_plain_contribution(cm, data) if cm.plain and plain_data else None)
+                    or _contribution(cm, event, groups_json),
+                )
+                for cm in readers
+            ]
         except UnusableEvent as e:
             out.rejected.append((index, e.message))
             continue
         at = event.time
         bucket = hour_bucket(at)
         subject = event.subject
-        for cm, (groups, value) in zip(readers, contributions, strict=True):
+        for cm, (groups, value) in pairs:
             meter_id = cm.meter.id
             key = (meter_id, subject, groups, bucket)
             fold = folds.get(key)
@@ -316,9 +324,9 @@ def _aggregate(events: Sequence[Usage], meters: Sequence[MeterDef], *, plain: bo
     # a fixed row order: concurrent upserts (two members during a rebalance) lock rows in the
     # same order and cannot deadlock each other
     deltas = out.deltas
-    for key in sorted(folds):
-        count, total, low, high, latest_time, latest_value = folds[key]
-        meter_id, subject, groups, bucket = key
+    decimal = Decimal
+    for (meter_id, subject, groups, bucket), fold in sorted(folds.items()):  # keys are unique
+        count, total, low, high, latest_time, latest = fold
         deltas.append(
             UsageDelta(
                 tenants[meter_id],
@@ -327,21 +335,18 @@ def _aggregate(events: Sequence[Usage], meters: Sequence[MeterDef], *, plain: bo
                 groups,
                 bucket,
                 count,
-                _decimal(total),
-                _decimal(low),
-                _decimal(high),
+                # ints (most values) become Decimals once here; Decimals and None stay
+                decimal(total) if type(total) is int else total,
+                decimal(low) if type(low) is int else low,
+                decimal(high) if type(high) is int else high,
                 latest_time,
-                _decimal(latest_value),
+                decimal(latest) if type(latest) is int else latest,
             )
         )
     out.uniques = sorted(
         uniques, key=lambda u: (u.meter_id, u.subject, u.groups, u.bucket, u.value)
     )
     return out
-
-
-def _decimal(value: int | Decimal | None) -> Decimal | None:
-    return Decimal(value) if type(value) is int else value  # type: ignore[return-value]
 
 
 def _plain_contribution(cm: CompiledMeter, data: dict[str, Any]) -> tuple[str, Any] | None:
