@@ -3,6 +3,8 @@ hour), with the events of the batch behind each, and the events built from them.
 
 from __future__ import annotations
 
+import time
+import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from itertools import count
@@ -190,3 +192,15 @@ def test_any_subject_and_total_encode_as_the_schema_says(
     assert (tenant, event.subject, event.data.subject) == ("acme", subject, subject)
     assert event.data.total == total and event.data.events == 3
     assert raw == event.to_json()
+
+
+def test_each_event_of_a_batch_has_its_own_uuid7_of_now() -> None:
+    before = time.time_ns() // 1_000_000
+    ids = totals.new_ids(20_000)
+    after = time.time_ns() // 1_000_000
+    assert len(set(ids)) == 20_000
+    for text in ids:
+        u = uuid.UUID(text)
+        assert (u.version, u.variant, str(u)) == (7, uuid.RFC_4122, text)
+        assert before <= u.int >> 80 <= after  # its millisecond
+    assert totals.new_ids(0) == []

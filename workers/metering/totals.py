@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import time as clock
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from schemas.envelope import new_id
 from schemas.metering import Aggregation
 from workers.metering.service import HOUR, SOURCE, MeterDef, PeriodKey, UsageDelta
 
@@ -51,6 +52,21 @@ def _utc_text(t: datetime) -> str:
     return t.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
+def new_ids(n: int) -> list[str]:
+    """``n`` fresh UUIDv7s (RFC 9562) for one batch's events: this millisecond and 74 random
+    bits each, read from the OS at once — ``new_id`` reads it once an id (~3 µs each, 2.5 %
+    of the metering worker's busy time at one totals event per ~7 usage events)."""
+    ms = clock.time_ns() // 1_000_000 & 0xFFFF_FFFF_FFFF
+    head = ms << 80 | 0x7 << 76 | 0b10 << 62  # version 7, variant 10
+    raw = os.urandom(10 * n)
+    ids: list[str] = []
+    for i in range(0, 10 * n, 10):
+        r = int.from_bytes(raw[i : i + 10])  # 80 random bits: 12 for rand_a, 62 for rand_b
+        h = f"{head | (r >> 68) << 64 | (r & 0x3FFF_FFFF_FFFF_FFFF):032x}"
+        ids.append(f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}")
+    return ids
+
+
 def totals_changed(
     touched: Sequence[TouchedTotal], totals: Sequence[Decimal | None], at: datetime
 ) -> list[tuple[str, bytes]]:
@@ -65,6 +81,7 @@ def totals_changed(
     meters: dict[str, str] = {}
     hours: dict[datetime, str] = {}
     out: list[tuple[str, bytes]] = []
+    ids = iter(new_ids(len(touched)))
     dumps = functools.partial(json.dumps, ensure_ascii=False)  # UTF-8, as pydantic writes
     for t, total in zip(touched, totals, strict=True):
         m = t.key.meter
@@ -85,7 +102,7 @@ def totals_changed(
             (
                 m.tenant_id,
                 (
-                    f'{{"specversion":"1.0","id":"{new_id()}","source":"{SOURCE}",'
+                    f'{{"specversion":"1.0","id":"{next(ids)}","source":"{SOURCE}",'
                     f'"type":"{TOTALS_CHANGED}","time":"{time}","subject":{subject},'
                     f'"datacontenttype":"application/json","data":{{{head},"subject":{subject},'
                     f'{period}{value},"events":{t.events}}},"tenantid":{dumps(m.tenant_id)},'
