@@ -125,13 +125,23 @@ class Usage(Protocol):
 
 
 _BUCKETS: dict[float, datetime] = {}
+_UTC_BUCKETS: dict[tuple[int, int, int, int], datetime] = {}
 _EXACT_HOURS = 2.0**32  # below this many seconds since 1970 (2106), a float second is exact
 
 
 def hour_bucket(t: datetime) -> datetime:
-    """The UTC hour ``t`` falls in. Memoised by the hour's number since 1970: ``timestamp()``
-    is correctly rounded, and below 2**32 s a float is within 0.5 µs of it, so a time 1 µs
-    before an hour's end never rounds into the next (converting costs ~1 µs, this ~0.3)."""
+    """The UTC hour ``t`` falls in. Memoised: a time in UTC (most) by its date and hour; any
+    other by the hour's number since 1970 — ``timestamp()`` is correctly rounded, and below
+    2**32 s a float is within 0.5 µs of it, so a time 1 µs before an hour's end never rounds
+    into the next. Converting costs ~1 µs, these 0.2 and 0.3."""
+    if t.tzinfo is UTC:
+        key = t.year, t.month, t.day, t.hour
+        bucket = _UTC_BUCKETS.get(key)
+        if bucket is None:
+            if len(_UTC_BUCKETS) > 100_000:
+                _UTC_BUCKETS.clear()
+            bucket = _UTC_BUCKETS[key] = t.replace(minute=0, second=0, microsecond=0)
+        return bucket
     seconds = t.timestamp()
     if not 0 <= seconds < _EXACT_HOURS:
         return t.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
