@@ -1,6 +1,6 @@
 """Where one metering batch spends its time, stage by stage (in-process, no Kafka).
 
-    python bench/metering_stages.py [--events N] [--batch B] [--cprofile FILE]
+    python bench/metering_stages.py [--events N] [--batch B] [--cprofile FILE] [--cpu-only]
 
 Feeds pre-built Kafka records straight into the metering worker's ``BatchProcessor``
 (the code a real worker runs for each batch, minus FastStream and the fetch) against an
@@ -8,6 +8,8 @@ embedded PostgreSQL, and times every stage: decode, tenant check + inbox claim, 
 lookup, aggregation, the usage upsert, the outbox/outcome flush and the commit.
 
 Wall-clock times include waiting for PostgreSQL; the CPU column is this process only.
+``--cpu-only`` times the pure-CPU stages alone, without PostgreSQL (decode into the
+runtime's messages, inbox keys, aggregation), best of ``--rounds``: the steadiest A/B.
 Complements bench/metering.py (end-to-end, one worker process, through Kafka).
 """
 
@@ -26,14 +28,14 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from aiokafka.structs import ConsumerRecord
 
 if __package__ in (None, ""):  # run as a script: make `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.metering import make_workload, prepare_database
+from bench.metering import EVENT_TYPE, METER_KEY, TENANT, make_workload, prepare_database
 from schemas import topics
 from storage import inbox
 from storage import metering as storage_metering
@@ -124,6 +126,56 @@ class _FakeRuntime:
         return register
 
 
+async def cpu_only(args: argparse.Namespace) -> None:
+    """Decode (with the runtime's Message per record), inbox keys and aggregation of every
+    batch, no database: CPU µs/event of each, best of ``args.rounds`` rounds."""
+    workload = make_workload(args.events, args.subjects, args.dup_rate, 4.0, 4)
+    meters = [
+        service.MeterDef(
+            "m", TENANT, METER_KEY, EVENT_TYPE, "sum", "$.tokens", {"model": "$.model"}
+        )
+    ]
+    records = [
+        ConsumerRecord(topics.USAGE, 0, i, 0, 0, k, v, None, len(k), len(v), [])
+        for i, (k, v) in enumerate(workload.records)
+    ]
+
+    async def unused(batch: Any, tx: Any) -> None:  # the stages before the transaction only
+        raise AssertionError
+
+    processor = runtime_consumer.BatchProcessor(
+        runtime_consumer.Consumer(topics.USAGE, "stages", service.decode_usage, unused),
+        cast(Any, None),  # no database
+        retry_initial_s=0.2,
+        retry_max_s=1.0,
+    )
+    n = len(records)
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(100_000, 20, 10)  # the worker's (workers/runtime/app.py)
+    best: dict[str, float] = {}
+    for _ in range(args.rounds):
+        spent = {"decode": 0.0, "inbox keys": 0.0, "aggregate": 0.0}
+        for start in range(0, n, args.batch):
+            c0 = time.process_time()
+            decoded = await processor.decode(records[start : start + args.batch])
+            c1 = time.process_time()
+            events = [m.event for m in decoded.messages]
+            inbox.keys_of(events)
+            c2 = time.process_time()
+            service.aggregate(events, meters)
+            c3 = time.process_time()
+            spent["decode"] += c1 - c0
+            spent["inbox keys"] += c2 - c1
+            spent["aggregate"] += c3 - c2
+        if not best or sum(spent.values()) < sum(best.values()):
+            best = spent
+    print(f"{n:,} records, batches of ≤{args.batch}, best of {args.rounds} (CPU µs/event):")
+    for label, seconds in best.items():
+        print(f"  {label:<12} {seconds / n * 1e6:6.2f}")
+    print(f"  {'total':<12} {sum(best.values()) / n * 1e6:6.2f}")
+
+
 async def main(args: argparse.Namespace) -> None:
     instrument()
     workload = make_workload(args.events, args.subjects, args.dup_rate, 4.0, 4)
@@ -197,4 +249,7 @@ if __name__ == "__main__":
     p.add_argument(
         "--no-gc-freeze", action="store_true", help="leave the startup heap in the GC's scans"
     )
-    asyncio.run(main(p.parse_args()))
+    p.add_argument("--cpu-only", action="store_true", help="the pure-CPU stages, no database")
+    p.add_argument("--rounds", type=int, default=5, help="--cpu-only: best of this many")
+    parsed = p.parse_args()
+    asyncio.run(cpu_only(parsed) if parsed.cpu_only else main(parsed))
