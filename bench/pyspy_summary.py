@@ -20,7 +20,7 @@ from pathlib import Path
 STAGES: list[tuple[str, str]] = [
     ("decode: JSON parse (json.loads, Decimal numbers)", r"^(loads|JSONDecoder\.\w+) \(json/"),
     ("decode: pydantic validation", r"^BaseModel\.model_validate \("),
-    ("decode: msgspec parse + hand-written check", r"^_plain_event \("),
+    ("decode: msgspec parse + hand-written check", r"^(_plain_event|decode_record) \("),
     ("decode: other", r"^(decode_usage|UsageEvent\.from_json) \("),
     ("tenant check (SELECT)", r"^TenantRepository\.existing \("),
     ("inbox keys (BLAKE2b)", r"^(message_key \(storage/inbox|Message\.inbox_key|inbox_key) \("),
