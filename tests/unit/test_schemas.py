@@ -16,7 +16,7 @@ from schemas import topics
 from schemas.catalog import CATALOG, export, schema_file_name
 from schemas.envelope import CloudEvent, new_id
 from schemas.metering import MAX_GROUP_BY, Aggregation, CreateMeter, MeterCreated, MeterSpec
-from schemas.usage import UsageEvent, UsageEventIn
+from schemas.usage import UsageEvent, UsageEventIn, UsageRecord
 from storage.metering import MeterDef
 from workers.metering import service
 
@@ -241,7 +241,9 @@ def test_from_client_keeps_every_field_and_adds_the_tenant() -> None:
 
 def test_usage_event_survives_the_topic_round_trip() -> None:
     event = UsageEvent.model_validate(on_topic(data={"tokens": 10, "model": {"name": "x"}}))
-    assert service.decode_usage(event.to_json()) == event
+    # what the metering worker holds of it: every attribute it reads, as the model has it
+    assert service.decode_usage(event.to_json()) == UsageRecord.of(event)
+    assert UsageEvent.from_json(event.to_json()) == event
 
 
 # --- the envelope ---------------------------------------------------------------------
