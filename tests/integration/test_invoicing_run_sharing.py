@@ -101,6 +101,20 @@ async def check_invoiced_once(sessions: Sessions, tenant: str, n: int) -> None:
     ]
 
 
+async def completed_whole(sessions: Sessions, tenant: str, run_id: str, n: int) -> None:
+    """Wait for the run to say completed; the instant it does, its counts are ``n`` and no
+    invoice of it is left a draft."""
+
+    async def completed() -> tuple[Any, ...] | None:
+        seen = await run_and_drafts(sessions, tenant, run_id)
+        if seen is None or seen[0] != "completed":
+            return None
+        assert seen == ("completed", n, n, 0)
+        return seen
+
+    await wait_for(completed, timeout_s=120, interval_s=0.02)
+
+
 def billed_by(log: Path, run_id: str) -> list[dict[str, Any]]:
     """The ``billing run`` lines a worker process logged for the run (JSON lines)."""
     lines = []
@@ -133,15 +147,7 @@ async def test_two_replicas_share_a_requested_run(
         await wait_for(started, timeout_s=60)
         await request_run(settings, t, "run-shared")
 
-        async def completed() -> tuple[Any, ...] | None:
-            seen = await run_and_drafts(sessions, t, "run-shared")
-            if seen is None or seen[0] != "completed":
-                return None
-            # the instant it says completed, no invoice of the run is left a draft
-            assert seen == ("completed", n, n, 0)
-            return seen
-
-        await wait_for(completed, timeout_s=120, interval_s=0.02)
+        await completed_whole(sessions, t, "run-shared", n)
 
     await check_invoiced_once(sessions, t, n)
     # both replicas finalized some of the run's invoices: one held it, the other helped
@@ -294,14 +300,7 @@ async def test_a_replica_killed_mid_run_leaves_the_counts_exact(
         os.kill(victim.pid, signal.SIGKILL)
         victim.wait()
 
-        async def completed() -> tuple[Any, ...] | None:
-            seen = await run_and_drafts(sessions, t, "run-kill")
-            if seen is None or seen[0] != "completed":
-                return None
-            assert seen == ("completed", n, n, 0)
-            return seen
-
-        await wait_for(completed, timeout_s=120, interval_s=0.02)
+        await completed_whole(sessions, t, "run-kill", n)
     await check_invoiced_once(sessions, t, n)
 
 
